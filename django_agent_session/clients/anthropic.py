@@ -1,0 +1,194 @@
+"""The Anthropic provider, over the official ``anthropic`` SDK.
+
+The sync path uses ``anthropic.Anthropic`` and the async path ``anthropic.AsyncAnthropic``
+directly (no thread hop for the network call). Streaming uses the SDK's own
+``messages.stream`` helper, which also assembles the final message; retries with back-off and
+``retry-after`` are the SDK's. SDK errors become the library's typed ``ModelError``s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anthropic
+import httpx2
+
+from .. import exceptions as exc
+from ..conf import agent_settings
+from .base import AsyncDeltaCallback, DeltaCallback, ModelRequest, ModelResponse, maybe_await
+
+_DELTA_KINDS = {
+    "text_delta": ("text", "text"),
+    "thinking_delta": ("thinking", "thinking"),
+    "input_json_delta": ("tool_input", "partial_json"),
+}
+
+
+def client_options() -> dict[str, Any]:
+    """SDK constructor options from ``AGENT_SESSION["ANTHROPIC"]`` (``None`` = SDK default)."""
+    conf = agent_settings.ANTHROPIC
+    options: dict[str, Any] = {
+        "api_key": conf.get("API_KEY"),
+        "base_url": conf.get("BASE_URL"),
+        "timeout": conf.get("TIMEOUT"),
+        "max_retries": conf.get("MAX_RETRIES"),
+    }
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def request_params(request: ModelRequest) -> dict[str, Any]:
+    """``ModelRequest`` -> keyword arguments of ``messages.create``/``messages.stream``."""
+    params: dict[str, Any] = {
+        "model": request.model,
+        "max_tokens": request.max_tokens,
+        "messages": request.messages,
+    }
+    if request.system:
+        params["system"] = request.system
+    if request.tools:
+        params["tools"] = request.tools
+    if request.cache:
+        # the API places the breakpoint on the last cacheable block by itself
+        params["cache_control"] = {"type": "ephemeral"}
+    if request.output_schema is not None:
+        params["output_config"] = {
+            "format": {"type": "json_schema", "schema": request.output_schema}
+        }
+    if request.thinking:
+        params["thinking"] = request.thinking
+    if request.temperature is not None:
+        # SDK 2.x no longer lists ``temperature`` as a keyword; the API still reads it
+        params["extra_body"] = {"temperature": request.temperature}
+    if request.metadata.get("user_id"):
+        params["metadata"] = {"user_id": str(request.metadata["user_id"])}
+    return params
+
+
+def block_to_param(block: Any) -> dict[str, Any]:
+    """An SDK content block as a JSON param, kept exactly as received (thinking signatures too)."""
+    return block.model_dump(mode="json", exclude_none=True)
+
+
+def to_response(message: Any, request_id: str | None) -> ModelResponse:
+    usage = message.usage
+    return ModelResponse(
+        content=[block_to_param(b) for b in message.content],
+        stop_reason=message.stop_reason,
+        usage={
+            "input_tokens": usage.input_tokens or 0,
+            "output_tokens": usage.output_tokens or 0,
+            "cache_creation_input_tokens": usage.cache_creation_input_tokens or 0,
+            "cache_read_input_tokens": usage.cache_read_input_tokens or 0,
+        },
+        model=message.model,
+        request_id=request_id,
+    )
+
+
+def _delta(event: Any) -> dict[str, Any] | None:
+    if event.type != "content_block_delta":
+        return None
+    spec = _DELTA_KINDS.get(event.delta.type)
+    if spec is None:
+        return None
+    kind, attr = spec
+    return {"kind": kind, "index": event.index, "text": getattr(event.delta, attr)}
+
+
+def translate_error(error: BaseException) -> exc.ModelError:
+    """Map an SDK (or transport) error to the library's typed ``ModelError``."""
+    request_id = getattr(error, "request_id", None)
+    status = getattr(error, "status_code", None)
+    message = str(getattr(error, "message", None) or error)
+    kwargs = {"request_id": request_id, "status_code": status}
+    if isinstance(error, anthropic.APITimeoutError):
+        return exc.ModelTimeout(message, **kwargs)
+    if isinstance(error, anthropic.APIConnectionError):
+        return exc.ModelConnectionError(message, **kwargs)
+    if isinstance(error, anthropic.RateLimitError):
+        return exc.ModelRateLimited(message, **kwargs)
+    if isinstance(error, anthropic.OverloadedError):
+        return exc.ModelOverloaded(message, **kwargs)
+    if isinstance(error, anthropic.InternalServerError):
+        return exc.ModelUnavailable(message, **kwargs)
+    if isinstance(error, (anthropic.AuthenticationError, anthropic.PermissionDeniedError)):
+        return exc.ModelAuthenticationError(message, **kwargs)
+    if isinstance(error, (anthropic.BadRequestError, anthropic.NotFoundError,
+                          anthropic.UnprocessableEntityError)):
+        return exc.ModelBadRequest(message, **kwargs)
+    if isinstance(error, (httpx2.TransportError, anthropic.APIResponseValidationError)):
+        # a stream cut mid-reply surfaces as a transport error from the body iterator
+        return exc.ModelConnectionError(message or type(error).__name__, **kwargs)
+    return exc.ModelError(message, **kwargs)
+
+
+_SDK_ERRORS = (anthropic.AnthropicError, httpx2.HTTPError)
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except exc.AgentSessionError:
+        raise
+    except _SDK_ERRORS as error:
+        raise translate_error(error) from error
+
+
+class AnthropicClient:
+    """Client for ``"anthropic:<model>"`` agents."""
+
+    def __init__(self) -> None:
+        self._sync: anthropic.Anthropic | None = None
+        # one AsyncAnthropic per event loop: its connection pool is bound to the loop
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anthropic.AsyncAnthropic]
+        self._async = weakref.WeakKeyDictionary()
+
+    @property
+    def sdk(self) -> anthropic.Anthropic:
+        if self._sync is None:
+            self._sync = anthropic.Anthropic(**client_options())
+        return self._sync
+
+    @property
+    def async_sdk(self) -> anthropic.AsyncAnthropic:
+        loop = asyncio.get_running_loop()
+        client = self._async.get(loop)
+        if client is None:
+            client = self._async[loop] = anthropic.AsyncAnthropic(**client_options())
+        return client
+
+    def create(self, request: ModelRequest, on_delta: DeltaCallback | None = None
+               ) -> ModelResponse:
+        params = request_params(request)
+        with _translated():
+            if on_delta is None:
+                message = self.sdk.messages.create(**params)
+                return to_response(message, getattr(message, "_request_id", None))
+            with self.sdk.messages.stream(**params) as stream:
+                for event in stream:
+                    delta = _delta(event)
+                    if delta is not None:
+                        on_delta(delta)
+                message = stream.get_final_message()
+                return to_response(message, stream.request_id)
+
+    async def acreate(self, request: ModelRequest, on_delta: AsyncDeltaCallback | None = None
+                      ) -> ModelResponse:
+        params = request_params(request)
+        with _translated():
+            if on_delta is None:
+                message = await self.async_sdk.messages.create(**params)
+                return to_response(message, getattr(message, "_request_id", None))
+            # leaving the block (also on cancellation) closes the upstream HTTP stream
+            async with self.async_sdk.messages.stream(**params) as stream:
+                async for event in stream:
+                    delta = _delta(event)
+                    if delta is not None:
+                        await maybe_await(on_delta(delta))
+                message = await stream.get_final_message()
+                return to_response(message, stream.request_id)

@@ -1,0 +1,127 @@
+"""The ``AGENT_SESSION`` settings dict, read through one lazily-built settings object.
+
+Shaped after DRF's ``APISettings``: every module reads ``agent_settings.NAME``; unknown names
+raise; dotted paths listed in ``IMPORT_STRINGS`` are imported on first access; the cache is
+dropped on ``setting_changed`` so ``override_settings`` works in tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+SETTING_NAME = "AGENT_SESSION"
+
+DEFAULTS: dict[str, Any] = {
+    # provider prefix of ``Agent.client`` -> dotted path of a client class
+    "CLIENTS": {
+        "anthropic": "django_agent_session.clients.anthropic.AnthropicClient",
+        "demo": "django_agent_session.clients.demo.DemoClient",
+        "scripted": "django_agent_session.testing.scripted.ScriptedClient",
+    },
+    # Anthropic SDK options; ``None`` falls back to the SDK's environment variables
+    # (ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL) and its own defaults.
+    "ANTHROPIC": {
+        "API_KEY": None,
+        "BASE_URL": None,
+        "TIMEOUT": 120.0,
+        "MAX_RETRIES": 2,
+    },
+    # Turn lease: how long one turn may hold a session before another caller may take it
+    # over (a crashed process never blocks a session for longer than this).
+    "TURN_LEASE_SECONDS": 120.0,
+    # How long a second caller waits for a busy session before ``SessionBusy``.
+    "TURN_WAIT_SECONDS": 10.0,
+    # Polling interval while waiting for the lease.
+    "TURN_POLL_SECONDS": 0.02,
+    # Largest accepted user input, in characters of text (oversized input is ``InvalidInput``).
+    "MAX_INPUT_CHARS": 100_000,
+    # Default per-tool timeout in seconds (``None``: no timeout); ``Agent.tool_timeout`` overrides.
+    "TOOL_TIMEOUT": None,
+    # Live sessions (Channels)
+    "FACTORY_ROUTER": "django_agent_session.live.routers.default_router",
+    "INACTIVITY_TIMEOUT": 300.0,
+    "NO_VIEWER_GRACE_SECONDS": 15.0,
+    "OWNER_LEASE_SECONDS": 30.0,
+    "QUEUE_MAX": 10,
+    "MAX_FRAME_BYTES": 256 * 1024,
+    # REST
+    "API_PERMISSION_CLASSES": ["django_agent_session.api.permissions.IsSessionOwner"],
+    "API_THROTTLE_CLASSES": None,  # None: DRF's DEFAULT_THROTTLE_CLASSES
+    "API_PAGE_SIZE": 20,
+}
+
+IMPORT_STRINGS = {"FACTORY_ROUTER", "API_PERMISSION_CLASSES"}
+
+
+def perform_import(value: Any, name: str) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return import_string(value)
+        except ImportError as exc:
+            raise ImportError(
+                f"Could not import {value!r} for AGENT_SESSION[{name!r}]: {exc}"
+            ) from exc
+    if isinstance(value, (list, tuple)):
+        return [perform_import(item, name) for item in value]
+    return value
+
+
+class AgentSessionSettings:
+    """Attribute access to ``settings.AGENT_SESSION`` merged over ``DEFAULTS``."""
+
+    def __init__(self, defaults: dict[str, Any] | None = None) -> None:
+        self.defaults = defaults or DEFAULTS
+        self._cached: set[str] = set()
+        self._user: dict[str, Any] | None = None
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        if self._user is None:
+            self._user = getattr(settings, SETTING_NAME, {}) or {}
+            unknown = sorted(set(self._user) - set(self.defaults))
+            if unknown:
+                raise AttributeError(
+                    f"Unknown {SETTING_NAME} setting(s): {', '.join(unknown)}. "
+                    f"Known: {', '.join(sorted(self.defaults))}."
+                )
+        return self._user
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in self.defaults:
+            raise AttributeError(f"Invalid {SETTING_NAME} setting: {name!r}")
+        default = self.defaults[name]
+        value = self.user_settings.get(name, default)
+        if isinstance(default, dict) and isinstance(value, dict) and value is not default:
+            # dict settings merge key by key, so overriding one client keeps the others
+            value = {**default, **value}
+        if name in IMPORT_STRINGS:
+            value = perform_import(value, name)
+        self._cached.add(name)
+        setattr(self, name, value)
+        return value
+
+    def reload(self) -> None:
+        for name in self._cached:
+            delattr(self, name)
+        self._cached.clear()
+        self._user = None
+        from .clients.registry import clear_client_cache
+
+        clear_client_cache()
+
+
+agent_settings = AgentSessionSettings(DEFAULTS)
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTING_NAME:
+        agent_settings.reload()
+
+
+setting_changed.connect(_reload)

@@ -1,0 +1,168 @@
+"""Typed errors raised by the library.
+
+Every runtime error derives from :class:`AgentSessionError` and carries a stable ``code`` and a
+``retryable`` flag, so callers (and the REST/WebSocket surfaces) can decide what to tell a
+client without string matching.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+class AgentDeclarationError(ImproperlyConfigured):
+    """An ``Agent`` declaration is invalid (raised when the model class is prepared)."""
+
+
+class AgentSessionError(Exception):
+    """Base class of every runtime error of the library."""
+
+    code = "agent_session_error"
+    retryable = False
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        super().__init__(message or self.__class__.__doc__ or self.code)
+        self.message = message or (self.__class__.__doc__ or self.code).strip()
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe description, stored on failed runs and sent to clients."""
+        data: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message,
+            "retryable": self.retryable,
+        }
+        data.update({k: v for k, v in self.details.items() if v is not None})
+        return data
+
+
+class InvalidInput(AgentSessionError):
+    """The input does not match the agent's ``input_schema``."""
+
+    code = "invalid_input"
+
+    def __init__(self, errors: Any, message: str = "Invalid input.") -> None:
+        super().__init__(message, errors=errors)
+        self.errors = errors
+
+
+class InvalidInstructionArgs(InvalidInput):
+    """The instruction args do not match ``instruction_schema`` or the template."""
+
+    code = "invalid_instruction_args"
+
+
+class SessionNotFound(AgentSessionError):
+    """No session with that primary key."""
+
+    code = "session_not_found"
+
+
+class SessionBusy(AgentSessionError):
+    """Another turn holds the session's lease and did not finish within the waiting bound."""
+
+    code = "session_busy"
+    retryable = True
+
+    def __init__(self, message: str = "", *, retry_after: float = 1.0) -> None:
+        super().__init__(message or "Another turn is running on this session.",
+                         retry_after=retry_after)
+        self.retry_after = retry_after
+
+
+class LeaseLost(AgentSessionError):
+    """The turn's lease expired and another caller took the session over; nothing was saved."""
+
+    code = "lease_lost"
+    retryable = True
+
+
+class TurnCancelled(AgentSessionError):
+    """The turn was cancelled before it finished; nothing was saved to the context."""
+
+    code = "cancelled"
+
+
+class TokenBudgetExceeded(AgentSessionError):
+    """The session's ``token_budget`` is used up (``budget_strategy = "halt"``)."""
+
+    code = "token_budget_exceeded"
+
+
+class MaxIterationsExceeded(AgentSessionError):
+    """The tool loop reached ``max_iterations`` without a final answer."""
+
+    code = "max_iterations_exceeded"
+
+
+class ToolFailed(AgentSessionError):
+    """A tool raised and the agent's ``tool_errors`` policy is ``"halt"``."""
+
+    code = "tool_failed"
+
+
+class InvalidModelOutput(AgentSessionError):
+    """The model's reply did not validate against ``output_schema``, even after one retry."""
+
+    code = "invalid_output"
+
+
+class ModelError(AgentSessionError):
+    """The model provider failed. Subclasses say how; ``request_id`` names the provider request."""
+
+    code = "model_error"
+
+    def __init__(self, message: str = "", *, request_id: str | None = None,
+                 status_code: int | None = None, **details: Any) -> None:
+        super().__init__(message, request_id=request_id, status_code=status_code, **details)
+        self.request_id = request_id
+        self.status_code = status_code
+
+
+class ModelRateLimited(ModelError):
+    """The provider rate-limited the request."""
+
+    code = "model_rate_limited"
+    retryable = True
+
+
+class ModelOverloaded(ModelError):
+    """The provider is overloaded."""
+
+    code = "model_overloaded"
+    retryable = True
+
+
+class ModelUnavailable(ModelError):
+    """The provider answered with a server error."""
+
+    code = "model_unavailable"
+    retryable = True
+
+
+class ModelConnectionError(ModelError):
+    """The provider could not be reached."""
+
+    code = "model_connection_error"
+    retryable = True
+
+
+class ModelTimeout(ModelConnectionError):
+    """The provider did not answer in time."""
+
+    code = "model_timeout"
+    retryable = True
+
+
+class ModelAuthenticationError(ModelError):
+    """The provider rejected the credentials."""
+
+    code = "model_authentication_error"
+
+
+class ModelBadRequest(ModelError):
+    """The provider rejected the request as invalid."""
+
+    code = "model_bad_request"

@@ -1,0 +1,231 @@
+"""The queryset/manager methods every concrete session model gets.
+
+``start_session``, ``continue_session`` and ``get_context`` (and their ``a``-prefixed async
+twins) validate first, then run one turn: store ``begin`` → engine → store ``commit`` (or
+``fail``). The async twins call the model on the running event loop and reach the database only
+through ``database_sync_to_async``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from channels.db import database_sync_to_async
+from django.db import models
+
+from . import exceptions as exc
+from .conf import agent_settings
+from .context import Context
+from .schemas import validate
+
+if TYPE_CHECKING:
+    from .engine import ProgressCallback, TurnEngine, TurnResult, TurnState
+    from .store import SessionStore, Turn
+
+
+class AgentSessionQuerySet(models.QuerySet):
+    """Session queries plus the three session operations."""
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @property
+    def _options(self) -> Any:
+        options = self.model.agent_options
+        if options is None:
+            raise TypeError(f"{self.model.__name__} is abstract or has no Agent declaration")
+        return options
+
+    def _store(self) -> SessionStore:
+        from .store import SessionStore
+
+        cache = self.model.__dict__.get("_agent_store")
+        if cache is None:
+            cache = SessionStore(self.model)
+            self.model._agent_store = cache
+        return cache
+
+    def _engine(self) -> TurnEngine:
+        from .engine import TurnEngine
+
+        engine = self.model.__dict__.get("_agent_engine")
+        if engine is None or engine.options is not self._options:
+            engine = TurnEngine(self._options)
+            self.model._agent_engine = engine
+        return engine
+
+    def _prepare_input(self, input: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        from .engine import user_blocks_for
+
+        options = self._options
+        if isinstance(input, str) and "message" in options.input_serializer().fields:
+            input = {"message": input}
+        validated = validate(options.input_serializer, input)
+        blocks = user_blocks_for(validated)
+        size = sum(len(b.get("text", "")) for b in blocks)
+        limit = agent_settings.MAX_INPUT_CHARS
+        if size > limit:
+            raise exc.InvalidInput(
+                {"non_field_errors": [f"Input is {size} characters; the limit is {limit}."]},
+                "Input too large.")
+        return validated, blocks
+
+    def _initial_context(self, instruction_args: dict[str, Any] | None) -> Context:
+        options = self._options
+        args = instruction_args or {}
+        if options.instruction_serializer is not None:
+            args = validate(options.instruction_serializer, args, exc.InvalidInstructionArgs,
+                            "Invalid instruction args.")
+        system = options.template.render(args)
+        return Context(system=system, instruction_args=args)
+
+    @staticmethod
+    def _pk(session_or_pk: Any) -> Any:
+        return session_or_pk.pk if isinstance(session_or_pk, models.Model) else session_or_pk
+
+    def _tool_context(self, turn: Turn) -> Any:
+        from .tools import ToolContext
+
+        return ToolContext(turn.session, turn.run_id)
+
+    # -- sync --------------------------------------------------------------------------------
+
+    def start_session(self, input: Any, *, instruction_args: dict[str, Any] | None = None,
+                      owner: Any = None, title: str = "",
+                      on_progress: ProgressCallback | None = None) -> Any:
+        """Create a session and run its first turn; returns the saved session."""
+        validated, blocks = self._prepare_input(input)
+        context = self._initial_context(instruction_args)
+        turn = self._store().create(context=context, owner=owner, title=title,
+                                    input=validated, user_blocks=blocks)
+        return self._run(turn, context, on_progress)
+
+    def continue_session(self, session_or_pk: Any, input: Any, *,
+                         on_progress: ProgressCallback | None = None) -> Any:
+        """Run one turn on an existing session; returns the saved session."""
+        validated, blocks = self._prepare_input(input)
+        turn = self._store().begin(self._pk(session_or_pk), input=validated, user_blocks=blocks)
+        context = turn.session.get_context()
+        return self._run(turn, context, on_progress)
+
+    def get_context(self, pk: Any) -> Context:
+        """The stored context of session ``pk``."""
+        session = self._get(pk)
+        return session.get_context()
+
+    def _get(self, pk: Any) -> Any:
+        try:
+            return self.get(pk=self._pk(pk))
+        except (self.model.DoesNotExist, ValueError, TypeError) as error:
+            raise exc.SessionNotFound(f"No {self.model.__name__} with id {pk}.") from error
+
+    def _run(self, turn: Turn, context: Context, on_progress: ProgressCallback | None) -> Any:
+        from .engine import TurnState
+
+        store, state = self._store(), TurnState()
+        try:
+            result = self._engine().run(
+                context, turn.user_blocks, self._options.get_client(), state=state,
+                tool_context=self._tool_context(turn), on_progress=on_progress,
+                heartbeat=lambda: store.renew(turn))
+            session = store.commit(turn, context, result)
+        except BaseException as error:
+            raise self._failed(turn, error, state) from None
+        self._completed(session, turn, result)
+        return session
+
+    def _failed(self, turn: Turn, error: BaseException, state: TurnState) -> BaseException:
+        """Record the failure; return the exception the caller should see."""
+        from .models import RunStatus
+
+        status = RunStatus.FAILED
+        if isinstance(error, (asyncio.CancelledError, KeyboardInterrupt)):
+            status, typed = RunStatus.CANCELLED, exc.TurnCancelled("The turn was cancelled.")
+        elif isinstance(error, exc.AgentSessionError):
+            typed = error
+        else:
+            typed = exc.AgentSessionError(f"{type(error).__name__}: {error}")
+            typed.code = "internal_error"
+        self._store().fail(turn, typed, state, status)
+        self._send_failed(turn, typed)
+        if status == RunStatus.CANCELLED:
+            return error  # cancellation must keep propagating as such
+        if typed is not error:
+            typed.__cause__ = error
+        typed.session = turn.session  # type: ignore[attr-defined]
+        return typed
+
+    def _completed(self, session: Any, turn: Turn, result: TurnResult) -> None:
+        from .signals import turn_completed
+
+        if turn_completed.has_listeners(self.model):
+            turn_completed.send(sender=self.model, session=session, run_id=turn.run_id,
+                                output=result.output)
+
+    def _send_failed(self, turn: Turn, error: exc.AgentSessionError) -> None:
+        from .signals import turn_failed
+
+        if turn_failed.has_listeners(self.model):
+            turn_failed.send(sender=self.model, session=turn.session, run_id=turn.run_id,
+                             error=error)
+
+    # -- async -------------------------------------------------------------------------------
+
+    async def astart_session(self, input: Any, *, instruction_args: dict[str, Any] | None = None,
+                             owner: Any = None, title: str = "",
+                             on_progress: ProgressCallback | None = None) -> Any:
+        """Async twin of :meth:`start_session`."""
+        validated, blocks = self._prepare_input(input)
+        context = self._initial_context(instruction_args)
+        turn = await database_sync_to_async(self._store().create)(
+            context=context, owner=owner, title=title, input=validated, user_blocks=blocks)
+        return await self._arun(turn, context, on_progress)
+
+    async def acontinue_session(self, session_or_pk: Any, input: Any, *,
+                                on_progress: ProgressCallback | None = None) -> Any:
+        """Async twin of :meth:`continue_session` (waits for the lease without blocking)."""
+        from .store import Turn
+
+        validated, blocks = self._prepare_input(input)
+        store, pk = self._store(), self._pk(session_or_pk)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + agent_settings.TURN_WAIT_SECONDS
+        try_begin = database_sync_to_async(store.try_begin)
+        while True:
+            result = await try_begin(pk, input=validated, user_blocks=blocks)
+            if isinstance(result, Turn):
+                turn = result
+                break
+            if loop.time() >= deadline:
+                raise exc.SessionBusy(retry_after=max(1.0, round(min(result, 60.0), 1)))
+            await asyncio.sleep(agent_settings.TURN_POLL_SECONDS)
+        context = turn.session.get_context()
+        return await self._arun(turn, context, on_progress)
+
+    async def aget_context(self, pk: Any) -> Context:
+        """Async twin of :meth:`get_context`."""
+        return await database_sync_to_async(self.get_context)(pk)
+
+    async def _arun(self, turn: Turn, context: Context,
+                    on_progress: ProgressCallback | None) -> Any:
+        from .engine import TurnState
+
+        store, state = self._store(), TurnState()
+        try:
+            result = await self._engine().arun(
+                context, turn.user_blocks, self._options.get_client(), state=state,
+                tool_context=self._tool_context(turn), on_progress=on_progress,
+                heartbeat=database_sync_to_async(lambda: store.renew(turn)))
+            session = await database_sync_to_async(store.commit)(turn, context, result)
+        except BaseException as error:
+            failure = await asyncio.shield(database_sync_to_async(self._failed)(turn, error, state))
+            raise failure from None
+        from .signals import turn_completed
+
+        if turn_completed.has_listeners(self.model):  # receivers may use the ORM
+            await database_sync_to_async(self._completed)(session, turn, result)
+        return session
+
+
+AgentSessionManager = models.Manager.from_queryset(AgentSessionQuerySet)
+AgentSessionManager.__name__ = "AgentSessionManager"
