@@ -20,6 +20,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
     "channels",
     "django_agent_session",
     "tests.testapp",
@@ -53,11 +54,15 @@ DATABASES = {
         os.environ.get("DATABASE_URL") or "sqlite:///:memory:", conn_max_age=0
     )
 }
+# one test database per process, so concurrent runs (and helpers) never share one
+_RUN = os.environ.get("TEST_DB_SUFFIX") or str(os.getpid())
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # a file (not shared memory) so threads and async tests see one database
+    # a file (not shared memory) so threads, async tests and subprocesses see one database
     DATABASES["default"]["NAME"] = os.environ.get("SQLITE_PATH", "tests-db.sqlite3")
-    DATABASES["default"]["TEST"] = {"NAME": os.environ.get("SQLITE_TEST_PATH", "test-db.sqlite3")}
+    DATABASES["default"]["TEST"] = {"NAME": f"/tmp/agent-session-test-{_RUN}.sqlite3"}
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
+else:
+    DATABASES["default"]["TEST"] = {"NAME": f"test_agent_session_{_RUN}"}
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 if os.environ.get("REDIS_URL"):
@@ -79,4 +84,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
     ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+
+SPECTACULAR_SETTINGS = {"TITLE": "django-agent-session tests", "VERSION": "0"}

@@ -1,0 +1,34 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+from django_agent_session.clients.registry import clear_client_cache
+
+
+@pytest.fixture(autouse=True)
+def _fresh_clients():
+    """Each test gets fresh client instances (scripts and SDK clients do not leak)."""
+    clear_client_cache()
+    yield
+    clear_client_cache()
+
+
+@pytest.fixture
+def scripted():
+    """A ScriptedClient routed for the ``anthropic`` provider: ``scripted.enqueue(...)``."""
+    from django_agent_session.testing import use_scripted_client
+
+    with use_scripted_client() as client:
+        yield client
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user("alice", password="pw")
+
+
+@pytest.fixture
+def other_user(django_user_model):
+    return django_user_model.objects.create_user("bob", password="pw")
