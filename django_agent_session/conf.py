@@ -48,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "OWNER_LEASE_SECONDS": 30.0,
     "QUEUE_MAX": 10,
     "MAX_FRAME_BYTES": 256 * 1024,
+    # Artifacts: a STORAGES alias, or None for default_storage
+    "ARTIFACT_STORAGE": None,
     # REST
     "API_PERMISSION_CLASSES": ["django_agent_session.api.permissions.IsSessionOwner"],
     "API_THROTTLE_CLASSES": None,  # None: DRF's DEFAULT_THROTTLE_CLASSES

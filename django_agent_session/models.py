@@ -125,6 +125,68 @@ class AgentEvent(models.Model):
         return f"#{self.seq} {self.type}"
 
 
+def artifact_storage() -> Any:
+    """The storage for artifact files: ``AGENT_SESSION["ARTIFACT_STORAGE"]`` or the default."""
+    from django.core.files.storage import default_storage, storages
+
+    from .conf import agent_settings
+
+    alias = agent_settings.ARTIFACT_STORAGE
+    return storages[alias] if alias else default_storage
+
+
+def artifact_path(instance: Artifact, filename: str) -> str:
+    return f"agent_artifacts/{instance.session_id}/{instance.id}/{filename}"
+
+
+class Artifact(models.Model):
+    """A file a run produced or a tool stored, kept through Django's storage API."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    session_id = models.UUIDField()
+    session = GenericForeignKey("session_type", "session_id")
+    run = models.ForeignKey(AgentRun, null=True, blank=True, on_delete=models.SET_NULL,
+                            related_name="artifacts")
+    key = models.CharField(max_length=255)
+    file = models.FileField(upload_to=artifact_path, storage=artifact_storage, max_length=500)
+    size = models.PositiveBigIntegerField(default=0)
+    checksum = models.CharField(max_length=64, blank=True, help_text="SHA-256, hex")
+    content_type = models.CharField(max_length=255, blank=True)
+    metadata = models.JSONField(encoder=DjangoJSONEncoder, default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = _("agent artifact")
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["session_id", "key"], name="agent_artifact_unique_key"),
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class LiveOwnership(models.Model):
+    """Which live session (named by its channel) runs turns for a conversation, cluster-wide.
+
+    A row is an expiring lease: the owner renews it while alive; a crashed owner's lease
+    expires and the next message elects a new owner.
+    """
+
+    session_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    session_id = models.UUIDField(unique=True)
+    owner_channel = models.CharField(max_length=255)
+    expires_at = models.DateTimeField()
+    started_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = _("live session ownership")
+
+    def __str__(self) -> str:
+        return f"{self.session_id} -> {self.owner_channel}"
+
+
 class AgentSessionModel(models.Model):
     """Abstract base of a persisted agent conversation. Subclass it and declare ``class Agent:``.
 
@@ -137,6 +199,10 @@ class AgentSessionModel(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                               on_delete=models.CASCADE, related_name="+")
     title = models.CharField(max_length=200, blank=True)
+    #: free-form, queryable labels (tags, tenant, source...)
+    metadata = models.JSONField(encoder=DjangoJSONEncoder, default=dict, blank=True)
+    #: pinned sessions are never pruned by retention
+    pinned = models.BooleanField(default=False, db_index=True)
     status = models.CharField(max_length=16, choices=SessionStatus.choices,
                               default=SessionStatus.IDLE, db_index=True)
     context = models.JSONField(encoder=DjangoJSONEncoder, default=dict, blank=True)
@@ -157,6 +223,8 @@ class AgentSessionModel(models.Model):
                            object_id_field="session_id")
     events = GenericRelation(AgentEvent, content_type_field="session_type",
                              object_id_field="session_id")
+    artifacts = GenericRelation(Artifact, content_type_field="session_type",
+                                object_id_field="session_id")
 
     objects = AgentSessionManager()
 
