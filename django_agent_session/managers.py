@@ -12,6 +12,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from . import exceptions as exc
@@ -79,9 +80,14 @@ class AgentSessionQuerySet(models.QuerySet):
         system = options.template.render(args)
         return Context(system=system, instruction_args=args)
 
-    @staticmethod
-    def _pk(session_or_pk: Any) -> Any:
-        return session_or_pk.pk if isinstance(session_or_pk, models.Model) else session_or_pk
+    def _pk(self, session_or_pk: Any) -> Any:
+        if isinstance(session_or_pk, models.Model):
+            return session_or_pk.pk
+        try:
+            return self.model._meta.pk.to_python(session_or_pk)
+        except ValidationError:
+            raise exc.SessionNotFound(f"No {self.model.__name__} with id {session_or_pk!r}.") \
+                from None
 
     def _tool_context(self, turn: Turn) -> Any:
         from .tools import ToolContext
@@ -114,9 +120,10 @@ class AgentSessionQuerySet(models.QuerySet):
         return session.get_context()
 
     def _get(self, pk: Any) -> Any:
+        pk = self._pk(pk)
         try:
-            return self.get(pk=self._pk(pk))
-        except (self.model.DoesNotExist, ValueError, TypeError) as error:
+            return self.get(pk=pk)
+        except self.model.DoesNotExist as error:
             raise exc.SessionNotFound(f"No {self.model.__name__} with id {pk}.") from error
 
     def _run(self, turn: Turn, context: Context, on_progress: ProgressCallback | None) -> Any:
@@ -130,7 +137,7 @@ class AgentSessionQuerySet(models.QuerySet):
                 heartbeat=lambda: store.renew(turn))
             session = store.commit(turn, context, result)
         except BaseException as error:
-            raise self._failed(turn, error, state) from None
+            raise self._failed(turn, error, state)  # noqa: B904 (cause set in _failed)
         self._completed(session, turn, result)
         return session
 
@@ -219,7 +226,7 @@ class AgentSessionQuerySet(models.QuerySet):
             session = await database_sync_to_async(store.commit)(turn, context, result)
         except BaseException as error:
             failure = await asyncio.shield(database_sync_to_async(self._failed)(turn, error, state))
-            raise failure from None
+            raise failure  # noqa: B904
         from .signals import turn_completed
 
         if turn_completed.has_listeners(self.model):  # receivers may use the ORM

@@ -139,6 +139,14 @@ def _translated() -> Iterator[None]:
         raise translate_error(error) from error
 
 
+def _checked(sdk: Any) -> Any:
+    """Fail early, and typed, when no credentials are configured at all."""
+    if not any(getattr(sdk, name, None) for name in ("api_key", "auth_token", "credentials")):
+        raise exc.ModelAuthenticationError(
+            "No Anthropic API key: set ANTHROPIC_API_KEY or AGENT_SESSION['ANTHROPIC']['API_KEY'].")
+    return sdk
+
+
 class AnthropicClient:
     """Client for ``"anthropic:<model>"`` agents."""
 
@@ -151,7 +159,7 @@ class AnthropicClient:
     @property
     def sdk(self) -> anthropic.Anthropic:
         if self._sync is None:
-            self._sync = anthropic.Anthropic(**client_options())
+            self._sync = _checked(anthropic.Anthropic(**client_options()))
         return self._sync
 
     @property
@@ -159,7 +167,7 @@ class AnthropicClient:
         loop = asyncio.get_running_loop()
         client = self._async.get(loop)
         if client is None:
-            client = self._async[loop] = anthropic.AsyncAnthropic(**client_options())
+            client = self._async[loop] = _checked(anthropic.AsyncAnthropic(**client_options()))
         return client
 
     def create(self, request: ModelRequest, on_delta: DeltaCallback | None = None

@@ -7,12 +7,15 @@ the SDK's HTTP connection pool is reused across turns.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 _cache: dict[str, Any] = {}
+_overrides: dict[str, Any] = {}
 _lock = threading.Lock()
 
 
@@ -29,7 +32,9 @@ def get_client_class(provider: str) -> type:
 
 
 def get_client(provider: str) -> Any:
-    """The shared client instance for ``provider``."""
+    """The shared client instance for ``provider`` (an override, if one is active)."""
+    if provider in _overrides:
+        return _overrides[provider]
     client = _cache.get(provider)
     if client is None:
         with _lock:
@@ -43,3 +48,20 @@ def clear_client_cache() -> None:
     """Forget client instances (called when ``AGENT_SESSION`` changes)."""
     with _lock:
         _cache.clear()
+
+
+@contextmanager
+def override_client(provider: str, client: Any) -> Iterator[Any]:
+    """Route ``provider`` to ``client`` for the block (tests); survives settings changes."""
+    previous = _overrides.get(provider, _MISSING)
+    _overrides[provider] = client
+    try:
+        yield client
+    finally:
+        if previous is _MISSING:
+            _overrides.pop(provider, None)
+        else:
+            _overrides[provider] = previous
+
+
+_MISSING = object()

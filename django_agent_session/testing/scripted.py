@@ -134,26 +134,14 @@ def _copy(response: ModelResponse) -> ModelResponse:
 @contextmanager
 def use_scripted_client(*items: ScriptItem, provider: str = "anthropic",
                         default: ScriptItem = None) -> Iterator[ScriptedClient]:
-    """Route ``provider`` to a fresh :class:`ScriptedClient` for the block and yield it."""
-    from django.test import override_settings
+    """Route ``provider`` to a fresh :class:`ScriptedClient` for the block and yield it.
 
-    from ..clients.registry import get_client
-    from ..conf import agent_settings
+    The route survives ``override_settings(AGENT_SESSION=...)`` inside the block.
+    """
+    from ..clients.registry import override_client
 
-    clients = {**agent_settings.CLIENTS, provider: f"{__name__}.ScriptedClient"}
-    with override_settings(AGENT_SESSION={**_user_settings(), "CLIENTS": clients}):
-        client = get_client(provider)
-        client.enqueue(*items)
-        client.default = default
+    client = ScriptedClient()
+    client.enqueue(*items)
+    client.default = default
+    with override_client(provider, client):
         yield client
-
-
-def _user_settings() -> dict[str, Any]:
-    from django.conf import settings
-
-    return dict(getattr(settings, "AGENT_SESSION", {}) or {})
-
-
-
-
-Responder = Callable[[ModelRequest], ScriptItem]

@@ -68,3 +68,18 @@ class PlainAgent(AgentSessionModel):
         instruction = "Be brief."
         context_field = "state"
         token_budget = 100
+
+
+class SupportAgent(AgentSessionModel):
+    """Declared exactly like the DESIGN.md / README example."""
+
+    class Agent:
+        client = MODEL
+        instruction = "You are a helpful assistant for {{ company_name }}."
+        instruction_schema = CompanyArgs
+        input_schema = ChatInput
+        output_schema = ChatReply
+        tools = [lookup_order]
+        max_tokens = 1024
+        max_iterations = 10
+        context_field = "context"
