@@ -22,6 +22,7 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 
@@ -38,7 +39,7 @@ def check_session_models(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     errors: list[Any] = []
     try:
         clients = agent_settings.CLIENTS
-    except AttributeError as exc:
+    except ImproperlyConfigured as exc:
         return [Error(str(exc), id="django_agent_session.E004",
                       hint="See the configuration table in the README.")]
     for provider, path in clients.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
@@ -88,7 +89,7 @@ class AgentSessionSettings:
             self._user = getattr(settings, SETTING_NAME, {}) or {}
             unknown = sorted(set(self._user) - set(self.defaults))
             if unknown:
-                raise AttributeError(
+                raise ImproperlyConfigured(
                     f"Unknown {SETTING_NAME} setting(s): {', '.join(unknown)}. "
                     f"Known: {', '.join(sorted(self.defaults))}."
                 )

@@ -11,7 +11,8 @@ import dataclasses
 import json
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import anthropic
 import pytest
@@ -290,9 +291,7 @@ def test_rate_limit_is_retried_by_the_sdk(server: LoopbackMessagesServer) -> Non
     server.assert_script_consumed()
 
 
-def test_rate_limit_surfaces_when_retries_are_off(
-    server: LoopbackMessagesServer, client: anthropic.Anthropic
-) -> None:
+def test_rate_limit_surfaces_when_retries_are_off(server: LoopbackMessagesServer, client: anthropic.Anthropic) -> None:
     server.enqueue(Reply.rate_limited(retry_after=3))
 
     with pytest.raises(anthropic.RateLimitError) as excinfo:
@@ -615,7 +614,7 @@ def test_async_client_json_and_stream(server: LoopbackMessagesServer) -> None:
 def test_lifecycle() -> None:
     srv = LoopbackMessagesServer(["x"])
     with pytest.raises(RuntimeError):
-        srv.base_url
+        _ = srv.base_url
     srv.stop()  # stopping a server that never started is harmless
 
     srv = LoopbackMessagesServer()
