@@ -1,0 +1,105 @@
+"""The one mapping from the library's typed errors to HTTP responses.
+
+JSON endpoints raise what :func:`api_exception` returns through DRF's exception handling (so a
+project's ``EXCEPTION_HANDLER`` still applies); streaming endpoints send :func:`error_body`
+as an ``error`` event. Both give the same status and body for the same error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from rest_framework import exceptions as drf
+from rest_framework import status
+
+from .. import exceptions as exc
+
+logger = logging.getLogger("django_agent_session.api")
+
+#: error class -> HTTP status; the first matching entry wins (subclasses before bases)
+STATUS_BY_ERROR: list[tuple[type[exc.AgentSessionError], int]] = [
+    (exc.SessionBusy, status.HTTP_409_CONFLICT),
+    (exc.LeaseLost, status.HTTP_409_CONFLICT),
+    (exc.TokenBudgetExceeded, status.HTTP_409_CONFLICT),
+    (exc.InvalidModelOutput, status.HTTP_502_BAD_GATEWAY),
+    (exc.MaxIterationsExceeded, status.HTTP_502_BAD_GATEWAY),
+    (exc.ToolFailed, status.HTTP_502_BAD_GATEWAY),
+    (exc.TurnCancelled, status.HTTP_503_SERVICE_UNAVAILABLE),
+]
+
+#: keys of ``AgentSessionError.details`` that are not repeated in the response body
+HIDDEN_DETAILS = {"status_code"}
+
+
+class AgentAPIError(drf.APIException):
+    """A typed agent error as a DRF exception: ``{"code", "detail", "retryable", ...}``."""
+
+    def __init__(self, error: exc.AgentSessionError, status_code: int) -> None:
+        super().__init__(error.message, error.code)
+        self.status_code = status_code
+        self.error = error
+        body: dict[str, Any] = {"code": error.code, "detail": error.message,
+                                "retryable": error.retryable}
+        body.update({k: v for k, v in error.details.items()
+                     if v is not None and k not in HIDDEN_DETAILS and k not in body})
+        session = getattr(error, "session", None)
+        if session is not None:
+            body["session_id"] = str(session.pk)
+        # plain values, not ErrorDetail: booleans and numbers stay what they are
+        self.detail = body  # type: ignore[assignment]
+        if isinstance(error, exc.SessionBusy):
+            self.wait = math.ceil(error.retry_after)  # DRF turns ``wait`` into Retry-After
+
+
+def status_for(error: exc.AgentSessionError) -> int:
+    for cls, code in STATUS_BY_ERROR:
+        if isinstance(error, cls):
+            return code
+    if isinstance(error, exc.ModelError):
+        return status.HTTP_503_SERVICE_UNAVAILABLE if error.retryable else status.HTTP_502_BAD_GATEWAY
+    return status.HTTP_500_INTERNAL_SERVER_ERROR  # ``internal_error``: a bug, not the client
+
+
+def api_exception(error: BaseException) -> BaseException:
+    """The DRF exception to raise for ``error`` (other exceptions are returned unchanged)."""
+    if isinstance(error, exc.InvalidInstructionArgs):
+        return drf.ValidationError({"instruction_args": error.errors})
+    if isinstance(error, exc.InvalidInput):
+        return drf.ValidationError({"input": error.errors})
+    if isinstance(error, exc.SessionNotFound):
+        return drf.NotFound()
+    if isinstance(error, exc.AgentSessionError):
+        code = status_for(error)
+        if code >= 500 and not isinstance(error, exc.ModelError):
+            logger.error("Agent turn failed: %s", error, exc_info=error)
+        return AgentAPIError(error, code)
+    return error
+
+
+def error_body(error: BaseException) -> dict[str, Any]:
+    """``{"status": <the status the JSON endpoint would answer>, **body}`` for an SSE event."""
+    converted = api_exception(error)
+    if not isinstance(converted, drf.APIException):
+        logger.exception("Agent turn failed", exc_info=error)
+        return {"status": 500, "code": "internal_error", "detail": "Internal server error.",
+                "retryable": False}
+    detail = converted.detail
+    if isinstance(converted, AgentAPIError):
+        body = dict(detail)  # type: ignore[arg-type]
+    elif isinstance(detail, dict):
+        body = {"code": converted.default_code, "detail": "Invalid request.",
+                "errors": _plain(detail), "retryable": False}
+    else:
+        body = {"code": getattr(detail, "code", converted.default_code), "detail": str(detail),
+                "retryable": False}
+    return {"status": converted.status_code, **body}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)

@@ -1,0 +1,115 @@
+"""OpenAPI annotations for the generated viewsets (drf-spectacular, when installed).
+
+Applied per generated class with ``extend_schema_view``, so each agent's operations carry its
+own typed components (``<Model>Start``, ``<Model>Turn``, its input, instruction args and
+output serializers) and the base class stays untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .serializers import (
+    AgentErrorSerializer,
+    AgentEventPageSerializer,
+    AgentRunPageSerializer,
+    AgentSerializers,
+    DetailSerializer,
+)
+from .streaming import CONTENT_TYPE
+
+JSON = "application/json"
+
+STREAM_DESCRIPTION = (
+    "Server-Sent Events: `delta`, `tool.call`, `tool.result` and `budget.warning` events as "
+    "the turn runs, then `message` (the same body as the JSON endpoint) or `error` "
+    "(`{status, code, detail, retryable}`).")
+
+
+def annotate(viewset: type, s: AgentSerializers) -> type:
+    """Attach the per-model schema to ``viewset``; a no-op without drf-spectacular."""
+    try:
+        from drf_spectacular.types import OpenApiTypes
+        from drf_spectacular.utils import (
+            OpenApiParameter,
+            OpenApiResponse,
+            extend_schema,
+            extend_schema_view,
+        )
+    except ImportError:  # pragma: no cover - drf-spectacular is optional
+        return viewset
+
+    name = viewset.model.__name__
+    tag = [name]
+    session_id = [OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH,
+                                   description="The session's id.")]
+    detail = OpenApiResponse(DetailSerializer, description="Not authenticated or not allowed.")
+    invalid = OpenApiResponse(OpenApiTypes.OBJECT,
+                              description="Field errors, e.g. `{\"input\": {\"message\": [...]}}`.")
+    auth: dict[Any, Any] = {401: detail, 403: detail}
+    missing = {404: OpenApiResponse(DetailSerializer, description="No such session for you.")}
+    throttled = {429: OpenApiResponse(DetailSerializer, description="Throttled.")}
+    agent_error = {
+        409: OpenApiResponse(AgentErrorSerializer, description=(
+            "`session_busy` (with Retry-After), `lease_lost` or `token_budget_exceeded`.")),
+        502: OpenApiResponse(AgentErrorSerializer,
+                             description="The model or the agent failed (not retryable)."),
+        503: OpenApiResponse(AgentErrorSerializer,
+                             description="The model is unavailable for now (retryable)."),
+    }
+    turn_errors = {400: invalid, **auth, **throttled, **agent_error}
+
+    def stream_responses(extra: dict[Any, Any]) -> dict[Any, Any]:
+        responses: dict[Any, Any] = {
+            (200, CONTENT_TYPE): OpenApiResponse(OpenApiTypes.STR, description=STREAM_DESCRIPTION)}
+        for code, response in {400: invalid, **auth, **extra, **throttled}.items():
+            responses[(code, JSON)] = response
+            responses[(code, CONTENT_TYPE)] = OpenApiResponse(
+                OpenApiTypes.STR, description="The error as one `error` event.")
+        return responses
+
+    page_params = [
+        OpenApiParameter("page", int, description="Page number (from 1)."),
+        OpenApiParameter("page_size", int, description="Items per page (at most 100)."),
+    ]
+    seq_params = [
+        OpenApiParameter("after_seq", int, description="Only events after this seq (default 0)."),
+        OpenApiParameter("limit", int, description="Events per page (1..1000)."),
+    ]
+    return extend_schema_view(
+        list=extend_schema(
+            tags=tag, summary=f"List your {name} sessions",
+            description="Newest activity first; filter by status, creation time and title.",
+            responses={200: s.session(many=True), 400: invalid, **auth, **throttled}),
+        create=extend_schema(
+            tags=tag, summary=f"Start a {name} session", request=s.start,
+            responses={201: s.turn, **turn_errors}),
+        retrieve=extend_schema(tags=tag, parameters=session_id, summary=f"A {name} session",
+                               responses={200: s.session, **auth, **missing, **throttled}),
+        partial_update=extend_schema(
+            tags=tag, parameters=session_id, summary=f"Rename a {name} session", request=s.session,
+            responses={200: s.session, 400: invalid, **auth, **missing, **throttled}),
+        destroy=extend_schema(
+            tags=tag, parameters=session_id, summary=f"Delete a {name} session with its runs and events",
+            responses={204: None, **auth, **missing, **throttled,
+                       409: OpenApiResponse(AgentErrorSerializer,
+                                            description="A turn is running.")}),
+        continue_turn=extend_schema(
+            tags=tag, parameters=session_id, summary=f"Run one turn on a {name} session", request=s.continue_,
+            responses={200: s.turn, **missing, **turn_errors}),
+        context=extend_schema(tags=tag, parameters=session_id, summary="The conversation context",
+                              responses={200: s.context, **auth, **missing, **throttled}),
+        events=extend_schema(
+            tags=tag, summary="The event log, cursor-paginated by seq", parameters=[*session_id, *seq_params],
+            responses={200: AgentEventPageSerializer, 400: invalid, **auth, **missing,
+                       **throttled}),
+        runs=extend_schema(
+            tags=tag, summary="The runs (turns) with their usage", parameters=[*session_id, *page_params],
+            responses={200: AgentRunPageSerializer, **auth, **missing, **throttled}),
+        stream_start=extend_schema(
+            tags=tag, summary=f"Start a {name} session, streamed (SSE)", request=s.start,
+            responses=stream_responses({})),
+        stream_continue=extend_schema(
+            tags=tag, parameters=session_id, summary=f"Run one turn on a {name} session, streamed (SSE)",
+            request=s.continue_, responses=stream_responses(missing)),
+    )(viewset)

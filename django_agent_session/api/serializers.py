@@ -1,0 +1,225 @@
+"""Request and response serializers, generated per concrete session model.
+
+The shared shapes (runs, events, usage, errors) are plain classes. Everything that carries an
+agent's own schema (its input, instruction args and output) is generated per model by
+:func:`serializers_for` and cached, so OpenAPI shows typed bodies per agent.
+
+The agent's input and instruction args are *validated by the manager* (one source of truth,
+the agent's own serializers); the request serializers here only check the body's shape and
+carry the agent's schema for the documentation (``schema_field``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rest_framework import serializers
+
+from ..models import AgentEvent, AgentRun, RunStatus
+from ..schemas import SerializerClass
+
+try:  # drf-spectacular is optional (the ``openapi`` extra)
+    from drf_spectacular.utils import extend_schema_field
+except ImportError:  # pragma: no cover - exercised only without drf-spectacular
+    extend_schema_field = None
+
+
+def schema_field(name: str, documented_as: SerializerClass | None, **kwargs: Any
+                 ) -> serializers.Field:
+    """A field holding raw JSON at run time, documented as ``documented_as`` in OpenAPI."""
+    field_class = type(name, (serializers.JSONField,), {"__module__": __name__})
+    if documented_as is not None and extend_schema_field is not None:
+        field_class = extend_schema_field(documented_as)(field_class)
+    return field_class(**kwargs)
+
+
+class UsageSerializer(serializers.Serializer):
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cache_creation_input_tokens = serializers.IntegerField()
+    cache_read_input_tokens = serializers.IntegerField()
+
+    class Meta:
+        ref_name = "AgentUsage"
+
+
+def _run_status_field() -> serializers.Field:
+    # Documented inline, wrapped in allOf so drf-spectacular does not lift it into a "Status"
+    # enum component, which would collide with the session status (a schema warning).
+    choices = [value for value, _ in RunStatus.choices]
+    field_class = type("RunStatusField", (serializers.CharField,), {"__module__": __name__})
+    if extend_schema_field is not None:
+        schema = {"allOf": [{"type": "string", "enum": choices}]}
+        field_class = extend_schema_field(schema)(field_class)
+    return field_class(read_only=True)
+
+
+class AgentRunSerializer(serializers.ModelSerializer):
+    status = _run_status_field()
+    usage = UsageSerializer(read_only=True)
+
+    class Meta:
+        model = AgentRun
+        ref_name = "AgentRun"
+        fields = ["id", "status", "input", "output", "error", "model", "iterations", "usage",
+                  "started_at", "ended_at", "duration_ms"]
+        read_only_fields = fields
+
+
+class AgentEventSerializer(serializers.ModelSerializer):
+    run_id = serializers.UUIDField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = AgentEvent
+        ref_name = "AgentEvent"
+        fields = ["seq", "type", "run_id", "data", "created_at"]
+        read_only_fields = fields
+
+
+class AgentEventPageSerializer(serializers.Serializer):
+    """One page of the event log (``SeqCursorPagination``)."""
+
+    next = serializers.URLField(allow_null=True, help_text="The next page, or null at the end.")
+    last_seq = serializers.IntegerField(help_text="Pass as after_seq to continue from here.")
+    results = AgentEventSerializer(many=True)
+
+    class Meta:
+        ref_name = "AgentEventPage"
+
+
+class AgentRunPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = AgentRunSerializer(many=True)
+
+    class Meta:
+        ref_name = "AgentRunPage"
+
+
+class AgentErrorSerializer(serializers.Serializer):
+    """The body of 409, 502 and 503 answers (see ``api/errors.py``)."""
+
+    code = serializers.CharField(help_text="Stable error code, e.g. session_busy.")
+    detail = serializers.CharField()
+    retryable = serializers.BooleanField()
+    retry_after = serializers.FloatField(required=False, help_text="Seconds (session_busy).")
+    request_id = serializers.CharField(required=False, help_text="The provider's request id.")
+    session_id = serializers.UUIDField(
+        required=False, help_text="The session the failed turn ran on (a failed start created it).")
+
+    class Meta:
+        ref_name = "AgentError"
+
+
+class DetailSerializer(serializers.Serializer):
+    """DRF's ``{"detail": ...}`` answers (401, 403, 404, 405, 429)."""
+
+    detail = serializers.CharField()
+
+    class Meta:
+        ref_name = "ErrorDetail"
+
+
+class AgentSessionSerializer(serializers.ModelSerializer):
+    """A session as clients see it; only ``title`` is writable."""
+
+    usage = UsageSerializer(read_only=True)
+    last_output = serializers.JSONField(read_only=True, allow_null=True)
+
+    class Meta:
+        model: Any = None
+        fields = ["id", "title", "status", "turn_count", "usage", "last_output",
+                  "created_at", "updated_at", "last_activity_at"]
+        read_only_fields = [name for name in fields if name != "title"]
+
+    def update(self, instance: Any, validated_data: dict[str, Any]) -> Any:
+        # write only these columns: a full save() would overwrite a concurrent turn's commit
+        for name, value in validated_data.items():
+            setattr(instance, name, value)
+        instance.save(update_fields=[*validated_data, "updated_at"])
+        return instance
+
+
+@dataclass(frozen=True)
+class AgentSerializers:
+    """The serializers generated for one session model."""
+
+    session: type[serializers.ModelSerializer]
+    start: type[serializers.Serializer]
+    continue_: type[serializers.Serializer]
+    turn: type[serializers.Serializer]
+    context: type[serializers.Serializer]
+
+
+_cache: dict[type, AgentSerializers] = {}
+
+
+def serializers_for(model: type) -> AgentSerializers:
+    """The serializers of ``model``, generated on first use and cached."""
+    found = _cache.get(model)
+    if found is None:
+        found = _cache[model] = _build(model)
+    return found
+
+
+def _build(model: type) -> AgentSerializers:
+    options = model.agent_options
+    if options is None:
+        raise TypeError(f"{model.__name__} is not a concrete agent session model")
+    name = model.__name__
+    module = {"__module__": __name__}
+
+    def output(**kwargs: Any) -> serializers.Field:
+        return schema_field(f"{name}OutputField", options.output_serializer, **kwargs)
+
+    def input_field() -> serializers.Field:
+        return schema_field(f"{name}InputField", options.input_serializer,
+                            help_text="Validated by the agent's input_schema.")
+
+    meta = type("Meta", (AgentSessionSerializer.Meta,), {"model": model, "ref_name": f"{name}Session"})
+    session = type(f"{name}SessionSerializer", (AgentSessionSerializer,), {
+        **module, "Meta": meta,
+        "last_output": output(read_only=True, allow_null=True,
+                              help_text="The latest output (null before the first turn)."),
+    })
+
+    instruction = options.instruction_serializer
+    if instruction is not None:
+        required = any(f.required for f in instruction().fields.values())
+        args = schema_field(f"{name}InstructionArgsField", instruction, required=required,
+                            help_text="Validated by the agent's instruction_schema.")
+    else:
+        args = serializers.DictField(required=False, help_text="Instruction template variables.")
+    start = type(f"{name}StartSerializer", (serializers.Serializer,), {
+        **module, "input": input_field(), "instruction_args": args,
+        "Meta": type("Meta", (), {"ref_name": f"{name}Start"}),
+    })
+    continue_ = type(f"{name}ContinueSerializer", (serializers.Serializer,), {
+        **module, "input": input_field(),
+        "Meta": type("Meta", (), {"ref_name": f"{name}Continue"}),
+    })
+    turn = type(f"{name}TurnSerializer", (serializers.Serializer,), {
+        **module, "session": session(read_only=True), "output": output(read_only=True),
+        "Meta": type("Meta", (), {"ref_name": f"{name}Turn"}),
+    })
+    if instruction is not None:
+        context_args = schema_field(f"{name}ContextArgsField", instruction, read_only=True)
+    else:
+        context_args = serializers.DictField(read_only=True)
+    context = type(f"{name}ContextSerializer", (serializers.Serializer,), {
+        **module,
+        "version": serializers.IntegerField(read_only=True),
+        "system": serializers.CharField(read_only=True, help_text="The rendered instruction."),
+        "instruction_args": context_args,
+        "messages": serializers.ListField(child=serializers.DictField(), read_only=True,
+                                          help_text="Messages API format."),
+        "usage": UsageSerializer(read_only=True),
+        "turns": serializers.IntegerField(read_only=True),
+        "last_output": output(read_only=True, allow_null=True),
+        "metadata": serializers.DictField(read_only=True),
+        "Meta": type("Meta", (), {"ref_name": f"{name}Context"}),
+    })
+    return AgentSerializers(session=session, start=start, continue_=continue_, turn=turn,
+                            context=context)
