@@ -271,13 +271,15 @@ class TurnEngine:
     # -- drivers -----------------------------------------------------------------------------
 
     def _delta_handler(self, state: TurnState, on_progress: ProgressCallback | None,
-                       iteration: int) -> Callable[[dict[str, Any]], Any]:
+                       iteration: int) -> Callable[[dict[str, Any]], Any] | None:
+        """Stream only when someone listens; the partial text is kept for failure reports."""
+        if on_progress is None:
+            return None
+
         def on_delta(delta: dict[str, Any]) -> Any:
             if delta["kind"] == "text":
                 state.partial_text.append(delta["text"])
-            if on_progress is not None:
-                return on_progress("delta", {**delta, "iteration": iteration})
-            return None
+            return on_progress("delta", {**delta, "iteration": iteration})
         return on_delta
 
     def run(self, context: Context, user_blocks: list[dict[str, Any]], client: Any, *,

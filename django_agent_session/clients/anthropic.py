@@ -120,11 +120,22 @@ def translate_error(error: BaseException) -> exc.ModelError:
     if isinstance(error, (anthropic.BadRequestError, anthropic.NotFoundError,
                           anthropic.UnprocessableEntityError)):
         return exc.ModelBadRequest(message, **kwargs)
+    # an `error` event inside a 200 SSE stream arrives as a bare APIStatusError
+    by_type = _BY_ERROR_TYPE.get(getattr(error, "type", None) or "")
+    if by_type is not None and isinstance(error, anthropic.APIStatusError):
+        return by_type(message, **kwargs)
     if isinstance(error, (httpx2.TransportError, anthropic.APIResponseValidationError)):
         # a stream cut mid-reply surfaces as a transport error from the body iterator
         return exc.ModelConnectionError(message or type(error).__name__, **kwargs)
     return exc.ModelError(message, **kwargs)
 
+
+_BY_ERROR_TYPE: dict[str, type[exc.ModelError]] = {
+    "overloaded_error": exc.ModelOverloaded,
+    "rate_limit_error": exc.ModelRateLimited,
+    "api_error": exc.ModelUnavailable,
+    "timeout_error": exc.ModelTimeout,
+}
 
 _SDK_ERRORS = (anthropic.AnthropicError, httpx2.HTTPError)
 
