@@ -18,6 +18,7 @@ from django.db import models
 from . import exceptions as exc
 from .conf import agent_settings
 from .context import Context
+from .queries import SessionQueryMixin
 from .schemas import validate
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from .store import SessionStore, Turn
 
 
-class AgentSessionQuerySet(models.QuerySet):
+class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
     """Session queries plus the three session operations."""
 
     # -- helpers -----------------------------------------------------------------------------
