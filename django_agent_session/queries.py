@@ -88,8 +88,9 @@ class JSONArrayContains(Expression):
     def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, list[Any]]:
         lhs, params = compiler.compile(self.column)
         path = "$." + json.dumps(self.key)
-        sql = f"EXISTS (SELECT 1 FROM json_each({lhs}, %s) AS _je WHERE _je.value = %s)"
-        return sql, [*params, path, self.value]
+        sql = (f"(json_type({lhs}, %s) = 'array' AND "
+               f"EXISTS (SELECT 1 FROM json_each({lhs}, %s) AS _je WHERE _je.value = %s))")
+        return sql, [*params, path, *params, path, self.value]
 
     def as_postgresql(self, compiler: Any, connection: Any, **extra: Any
                       ) -> tuple[str, list[Any]]:
@@ -376,9 +377,9 @@ def session_stats(session: AgentSessionModel) -> dict[str, Any]:
     runs = AgentRun.objects.filter(**where).aggregate(
         total=Count("pk"),
         **{status: Count("pk", filter=Q(status=status)) for status in RunStatus.values},
-        duration_ms=Coalesce(Sum("duration_ms"), 0),
-        avg_duration_ms=Avg("duration_ms"),
-        iterations=Coalesce(Sum("iterations"), 0),
+        sum_duration=Coalesce(Sum("duration_ms"), 0),
+        avg_duration=Avg("duration_ms"),
+        sum_iterations=Coalesce(Sum("iterations"), 0),
         first_run_at=Min("started_at"), last_run_at=Max("started_at"),
         **{f"tok_{name}": Coalesce(Sum(name), 0) for name in TOKEN_FIELDS},
     )
@@ -386,15 +387,15 @@ def session_stats(session: AgentSessionModel) -> dict[str, Any]:
         count=Count("pk"), bytes=Coalesce(Sum("size"), 0))
     tokens = {name: getattr(session, name) for name in TOKEN_FIELDS}
     run_tokens = {name: runs.pop(f"tok_{name}") for name in TOKEN_FIELDS}
-    avg = runs.pop("avg_duration_ms")
+    avg = runs.pop("avg_duration")
     return {
         "turns": session.turn_count,
         "runs": {key: runs.pop(key) for key in ("total", *RunStatus.values)},
         "tokens": {**tokens, "total": sum(tokens.values())},
         "run_tokens": {**run_tokens, "total": sum(run_tokens.values())},
-        "duration_ms": runs["duration_ms"],
+        "duration_ms": runs["sum_duration"],
         "avg_duration_ms": round(avg) if avg is not None else None,
-        "iterations": runs["iterations"],
+        "iterations": runs["sum_iterations"],
         "first_run_at": runs["first_run_at"],
         "last_run_at": runs["last_run_at"],
         "events": AgentEvent.objects.filter(**where).count(),
