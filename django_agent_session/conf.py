@@ -51,6 +51,22 @@ DEFAULTS: dict[str, Any] = {
     "MAX_FRAME_BYTES": 256 * 1024,
     # Artifacts: a STORAGES alias, or None for default_storage
     "ARTIFACT_STORAGE": None,
+    # Retention (``prune_agent_sessions``): nothing is pruned until a limit is set.
+    "RETENTION": {
+        # delete sessions whose last activity is older than this many days (None: never)
+        "MAX_AGE_DAYS": None,
+        # keep at most this many (unprotected) sessions per owner, newest activity first
+        "MAX_SESSIONS_PER_OWNER": None,
+        # sessions in these statuses are never pruned (nor their events)
+        "EXEMPT_STATUSES": ["running"],
+        # pinned sessions are never pruned (nor their events)
+        "KEEP_PINNED": True,
+        # event types deleted on their own once older than CHATTY_EVENT_MAX_AGE_DAYS
+        "CHATTY_EVENT_TYPES": ["usage", "message.queued"],
+        "CHATTY_EVENT_MAX_AGE_DAYS": None,
+        # rows per delete; each batch is its own short transaction
+        "BATCH_SIZE": 500,
+    },
     # REST
     "API_PERMISSION_CLASSES": ["django_agent_session.api.permissions.IsSessionOwner"],
     "API_THROTTLE_CLASSES": None,  # None: DRF's DEFAULT_THROTTLE_CLASSES
