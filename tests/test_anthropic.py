@@ -290,3 +290,17 @@ class TestAsync:
         server.enqueue(Reply.overloaded())
         with pytest.raises(exc.ModelOverloaded):
             await ChatAgent.objects.astart_session("Hi", instruction_args=ARGS)
+
+
+def test_cache_switch_thinking_and_temperature_reach_the_api(server):
+    from django_agent_session.clients.anthropic import AnthropicClient
+    from tests.test_tools import USER, engine_for
+
+    server.enqueue(Reply.text("ok", thinking="hmm"))
+    engine = engine_for([], cache=False, thinking="adaptive", temperature=0.2)
+    result = engine.run(Context(system="s"), USER, AnthropicClient())
+    body = server.last_request.body
+    assert "cache_control" not in body
+    assert body["thinking"] == {"type": "adaptive"}
+    assert body["temperature"] == 0.2
+    assert [b["type"] for b in result.messages[-1]["content"]] == ["thinking", "text"]
