@@ -1,0 +1,474 @@
+"""The live session: the one place in the cluster that runs a conversation's turns.
+
+A :class:`LiveSession` lives in the event loop of the process that elected it (see ``api.start``)
+and is not tied to any WebSocket: it listens on its own channel (named in the ownership lease),
+so consumers in every process reach it through the channel layer. It
+
+* runs turns one at a time with ``acontinue_session`` as asyncio tasks, queueing messages that
+  arrive meanwhile (FIFO, bounded by ``QUEUE_MAX``) and announcing them;
+* cancels the running turn on request (the core records the run as cancelled, with the partial
+  reply, and leaves the context untouched);
+* fans every progress callback, message, run status, presence change and its own stop out to the
+  conversation's group;
+* renews its ownership lease, tracks presence, and stops after ``inactivity_timeout`` seconds
+  without activity or ``NO_VIEWER_GRACE_SECONDS`` without viewers.
+
+Layer messages it receives (on its channel): ``live.message``, ``live.cancel``, ``live.join``,
+``live.leave``, ``live.stop``. It answers the sender with ``live.ack`` and ``live.state``, and
+sends ``live.frame`` (a client frame) and ``live.rollcall`` to the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.contrib.contenttypes.models import ContentType
+from django.utils import timezone
+
+from .. import exceptions as exc
+from ..conf import agent_settings
+from ..models import AgentEvent, AgentRun, EventType, RunStatus
+from . import ownership
+from .presence import Presence
+from .protocol import NOTHING_TO_CANCEL, QUEUE_FULL, error_frame
+from .routers import SessionSpec
+
+logger = logging.getLogger("django_agent_session.live")
+
+#: how many recently accepted message ids are remembered (a resent message runs once)
+SEEN_IDS = 1000
+#: bound on waiting for a cancelled turn to record itself while stopping
+STOP_WAIT_SECONDS = 15.0
+
+
+def group_name(model: type, conversation_id: Any) -> str:
+    """The channel-layer group of a conversation (ASCII alnum, ``-_.``, under 100 chars)."""
+    label = model._meta.label_lower
+    if len(label) > 50 or not label.replace("_", "").replace(".", "").isalnum():
+        label = hashlib.sha1(label.encode()).hexdigest()[:16]
+    return f"agent_session.{label}.{uuid.UUID(str(conversation_id)).hex}"
+
+
+@dataclass
+class Item:
+    """A message waiting for, or running, its turn."""
+
+    id: str
+    ref: str
+    input: Any
+    user_id: Any
+    reply_to: str | None
+    announced: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+    partial: list[str] = field(default_factory=list)
+    deltas: int = 0
+    cancelled: bool = False
+
+    def summary(self, *, running: bool = False) -> dict[str, Any]:
+        data = {"ref": self.ref, "input": self.input, "user_id": self.user_id}
+        if running:
+            data.update(partial_text="".join(self.partial), deltas=self.deltas)
+        return data
+
+
+class LiveSession:
+    """One conversation's live session, hosted by this process (see the module docstring)."""
+
+    def __init__(self, spec: SessionSpec, conversation_id: uuid.UUID, layer: Any,
+                 channel_name: str, lease_expires_at: datetime) -> None:
+        self.spec, self.model = spec, spec.model
+        self.conversation_id = conversation_id
+        self.key = str(conversation_id)
+        self.layer, self.channel_name = layer, channel_name
+        self.group = group_name(self.model, conversation_id)
+        self.lease_seconds = ownership.lease_seconds()
+        self.timeout = spec.timeout
+        self.grace = float(agent_settings.NO_VIEWER_GRACE_SECONDS)
+        self.queue_max = int(agent_settings.QUEUE_MAX)
+        self.queue: deque[Item] = deque()
+        self.current: Item | None = None
+        self.presence = Presence(stale_after=self.lease_seconds)
+        self.state = "new"
+        self.stop_reason: str | None = None
+        self.stopped = asyncio.Event()
+        now = time.monotonic()
+        self.last_activity = now
+        self.no_viewers_since: float | None = now
+        remaining = (lease_expires_at - timezone.now()).total_seconds()
+        self.lease_deadline = now + remaining
+        self.next_renew = now + self.lease_seconds / 3
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._tasks: list[asyncio.Task] = []
+        self._turn_runner: asyncio.Task | None = None
+        self._stop_task: asyncio.Task | None = None
+
+    def __repr__(self) -> str:
+        return f"<LiveSession {self.model.__name__} {self.key} {self.state}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None or bool(self.queue)
+
+    async def start(self) -> None:
+        self.state = "running"
+        self._tasks = [asyncio.create_task(self._receive_loop(), name=f"live-recv-{self.key}"),
+                       asyncio.create_task(self._ticker(), name=f"live-tick-{self.key}")]
+        await self.layer.group_send(self.group, {"type": "live.rollcall",
+                                                 "owner": self.channel_name})
+        await self.broadcast({"type": "session.started"})
+
+    def request_stop(self, reason: str) -> asyncio.Task:
+        """Schedule the stop (idempotent); the task can be awaited."""
+        if self._stop_task is None:
+            self._stop_task = asyncio.create_task(self._stop(reason), name=f"live-stop-{self.key}")
+        return self._stop_task
+
+    async def stop(self, reason: str) -> None:
+        await asyncio.shield(self.request_stop(reason))
+
+    async def _stop(self, reason: str) -> None:
+        self.state, self.stop_reason = "stopping", reason
+        dropped = list(self.queue)
+        self.queue.clear()
+        for item in dropped:
+            item.announced.set()
+        current = self.current
+        if current is not None and current.task is not None:
+            current.task.cancel()
+        if self._turn_runner is not None:
+            await asyncio.wait([self._turn_runner], timeout=STOP_WAIT_SECONDS)
+        me = asyncio.current_task()
+        for task in self._tasks:
+            if task is not me:
+                task.cancel()
+        await asyncio.gather(*(t for t in self._tasks if t is not me), return_exceptions=True)
+        try:
+            await database_sync_to_async(ownership.release)(self.conversation_id,
+                                                            self.channel_name)
+        except ownership.OwnershipUnavailable:
+            logger.warning("Could not release the live lease of %s; it will expire.", self.key)
+        data = {"reason": reason, "dropped": [item.ref for item in dropped]}
+        seq = await self._append_event(EventType.SESSION_STOPPED, data)
+        from .api import _forget
+
+        _forget(self)
+        self.state = "stopped"
+        await self.broadcast({"type": "session.stopped", **data, "seq": seq})
+        self.stopped.set()
+
+    # -- the channel -------------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        while True:
+            message = await self.layer.receive(self.channel_name)
+            try:
+                await self.dispatch(message)
+            except Exception:  # one bad message must not end the live session
+                logger.exception("Live session %s failed to handle %r", self.key,
+                                 message.get("type"))
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        handler = {
+            "live.message": self._on_message,
+            "live.cancel": self._on_cancel,
+            "live.join": self._on_join,
+            "live.leave": self._on_leave,
+            "live.stop": self._on_stop,
+        }.get(message.get("type"))
+        if handler is None:
+            logger.warning("Live session %s ignored %r", self.key, message.get("type"))
+            return
+        await handler(message)
+
+    async def _reply(self, channel: str | None, message: dict[str, Any]) -> None:
+        if channel:
+            try:
+                await self.layer.send(channel, message)
+            except Exception:  # a viewer that went away (or a full channel) is not our failure
+                logger.info("Live session %s could not reply to %s", self.key, channel)
+
+    async def _ack(self, message: dict[str, Any], **result: Any) -> None:
+        await self._reply(message.get("reply_to"), {"type": "live.ack", "id": message.get("id"),
+                                                     **result})
+
+    async def broadcast(self, frame: dict[str, Any]) -> None:
+        try:
+            await self.layer.group_send(self.group, {"type": "live.frame", "frame": frame})
+        except Exception:
+            logger.exception("Live session %s could not fan out %r", self.key, frame.get("type"))
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    # -- messages and turns -------------------------------------------------------------------
+
+    async def _on_message(self, message: dict[str, Any]) -> None:
+        msg_id = str(message.get("id") or uuid.uuid4().hex)
+        if msg_id in self._seen:  # a resend of a message we already took
+            await self._ack(message, ok=True)
+            return
+        if self.state != "running":
+            await self._ack(message, ok=False, retry=True)
+            return
+        ref = message.get("ref") or msg_id
+        idle = not self.busy
+        if not idle and len(self.queue) >= self.queue_max:
+            await self._ack(message, ok=False, frame=error_frame(
+                QUEUE_FULL, f"{self.queue_max} messages are already waiting; try again later.",
+                ref=ref))
+            return
+        self._remember(msg_id)
+        item = Item(msg_id, ref, message.get("input"), message.get("user_id"),
+                    message.get("reply_to"))
+        self.touch()
+        self.queue.append(item)
+        if idle:
+            item.announced.set()
+            self._next()
+            await self._ack(message, ok=True)
+            return
+        position = len(self.queue)
+        await self._ack(message, ok=True)
+        try:
+            data = {"ref": ref, "input": item.input, "user_id": item.user_id,
+                    "position": position}
+            seq = await self._append_event(EventType.MESSAGE_QUEUED, data)
+            await self.broadcast({"type": "message.queued", **data, "seq": seq})
+        finally:
+            item.announced.set()
+
+    def _remember(self, msg_id: str) -> None:
+        self._seen[msg_id] = None
+        while len(self._seen) > SEEN_IDS:
+            self._seen.popitem(last=False)
+
+    def _next(self) -> None:
+        """Start the next queued turn if none runs (no await: the check and start are atomic)."""
+        if self.current is None and self.queue and self.state == "running":
+            self.current = item = self.queue.popleft()
+            self._turn_runner = asyncio.create_task(self._run(item), name=f"live-turn-{self.key}")
+
+    async def _run(self, item: Item) -> None:
+        try:
+            await item.announced.wait()
+            if item.cancelled or self.state != "running":
+                await self.broadcast({"type": "run.status", "status": "cancelled",
+                                      "ref": item.ref, "run_id": None, "queued": True})
+                return
+            started = timezone.now() - timedelta(seconds=1)
+            await self.broadcast({"type": "run.status", "status": "started",
+                                  **item.summary()})
+            item.task = asyncio.create_task(self._turn(item))
+            await asyncio.wait([item.task])
+            await self._report(item, started)
+        except Exception:
+            logger.exception("Live session %s failed to run a turn", self.key)
+        finally:
+            self.current = None
+            self.touch()
+            self._next()
+
+    async def _turn(self, item: Item) -> Any:
+        async def on_progress(kind: str, data: dict[str, Any]) -> None:
+            frame = {"type": kind, "ref": item.ref, **data}
+            if kind == "delta":
+                item.deltas += 1
+                frame["n"] = item.deltas
+                if data.get("kind") == "text":
+                    item.partial.append(data.get("text") or "")
+            self.touch()
+            await self.broadcast(frame)
+
+        return await self.model.objects.acontinue_session(self.conversation_id, item.input,
+                                                          on_progress=on_progress)
+
+    async def _report(self, item: Item, started: datetime) -> None:
+        task = item.task
+        assert task is not None
+        base = {"type": "run.status", "ref": item.ref}
+        if task.cancelled():
+            info = await database_sync_to_async(self._run_info)(RunStatus.CANCELLED, started)
+            await self.broadcast({**base, "status": "cancelled", **info})
+            return
+        error = task.exception()
+        if error is None:
+            session = task.result()
+            info = await database_sync_to_async(self._completed_info)(session)
+            await self.broadcast({"type": "message", "role": "assistant", "ref": item.ref,
+                                  "run_id": info["run_id"], "content": info["content"],
+                                  "output": session.last_output, "seq": info["message_seq"]})
+            await self.broadcast({**base, "status": "completed", "run_id": info["run_id"],
+                                  "output": session.last_output, "usage": info["usage"],
+                                  "seq": info["seq"]})
+            return
+        if isinstance(error, exc.AgentSessionError):
+            payload = error.to_dict()
+        else:
+            logger.error("Turn of %s raised", self.key, exc_info=error)
+            payload = {"code": "internal_error", "message": "The turn failed unexpectedly.",
+                       "retryable": False}
+        info: dict[str, Any] = {"run_id": None, "seq": None}
+        if not isinstance(error, (exc.InvalidInput, exc.SessionBusy, exc.SessionNotFound)):
+            info = await database_sync_to_async(self._run_info)(RunStatus.FAILED, started)
+        await self.broadcast({**base, "status": "failed", **info, "error": payload})
+        if isinstance(error, exc.SessionNotFound):
+            self.request_stop("deleted")
+
+    # -- run bookkeeping (sync, in a thread) -------------------------------------------------
+
+    @property
+    def _ct(self) -> ContentType:
+        return ContentType.objects.get_for_model(self.model)
+
+    def _events(self):  # type: ignore[no-untyped-def]
+        return AgentEvent.objects.filter(session_type=self._ct, session_id=self.conversation_id)
+
+    def _completed_info(self, session: Any) -> dict[str, Any]:
+        """The run a successful turn committed: its final event is at ``session.event_seq``."""
+        end = self._events().filter(seq=session.event_seq).first()
+        run_id = (end.data or {}).get("run_id") if end is not None else None
+        message = (self._events().filter(run_id=run_id, type=EventType.MESSAGE_ASSISTANT)
+                   .order_by("-seq").first()) if run_id else None
+        run = AgentRun.objects.filter(pk=run_id).first() if run_id else None
+        return {"run_id": run_id, "seq": end.seq if end else session.event_seq,
+                "message_seq": message.seq if message else None,
+                "content": (message.data or {}).get("content", []) if message else [],
+                "usage": run.usage if run else {}}
+
+    def _run_info(self, status: str, since: datetime) -> dict[str, Any]:
+        """The run a failed or cancelled turn recorded (turns are serialized by the lease)."""
+        run = (AgentRun.objects.filter(session_type=self._ct, session_id=self.conversation_id,
+                                       status=status, started_at__gte=since)
+               .order_by("-started_at").first())
+        if run is None:
+            return {"run_id": None, "seq": None}
+        kind = EventType.RUN_CANCELLED if status == RunStatus.CANCELLED else EventType.RUN_FAILED
+        event = self._events().filter(run=run, type=kind).first()
+        info: dict[str, Any] = {"run_id": str(run.pk), "seq": event.seq if event else None}
+        if status == RunStatus.CANCELLED:
+            info["partial_text"] = (run.output or {}).get("partial_text", "")
+        return info
+
+    async def _append_event(self, kind: str, data: dict[str, Any]) -> int | None:
+        from ..store import SessionStore
+
+        def append() -> int:
+            return SessionStore(self.model).append_events(self.conversation_id,
+                                                          [(kind, data)])[0].seq
+        try:
+            return await database_sync_to_async(append)()
+        except exc.SessionNotFound:
+            return None
+
+    # -- cancel, presence, stop --------------------------------------------------------------
+
+    async def _on_cancel(self, message: dict[str, Any]) -> None:
+        ref = message.get("ref")
+        self.touch()
+        current = self.current
+        if current is not None and ref in (None, current.ref):
+            if current.task is not None:
+                current.task.cancel()
+            else:  # its turn has not begun: it never reaches the model
+                current.cancelled = True
+            await self._ack(message, ok=True)
+            return
+        for item in list(self.queue):
+            if item.ref == ref:
+                self.queue.remove(item)
+                item.announced.set()
+                await self._ack(message, ok=True)
+                await self.broadcast({"type": "run.status", "status": "cancelled",
+                                      "ref": item.ref, "run_id": None, "queued": True})
+                return
+        await self._ack(message, ok=False, frame=error_frame(
+            NOTHING_TO_CANCEL, "No running turn or queued message matches.", ref=ref))
+
+    async def _on_join(self, message: dict[str, Any]) -> None:
+        channel = message.get("channel")
+        if not channel:
+            return
+        if self.presence.join(channel, message.get("user_id")):
+            self.no_viewers_since = None
+            self.touch()
+            await self.broadcast({"type": "presence", **self.presence.snapshot()})
+        if message.get("want_state"):
+            await self._reply(channel, {"type": "live.state", "state": self.snapshot()})
+
+    async def _on_leave(self, message: dict[str, Any]) -> None:
+        if self.presence.leave(message.get("channel") or ""):
+            if self.presence.count == 0:
+                self.no_viewers_since = time.monotonic()
+            await self.broadcast({"type": "presence", **self.presence.snapshot()})
+
+    async def _on_stop(self, message: dict[str, Any]) -> None:
+        self.request_stop(str(message.get("reason") or "stopped"))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The live part of ``session.state``: running turn, queue, presence."""
+        return {
+            "running": self.current.summary(running=True) if self.current else None,
+            "queue": [dict(item.summary(), position=i) for i, item in enumerate(self.queue, 1)],
+            "presence": self.presence.snapshot(),
+        }
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def _tick_seconds(self) -> float:
+        spans = [self.lease_seconds / 3, self.grace]
+        if self.timeout is not None:
+            spans.append(self.timeout)
+        return min(max(min(spans) / 4, 0.05), 1.0)
+
+    async def _ticker(self) -> None:
+        tick = self._tick_seconds()
+        while self.state == "running":
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if now >= self.next_renew and not await self._renew(now):
+                return
+            if self.presence.expire():
+                if self.presence.count == 0:
+                    self.no_viewers_since = now
+                await self.broadcast({"type": "presence", **self.presence.snapshot()})
+            if self.busy:
+                continue
+            if self.timeout is not None and now - self.last_activity >= self.timeout:
+                self.request_stop("inactivity")
+                return
+            if self.no_viewers_since is not None and now - self.no_viewers_since >= self.grace:
+                self.request_stop("no_viewers")
+                return
+
+    async def _renew(self, now: float) -> bool:
+        """Renew the ownership lease; stop (returning False) once it is lost."""
+        try:
+            expires = await database_sync_to_async(ownership.renew)(self.conversation_id,
+                                                                    self.channel_name)
+        except ownership.OwnershipUnavailable:
+            if now + self._tick_seconds() * 2 < self.lease_deadline:
+                self.next_renew = now + self._tick_seconds()  # retry soon
+                return True
+            expires = None  # cannot prove ownership any longer: another owner may start
+        if expires is None:
+            logger.warning("Live session %s lost its ownership lease.", self.key)
+            self.request_stop("lease_lost")
+            return False
+        self.lease_deadline = now + self.lease_seconds
+        self.next_renew = now + self.lease_seconds / 3
+        return True
