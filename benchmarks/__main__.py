@@ -1,0 +1,166 @@
+"""``python -m benchmarks``: run every benchmark, print the tables, write JSON.
+
+Each measurement runs in its own process on a freshly created database (see
+:mod:`benchmarks.worker`): the SQLite file database in two journal modes, and PostgreSQL when it
+is reachable (``--postgres-url``; the benchmarks create and drop their own database named
+``agent_session_bench`` on that server, never the one in the URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .db import BENCH_DB_NAME, postgres_reachable, with_database
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+ALL_SUITES = ("overhead", "sdk", "streaming", "scale")
+ALL_DATABASES = ("sqlite", "sqlite-delete", "postgres")
+
+
+def _env(base: dict[str, str], **changes: str | None) -> dict[str, str]:
+    env = dict(base)
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+    return env
+
+
+def run_worker(suite: str, env: dict[str, str], extra: list[str], timeout: float) -> dict[str, Any]:
+    """Run one suite in a fresh process; its JSON result, or ``{"error": ...}``."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
+        out = tmp.name
+    command = [sys.executable, "-m", "benchmarks.worker", suite, "--out", out, *extra]
+    print(f"  running {suite}: {' '.join(extra)}", file=sys.stderr, flush=True)
+    try:
+        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+        with open(out) as fh:
+            return json.load(fh)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f}s"}
+    finally:
+        Path(out).unlink(missing_ok=True)
+
+
+def database_envs(args: argparse.Namespace, base: dict[str, str]) -> dict[str, dict[str, str] | str]:
+    """Worker environment per database, or the reason it is skipped."""
+    envs: dict[str, dict[str, str] | str] = {}
+    for db in args.databases:
+        if db == "sqlite":
+            envs[db] = _env(base, DATABASE_URL=None, BENCH_SQLITE_JOURNAL="wal")
+        elif db == "sqlite-delete":
+            envs[db] = _env(base, DATABASE_URL=None, BENCH_SQLITE_JOURNAL="delete")
+        elif db == "postgres":
+            problem = postgres_reachable(args.postgres_url)
+            envs[db] = (f"skipped: PostgreSQL not reachable ({problem})" if problem else
+                        _env(base, DATABASE_URL=with_database(args.postgres_url, BENCH_DB_NAME)))
+    return envs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suites", default=",".join(ALL_SUITES),
+                        help=f"comma-separated, from {', '.join(ALL_SUITES)}")
+    parser.add_argument("--databases", default=",".join(ALL_DATABASES),
+                        help=f"comma-separated, from {', '.join(ALL_DATABASES)}")
+    parser.add_argument("--sizes", default="10,100,1000", help="messages of history")
+    parser.add_argument("--turns", type=int, default=200, help="measured turns per size")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--quick", action="store_true",
+                        help="few turns, to check the harness (numbers are not meaningful)")
+    parser.add_argument("--postgres-url", default=os.environ.get("DATABASE_URL")
+                        or "postgres://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL")
+                        or "redis://127.0.0.1:6379/0")
+    parser.add_argument("--out", default=str(RESULTS / "latest.json"))
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
+    args = parser.parse_args(argv)
+    args.suites = [s for s in args.suites.split(",") if s]
+    args.databases = [d for d in args.databases.split(",") if d]
+    if args.quick:
+        args.turns, args.warmup = 30, 3
+
+    base = dict(os.environ)
+    common = ["--turns", str(args.turns), "--warmup", str(args.warmup)]
+    load_before = _load()
+    results: dict[str, Any] = {}
+    envs = database_envs(args, base)
+
+    for suite in ("overhead", "sdk"):
+        if suite in args.suites:
+            results[suite] = {}
+            for db, env in envs.items():
+                results[suite][db] = ({"skipped": env} if isinstance(env, str) else
+                                      run_worker(suite, env, ["--sizes", args.sizes, *common],
+                                                 args.timeout))
+    if "streaming" in args.suites:
+        from .streaming import run_all as run_streaming
+
+        results["streaming"] = run_streaming(args, base)
+    if "scale" in args.suites:
+        from .scale import run_all as run_scale
+
+        results["scale"] = run_scale(args, base)
+
+    data = {"meta": _meta(argv, load_before), "results": results}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2, default=str))
+    print(report.render(data))
+    print(f"\nJSON written to {out}")
+    return 0
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def _meta(argv: list[str] | None, load_before: str) -> dict[str, Any]:
+    import anthropic
+    import django
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip() or "?"
+    except OSError:
+        commit = "?"
+    args = sys.argv[1:] if argv is None else argv
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit,
+        "command": " ".join(["python -m benchmarks", *map(shlex.quote, args)]),
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        "anthropic": anthropic.__version__,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_before": load_before,
+        "load_after": _load(),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Per-turn library overhead of ``continue_session`` and SQL queries per turn.
+
+Two client set-ups, same measurement:
+
+``scripted``
+    the :class:`~django_agent_session.testing.ScriptedClient` (no network). The time spent
+    inside the client's ``create`` (it deep-copies each request for its ``requests`` log, which
+    grows with the history) is measured and subtracted: *overhead* is what the library adds
+    around the model call.
+``sdk``
+    the real ``anthropic`` SDK against the loopback Messages API server. *overhead* is again the
+    turn minus the time inside the client; a bare ``messages.create`` with the very same request
+    body is timed next to it, to show the library's share beside the SDK's.
+
+The history is held at a fixed size: before every turn (outside the timed region) the
+session's context column is reset to the prepared ``N``-message context, so every measured
+turn sends ``N + 1`` messages and stores ``N + 2``.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .stats import Stopwatch, summary
+
+ARGS = {"company_name": "Acme"}
+SYSTEM = "You are a helpful assistant for Acme."
+MESSAGE_CHARS = 200
+
+
+def text_of(i: int, role: str) -> str:
+    """A ~200-character message, distinct per index."""
+    head = f"{role} message {i}: "
+    filler = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
+    return (head + filler * 4)[:MESSAGE_CHARS]
+
+
+def history(n: int) -> list[dict[str, Any]]:
+    """``n`` alternating user/assistant messages in the Messages API format."""
+    return [{"role": role, "content": [{"type": "text", "text": text_of(i, role)}]}
+            for i, role in ((i, "user" if i % 2 == 0 else "assistant") for i in range(n))]
+
+
+USER_INPUT = text_of(-1, "user")
+REPLY = text_of(-1, "assistant")
+
+
+def prepared_context(n: int) -> dict[str, Any]:
+    from django_agent_session.context import Context
+
+    return Context(system=SYSTEM, instruction_args=dict(ARGS), messages=history(n)).to_dict()
+
+
+def measure_turns(model: Any, pk: Any, base: dict[str, Any], stopwatch: Stopwatch, *,
+                  turns: int, warmup: int, between: Callable[[], None] | None = None
+                  ) -> tuple[list[float], list[float]]:
+    """Run ``warmup + turns`` turns; returns (turn seconds, seconds inside the client)."""
+    manager = model.objects
+    context_field = model.agent_options.context_field
+    totals: list[float] = []
+    inside: list[float] = []
+    gc.collect()
+    for i in range(warmup + turns):
+        model._base_manager.filter(pk=pk).update(**{context_field: base})  # untimed reset
+        if between is not None:
+            between()
+        stopwatch.take()
+        start = time.perf_counter()
+        manager.continue_session(pk, USER_INPUT)
+        elapsed = time.perf_counter() - start
+        spent = stopwatch.take()
+        if i >= warmup:
+            totals.append(elapsed)
+            inside.append(spent)
+    return totals, inside
+
+
+def count_queries(model: Any, pk: Any, base: dict[str, Any], *, turns: int = 5
+                  ) -> tuple[list[int], list[str]]:
+    """Queries per turn on a separate pass (``CaptureQueriesContext``); plus one turn's SQL."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    context_field = model.agent_options.context_field
+    counts: list[int] = []
+    sql: list[str] = []
+    for _ in range(turns):
+        model._base_manager.filter(pk=pk).update(**{context_field: base})
+        with CaptureQueriesContext(connection) as captured:
+            model.objects.continue_session(pk, USER_INPUT)
+        counts.append(len(captured.captured_queries))
+        sql = [q["sql"][:160] for q in captured.captured_queries]
+    return counts, sql
+
+
+def _row(size: int, totals: list[float], inside: list[float], queries: list[int],
+         sql: list[str], **extra: Any) -> dict[str, Any]:
+    overhead = [t - c for t, c in zip(totals, inside, strict=True)]
+    return {
+        "history": size,
+        "turn": summary(totals),
+        "client": summary(inside),
+        "overhead": summary(overhead),
+        "queries_per_turn": sorted(set(queries)),
+        "queries_sql": sql,
+        **extra,
+    }
+
+
+def run_scripted(sizes: list[int], turns: int, warmup: int) -> list[dict[str, Any]]:
+    from django_agent_session.testing import text_reply, use_scripted_client
+    from tests.testapp.models import ChatAgent
+
+    rows = []
+    with use_scripted_client(default=text_reply(REPLY)) as client:
+        stopwatch = Stopwatch(client.create)
+        client.create = stopwatch  # type: ignore[method-assign]
+        for size in sizes:
+            base = prepared_context(size)
+            session = ChatAgent.objects.create(context=base, title="bench")
+            totals, inside = measure_turns(ChatAgent, session.pk, base, stopwatch, turns=turns,
+                                           warmup=warmup, between=client.requests.clear)
+            queries, sql = count_queries(ChatAgent, session.pk, base)
+            client.requests.clear()
+            rows.append(_row(size, totals, inside, queries, sql))
+    return rows
+
+
+def run_sdk(sizes: list[int], turns: int, warmup: int) -> list[dict[str, Any]]:
+    import anthropic
+    from django.test import override_settings
+
+    from django_agent_session.clients.registry import get_client
+    from django_agent_session.testing.loopback import LoopbackMessagesServer, Reply
+    from tests.testapp.models import ChatAgent
+
+    rows = []
+    for size in sizes:
+        with LoopbackMessagesServer() as server, override_settings(AGENT_SESSION={
+                "TURN_WAIT_SECONDS": 60.0,
+                "ANTHROPIC": {"BASE_URL": server.base_url, "API_KEY": "bench",
+                              "MAX_RETRIES": 0}}):
+            server.responder = lambda request: Reply.text(REPLY)
+            client = get_client("anthropic")
+            stopwatch = Stopwatch(client.create)
+            client.create = stopwatch
+            base = prepared_context(size)
+            session = ChatAgent.objects.create(context=base, title="bench")
+            totals, inside = measure_turns(ChatAgent, session.pk, base, stopwatch, turns=turns,
+                                           warmup=warmup)
+            queries, sql = count_queries(ChatAgent, session.pk, base)
+            # the same request body, sent by a bare SDK client
+            body = {k: v for k, v in server.message_requests[-1].body.items() if k != "stream"}
+            sdk = anthropic.Anthropic(base_url=server.base_url, api_key="bench", max_retries=0)
+            bare: list[float] = []
+            for i in range(warmup + turns):
+                start = time.perf_counter()
+                sdk.messages.create(**body)
+                if i >= warmup:
+                    bare.append(time.perf_counter() - start)
+            sdk.close()
+            rows.append(_row(size, totals, inside, queries, sql, bare_sdk=summary(bare)))
+    return rows

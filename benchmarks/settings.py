@@ -1,0 +1,87 @@
+"""Django settings for the benchmarks.
+
+The database is a SQLite *file* (``BENCH_SQLITE_PATH``, default
+``benchmarks/results/bench.sqlite3``) unless ``DATABASE_URL`` names another one (PostgreSQL).
+The channel layer is in-memory unless ``REDIS_URL`` is set. The concrete session models are the
+test suite's (``tests.testapp``), so the benchmarks measure the same declarations the tests use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+SECRET_KEY = "benchmarks-only-secret"
+DEBUG = False  # DEBUG=True would record every query and skew the timings
+USE_TZ = True
+TIME_ZONE = "UTC"
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "django_agent_session",
+    "tests.testapp",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+TEMPLATES = [{
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "APP_DIRS": True,
+    "OPTIONS": {"context_processors": [
+        "django.template.context_processors.request",
+        "django.contrib.auth.context_processors.auth",
+        "django.contrib.messages.context_processors.messages",
+    ]},
+}]
+
+_sqlite_path = os.environ.get("BENCH_SQLITE_PATH") or str(RESULTS_DIR / "bench.sqlite3")
+DATABASES = {
+    "default": dj_database_url.parse(os.environ.get("DATABASE_URL") or f"sqlite:///{_sqlite_path}",
+                                     conn_max_age=None)  # persistent, as in a long-lived worker
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # BEGIN IMMEDIATE avoids "database is locked" under concurrent writers;
+    # BENCH_SQLITE_JOURNAL=wal (default) or "delete" (Django's default: rollback journal,
+    # synchronous=FULL, one fsync per commit)
+    DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
+    if os.environ.get("BENCH_SQLITE_JOURNAL", "wal") == "wal":
+        # the usual production setting for SQLite: write-ahead log, fsync at checkpoints only
+        DATABASES["default"]["OPTIONS"]["init_command"] = (
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+if os.environ.get("REDIS_URL"):
+    CHANNEL_LAYERS = {"default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [os.environ["REDIS_URL"]],
+                   "prefix": os.environ.get("BENCH_REDIS_PREFIX", "agent-bench")},
+    }}
+
+ASGI_APPLICATION = "benchmarks.asgi.application"
+REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
+AGENT_SESSION: dict = {"TURN_WAIT_SECONDS": 60.0}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {"level": "WARNING", "handlers": []},
+}
