@@ -356,7 +356,9 @@ class AgentSessionAdmin(admin.ModelAdmin):
 
     def get_search_fields(self, request: HttpRequest) -> list[str]:
         user = get_user_model()
-        owner = [f"owner__{user.USERNAME_FIELD}", f"owner__{user.get_email_field_name()}"]
+        names = {f.name for f in user._meta.get_fields()}
+        owner = [f"owner__{name}" for name in (user.USERNAME_FIELD, user.get_email_field_name())
+                 if name in names]
         fields = list(super().get_search_fields(request))
         return fields + [name for name in owner if name not in fields]
 
@@ -395,8 +397,7 @@ class AgentSessionAdmin(admin.ModelAdmin):
                  if f.editable and not f.primary_key and f.name not in own
                  and f.name != context_field]
         return [
-            (None, {"fields": ["title", "owner", "pinned", *extra, "overview"]}),
-            (_("Usage"), {"fields": ["usage_totals"]}),
+            (None, {"fields": ["title", "owner", "pinned", *extra, "overview", "usage_totals"]}),
             (_("Instructions"), {"fields": ["system_prompt", "instruction_args"]}),
             (_("Transcript"), {"fields": ["transcript"], "classes": ["agent-wide"]}),
             (_("Runs"), {"fields": ["run_timeline"], "classes": ["agent-wide"]}),
@@ -550,18 +551,23 @@ class AgentSessionAdmin(admin.ModelAdmin):
                                          "django_agent_session.live is not installed."),
                               messages.WARNING)
             return
-        stopped, failed = 0, []
+        stopped, idle, failed = 0, 0, []
         for session in queryset:
             try:
-                stop(session, reason="admin")
+                found = stop(session, reason="admin")
             except Exception as error:  # report every session, don't lose the others
                 failed.append(f"{session}: {error}")
             else:
-                stopped += 1
+                stopped += found is not False
+                idle += found is False
         if stopped:
             self.message_user(request, ngettext(
                 "Stopped %(count)d live session.", "Stopped %(count)d live sessions.", stopped)
                 % {"count": stopped}, messages.SUCCESS)
+        if idle:
+            self.message_user(request, ngettext(
+                "%(count)d session was not live.", "%(count)d sessions were not live.", idle)
+                % {"count": idle}, messages.INFO)
         for failure in failed:
             self.message_user(request, failure, messages.ERROR)
 

@@ -51,9 +51,22 @@ def url(model, view, *args):
     return reverse(f"{site.name}:{opts.app_label}_{opts.model_name}_{view}", args=args)
 
 
+# users without passwords (force_login needs none): password hashing would dominate the run
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user("alice")
+
+
+@pytest.fixture
+def other_user(django_user_model):
+    return django_user_model.objects.create_user("bob")
+
+
 @pytest.fixture
 def superuser(django_user_model):
-    return django_user_model.objects.create_superuser("root", "root@example.com", "pw")
+    return django_user_model.objects.create_superuser("root", "root@example.com", None)
 
 
 @pytest.fixture
@@ -259,7 +272,7 @@ def test_non_staff_users_are_sent_to_login(client, user, tool_session):
 
 
 def test_staff_without_view_permission_gets_403(client, django_user_model, tool_session):
-    staff = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    staff = django_user_model.objects.create_user("staff", is_staff=True)
     client.force_login(staff)
     assert client.get(url(ToolAgent, "changelist")).status_code == 403
     assert client.get(url(ToolAgent, "change", tool_session.pk)).status_code == 403
@@ -407,6 +420,7 @@ def test_stop_live_sessions_calls_the_live_api(admin_client, tool_session, monke
         calls.append((session.pk, reason))
         if len(calls) == 2:
             raise RuntimeError("owner unreachable")
+        return True
 
     monkeypatch.setattr(session_admin, "_live_stop", lambda: stop_session)
     other = ToolAgent.objects.create(title="second")
@@ -417,9 +431,20 @@ def test_stop_live_sessions_calls_the_live_api(admin_client, tool_session, monke
     assert "Stopped 1 live session." in html and "owner unreachable" in html
 
 
+@pytest.mark.django_db(transaction=True)  # the live API closes the request's connection
+def test_stop_through_the_live_api_reports_sessions_that_are_not_live(admin_client,
+                                                                     tool_session):
+    from django_agent_session.live.api import stop_session
+
+    assert session_admin._live_stop() is stop_session
+    response = run_action(admin_client, ToolAgent, "stop_live_sessions", [tool_session],
+                          follow=True)
+    assert "1 session was not live." in response.content.decode()
+
+
 def test_delete_cascades_to_runs_and_events(client, django_user_model, tool_session):
     # a staff user allowed to delete sessions, without any permission on runs or events
-    staff = django_user_model.objects.create_user("ops", password="pw", is_staff=True)
+    staff = django_user_model.objects.create_user("ops", is_staff=True)
     staff.user_permissions.add(*Permission.objects.filter(
         codename__in=["view_toolagent", "delete_toolagent"]))
     client.force_login(staff)
