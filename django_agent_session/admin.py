@@ -188,7 +188,8 @@ def _transcript_block(block: Any, tool_names: dict[str, str]) -> dict[str, Any]:
                 "text": _result_text(block.get("content", ""))}
     if kind in ("image", "document"):
         source = block.get("source") or {}
-        return {"kind": "media", "text": f"[{kind}: {source.get('media_type') or source.get('type', '')}]"}
+        described = source.get("media_type") or source.get("type", "")
+        return {"kind": "media", "text": f"[{kind}: {described}]"}
     return {"kind": "other", "type": kind or "?", "text": pretty_json(block)}
 
 
@@ -335,7 +336,6 @@ class AgentSessionAdmin(admin.ModelAdmin):
     search_fields = ["title"]
     search_help_text = _("Title, owner, message text or session id.")
     raw_id_fields = ["owner"]
-    date_hierarchy = None
     actions = ["export_json", "reset_sessions", "stop_live_sessions"]
     readonly_fields = ["overview", "usage_totals", "system_prompt", "instruction_args",
                        "transcript", "run_timeline", "context_json"]
@@ -529,7 +529,7 @@ class AgentSessionAdmin(admin.ModelAdmin):
     def reset_sessions(self, request: HttpRequest, queryset: models.QuerySet) -> None:
         by = request.user.get_username()
         done, busy = 0, []
-        for session in queryset.defer(None):
+        for session in queryset:
             if reset_context(session, by=by):
                 done += 1
             else:
@@ -600,6 +600,9 @@ class SessionLogAdmin(admin.ModelAdmin):
     list_select_related = ["session_type"]
     uuid_search_fields: tuple[str, ...] = ("id", "session_id")
 
+    class Media:
+        css = {"all": ["django_agent_session/admin.css"]}
+
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
@@ -624,7 +627,8 @@ class SessionLogAdmin(admin.ModelAdmin):
     def session_link(self, obj: Any) -> str:
         model = obj.session_type.model_class()
         url = _admin_url(self.admin_site, model, "change", obj.session_id) if model else ""
-        label = f"{model._meta.verbose_name if model else obj.session_type} {str(obj.session_id)[:8]}"
+        name = model._meta.verbose_name if model else obj.session_type
+        label = f"{name} {str(obj.session_id)[:8]}"
         if url:
             return format_html('<a href="{}">{}</a>', url, label)
         return label
@@ -687,9 +691,6 @@ class AgentRunAdmin(SessionLogAdmin):
             '<table class="agent-events"><tbody>{}</tbody></table>',
             format_html_join("", "<tr><td>#{}</td><td>{}</td><td><code>{}</code></td></tr>",
                              ((e.seq, e.type, _preview(e.data, 400)) for e in events)))
-
-    class Media:
-        css = {"all": ["django_agent_session/admin.css"]}
 
 
 def _preview(data: Any, limit: int = PREVIEW_CHARS) -> str:
