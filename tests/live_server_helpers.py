@@ -32,7 +32,13 @@ Frame = dict[str, Any]
 # -- fixtures ---------------------------------------------------------------------------------
 
 @pytest.fixture
-async def live_layer():
+def fast_passwords(settings):
+    """Cheap password hashing: users are created in every test."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+async def live_layer(fast_passwords):
     """A fresh in-memory channel layer per test; every live session is stopped afterwards."""
     from django_agent_session.live import api
 

@@ -12,7 +12,8 @@ from django_agent_session.live.routers import register_agent, unregister_agent
 from django_agent_session.models import AgentEvent, AgentRun, RunStatus
 from django_agent_session.testing.loopback import Reply
 from tests.live_server_helpers import (  # noqa: F401  (fixtures)
-    agent_conf, collect, completed, create_chat, expect, live_layer, loopback, viewer,
+    agent_conf, collect, completed, create_chat, expect, fast_passwords, live_layer, loopback,
+    viewer,
     wait_until,
 )
 from tests.testapp.models import ChatAgent

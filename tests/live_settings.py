@@ -1,0 +1,35 @@
+"""Settings of the ASGI server subprocesses the two-process live tests start.
+
+The test process passes, through the environment, the test database to share, the Redis key
+prefix of its run and the loopback Messages API server to call.
+"""
+
+import os
+
+from tests.settings import *  # noqa: F403
+from tests.settings import DATABASES
+
+DATABASES["default"]["NAME"] = os.environ["AGENT_LIVE_DB_NAME"]
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [os.environ.get("AGENT_LIVE_REDIS_URL", "redis://127.0.0.1:6379")],
+            "prefix": os.environ["AGENT_LIVE_REDIS_PREFIX"],
+        },
+    }
+}
+
+AGENT_SESSION = {
+    "ANTHROPIC": {"BASE_URL": os.environ["AGENT_LIVE_LOOPBACK_URL"], "API_KEY": "test",
+                  "MAX_RETRIES": 0},
+    "OWNER_LEASE_SECONDS": float(os.environ.get("AGENT_LIVE_OWNER_LEASE", "30")),
+    "TURN_LEASE_SECONDS": float(os.environ.get("AGENT_LIVE_TURN_LEASE", "120")),
+    "TURN_WAIT_SECONDS": 30.0,
+    "TURN_POLL_SECONDS": 0.05,
+}
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+import anthropic  # noqa: E402, F401  (imported now, not during the first turn)

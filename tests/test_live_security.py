@@ -1,0 +1,145 @@
+"""Who may connect to a conversation, and what a malformed frame gets (an error, never a close)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from channels.db import database_sync_to_async
+
+from django_agent_session.models import AgentRun
+from tests.live_server_helpers import (  # noqa: F401  (fixtures)
+    communicator, create_chat, expect, fast_passwords, live_layer, viewer,
+)
+from tests.testapp.models import ChatAgent
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("live_layer")]
+
+
+async def assert_refused(comm, code: int) -> None:
+    """Accepted, then closed with ``code``; no data frame before the close."""
+    connected, _ = await comm.connect(timeout=5)
+    assert connected
+    output = await comm.receive_output(timeout=5)
+    assert output == {"type": "websocket.close", "code": code}
+    assert await comm.receive_nothing(timeout=0.1)
+
+
+async def test_an_anonymous_user_is_refused(user):
+    session = await create_chat(user)
+    await assert_refused(await communicator(None, session.pk), 4401)
+
+
+async def test_another_users_conversation_is_refused(user, other_user):
+    session = await create_chat(user)
+    await assert_refused(await communicator(other_user, session.pk), 4403)
+
+
+async def test_an_unknown_agent_is_refused(user):
+    session = await create_chat(user)
+    for agent in ("testapp.nosuchmodel", "auth.user", "nonsense"):
+        await assert_refused(await communicator(user, session.pk, agent=agent), 4404)
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", None])
+async def test_a_foreign_or_missing_origin_is_refused(user, origin):
+    session = await create_chat(user)
+    comm = await communicator(user, session.pk, origin=origin)
+    connected, _ = await comm.connect(timeout=5)
+    assert not connected
+
+
+async def test_a_foreign_user_cannot_watch_or_drive_a_conversation_created_later(
+        user, other_user, scripted):
+    scripted.enqueue("secret reply")
+    cid = uuid.uuid4()
+    intruder, state = await viewer(other_user, cid)  # nothing exists yet: not in the group
+    assert state["exists"] is False
+    owner, _ = await viewer(user, cid)
+    await owner.send_json_to({"type": "start", "instruction_args": {"company_name": "Acme"}})
+    await expect(owner, "session.state", exists=True)
+    await owner.send_json_to({"type": "message", "input": "private", "ref": "m1"})
+    await expect(owner, "run.status", ref="m1", status="completed")
+    assert await intruder.receive_nothing(timeout=0.2)
+
+    await intruder.send_json_to({"type": "message", "input": "mine now", "ref": "x"})
+    assert await intruder.receive_output(timeout=5) == {"type": "websocket.close", "code": 4403}
+    runs = await database_sync_to_async(
+        lambda: list(AgentRun.objects.filter(session_id=cid).values_list("input", flat=True)))()
+    assert runs == [{"message": "private"}]
+    assert (await database_sync_to_async(ChatAgent.objects.get)(pk=cid)).owner_id == user.pk
+
+
+OVERSIZED = json.dumps({"type": "message", "input": "x" * (256 * 1024)})
+
+MALFORMED = [
+    # (raw frame, expected error code)
+    ("not json", "invalid_json"),
+    ('{"type": "message", ', "invalid_json"),
+    ("[" * 100_000, "invalid_json"),  # nesting too deep for the parser
+    ("[]", "invalid_frame"),
+    ('"message"', "invalid_frame"),
+    ("42", "invalid_frame"),
+    ("null", "invalid_frame"),
+    ("{}", "invalid_frame"),
+    ('{"type": 5}', "invalid_frame"),
+    ('{"type": "nope"}', "unknown_type"),
+    ('{"type": "websocket.disconnect"}', "unknown_type"),
+    ('{"type": "message"}', "invalid_frame"),
+    ('{"type": "message", "input": 5}', "invalid_frame"),
+    ('{"type": "message", "input": ["a"]}', "invalid_frame"),
+    ('{"type": "message", "input": {"message": ""}}', "invalid_input"),
+    ('{"type": "message", "input": {"msg": "hi"}}', "invalid_input"),
+    ('{"type": "message", "input": "hi", "ref": 12}', "invalid_frame"),
+    ('{"type": "message", "input": "hi", "ref": "' + "r" * 65 + '"}', "invalid_frame"),
+    ('{"type": "message", "input": "hi", "extra": true}', "invalid_frame"),
+    ('{"type": "resume"}', "invalid_frame"),
+    ('{"type": "resume", "after_seq": -1}', "invalid_frame"),
+    ('{"type": "resume", "after_seq": "3"}', "invalid_frame"),
+    ('{"type": "resume", "after_seq": true}', "invalid_frame"),
+    ('{"type": "resume", "after_seq": NaN}', "invalid_frame"),
+    ('{"type": "resume", "after_seq": 1.5}', "invalid_frame"),
+    ('{"type": "cancel", "ref": []}', "invalid_frame"),
+    ('{"type": "start", "instruction_args": "acme"}', "invalid_frame"),
+    (OVERSIZED, "frame_too_large"),
+    (b"\x00\x01binary", "invalid_frame"),
+]
+
+
+@pytest.mark.parametrize("raw, code", MALFORMED, ids=[f"{i:02d}-{c}" for i, (_, c)
+                                                      in enumerate(MALFORMED)])
+async def test_a_malformed_frame_gets_an_error_and_the_socket_stays_open(user, raw, code):
+    session = await create_chat(user)
+    comm, _ = await viewer(user, session.pk)
+    if isinstance(raw, bytes):
+        await comm.send_to(bytes_data=raw)
+    else:
+        await comm.send_to(text_data=raw)
+    error = await expect(comm, "error")
+    assert error["code"] == code and error["message"]
+    if code in ("invalid_frame", "invalid_input") and raw not in ("[]", '"message"', "42",
+                                                                   "null", b"\x00\x01binary"):
+        assert error["errors"]
+    await comm.send_json_to({"type": "ping", "ref": "still-there"})
+    assert await expect(comm, "pong") == {"type": "pong", "ref": "still-there"}
+    await comm.disconnect()
+
+
+async def test_invalid_input_names_the_field_and_echoes_the_ref(user):
+    session = await create_chat(user)
+    comm, _ = await viewer(user, session.pk)
+    await comm.send_json_to({"type": "message", "input": {"message": ""}, "ref": "m9"})
+    error = await expect(comm, "error")
+    assert error == {"type": "error", "code": "invalid_input", "message": "Invalid input.",
+                     "errors": {"message": ["This field may not be blank."]}, "ref": "m9",
+                     "retryable": False}
+
+
+async def test_a_bad_after_seq_in_the_query_string_is_an_error_frame(user):
+    session = await create_chat(user)
+    comm = await communicator(user, session.pk, query="after_seq=abc")
+    assert (await comm.connect(timeout=5))[0]
+    error = await expect(comm, "error")
+    assert error["code"] == "invalid_frame" and "after_seq" in error["errors"]
+    await expect(comm, "session.state")
