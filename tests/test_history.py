@@ -22,7 +22,7 @@ from django_agent_session.history import (
     turn_starts,
 )
 from django_agent_session.models import AgentEvent, AgentRun, EventType
-from django_agent_session.testing import json_reply, text_reply, tool_reply
+from django_agent_session.testing import json_reply, text_reply
 from django_agent_session.testing.loopback import LoopbackMessagesServer, Reply
 from tests.testapp.models import ChatAgent, Order, StructuredAgent, ToolAgent
 
