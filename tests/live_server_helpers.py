@@ -97,9 +97,11 @@ def ws_path(conversation_id: Any, agent: str = CHAT, query: str = "") -> str:
 
 
 async def communicator(user: Any, conversation_id: Any, *, agent: str = CHAT, query: str = "",
-                       origin: str | None = ORIGIN) -> WebsocketCommunicator:
+                       origin: str | None = ORIGIN, application: Any = None
+                       ) -> WebsocketCommunicator:
     """A communicator on the test ASGI app, logged in as ``user`` (or anonymous if ``None``)."""
-    from tests.asgi import application
+    if application is None:
+        from tests.asgi import application
 
     headers = [(b"host", b"testserver")]
     if origin is not None:
