@@ -72,7 +72,7 @@ def api_exception(error: BaseException) -> BaseException:
         return drf.NotFound()
     if isinstance(error, exc.AgentSessionError):
         code = status_for(error)
-        if code >= 500 and not isinstance(error, exc.ModelError):
+        if code == 500:  # a bug somewhere: keep the traceback
             logger.error("Agent turn failed: %s", error, exc_info=error)
         return AgentAPIError(error, code)
     return error

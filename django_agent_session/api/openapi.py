@@ -15,6 +15,7 @@ from .serializers import (
     AgentRunPageSerializer,
     AgentSerializers,
     DetailSerializer,
+    ServerSentEventSerializer,
 )
 from .streaming import CONTENT_TYPE
 
@@ -60,16 +61,18 @@ def annotate(viewset: type, s: AgentSerializers) -> type:
     turn_errors = {400: invalid, **auth, **throttled, **agent_error}
 
     def stream_responses(extra: dict[Any, Any]) -> dict[Any, Any]:
-        responses: dict[Any, Any] = {
-            (200, CONTENT_TYPE): OpenApiResponse(OpenApiTypes.STR, description=STREAM_DESCRIPTION)}
+        # for text/event-stream the schema describes one event (as OpenAPI 3.2 does)
+        responses: dict[Any, Any] = {(200, CONTENT_TYPE): OpenApiResponse(
+            ServerSentEventSerializer, description=STREAM_DESCRIPTION)}
         for code, response in {400: invalid, **auth, **extra, **throttled}.items():
             responses[(code, JSON)] = response
             responses[(code, CONTENT_TYPE)] = OpenApiResponse(
-                OpenApiTypes.STR, description="The error as one `error` event.")
+                ServerSentEventSerializer, description=f"{response.description} "
+                                                       "As one `error` event.")
         return responses
 
     page_params = [
-        OpenApiParameter("page", int, description="Page number (from 1)."),
+        OpenApiParameter("page", int, description="Page number (from 1; past the end: 404)."),
         OpenApiParameter("page_size", int, description="Items per page (at most 100)."),
     ]
     seq_params = [
@@ -80,7 +83,8 @@ def annotate(viewset: type, s: AgentSerializers) -> type:
         list=extend_schema(
             tags=tag, summary=f"List your {name} sessions",
             description="Newest activity first; filter by status, creation time and title.",
-            responses={200: s.session(many=True), 400: invalid, **auth, **throttled}),
+            responses={200: s.session(many=True), 400: invalid, **auth, **throttled,
+                       404: OpenApiResponse(DetailSerializer, description="Invalid page.")}),
         create=extend_schema(
             tags=tag, summary=f"Start a {name} session", request=s.start,
             responses={201: s.turn, **turn_errors}),

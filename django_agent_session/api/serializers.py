@@ -113,6 +113,18 @@ class AgentErrorSerializer(serializers.Serializer):
         ref_name = "AgentError"
 
 
+class ServerSentEventSerializer(serializers.Serializer):
+    """One event of a streamed turn (``text/event-stream``); ``data`` is JSON."""
+
+    event = serializers.ChoiceField(choices=["delta", "tool.call", "tool.result",
+                                             "budget.warning", "message", "error"])
+    data = serializers.CharField(help_text="JSON: a delta, tool call or result, the final "
+                                           "turn body (message) or an error body (error).")
+
+    class Meta:
+        ref_name = "AgentServerSentEvent"
+
+
 class DetailSerializer(serializers.Serializer):
     """DRF's ``{"detail": ...}`` answers (401, 403, 404, 405, 429)."""
 
