@@ -75,33 +75,44 @@ async def start(conversation_id: Any, *, scope: dict[str, Any] | None = None,
     key = str(cid)
     if spec is None:
         spec = await database_sync_to_async(resolve)(scope or {}, cid, dict(request_opts or {}))
-    async with _lock(key):
-        local = local_sessions().get(key)
-        if local is not None:
-            if local.alive:
-                return StartResult("running", local.channel_name, local)
-            await local.stopped.wait()  # stopping: let it release the lease first
-        lease = await database_sync_to_async(ownership.current)(spec.model, cid)
-        if lease is not None:
-            return StartResult("running", lease.owner_channel)
-        exists = await database_sync_to_async(
-            spec.model._base_manager.filter(pk=cid).exists)()
-        if not exists:
-            raise exc.SessionNotFound(f"No {spec.model.__name__} with id {cid}.")
-        layer = channel_layer or get_channel_layer()
-        channel = await layer.new_channel()
-        lease = await database_sync_to_async(ownership.acquire)(spec.model, cid, channel)
-        if not lease.acquired:
-            return StartResult("running", lease.owner_channel)
-        session = LiveSession(spec, cid, layer, channel, lease.expires_at)
-        local_sessions()[key] = session
-        try:
-            await session.start()
-        except BaseException:
-            _forget(session)
-            await database_sync_to_async(ownership.release)(cid, channel)
-            raise
-        return StartResult("started", channel, session)
+    lock = _lock(key)
+    try:
+        async with lock:
+            return await _start(key, cid, spec, channel_layer)
+    finally:
+        locks = _locks.get(asyncio.get_running_loop(), {})
+        if not lock.locked() and locks.get(key) is lock:
+            del locks[key]  # the lock only spares the database a race it settles anyway
+
+
+async def _start(key: str, cid: uuid.UUID, spec: SessionSpec, channel_layer: Any
+                 ) -> StartResult:
+    local = local_sessions().get(key)
+    if local is not None:
+        if local.alive:
+            return StartResult("running", local.channel_name, local)
+        await local.stopped.wait()  # stopping: let it release the lease first
+    lease = await database_sync_to_async(ownership.current)(spec.model, cid)
+    if lease is not None:
+        return StartResult("running", lease.owner_channel)
+    exists = await database_sync_to_async(
+        spec.model._base_manager.filter(pk=cid).exists)()
+    if not exists:
+        raise exc.SessionNotFound(f"No {spec.model.__name__} with id {cid}.")
+    layer = channel_layer or get_channel_layer()
+    channel = await layer.new_channel()
+    lease = await database_sync_to_async(ownership.acquire)(spec.model, cid, channel)
+    if not lease.acquired:
+        return StartResult("running", lease.owner_channel)
+    session = LiveSession(spec, cid, layer, channel, lease.expires_at)
+    local_sessions()[key] = session
+    try:
+        await session.start()
+    except BaseException:
+        _forget(session)
+        await database_sync_to_async(ownership.release)(cid, channel)
+        raise
+    return StartResult("started", channel, session)
 
 
 async def ensure_running(conversation_id: Any, *, scope: dict[str, Any] | None = None,
@@ -208,7 +219,7 @@ def create_conversation(spec: SessionSpec, conversation_id: Any, owner: Any, *,
         raise ownership.OwnershipConflict(
             "This conversation id is already used by a session of another model.")
     args = {**(instruction_args or {}), **(fresh.get("instruction_args") or {})}
-    context = model.objects.all()._initial_context(args)
+    context = model._default_manager.all()._initial_context(args)
     context.messages = list(fresh.get("messages") or [])
     session = model(id=cid, owner=owner, title=(title or fresh.get("title") or "")[:200],
                     **(fresh.get("fields") or {}))

@@ -364,7 +364,7 @@ class AgentSessionConsumer(AsyncJsonWebsocketConsumer):
         if not self.exists and not await self._create(None, "", ref):
             return
         assert self.spec is not None
-        queryset = self.spec.model.objects.all()
+        queryset = self.spec.model._default_manager.all()
         try:  # the live session validates again; this answers the sender at once
             await database_sync_to_async(queryset._prepare_input)(data["input"])
         except exc.InvalidInput as error:

@@ -175,7 +175,12 @@ class LiveSession:
 
     async def _receive_loop(self) -> None:
         while True:
-            message = await self.layer.receive(self.channel_name)
+            try:
+                message = await self.layer.receive(self.channel_name)
+            except Exception:  # the layer is gone: nobody can reach us, let another owner start
+                logger.exception("Live session %s cannot receive from its channel", self.key)
+                self.request_stop("layer_error")
+                return
             try:
                 await self.dispatch(message)
             except Exception:  # one bad message must not end the live session
@@ -294,8 +299,8 @@ class LiveSession:
             self.touch()
             await self.broadcast(frame)
 
-        return await self.model.objects.acontinue_session(self.conversation_id, item.input,
-                                                          on_progress=on_progress)
+        return await self.model._default_manager.acontinue_session(
+            self.conversation_id, item.input, on_progress=on_progress)
 
     async def _report(self, item: Item, started: datetime) -> None:
         task = item.task
@@ -439,21 +444,32 @@ class LiveSession:
         tick = self._tick_seconds()
         while self.state == "running":
             await asyncio.sleep(tick)
-            now = time.monotonic()
-            if now >= self.next_renew and not await self._renew(now):
-                return
-            if self.presence.expire():
-                if self.presence.count == 0:
-                    self.no_viewers_since = now
-                await self.broadcast({"type": "presence", **self.presence.snapshot()})
-            if self.busy:
-                continue
-            if self.timeout is not None and now - self.last_activity >= self.timeout:
-                self.request_stop("inactivity")
-                return
-            if self.no_viewers_since is not None and now - self.no_viewers_since >= self.grace:
-                self.request_stop("no_viewers")
-                return
+            try:
+                if not await self._tick(time.monotonic()):
+                    return
+            except Exception:
+                logger.exception("Live session %s: timer failed", self.key)
+                if time.monotonic() >= self.lease_deadline:  # cannot prove ownership
+                    self.request_stop("lease_lost")
+                    return
+
+    async def _tick(self, now: float) -> bool:
+        """Renew the lease, expire presence, apply the timeouts; False once stopping."""
+        if now >= self.next_renew and not await self._renew(now):
+            return False
+        if self.presence.expire():
+            if self.presence.count == 0:
+                self.no_viewers_since = now
+            await self.broadcast({"type": "presence", **self.presence.snapshot()})
+        if self.busy:
+            return True
+        if self.timeout is not None and now - self.last_activity >= self.timeout:
+            self.request_stop("inactivity")
+            return False
+        if self.no_viewers_since is not None and now - self.no_viewers_since >= self.grace:
+            self.request_stop("no_viewers")
+            return False
+        return True
 
     async def _renew(self, now: float) -> bool:
         """Renew the ownership lease; stop (returning False) once it is lost."""
