@@ -65,7 +65,8 @@ MAX_PAGE_SIZE = 500
 class JSONArrayContains(Expression):
     """True when the JSON array at ``column -> key`` has ``value`` as an element.
 
-    Usable directly in ``filter()``. PostgreSQL uses jsonb containment (indexable with GIN);
+    Usable directly in ``filter()``. PostgreSQL uses jsonb containment on the column
+    (``metadata @> '{"tags": ["x"]}'``, which a GIN index on it serves);
     other backends (SQLite) use ``json_each``. The column is resolved like any expression, so
     table aliases stay right inside subqueries.
     """
@@ -95,7 +96,8 @@ class JSONArrayContains(Expression):
     def as_postgresql(self, compiler: Any, connection: Any, **extra: Any
                       ) -> tuple[str, list[Any]]:
         lhs, params = compiler.compile(self.column)
-        return f"(({lhs} -> %s) @> %s::jsonb)", [*params, self.key, json.dumps([self.value])]
+        # containment on the column itself, so a GIN index on it can serve the filter
+        return f"({lhs} @> %s::jsonb)", [*params, json.dumps({self.key: [self.value]})]
 
 
 def _text_variants(text: str) -> list[str]:
