@@ -71,6 +71,8 @@ def annotate(viewset: type, s: AgentSerializers) -> type:
                                                        "As one `error` event.")
         return responses
 
+    # ``?format=`` only picks a renderer (and 404s when unknown): not part of the contract
+    no_format = [OpenApiParameter("format", exclude=True)]
     page_params = [
         OpenApiParameter("page", int, description="Page number (from 1; past the end: 404)."),
         OpenApiParameter("page_size", int, description="Items per page (at most 100)."),
@@ -112,8 +114,10 @@ def annotate(viewset: type, s: AgentSerializers) -> type:
             responses={200: AgentRunPageSerializer, **auth, **missing, **throttled}),
         stream_start=extend_schema(
             tags=tag, summary=f"Start a {name} session, streamed (SSE)", request=s.start,
+            parameters=no_format,
             responses=stream_responses({})),
         stream_continue=extend_schema(
-            tags=tag, parameters=session_id, summary=f"Run one turn on a {name} session, streamed (SSE)",
+            tags=tag, parameters=[*session_id, *no_format],
+            summary=f"Run one turn on a {name} session, streamed (SSE)",
             request=s.continue_, responses=stream_responses(missing)),
     )(viewset)

@@ -35,8 +35,6 @@ from .streaming import EventStreamRenderer, event_stream_response
 #: actions that run a turn (they share the ``turn_throttle_scope``)
 TURN_ACTIONS = frozenset({"create", "continue_turn", "stream_start", "stream_continue"})
 
-UUID_PATTERN = "[0-9a-fA-F-]{32,36}"
-
 
 class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
                           mixins.UpdateModelMixin, mixins.DestroyModelMixin,
@@ -62,7 +60,8 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     parser_classes = [JSONParser]
     filter_backends = [SessionFilterBackend]
     pagination_class = SessionPagination
-    lookup_value_regex = UUID_PATTERN
+    #: any segment reaches the view, so a malformed id is the same JSON 404 as a missing one
+    lookup_value_regex = "[^/.]+"
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
     #: seconds of silence after which a stream sends an SSE comment
     sse_keepalive = 15.0

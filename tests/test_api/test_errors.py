@@ -171,7 +171,8 @@ def test_unknown_session_is_404_for_every_detail_endpoint(api):
         response = getattr(api, method)(f"{CHAT}{missing}/{suffix}",
                                         {"input": {"message": "x"}}, format="json")
         assert response.status_code == 404, (method, suffix)
-    assert api.get(f"{CHAT}not-a-uuid/").status_code == 404
+    malformed = api.get(f"{CHAT}not-a-uuid/")
+    assert malformed.status_code == 404 and malformed.json() == {"detail": "Not found."}
 
 
 def test_error_mapping_table():

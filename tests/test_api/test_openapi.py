@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
+from schemathesis import GenerationMode
 from django.core.management import call_command
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
@@ -110,7 +111,12 @@ def wsgi_app():
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(user, scripted, wsgi_app):
-    """Stateless, positive data, a bounded number of examples per operation (acceptance 3)."""
+    """Stateless, a bounded number of examples per operation (acceptance 3).
+
+    Positive data for three agents (one with instruction args, one with structured output,
+    one with the default schemas), and schema-violating data for one of them, which must
+    all be answered with documented 4xx responses.
+    """
     # the model always answers, validly: any 5xx is then the API's fault
     scripted.default = lambda request: (
         json_reply({"content": "Fine.", "mood": "happy"}) if request.output_schema
@@ -122,30 +128,35 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(user, script
     schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", wsgi_app)
     models = {"chat-agents": ChatAgent, "structured-agents": StructuredAgent,
               "plain-agents": PlainAgent}
-    operations = [result.ok() for result in schema.get_all_operations()]
+    modes = {"chat-agents": [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]}
     exercised = 0
 
-    for operation in operations:
+    for result in schema.get_all_operations():
+        operation = result.ok()
         prefix = operation.path.split("/")[2]
         if prefix not in models:  # the other agents are declared like these; keep it short
             continue
-        strategies = [operation.as_strategy()]
+        owned = None
         if "{id}" in operation.path:
             # a session the user owns, so detail operations do more than answer 404
             model = models[prefix]
             session = model.objects.start_session(
                 "hello", owner=user,
                 instruction_args=ARGS if model.agent_options.instruction_serializer else None)
-            strategies.append(operation.as_strategy(path_parameters={"id": str(session.pk)}))
-        for strategy in strategies:
-            @given(case=strategy)
-            @hypothesis_settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-                                 derandomize=True,
-                                 suppress_health_check=list(HealthCheck))
-            def check(case):
-                response = case.call(headers=headers, cookies=cookies)
-                case.validate_response(response, checks=CHECKS)
+            owned = {"id": str(session.pk)}
+        for mode in modes.get(prefix, [GenerationMode.POSITIVE]):
+            strategies = [operation.as_strategy(generation_mode=mode)]
+            if owned:
+                strategies.append(operation.as_strategy(generation_mode=mode,
+                                                        path_parameters=owned))
+            for strategy in strategies:
+                @given(case=strategy)
+                @hypothesis_settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
+                                     derandomize=True, suppress_health_check=list(HealthCheck))
+                def check(case):
+                    response = case.call(headers=headers, cookies=cookies)
+                    case.validate_response(response, checks=CHECKS)
 
-            check()
-            exercised += 1
-    assert exercised >= 30
+                check()
+                exercised += 1
+    assert exercised >= 45
