@@ -18,7 +18,9 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models.signals import class_prepared
+from django.core.signals import setting_changed
 from django.utils import timezone
+from django.utils.functional import LazyObject, empty
 from django.utils.translation import gettext_lazy as _
 
 from .managers import AgentSessionManager
@@ -125,14 +127,36 @@ class AgentEvent(models.Model):
         return f"#{self.seq} {self.type}"
 
 
+class _ArtifactStorage(LazyObject):
+    """Resolves ``AGENT_SESSION["ARTIFACT_STORAGE"]`` on first use and again after a change.
+
+    Django evaluates a FileField's storage callable once, at import; this lazy object keeps
+    ``override_settings`` (and settings read late) working, like ``default_storage`` does.
+    """
+
+    def _setup(self) -> None:
+        from django.core.files.storage import default_storage, storages
+
+        from .conf import agent_settings
+
+        alias = agent_settings.ARTIFACT_STORAGE
+        self._wrapped = storages[alias] if alias else default_storage
+
+
+_artifact_storage = _ArtifactStorage()
+
+
+def _reset_artifact_storage(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("AGENT_SESSION", "STORAGES"):
+        _artifact_storage._wrapped = empty
+
+
+setting_changed.connect(_reset_artifact_storage)
+
+
 def artifact_storage() -> Any:
     """The storage for artifact files: ``AGENT_SESSION["ARTIFACT_STORAGE"]`` or the default."""
-    from django.core.files.storage import default_storage, storages
-
-    from .conf import agent_settings
-
-    alias = agent_settings.ARTIFACT_STORAGE
-    return storages[alias] if alias else default_storage
+    return _artifact_storage
 
 
 def artifact_path(instance: Artifact, filename: str) -> str:

@@ -181,3 +181,22 @@ def test_rejects_bad_arguments(session):
         save_artifact(object(), "k", b"x")
     with pytest.raises(TypeError):
         save_artifact(session, "k", 12)
+
+
+@pytest.mark.django_db
+def test_artifact_storage_setting_is_read_late(tmp_path, settings):
+    """AGENT_SESSION["ARTIFACT_STORAGE"] names a STORAGES alias and may change at runtime."""
+    from django.test import override_settings
+
+    from django_agent_session.artifacts import save_artifact
+    from django_agent_session.models import Artifact
+    from tests.testapp.models import ChatAgent
+
+    storages = {**settings.STORAGES, "agent": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(tmp_path / "agent")}}}
+    session = ChatAgent.objects.create()
+    with override_settings(STORAGES=storages, AGENT_SESSION={"ARTIFACT_STORAGE": "agent"}):
+        artifact = save_artifact(session, "report.txt", b"hello")
+        assert (tmp_path / "agent" / artifact.file.name).read_bytes() == b"hello"
+        assert Artifact.objects.get(pk=artifact.pk).file.read() == b"hello"
