@@ -54,17 +54,23 @@ async def test_a_foreign_user_cannot_watch_or_drive_a_conversation_created_later
         user, other_user, scripted):
     scripted.enqueue("secret reply")
     cid = uuid.uuid4()
-    intruder, state = await viewer(other_user, cid)  # nothing exists yet: not in the group
-    assert state["exists"] is False
+    # connected while nothing exists yet: allowed, but not in the conversation's group
+    intruders = [await viewer(other_user, cid) for _ in range(4)]
+    assert all(state["exists"] is False for _, state in intruders)
     owner, _ = await viewer(user, cid)
     await owner.send_json_to({"type": "start", "instruction_args": {"company_name": "Acme"}})
     await expect(owner, "session.state", exists=True)
     await owner.send_json_to({"type": "message", "input": "private", "ref": "m1"})
     await expect(owner, "run.status", ref="m1", status="completed")
-    assert await intruder.receive_nothing(timeout=0.2)
+    for intruder, _ in intruders:
+        assert await intruder.receive_nothing(timeout=0.1)
 
-    await intruder.send_json_to({"type": "message", "input": "mine now", "ref": "x"})
-    assert await intruder.receive_output(timeout=5) == {"type": "websocket.close", "code": 4403}
+    attempts = [{"type": "message", "input": "mine now", "ref": "x"}, {"type": "state"},
+                {"type": "resume", "after_seq": 0}, {"type": "start"}]
+    for (intruder, _), attempt in zip(intruders, attempts):
+        await intruder.send_json_to(attempt)
+        assert await intruder.receive_output(timeout=5) == {"type": "websocket.close",
+                                                            "code": 4403}, attempt
     runs = await database_sync_to_async(
         lambda: list(AgentRun.objects.filter(session_id=cid).values_list("input", flat=True)))()
     assert runs == [{"message": "private"}]

@@ -323,3 +323,17 @@ async def test_fresh_state_seeds_only_a_new_conversation(user, loopback):
         assert [text(m) for m in loopback.message_requests[1].messages] == ["Hi"]
     finally:
         unregister_agent("seeded")
+
+
+async def test_a_turn_failing_mid_stream_is_reported_with_its_partial_reply(user, loopback):
+    loopback.enqueue(Reply.text("alpha beta gamma delta epsilon", error_after=2), "Recovered.")
+    session = await create_chat(user)
+    a, _ = await viewer(user, session.pk)
+    await a.send_json_to({"type": "message", "input": "go", "ref": "m1"})
+    failed = await expect(a, "run.status", ref="m1", status="failed")
+    assert failed["error"]["code"].startswith("model_") and failed["run_id"] and failed["seq"]
+    assert failed["partial_text"] and "alpha beta gamma".startswith(failed["partial_text"])
+    assert (await context(session)).messages == []
+    await a.send_json_to({"type": "message", "input": "again", "ref": "m2"})
+    assert (await expect(a, "run.status", ref="m2", status="completed"))["output"] == {
+        "content": "Recovered."}

@@ -257,7 +257,8 @@ class AgentSessionConsumer(AsyncJsonWebsocketConsumer):
         assert self.spec is not None
         model = self.spec.model
         base = {"conversation_id": str(self.conversation_id), "agent": model._meta.label}
-        row = model._base_manager.filter(pk=self.conversation_id).first()
+        # only a conversation whose access was checked is read (see _recheck)
+        row = model._base_manager.filter(pk=self.conversation_id).first() if self.exists else None
         if row is None:
             return {**base, "exists": False, "status": "new", "seq": 0, "turns": 0,
                     "title": "", "messages": [], "last_output": None, "events": []}
@@ -343,15 +344,34 @@ class AgentSessionConsumer(AsyncJsonWebsocketConsumer):
     async def frame_ping(self, data: dict[str, Any]) -> None:
         await self.send_json({"type": "pong", "ref": data.get("ref")})
 
+    async def _recheck(self) -> bool:
+        """For a conversation that did not exist at connect: does it now, and may we see it?
+
+        Returns whether it exists (and is joined); closes with 4403 when another user created it.
+        """
+        if self.exists:
+            return True
+        access = await database_sync_to_async(self._access)()
+        if access == "forbidden":
+            await self.close(protocol.CLOSE_FORBIDDEN)
+            return False
+        if access == "exists":
+            self.exists = True
+            await self._join()
+        return self.exists
+
     async def frame_state(self, data: dict[str, Any]) -> None:
         if self.exists:
             await self._request_state()
-        else:
+        elif not await self._recheck():
             await self._send_state(None)
 
     async def frame_resume(self, data: dict[str, Any]) -> None:
-        events = await database_sync_to_async(self._events)(data["after_seq"])
-        await self._send_replay(data["after_seq"], events, data.get("ref"))
+        after = data["after_seq"]
+        events = []
+        if self.exists or await self._recheck():
+            events = await database_sync_to_async(self._events)(after)
+        await self._send_replay(after, events, data.get("ref"))
 
     async def frame_start(self, data: dict[str, Any]) -> None:
         if self.exists:

@@ -365,8 +365,9 @@ class LiveSession:
         kind = EventType.RUN_CANCELLED if status == RunStatus.CANCELLED else EventType.RUN_FAILED
         event = self._events().filter(run=run, type=kind).first()
         info: dict[str, Any] = {"run_id": str(run.pk), "seq": event.seq if event else None}
-        if status == RunStatus.CANCELLED:
-            info["partial_text"] = (run.output or {}).get("partial_text", "")
+        partial = (run.output or {}).get("partial_text", "")
+        if partial or status == RunStatus.CANCELLED:
+            info["partial_text"] = partial  # reported, never stored in the context
         return info
 
     async def _append_event(self, kind: str, data: dict[str, Any]) -> int | None:
