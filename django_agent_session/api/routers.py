@@ -36,11 +36,13 @@ class AgentSessionRouter(SimpleRouter):
         return viewset
 
     def register_all(self) -> list[type[AgentSessionViewSet]]:
-        """Register every concrete session model not registered yet."""
+        """Register every concrete session model not registered yet (proxies only when
+        registered explicitly: they share their parent's table)."""
         from ..checks import session_models
 
         done = {getattr(viewset, "model", None) for _, viewset, _ in self.registry}
-        return [self.register_model(model) for model in session_models() if model not in done]
+        return [self.register_model(model) for model in session_models()
+                if model not in done and not model._meta.proxy]
 
     def get_default_basename(self, viewset: Any) -> str:
         return viewset.model._meta.model_name

@@ -138,3 +138,21 @@ async def test_a_client_disconnect_cancels_the_turn(session_cookie):
     session = await database_sync_to_async(ChatAgent.objects.get)(pk=run.session_id)
     assert session.status == SessionStatus.IDLE and session.turn_count == 0
     assert session.lease_token is None
+
+
+async def test_a_quiet_model_gets_keep_alive_comments_and_errors_end_the_stream():
+    from django_agent_session import exceptions as exc
+    from django_agent_session.api.streaming import KEEPALIVE, astream
+
+    async def slow_turn(progress):
+        await progress("delta", {"kind": "text", "index": 0, "text": "Hi", "iteration": 1})
+        await asyncio.sleep(0.35)
+        raise exc.ModelOverloaded("busy upstream", request_id="req_1")
+
+    frames = [frame async for frame in astream(slow_turn, finish=lambda s: s, keepalive=0.1)]
+
+    assert frames[0].startswith(b"event: delta")
+    assert frames.count(KEEPALIVE) >= 2
+    assert parse_sse(frames[-1]) == [("error", {
+        "status": 503, "code": "model_overloaded", "detail": "busy upstream",
+        "retryable": True, "request_id": "req_1"})]
