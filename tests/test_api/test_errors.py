@@ -9,6 +9,7 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from django_agent_session import exceptions as exc
 from django_agent_session.api.errors import api_exception, error_body, status_for
@@ -17,7 +18,7 @@ from django_agent_session.testing.loopback import Reply
 from tests.testapp.models import ChatAgent
 
 from .conftest import loopback_settings
-from .helpers import ARGS, CHAT, start, streamed
+from .helpers import ARGS, CHAT, parse_sse, start, streamed
 
 pytestmark = pytest.mark.django_db
 
@@ -192,3 +193,14 @@ def test_error_mapping_table():
                                              "detail": "Internal server error.",
                                              "retryable": False}
     assert settings.AGENT_SESSION  # the test settings are in force
+
+
+def test_errors_before_a_stream_are_one_error_event_for_sse_clients(api, loopback):
+    response = api.post(f"{CHAT}stream/", {"input": {}, "instruction_args": ARGS},
+                        format="json", HTTP_ACCEPT="text/event-stream")
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("text/event-stream")
+    [(name, data)] = parse_sse(response.content)
+    assert name == "error" and data["status"] == 400 and "message" in data["input"]
+    assert APIClient().post(f"{CHAT}stream/", {}, format="json",
+                            HTTP_ACCEPT="text/event-stream").status_code == 403
