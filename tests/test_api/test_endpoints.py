@@ -121,8 +121,7 @@ def test_runs_list_each_turn_with_usage(api, loopback):
     assert first["model"] == second["model"] != ""
 
 
-def test_list_is_ordered_by_last_activity_paginated_and_filterable(api, user, loopback,
-                                                                   settings):
+def test_list_is_ordered_by_last_activity_paginated_and_filterable(api, loopback):
     loopback.responder = lambda request: Reply.text("ok")
     ids = [start(api, title).json()["session"]["id"] for title in ("alpha", "beta", "gamma")]
     # the oldest session becomes the most recently active one

@@ -13,7 +13,10 @@ from channels.db import database_sync_to_async
 from django.core.asgi import get_asgi_application
 from django.test import Client, override_settings
 
+from django_agent_session import exceptions as exc
+from django_agent_session.api.streaming import KEEPALIVE, astream
 from django_agent_session.models import AgentRun, RunStatus, SessionStatus
+from django_agent_session.testing import text_reply
 from django_agent_session.testing.loopback import LoopbackMessagesServer, Reply
 from tests.testapp.models import ChatAgent
 
@@ -102,8 +105,6 @@ async def test_first_delta_arrives_before_the_model_finishes(session_cookie):
 
 
 async def test_continue_stream_under_asgi(session_cookie, user, scripted):
-    from django_agent_session.testing import text_reply
-
     scripted.enqueue("First.", text_reply("Second reply streamed", delay=0.05))
     session = await database_sync_to_async(ChatAgent.objects.start_session)(
         "first", instruction_args=ARGS, owner=user)
@@ -141,9 +142,6 @@ async def test_a_client_disconnect_cancels_the_turn(session_cookie):
 
 
 async def test_a_quiet_model_gets_keep_alive_comments_and_errors_end_the_stream():
-    from django_agent_session import exceptions as exc
-    from django_agent_session.api.streaming import KEEPALIVE, astream
-
     async def slow_turn(progress):
         await progress("delta", {"kind": "text", "index": 0, "text": "Hi", "iteration": 1})
         await asyncio.sleep(0.35)
