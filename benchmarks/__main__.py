@@ -49,7 +49,7 @@ def run_worker(suite: str, env: dict[str, str], extra: list[str], timeout: float
     print(f"  running {suite}: {' '.join(extra)}", file=sys.stderr, flush=True)
     try:
         proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, check=False)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
             return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
@@ -86,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10,100,1000", help="messages of history")
     parser.add_argument("--turns", type=int, default=200, help="measured turns per size")
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--stream-turns", type=int, default=20,
+                        help="streamed turns with one viewer (fewer with 50 viewers)")
+    parser.add_argument("--conversations", type=int, default=500,
+                        help="idle conversations opened for the memory measurement")
+    parser.add_argument("--load-conversations", type=int, default=32,
+                        help="conversations driven in the throughput measurement")
+    parser.add_argument("--seconds", type=float, default=15.0,
+                        help="measured window of each throughput run")
     parser.add_argument("--quick", action="store_true",
                         help="few turns, to check the harness (numbers are not meaningful)")
     parser.add_argument("--postgres-url", default=os.environ.get("DATABASE_URL")
@@ -98,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     args.suites = [s for s in args.suites.split(",") if s]
     args.databases = [d for d in args.databases.split(",") if d]
     if args.quick:
-        args.turns, args.warmup = 30, 3
+        args.turns, args.warmup, args.stream_turns = 30, 3, 4
+        args.conversations, args.seconds = 50, 3.0
 
     base = dict(os.environ)
     common = ["--turns", str(args.turns), "--warmup", str(args.warmup)]
@@ -144,7 +153,7 @@ def _meta(argv: list[str] | None, load_before: str) -> dict[str, Any]:
 
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip() or "?"
+                                capture_output=True, text=True, check=False).stdout.strip() or "?"
     except OSError:
         commit = "?"
     args = sys.argv[1:] if argv is None else argv

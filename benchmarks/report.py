@@ -113,20 +113,20 @@ def scale_table(results: dict[str, Any]) -> str:
 def render(data: dict[str, Any]) -> str:
     """Every table of one run, as plain text."""
     meta = data["meta"]
-    parts = [f"django-agent-session benchmarks  {meta['date']}  commit {meta['commit']}  "
-             f"{meta['cpus']} CPUs  load {meta['load_before']} -> {meta['load_after']}",
+    parts = [(f"django-agent-session benchmarks  {meta['date']}  commit {meta['commit']}  "
+              f"{meta['cpus']} CPUs  load {meta['load_before']} -> {meta['load_after']}"),
              f"command: {meta['command']}"]
     res = data["results"]
-    if "overhead" in res:
-        parts += ["", "Per-turn library overhead of continue_session, scripted client, ms "
-                      "(overhead = turn minus time inside the client)", overhead_table(res["overhead"])]
-    if "sdk" in res:
-        parts += ["", "Through the real anthropic SDK against the loopback Messages API, ms "
-                      "(library = turn minus time inside the SDK call)", sdk_table(res["sdk"])]
-    if "streaming" in res:
-        parts += ["", "Streaming: loopback server writes a delta -> WebSocket client receives it, ms",
-                  streaming_table(res["streaming"])]
-    if "scale" in res:
-        parts += ["", "Scale (Redis channel layer, PostgreSQL, model delay 50 ms)",
-                  scale_table(res["scale"])]
+    sections = [
+        ("overhead", ("Per-turn library overhead of continue_session, scripted client, ms "
+                     "(overhead = turn minus time inside the client)"), overhead_table),
+        ("sdk", ("Through the real anthropic SDK against the loopback Messages API, ms "
+                "(library = turn minus time inside the SDK call)"), sdk_table),
+        ("streaming", ("Streaming: loopback server writes a delta -> WebSocket client receives "
+                      "it, ms"), streaming_table),
+        ("scale", "Scale (Redis channel layer, PostgreSQL, model delay 50 ms)", scale_table),
+    ]
+    for key, title, table in sections:
+        if key in res:
+            parts += ["", title, table(res[key])]
     return "\n".join(parts)

@@ -1,16 +1,166 @@
-"""Scale: idle conversations held by one ASGI process, and turns per second with 1, 2 and 4
-ASGI processes (Redis channel layer, PostgreSQL, model delay 50 ms).
+"""Scale of the live layer (Redis channel layer, PostgreSQL).
 
-Needs the live layer; until it is available the rows are reported as pending.
+``idle_memory``
+    one daphne process; ``N`` conversations are opened, each with one logged-in viewer (so each
+    has a running live session, a consumer and a socket) and left idle. Memory per idle
+    conversation = growth of the process's RSS / ``N``.
+``throughput``
+    1, 2 and 4 daphne processes; ``C`` conversations, each watched by one viewer connected to
+    process ``i % P``, each sending its next message as soon as the previous turn completed
+    (closed loop) for a fixed time. The model answers after ``MODEL_DELAY`` (50 ms) through the
+    loopback server. Reported: completed turns per second and the per-turn latency seen by the
+    client (send -> ``run.status`` completed).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import time
 from typing import Any
 
-PENDING = "pending live layer"
+from .stats import summary
+
+MODEL_DELAY = 0.05
+REPLY = "A short answer from the model, about twenty words long, to keep the turn realistic."
+
+
+def run_idle_memory(conversations: int) -> list[dict[str, Any]]:
+    return asyncio.run(_idle(conversations))
+
+
+async def _idle(count: int) -> list[dict[str, Any]]:
+    from channels.db import database_sync_to_async
+
+    from django_agent_session.testing.loopback import LoopbackMessagesServer
+
+    from .live import Daphne, bench_user, connect_viewer, create_conversations, session_cookie
+
+    with LoopbackMessagesServer() as server:
+        daphne = Daphne({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
+        viewers = []
+        try:
+            await daphne.wait_ready()
+            user = await database_sync_to_async(bench_user)()
+            cookie = await database_sync_to_async(session_cookie)(user)
+            ids = await database_sync_to_async(create_conversations)(user, count + 5)
+            for cid in ids[:5]:  # warm up: imports, pools, first allocations
+                viewers.append(await connect_viewer(daphne.port, cid, cookie))
+            await asyncio.sleep(2)
+            before = daphne.rss_kib()
+            started = time.monotonic()
+            for cid in ids[5:]:
+                viewers.append(await connect_viewer(daphne.port, cid, cookie))
+            opened_in = time.monotonic() - started
+            await asyncio.sleep(3)  # idle: let tickers, presence and GC settle
+            after = daphne.rss_kib()
+        finally:
+            for viewer in viewers:
+                await viewer.close()
+            daphne.close()
+    return [{"conversations": count, "rss_before_mib": before / 1024,
+             "rss_after_mib": after / 1024, "kib_per_conversation": (after - before) / count,
+             "open_seconds": round(opened_in, 2)}]
+
+
+def run_throughput(processes: list[int], conversations: int, seconds: float
+                   ) -> list[dict[str, Any]]:
+    return [asyncio.run(_throughput(p, conversations, seconds)) for p in processes]
+
+
+async def _throughput(count: int, conversations: int, seconds: float) -> dict[str, Any]:
+    from channels.db import database_sync_to_async
+
+    from django_agent_session.testing.loopback import LoopbackMessagesServer, Reply
+
+    from .live import (
+        Daphne,
+        bench_user,
+        connect_viewer,
+        create_conversations,
+        finished,
+        session_cookie,
+    )
+
+    with LoopbackMessagesServer() as server:
+        server.responder = lambda request: Reply.stall(MODEL_DELAY, then=Reply.text(REPLY))
+        daphnes = [Daphne({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
+                   for _ in range(count)]
+        viewers = []
+        try:
+            for daphne in daphnes:
+                await daphne.wait_ready()
+            user = await database_sync_to_async(bench_user)()
+            cookie = await database_sync_to_async(session_cookie)(user)
+            ids = await database_sync_to_async(create_conversations)(user, conversations)
+            for i, cid in enumerate(ids):
+                viewers.append(await connect_viewer(daphnes[i % count].port, cid, cookie))
+
+            latencies: list[float] = []
+            stop_at: float | None = None
+            counting = False
+
+            async def loop(index: int, viewer: Any) -> int:
+                done = 0
+                turn = 0
+                while stop_at is None or time.monotonic() < stop_at:
+                    ref = f"v{index}-t{turn}"
+                    turn += 1
+                    waiter = viewer.wait_for(finished(ref))
+                    sent = time.monotonic()
+                    await viewer.send({"type": "message", "input": f"turn {turn}", "ref": ref})
+                    try:
+                        at, frame = await asyncio.wait_for(waiter, 60)
+                    except TimeoutError:
+                        seen = [f for _, f in viewer.frames][-5:]
+                        raise RuntimeError(f"turn {ref} never finished; last frames {seen}"
+                                           ) from None
+                    viewer.frames.clear()
+                    if counting and frame.get("status") == "completed" and \
+                            (stop_at is None or at <= stop_at):
+                        done += 1
+                        latencies.append(at - sent)
+                return done
+
+            # warm-up: one turn per conversation, then the measured window
+            stop_at = time.monotonic() + 0.001
+            await asyncio.gather(*(loop(i, v) for i, v in enumerate(viewers)))
+            counting = True
+            start = time.monotonic()
+            stop_at = start + seconds
+            done = sum(await asyncio.gather(*(loop(i, v) for i, v in enumerate(viewers))))
+            failed = sum(1 for r in server.message_requests if r.status not in (200, None))
+        finally:
+            for viewer in viewers:
+                await viewer.close()
+            for daphne in daphnes:
+                daphne.close()
+    return {"processes": count, "conversations": conversations, "turns": done,
+            "seconds": seconds, "turns_per_second": round(done / seconds, 1),
+            "model_delay_ms": MODEL_DELAY * 1000, "model_errors": failed,
+            "turn_latency": summary(latencies)}
 
 
 def run_all(args: argparse.Namespace, base_env: dict[str, str]) -> dict[str, Any]:
-    return {"idle_memory": {"pending": PENDING}, "throughput": {"pending": PENDING}}
+    """Both measurements on PostgreSQL and Redis, each in a fresh worker."""
+    from .__main__ import _env, run_worker
+    from .db import BENCH_DB_NAME, postgres_reachable, with_database
+    from .live import redis_reachable
+
+    problem = postgres_reachable(args.postgres_url)
+    why = f"PostgreSQL not reachable ({problem})" if problem else None
+    if why is None and (problem := redis_reachable(args.redis_url)):
+        why = f"Redis not reachable ({problem})"
+    if why is not None:
+        return {"idle_memory": {"skipped": why}, "throughput": {"skipped": why}}
+    env = _env(base_env, DATABASE_URL=with_database(args.postgres_url, BENCH_DB_NAME),
+               REDIS_URL=args.redis_url, BENCH_REDIS_PREFIX=f"agent-bench-{os.getpid()}")
+    return {
+        "idle_memory": run_worker("idle_memory", env,
+                                  ["--conversations", str(args.conversations)], args.timeout),
+        "throughput": run_worker("throughput", env,
+                                 ["--processes", "1,2,4", "--conversations",
+                                  str(args.load_conversations), "--seconds",
+                                  str(args.seconds)], args.timeout),
+    }

@@ -79,6 +79,12 @@ if os.environ.get("REDIS_URL"):
 ASGI_APPLICATION = "benchmarks.asgi.application"
 REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
 AGENT_SESSION: dict = {"TURN_WAIT_SECONDS": 60.0}
+if os.environ.get("BENCH_LOOPBACK_URL"):
+    # ASGI processes started by the live benchmarks call the benchmark's loopback server
+    AGENT_SESSION["ANTHROPIC"] = {"BASE_URL": os.environ["BENCH_LOOPBACK_URL"],
+                                  "API_KEY": "bench", "MAX_RETRIES": 0}
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 LOGGING = {
     "version": 1,

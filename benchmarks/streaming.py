@@ -1,16 +1,100 @@
-"""Streaming latency: loopback server writes a delta -> a WebSocket client receives it.
+"""Streaming latency: the loopback server writes a delta -> a WebSocket client receives it.
 
-Needs the live layer (``django_agent_session.live``); until it is available the rows are
-reported as pending.
+A daphne process serves the live layer (``benchmarks.asgi``) with the in-memory or the Redis
+channel layer; ``V`` logged-in viewers (the ``websockets`` client, in the benchmark process)
+watch one conversation. Each turn streams a reply of ``DELTAS`` text deltas, one every
+``DELTA_GAP`` seconds, from the loopback Messages API server (also in the benchmark process,
+so its ``SentEvent.at`` and the viewers' arrival times come from the same monotonic clock).
+Latency of a delivery = arrival at a viewer - the moment the server wrote that delta.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 from typing import Any
 
-PENDING = "pending live layer"
+from .stats import summary
+
+DELTAS = 50
+DELTA_GAP = 0.02
+TEXT = " ".join(f"w{i}" for i in range(DELTAS))
+
+
+def run_streaming(viewer_counts: list[int], turns: int, warmup: int) -> list[dict[str, Any]]:
+    return asyncio.run(_run(viewer_counts, turns, warmup))
+
+
+async def _run(viewer_counts: list[int], turns: int, warmup: int) -> list[dict[str, Any]]:
+    from channels.db import database_sync_to_async
+
+    from django_agent_session.testing.loopback import LoopbackMessagesServer, Reply
+
+    from .live import (
+        Daphne,
+        bench_user,
+        connect_viewer,
+        create_conversations,
+        finished,
+        session_cookie,
+    )
+
+    rows = []
+    with LoopbackMessagesServer() as server:
+        server.responder = lambda request: Reply.text(TEXT, delay=DELTA_GAP)
+        daphne = Daphne({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
+        try:
+            await daphne.wait_ready()
+            user = await database_sync_to_async(bench_user)()
+            cookie = await database_sync_to_async(session_cookie)(user)
+            for count in viewer_counts:
+                (cid,) = await database_sync_to_async(create_conversations)(user, 1)
+                viewers = [await connect_viewer(daphne.port, cid, cookie) for _ in range(count)]
+                # each measured turn gives `count` deliveries per delta; keep the total bounded
+                measured = max(3, turns // count) if count > 1 else turns
+                latencies: list[float] = []
+                for i in range(warmup + measured):
+                    ref = f"c{count}-t{i}"
+                    done = [v.wait_for(finished(ref)) for v in viewers]
+                    await viewers[0].send({"type": "message", "input": ref, "ref": ref})
+                    await asyncio.wait_for(asyncio.gather(*done), 120)
+                    if i < warmup:
+                        continue
+                    (request,) = [r for r in server.message_requests if r.user_text == ref]
+                    written = [e.at for e in request.events("content_block_delta")]
+                    for viewer in viewers:
+                        for at, frame in viewer.frames:
+                            if frame.get("type") == "delta" and frame.get("ref") == ref:
+                                latencies.append(at - written[frame["n"] - 1])
+                for viewer in viewers:
+                    viewer.frames.clear()
+                for viewer in viewers:
+                    await viewer.close()
+                rows.append({"viewers": count, "turns": measured, "deltas_per_turn": DELTAS,
+                             "delta_gap_ms": DELTA_GAP * 1000, "latency": summary(latencies)})
+        finally:
+            daphne.close()
+    return rows
 
 
 def run_all(args: argparse.Namespace, base_env: dict[str, str]) -> dict[str, Any]:
-    return {"memory": {"pending": PENDING}, "redis": {"pending": PENDING}}
+    """Both channel layers, each in a fresh worker (SQLite file database)."""
+    from .__main__ import _env, run_worker
+    from .live import redis_reachable
+
+    extra = ["--viewers", "1,50", "--turns", str(args.stream_turns), "--warmup", "1"]
+    results: dict[str, Any] = {}
+    env = _env(base_env, DATABASE_URL=None, REDIS_URL=None, BENCH_SQLITE_JOURNAL="wal")
+    results["memory"] = run_worker("streaming", env, extra, args.timeout)
+    problem = redis_reachable(args.redis_url)
+    if problem:
+        results["redis"] = {"skipped": f"Redis not reachable ({problem})"}
+    else:
+        env = _env(base_env, DATABASE_URL=None, REDIS_URL=args.redis_url,
+                   BENCH_SQLITE_JOURNAL="wal", BENCH_REDIS_PREFIX=f"agent-bench-{os.getpid()}")
+        results["redis"] = run_worker("streaming", env, extra, args.timeout)
+    return results
+
+
+

@@ -42,11 +42,18 @@ def idle_memory(args: argparse.Namespace) -> Any:
     return run_idle_memory(args.conversations)
 
 
+def throughput(args: argparse.Namespace) -> Any:
+    from .scale import run_throughput
+
+    return run_throughput(_sizes(args.processes), args.conversations, args.seconds)
+
+
 SUITES: dict[str, Callable[[argparse.Namespace], Any]] = {
     "overhead": overhead,
     "sdk": sdk,
     "streaming": streaming,
     "idle_memory": idle_memory,
+    "throughput": throughput,
 }
 
 
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--conversations", type=int, default=500)
+    parser.add_argument("--processes", default="1,2,4")
+    parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args(argv)
 
     from .db import setup_django, vendor

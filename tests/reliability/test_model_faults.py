@@ -113,9 +113,8 @@ async def test_async_fault(loopback, name, path):
     async def progress(kind: str, data: dict[str, Any]) -> None:
         pass
 
-    with _settings(loopback, fault):
-        with pytest.raises(exc.AgentSessionError) as info:
-            await fault.model.objects.acontinue_session(
-                session.pk, "faulty turn", on_progress=progress if path == "streamed" else None)
+    with _settings(loopback, fault), pytest.raises(exc.AgentSessionError) as info:
+        await fault.model.objects.acontinue_session(
+            session.pk, "faulty turn", on_progress=progress if path == "streamed" else None)
     await database_sync_to_async(_assert_intact_and_recovers)(
         loopback, fault, session, raw, messages, info.value)

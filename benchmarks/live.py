@@ -1,0 +1,182 @@
+"""Helpers of the live benchmarks: daphne processes, logged-in WebSocket viewers, frames."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENT = "testapp.chatagent"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_reachable(url: str) -> str | None:
+    """``None`` when Redis at ``url`` answers PING, else why not."""
+    try:
+        import redis
+
+        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+    except Exception as error:  # noqa: BLE001
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+class Daphne:
+    """A daphne process serving ``benchmarks.asgi`` with the benchmark's environment."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (open for the process's life)
+            prefix="agent-bench-daphne-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+             "benchmarks.asgi:application"],
+            cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "benchmarks.settings"},
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daphne exited: {self.output()}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"daphne did not listen within {timeout}s: {self.output()}")
+
+    def rss_kib(self) -> int:
+        """Resident set size of the process, from /proc."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")[-3000:]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.log.name)
+
+
+def session_cookie(user: Any) -> str:
+    """A logged-in Django session cookie for ``user`` (as a browser would send it)."""
+    from django.conf import settings
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    store = SessionStore()
+    store[SESSION_KEY] = str(user.pk)
+    store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    store[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    store.save()
+    return f"{settings.SESSION_COOKIE_NAME}={store.session_key}"
+
+
+def bench_user() -> Any:
+    from django.contrib.auth import get_user_model
+
+    user, _ = get_user_model().objects.get_or_create(username="bench")
+    return user
+
+
+def create_conversations(user: Any, count: int) -> list[uuid.UUID]:
+    from django_agent_session.live.api import create_conversation
+    from django_agent_session.live.routers import SessionSpec
+    from tests.testapp.models import ChatAgent
+
+    ids = []
+    for _ in range(count):
+        session, _ = create_conversation(SessionSpec(ChatAgent), uuid.uuid4(), user,
+                                         instruction_args={"company_name": "Acme"})
+        ids.append(session.pk)
+    return ids
+
+
+@dataclass
+class Viewer:
+    """One WebSocket client; every frame is timestamped (``time.monotonic``) on arrival."""
+
+    ws: Any
+    frames: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    waiters: list[tuple[Callable[[dict[str, Any]], bool], asyncio.Future]] = \
+        field(default_factory=list)
+    task: asyncio.Task | None = None
+
+    async def _read(self) -> None:
+        async for raw in self.ws:
+            at = time.monotonic()
+            frame = json.loads(raw)
+            self.frames.append((at, frame))
+            for waiter in list(self.waiters):
+                predicate, future = waiter
+                if not future.done() and predicate(frame):
+                    future.set_result((at, frame))
+                    self.waiters.remove(waiter)
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool]) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.waiters.append((predicate, future))
+        return future
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(frame))
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.task
+
+
+async def connect_viewer(port: int, conversation_id: Any, cookie: str,
+                         timeout: float = 30.0) -> Viewer:
+    """Connect, and wait for the ``session.state`` frame (the live session is running)."""
+    from websockets.asyncio.client import connect
+
+    url = f"ws://127.0.0.1:{port}/ws/agent-sessions/{AGENT}/{conversation_id}/"
+    ws = await connect(url, additional_headers={"Cookie": cookie,
+                                                "Origin": f"http://127.0.0.1:{port}"},
+                       compression=None, max_size=None, open_timeout=timeout)
+    viewer = Viewer(ws)
+    state = viewer.wait_for(lambda f: f.get("type") == "session.state")
+    viewer.task = asyncio.create_task(viewer._read())
+    await asyncio.wait_for(state, timeout)
+    return viewer
+
+
+def finished(ref: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda f: (f.get("type") == "run.status" and f.get("ref") == ref
+                      and f.get("status") in ("completed", "failed", "cancelled"))
