@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic  # noqa: F401  (imported once, before any test's timeouts start)
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers
@@ -202,7 +203,7 @@ class ServerProcess:
     def url(self, path: str) -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
 
-    async def wait_ready(self, timeout: float = 20.0) -> None:
+    async def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -75,7 +75,7 @@ async def test_two_viewers_receive_every_delta_and_the_message(user, loopback):
 
 async def test_messages_sent_quickly_are_queued_announced_and_run_in_order(user, loopback):
     for word in ("one", "two", "three"):
-        loopback.enqueue(Reply.text(f"reply {word} " * 3, delay=0.03))
+        loopback.enqueue(Reply.text(f"reply {word} " * 3, delay=0.1))
     session = await create_chat(user)
     a, _ = await viewer(user, session.pk)
     b, _ = await viewer(user, session.pk)
@@ -103,7 +103,7 @@ async def test_messages_sent_quickly_are_queued_announced_and_run_in_order(user,
 
 
 async def test_a_full_queue_answers_the_sender_with_an_error(user, loopback):
-    loopback.enqueue(Reply.text("slow reply " * 4, delay=0.05), "second")
+    loopback.enqueue(Reply.text("slow reply " * 4, delay=0.1), "second")
     session = await create_chat(user)
     with override_settings(AGENT_SESSION=agent_conf(loopback, QUEUE_MAX=1)):
         a, _ = await viewer(user, session.pk)
@@ -150,7 +150,7 @@ async def test_cancel_mid_stream_records_the_run_and_keeps_the_context_valid(use
 
 
 async def test_cancelling_a_queued_message_removes_it(user, loopback):
-    loopback.enqueue(Reply.text("slow " * 10, delay=0.05))
+    loopback.enqueue(Reply.text("slow " * 10, delay=0.1))
     session = await create_chat(user)
     a, _ = await viewer(user, session.pk)
     await a.send_json_to({"type": "message", "input": "first", "ref": "m1"})
