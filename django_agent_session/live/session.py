@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -53,7 +54,7 @@ STOP_WAIT_SECONDS = 15.0
 def group_name(model: type, conversation_id: Any) -> str:
     """The channel-layer group of a conversation (ASCII alnum, ``-_.``, under 100 chars)."""
     label = model._meta.label_lower
-    if len(label) > 50 or not label.replace("_", "").replace(".", "").isalnum():
+    if len(label) > 50 or not re.fullmatch(r"[a-z0-9_.]+", label):
         label = hashlib.sha1(label.encode()).hexdigest()[:16]
     return f"agent_session.{label}.{uuid.UUID(str(conversation_id)).hex}"
 
@@ -147,29 +148,38 @@ class LiveSession:
         self.queue.clear()
         for item in dropped:
             item.announced.set()
-        current = self.current
-        if current is not None and current.task is not None:
-            current.task.cancel()
-        if self._turn_runner is not None:
-            await asyncio.wait([self._turn_runner], timeout=STOP_WAIT_SECONDS)
-        me = asyncio.current_task()
-        for task in self._tasks:
-            if task is not me:
-                task.cancel()
-        await asyncio.gather(*(t for t in self._tasks if t is not me), return_exceptions=True)
-        try:
-            await database_sync_to_async(ownership.release)(self.conversation_id,
-                                                            self.channel_name)
-        except ownership.OwnershipUnavailable:
-            logger.warning("Could not release the live lease of %s; it will expire.", self.key)
         data = {"reason": reason, "dropped": [item.ref for item in dropped]}
-        seq = await self._append_event(EventType.SESSION_STOPPED, data)
-        from .api import _forget
+        seq = None
+        try:
+            current = self.current
+            if current is not None:
+                current.cancelled = True
+                if current.task is not None:
+                    current.task.cancel()
+            if self._turn_runner is not None:
+                await asyncio.wait([self._turn_runner], timeout=STOP_WAIT_SECONDS)
+            me = asyncio.current_task()
+            others = [task for task in self._tasks if task is not me]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+            try:
+                await database_sync_to_async(ownership.release)(self.conversation_id,
+                                                                self.channel_name)
+            except ownership.OwnershipUnavailable:
+                logger.warning("Could not release the live lease of %s; it will expire.",
+                               self.key)
+            seq = await self._append_event(EventType.SESSION_STOPPED, data)
+        except Exception:
+            logger.exception("Live session %s did not stop cleanly", self.key)
+        finally:
+            from .api import _forget
 
-        _forget(self)
-        self.state = "stopped"
-        await self.broadcast({"type": "session.stopped", **data, "seq": seq})
-        self.stopped.set()
+            # announced before a successor can start here, so viewers see stop, then start
+            await self.broadcast({"type": "session.stopped", **data, "seq": seq})
+            _forget(self)
+            self.state = "stopped"
+            self.stopped.set()
 
     # -- the channel -------------------------------------------------------------------------
 
