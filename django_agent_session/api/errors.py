@@ -11,6 +11,7 @@ import logging
 import math
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from rest_framework import exceptions as drf
 from rest_framework import status
 
@@ -31,6 +32,12 @@ STATUS_BY_ERROR: list[tuple[type[exc.AgentSessionError], int]] = [
 
 #: keys of ``AgentSessionError.details`` that are not repeated in the response body
 HIDDEN_DETAILS = {"status_code"}
+
+
+class PayloadTooLarge(drf.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request body is too large."
+    default_code = "payload_too_large"
 
 
 class AgentAPIError(drf.APIException):
@@ -70,6 +77,8 @@ def api_exception(error: BaseException) -> BaseException:
         return drf.ValidationError({"input": error.errors})
     if isinstance(error, exc.SessionNotFound):
         return drf.NotFound()
+    if isinstance(error, RequestDataTooBig):  # Django's DATA_UPLOAD_MAX_MEMORY_SIZE
+        return PayloadTooLarge()
     if isinstance(error, exc.AgentSessionError):
         code = status_for(error)
         if code == 500:  # a bug somewhere: keep the traceback

@@ -58,13 +58,14 @@ def annotate(viewset: type, s: AgentSerializers) -> type:
         503: OpenApiResponse(AgentErrorSerializer,
                              description="The model is unavailable for now (retryable)."),
     }
-    turn_errors = {400: invalid, **auth, **throttled, **agent_error}
+    too_large = {413: OpenApiResponse(DetailSerializer, description="The body is too large.")}
+    turn_errors = {400: invalid, **auth, **too_large, **throttled, **agent_error}
 
     def stream_responses(extra: dict[Any, Any]) -> dict[Any, Any]:
         # for text/event-stream the schema describes one event (as OpenAPI 3.2 does)
         responses: dict[Any, Any] = {(200, CONTENT_TYPE): OpenApiResponse(
             ServerSentEventSerializer, description=STREAM_DESCRIPTION)}
-        for code, response in {400: invalid, **auth, **extra, **throttled}.items():
+        for code, response in {400: invalid, **auth, **extra, **too_large, **throttled}.items():
             responses[(code, JSON)] = response
             responses[(code, CONTENT_TYPE)] = OpenApiResponse(
                 ServerSentEventSerializer, description=f"{response.description} "
@@ -94,7 +95,8 @@ def annotate(viewset: type, s: AgentSerializers) -> type:
                                responses={200: s.session, **auth, **missing, **throttled}),
         partial_update=extend_schema(
             tags=tag, parameters=session_id, summary=f"Rename a {name} session", request=s.session,
-            responses={200: s.session, 400: invalid, **auth, **missing, **throttled}),
+            responses={200: s.session, 400: invalid, **auth, **missing, **too_large,
+                       **throttled}),
         destroy=extend_schema(
             tags=tag, parameters=session_id, summary=f"Delete a {name} session with its runs and events",
             responses={204: None, **auth, **missing, **throttled,

@@ -24,6 +24,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+from channels.db import database_sync_to_async
 from django.core.handlers.asgi import ASGIRequest
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import HttpRequest, StreamingHttpResponse
@@ -74,7 +75,8 @@ async def astream(turn: AsyncTurn, finish: Finish, keepalive: float) -> AsyncIte
         except Exception as error:
             yield sse("error", error_body(error))
         else:
-            yield sse("message", finish(session))
+            # the body's serializer may be a project's, reading related rows
+            yield sse("message", await database_sync_to_async(finish)(session))
     finally:
         if not task.done():  # the client went away: cancel the turn (recorded as cancelled)
             task.cancel()

@@ -203,3 +203,11 @@ def test_errors_before_a_stream_are_one_error_event_for_sse_clients(api, loopbac
     assert name == "error" and data["status"] == 400 and "message" in data["input"]
     assert APIClient().post(f"{CHAT}stream/", {}, format="json",
                             HTTP_ACCEPT="text/event-stream").status_code == 403
+
+
+def test_a_body_over_djangos_upload_limit_is_a_json_413(api, loopback):
+    body = {"input": {"message": "x" * 3_000_000}, "instruction_args": ARGS}
+    response = api.post("/api/plain-agents/", body, format="json")
+    assert response.status_code == 413
+    assert response.json() == {"detail": "The request body is too large."}
+    assert loopback.message_requests == []
