@@ -47,7 +47,9 @@ class AgentAPIError(drf.APIException):
         super().__init__(error.message, error.code)
         self.status_code = status_code
         self.error = error
-        body: dict[str, Any] = {"code": error.code, "detail": error.message,
+        # a 500 is a bug: its message may hold internals, so the client gets none of it
+        detail = "Internal server error." if status_code == 500 else error.message
+        body: dict[str, Any] = {"code": error.code, "detail": detail,
                                 "retryable": error.retryable}
         body.update({k: v for k, v in error.details.items()
                      if v is not None and k not in HIDDEN_DETAILS and k not in body})

@@ -181,9 +181,10 @@ def test_error_mapping_table():
     assert status_for(exc.InvalidModelOutput()) == 502
     assert status_for(exc.MaxIterationsExceeded()) == 502
     assert status_for(exc.LeaseLost()) == 409
-    internal = exc.AgentSessionError("boom")
+    internal = exc.AgentSessionError("OperationalError: password=hunter2")
     internal.code = "internal_error"
     assert status_for(internal) == 500
+    assert api_exception(internal).detail["detail"] == "Internal server error."
     invalid = api_exception(exc.InvalidInput({"message": ["required"]}))
     assert invalid.status_code == 400 and set(invalid.detail) == {"input"}
     args = api_exception(exc.InvalidInstructionArgs({"company_name": ["required"]}))
