@@ -9,6 +9,7 @@ through ``database_sync_to_async``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
@@ -78,6 +79,9 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         if options.instruction_serializer is not None:
             args = validate(options.instruction_serializer, args, exc.InvalidInstructionArgs,
                             "Invalid instruction args.")
+        elif not isinstance(args, Mapping):  # the template reads args as a mapping
+            raise exc.InvalidInstructionArgs({"non_field_errors": ["Expected an object."]},
+                                             "Invalid instruction args.")
         system = options.template.render(args)
         return Context(system=system, instruction_args=args)
 
