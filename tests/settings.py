@@ -74,6 +74,8 @@ if os.environ.get("REDIS_URL"):
     }
 
 STATIC_URL = "/static/"
+# tests create many users: a fast hasher keeps them cheap
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 ASGI_APPLICATION = "tests.asgi.application"
 
 AGENT_SESSION = {
