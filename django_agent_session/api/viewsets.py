@@ -17,7 +17,6 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -28,6 +27,7 @@ from ..conf import agent_settings, perform_import
 from .errors import api_exception
 from .filters import SessionFilterBackend
 from .pagination import SeqCursorPagination, SessionPagination
+from .parsers import SessionJSONParser
 from .permissions import owned_by
 from .serializers import AgentEventSerializer, AgentRunSerializer, AgentSerializers, serializers_for
 from .streaming import EventStreamRenderer, event_stream_response
@@ -57,7 +57,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     turn_throttle_scope = "agent_turns"
     read_throttle_scope = "agent_sessions"
 
-    parser_classes = [JSONParser]
+    parser_classes = [SessionJSONParser]
     filter_backends = [SessionFilterBackend]
     pagination_class = SessionPagination
     #: any segment reaches the view, so a malformed id is the same JSON 404 as a missing one
