@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import models, transaction
 
 from . import exceptions as exc
+from .clients.base import maybe_await
 from .conf import agent_settings
 from .context import Context
 from .queries import SessionQueryMixin
@@ -73,7 +74,16 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                 "Input too large.")
         return validated, blocks
 
-    def _initial_context(self, instruction_args: dict[str, Any] | None) -> Context:
+    def validate_input(self, input: Any) -> dict[str, Any]:
+        """Validate one turn's input as a turn would (``InvalidInput``), without running it.
+
+        Surfaces use it to reject bad input before they commit to a response (an SSE 200, a
+        queued WebSocket message); the turn validates again when it runs.
+        """
+        return self._prepare_input(input)[0]
+
+    def initial_context(self, instruction_args: dict[str, Any] | None = None) -> Context:
+        """The context a new session starts with: validated args, rendered system prompt."""
         options = self._options
         args = instruction_args or {}
         if options.instruction_serializer is not None:
@@ -106,10 +116,24 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                       on_progress: ProgressCallback | None = None) -> Any:
         """Create a session and run its first turn; returns the saved session."""
         validated, blocks = self._prepare_input(input)
-        context = self._initial_context(instruction_args)
+        context = self.initial_context(instruction_args)
         turn = self._store().create(context=context, owner=owner, title=title,
                                     input=validated, user_blocks=blocks)
         return self._run(turn, context, on_progress)
+
+    def create_session(self, *, instruction_args: dict[str, Any] | None = None,
+                       owner: Any = None, title: str = "", **fields: Any) -> Any:
+        """Create a session without running a turn (its first message comes later)."""
+        from .models import EventType
+
+        context = self.initial_context(instruction_args)
+        session = self.model(owner=owner, title=title, **fields)
+        setattr(session, self._options.context_field, context.to_dict())
+        with transaction.atomic():
+            session.save(force_insert=True)
+            self._store().append_events(session.pk, [(EventType.SESSION_STARTED, {})])
+        session.event_seq = 1
+        return session
 
     def continue_session(self, session_or_pk: Any, input: Any, *,
                          on_progress: ProgressCallback | None = None) -> Any:
@@ -136,6 +160,8 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
 
         store, state = self._store(), TurnState()
         try:
+            if on_progress is not None:
+                on_progress("run.started", {"run_id": str(turn.run_id)})
             result = self._engine().run(
                 context, turn.user_blocks, self._options.get_client(), state=state,
                 tool_context=self._tool_context(turn), on_progress=on_progress,
@@ -158,13 +184,15 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         else:
             typed = exc.AgentSessionError(f"{type(error).__name__}: {error}")
             typed.code = "internal_error"
-        self._store().fail(turn, typed, state, status)
+        record = self._store().fail(turn, typed, state, status)
         self._send_failed(turn, typed)
         if status == RunStatus.CANCELLED:
+            error.turn = record  # type: ignore[union-attr]
             return error  # cancellation must keep propagating as such
         if typed is not error:
             typed.__cause__ = error
         typed.session = turn.session  # type: ignore[attr-defined]
+        typed.turn = record  # type: ignore[attr-defined]
         return typed
 
     def _completed(self, session: Any, turn: Turn, result: TurnResult) -> None:
@@ -188,10 +216,14 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                              on_progress: ProgressCallback | None = None) -> Any:
         """Async twin of :meth:`start_session`."""
         validated, blocks = self._prepare_input(input)
-        context = self._initial_context(instruction_args)
+        context = self.initial_context(instruction_args)
         turn = await database_sync_to_async(self._store().create)(
             context=context, owner=owner, title=title, input=validated, user_blocks=blocks)
         return await self._arun(turn, context, on_progress)
+
+    async def acreate_session(self, **kwargs: Any) -> Any:
+        """Async twin of :meth:`create_session`."""
+        return await database_sync_to_async(self.create_session)(**kwargs)
 
     async def acontinue_session(self, session_or_pk: Any, input: Any, *,
                                 on_progress: ProgressCallback | None = None) -> Any:
@@ -224,6 +256,8 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
 
         store, state = self._store(), TurnState()
         try:
+            if on_progress is not None:
+                await maybe_await(on_progress("run.started", {"run_id": str(turn.run_id)}))
             result = await self._engine().arun(
                 context, turn.user_blocks, self._options.get_client(), state=state,
                 tool_context=self._tool_context(turn), on_progress=on_progress,

@@ -40,6 +40,26 @@ INTERRUPTED = {"code": "interrupted", "retryable": True,
 
 
 @dataclass
+class TurnRecord:
+    """What one finished turn wrote: set on the session (``session.last_turn``) after a commit
+    and on the exception after a failure, so surfaces can report it without reading it back."""
+
+    run_id: uuid.UUID
+    status: str
+    events: list[dict[str, Any]]
+    usage: dict[str, int]
+
+    @property
+    def seq(self) -> int:
+        """The sequence number of the turn's last event."""
+        return self.events[-1]["seq"] if self.events else 0
+
+    def event(self, kind: str) -> dict[str, Any] | None:
+        """The turn's last event of ``kind``."""
+        return next((e for e in reversed(self.events) if e["type"] == kind), None)
+
+
+@dataclass
 class Turn:
     """The bookkeeping of one turn between ``begin`` and ``commit``/``fail``."""
 
@@ -186,6 +206,8 @@ class SessionStore:
                 **{name: int(result.usage.get(name) or 0) for name in USAGE_FIELDS},
             )
             self._insert_events(session.pk, base, events, turn)
+        session.last_turn = TurnRecord(turn.run_id, RunStatus.COMPLETED,
+                                       _numbered(base, events), dict(result.usage))
         # mirror the UPDATE in memory, so callers need no reload
         setattr(session, self.context_field, values[self.context_field])
         session.status = SessionStatus.IDLE
@@ -238,7 +260,7 @@ class SessionStore:
     # -- failure -----------------------------------------------------------------------------
 
     def fail(self, turn: Turn, error: exc.AgentSessionError, state: TurnState | None,
-             status: str = RunStatus.FAILED) -> None:
+             status: str = RunStatus.FAILED) -> TurnRecord:
         """Record a failed (or cancelled) turn; the context column is not touched."""
         now = timezone.now()
         state = state or TurnState()
@@ -272,6 +294,7 @@ class SessionStore:
             self._insert_events(turn.session.pk, base, events, turn)
         turn.session.status = new_status
         turn.session.lease_token = turn.session.lease_expires_at = None
+        return TurnRecord(turn.run_id, status, _numbered(base, events), dict(state.usage))
 
     # -- events outside turns ----------------------------------------------------------------
 
@@ -294,6 +317,11 @@ class SessionStore:
                            data=data, created_at=now, run_id=run_id)
                 for i, (kind, data) in enumerate(events, start=1)
             ])
+
+
+def _numbered(base: int, events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [{"seq": base + i, "type": str(kind), "data": data}
+            for i, (kind, data) in enumerate(events, start=1)]
 
 
 def _run_of(kind: str, data: dict[str, Any], turn: Turn | None) -> Any:

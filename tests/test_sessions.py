@@ -334,3 +334,39 @@ class TestContextField:
         assert len(scripted.requests) == 1
         run = session.runs.get(status=RunStatus.FAILED)
         assert run.error["code"] == "token_budget_exceeded"
+
+
+class TestPublicHelpers:
+    def test_create_session_without_a_turn(self, scripted, user):
+        session = ChatAgent.objects.create_session(instruction_args=ARGS, owner=user,
+                                                   title="Support")
+        assert scripted.requests == []
+        assert session.get_context().system == "You are a helpful assistant for Acme."
+        assert list(session.events.values_list("seq", "type")) == [(1, "session.started")]
+        scripted.enqueue("hello")
+        session = ChatAgent.objects.continue_session(session, "Hi")
+        assert session.title == "Support" and session.event_seq == 6
+        with pytest.raises(exc.InvalidInstructionArgs):
+            ChatAgent.objects.create_session(instruction_args={})
+
+    def test_validate_input_and_initial_context(self):
+        assert ChatAgent.objects.validate_input("hi") == {"message": "hi"}
+        with pytest.raises(exc.InvalidInput):
+            ChatAgent.objects.validate_input({"message": ""})
+        assert ChatAgent.objects.initial_context(ARGS).instruction_args == ARGS
+
+    def test_turn_records(self, scripted):
+        seen = []
+        scripted.enqueue("a", exc.ModelOverloaded("x"))
+        session = ChatAgent.objects.start_session(
+            "Hi", instruction_args=ARGS, on_progress=lambda kind, data: seen.append((kind, data)))
+        record = session.last_turn
+        assert seen[0] == ("run.started", {"run_id": str(record.run_id)})
+        assert record.status == "completed" and record.seq == session.event_seq
+        assert record.event("message.assistant")["data"]["content"][0]["text"] == "a"
+        assert [e["seq"] for e in record.events] == list(range(1, 7))
+        with pytest.raises(exc.ModelOverloaded) as info:
+            ChatAgent.objects.continue_session(session, "again")
+        failed = info.value.turn
+        assert failed.status == "failed" and failed.event("run.failed")["seq"] == failed.seq
+        assert session.runs.get(pk=failed.run_id).status == RunStatus.FAILED

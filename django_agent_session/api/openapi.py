@@ -22,7 +22,7 @@ from .streaming import CONTENT_TYPE
 JSON = "application/json"
 
 STREAM_DESCRIPTION = (
-    "Server-Sent Events: `delta`, `tool.call`, `tool.result` and `budget.warning` events as "
+    "Server-Sent Events: `run.started` (`{run_id}`), `delta`, `tool.call`, `tool.result` and `budget.warning` events as "
     "the turn runs, then `message` (the same body as the JSON endpoint) or `error` "
     "(`{status, code, detail, retryable}`).")
 

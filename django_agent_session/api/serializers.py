@@ -116,7 +116,7 @@ class AgentErrorSerializer(serializers.Serializer):
 class ServerSentEventSerializer(serializers.Serializer):
     """One event of a streamed turn (``text/event-stream``); ``data`` is JSON."""
 
-    event = serializers.ChoiceField(choices=["delta", "tool.call", "tool.result",
+    event = serializers.ChoiceField(choices=["run.started", "delta", "tool.call", "tool.result",
                                              "budget.warning", "message", "error"])
     data = serializers.CharField(help_text="JSON: a delta, tool call or result, the final "
                                            "turn body (message) or an error body (error).")

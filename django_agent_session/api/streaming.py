@@ -8,6 +8,7 @@ protocol, without incremental delivery. A client that disconnects cancels the tu
 
 The events::
 
+    event: run.started   {"run_id"}; first event of every turn
     event: delta         {"kind": "text"|"thinking"|"tool_input", "index", "text", "iteration"}
     event: tool.call     {"id", "name", "input"}
     event: tool.result   {"id", "name", "content", "is_error"}

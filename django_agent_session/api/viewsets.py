@@ -151,10 +151,9 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
         The manager validates again when the turn runs; this only moves the failure earlier.
         """
-        queryset = self.manager.get_queryset()  # private helpers live on the queryset
-        queryset._prepare_input(input)
+        self.manager.validate_input(input)
         if start:
-            queryset._initial_context(instruction_args)
+            self.manager.initial_context(instruction_args)
 
     # -- endpoints -------------------------------------------------------------------------
 

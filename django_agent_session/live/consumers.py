@@ -386,7 +386,7 @@ class AgentSessionConsumer(AsyncJsonWebsocketConsumer):
         assert self.spec is not None
         queryset = self.spec.model._default_manager.all()
         try:  # the live session validates again; this answers the sender at once
-            await database_sync_to_async(queryset._prepare_input)(data["input"])
+            await database_sync_to_async(queryset.validate_input)(data["input"])
         except exc.InvalidInput as error:
             await self._send_error(error, ref)
             return

@@ -28,16 +28,15 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from channels.db import database_sync_to_async
-from django.contrib.contenttypes.models import ContentType
 from django.utils import timezone
 
 from .. import exceptions as exc
 from ..conf import agent_settings
-from ..models import AgentEvent, AgentRun, EventType, RunStatus
+from ..models import EventType
 from . import ownership
 from .presence import Presence
 from .protocol import NOTHING_TO_CANCEL, QUEUE_FULL, error_frame
@@ -59,6 +58,17 @@ def group_name(model: type, conversation_id: Any) -> str:
     return f"agent_session.{label}.{uuid.UUID(str(conversation_id)).hex}"
 
 
+def _run_info(record: Any, cancelled: bool) -> dict[str, Any]:
+    """The run id, final seq and partial reply of a failed or cancelled turn's record."""
+    if record is None:  # refused before a run was recorded (invalid input, busy, gone)
+        return {"run_id": None, "seq": None}
+    info: dict[str, Any] = {"run_id": str(record.run_id), "seq": record.seq}
+    end = record.events[-1]["data"] if record.events else {}
+    if "partial_text" in end or cancelled:
+        info["partial_text"] = end.get("partial_text", "")  # reported, never stored in context
+    return info
+
+
 @dataclass
 class Item:
     """A message waiting for, or running, its turn."""
@@ -73,6 +83,8 @@ class Item:
     partial: list[str] = field(default_factory=list)
     deltas: int = 0
     cancelled: bool = False
+    #: what the turn wrote (``TurnRecord``), from the session or the exception
+    record: Any = None
 
     def summary(self, *, running: bool = False) -> dict[str, Any]:
         data = {"ref": self.ref, "input": self.input, "user_id": self.user_id}
@@ -285,12 +297,11 @@ class LiveSession:
                 await self.broadcast({"type": "run.status", "status": "cancelled",
                                       "ref": item.ref, "run_id": None, "queued": True})
                 return
-            started = timezone.now() - timedelta(seconds=1)
             await self.broadcast({"type": "run.status", "status": "started",
                                   **item.summary()})
             item.task = asyncio.create_task(self._turn(item))
             await asyncio.wait([item.task])
-            await self._report(item, started)
+            await self._report(item)
         except Exception:
             logger.exception("Live session %s failed to run a turn", self.key)
         finally:
@@ -300,6 +311,8 @@ class LiveSession:
 
     async def _turn(self, item: Item) -> Any:
         async def on_progress(kind: str, data: dict[str, Any]) -> None:
+            if kind == "run.started":  # viewers already got run.status "started"
+                return
             frame = {"type": kind, "ref": item.ref, **data}
             if kind == "delta":
                 item.deltas += 1
@@ -309,27 +322,34 @@ class LiveSession:
             self.touch()
             await self.broadcast(frame)
 
-        return await self.model._default_manager.acontinue_session(
-            self.conversation_id, item.input, on_progress=on_progress)
+        try:
+            session = await self.model._default_manager.acontinue_session(
+                self.conversation_id, item.input, on_progress=on_progress)
+        except (asyncio.CancelledError, Exception) as error:
+            item.record = getattr(error, "turn", None)  # set by the store when a run was recorded
+            raise
+        item.record = session.last_turn
+        return session
 
-    async def _report(self, item: Item, started: datetime) -> None:
+    async def _report(self, item: Item) -> None:
         task = item.task
         assert task is not None
         base = {"type": "run.status", "ref": item.ref}
+        record = item.record
         if task.cancelled():
-            info = await database_sync_to_async(self._run_info)(RunStatus.CANCELLED, started)
-            await self.broadcast({**base, "status": "cancelled", **info})
+            await self.broadcast({**base, "status": "cancelled", **_run_info(record, True)})
             return
         error = task.exception()
         if error is None:
             session = task.result()
-            info = await database_sync_to_async(self._completed_info)(session)
+            message = record.event(EventType.MESSAGE_ASSISTANT) or {}
             await self.broadcast({"type": "message", "role": "assistant", "ref": item.ref,
-                                  "run_id": info["run_id"], "content": info["content"],
-                                  "output": session.last_output, "seq": info["message_seq"]})
-            await self.broadcast({**base, "status": "completed", "run_id": info["run_id"],
-                                  "output": session.last_output, "usage": info["usage"],
-                                  "seq": info["seq"]})
+                                  "run_id": str(record.run_id),
+                                  "content": message.get("data", {}).get("content", []),
+                                  "output": session.last_output, "seq": message.get("seq")})
+            await self.broadcast({**base, "status": "completed", "run_id": str(record.run_id),
+                                  "output": session.last_output, "usage": record.usage,
+                                  "seq": record.seq})
             return
         if isinstance(error, exc.AgentSessionError):
             payload = error.to_dict()
@@ -337,48 +357,10 @@ class LiveSession:
             logger.error("Turn of %s raised", self.key, exc_info=error)
             payload = {"code": "internal_error", "message": "The turn failed unexpectedly.",
                        "retryable": False}
-        info: dict[str, Any] = {"run_id": None, "seq": None}
-        if not isinstance(error, (exc.InvalidInput, exc.SessionBusy, exc.SessionNotFound)):
-            info = await database_sync_to_async(self._run_info)(RunStatus.FAILED, started)
-        await self.broadcast({**base, "status": "failed", **info, "error": payload})
+        await self.broadcast({**base, "status": "failed", **_run_info(record, False),
+                              "error": payload})
         if isinstance(error, exc.SessionNotFound):
             self.request_stop("deleted")
-
-    # -- run bookkeeping (sync, in a thread) -------------------------------------------------
-
-    @property
-    def _ct(self) -> ContentType:
-        return ContentType.objects.get_for_model(self.model)
-
-    def _events(self):  # type: ignore[no-untyped-def]
-        return AgentEvent.objects.filter(session_type=self._ct, session_id=self.conversation_id)
-
-    def _completed_info(self, session: Any) -> dict[str, Any]:
-        """The run a successful turn committed: its final event is at ``session.event_seq``."""
-        end = self._events().filter(seq=session.event_seq).first()
-        run_id = (end.data or {}).get("run_id") if end is not None else None
-        message = (self._events().filter(run_id=run_id, type=EventType.MESSAGE_ASSISTANT)
-                   .order_by("-seq").first()) if run_id else None
-        run = AgentRun.objects.filter(pk=run_id).first() if run_id else None
-        return {"run_id": run_id, "seq": end.seq if end else session.event_seq,
-                "message_seq": message.seq if message else None,
-                "content": (message.data or {}).get("content", []) if message else [],
-                "usage": run.usage if run else {}}
-
-    def _run_info(self, status: str, since: datetime) -> dict[str, Any]:
-        """The run a failed or cancelled turn recorded (turns are serialized by the lease)."""
-        run = (AgentRun.objects.filter(session_type=self._ct, session_id=self.conversation_id,
-                                       status=status, started_at__gte=since)
-               .order_by("-started_at").first())
-        if run is None:
-            return {"run_id": None, "seq": None}
-        kind = EventType.RUN_CANCELLED if status == RunStatus.CANCELLED else EventType.RUN_FAILED
-        event = self._events().filter(run=run, type=kind).first()
-        info: dict[str, Any] = {"run_id": str(run.pk), "seq": event.seq if event else None}
-        partial = (run.output or {}).get("partial_text", "")
-        if partial or status == RunStatus.CANCELLED:
-            info["partial_text"] = partial  # reported, never stored in the context
-        return info
 
     async def _append_event(self, kind: str, data: dict[str, Any]) -> int | None:
         from ..store import SessionStore

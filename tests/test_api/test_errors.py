@@ -110,7 +110,7 @@ def test_model_error_in_a_stream_is_an_error_event(api, loopback):
 
     assert response.status_code == 200
     events = streamed(response)
-    assert [name for name, _ in events][:2] == ["delta", "delta"]
+    assert [name for name, _ in events][:3] == ["run.started", "delta", "delta"]
     name, error = events[-1]
     assert name == "error"
     assert error["status"] == 503 and error["code"] == "model_overloaded"
