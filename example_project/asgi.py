@@ -13,10 +13,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-try:
-    from django_agent_session.live.routing import websocket_urlpatterns
-except ImportError:  # live sessions not available
-    websocket_urlpatterns = []
+from django_agent_session.live.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter({
     "http": ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app,

@@ -1,7 +1,8 @@
 """Settings of the example project: SQLite and the in-memory channel layer by default.
 
 ``DATABASE_URL`` switches the database (e.g. PostgreSQL), ``REDIS_URL`` the channel layer, and
-``ANTHROPIC_API_KEY`` decides whether the agent talks to Claude or to the offline demo client.
+``ANTHROPIC_API_KEY`` decides whether the agent talks to Claude or to the offline demo client
+(``DEMO_CLIENT_DELAY``: seconds between its streamed words).
 """
 
 import os
@@ -79,8 +80,9 @@ TIME_ZONE = "UTC"
 STATIC_URL = "/static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -93,6 +95,9 @@ SPECTACULAR_SETTINGS = {"TITLE": "django-agent-session example", "VERSION": "0.1
 #: True when no API key is set: the agent answers through the offline demo client
 OFFLINE_DEMO = not os.environ.get("ANTHROPIC_API_KEY")
 
+#: seconds between the offline demo client's streamed words (the browser test slows it down)
+DEMO_CLIENT_DELAY = float(os.environ.get("DEMO_CLIENT_DELAY", "0.05"))
+
 AGENT_SESSION = {}
 if OFFLINE_DEMO:
-    AGENT_SESSION["CLIENTS"] = {"anthropic": "django_agent_session.clients.demo.DemoClient"}
+    AGENT_SESSION["CLIENTS"] = {"anthropic": "example_project.chat.clients.ExampleDemoClient"}

@@ -1,0 +1,184 @@
+"""The example's chat page in a real browser, against the example served by daphne.
+
+One walk through what a new user does (each step builds on the last, so it is one test): log
+in, start a conversation and watch the reply stream in, open a second tab on it and see the next
+reply (with a tool call) there too, lose the WebSocket mid-reply and get the rest after
+reconnecting from the last seq, and press Stop mid-stream. Screenshots go to artifacts/e2e/.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from playwright.sync_api import Locator, Page, WebSocketRoute, expect
+
+from .server import ExampleServer
+
+BANNER = "Offline demo: set ANTHROPIC_API_KEY to talk to Claude"
+STREAMING = re.compile(r"\bstreaming\b")
+
+
+def demo_reply(message: str) -> str:
+    """What the offline demo client answers (django_agent_session/clients/demo.py)."""
+    return (f"[offline demo] You said: {message!r}. This reply comes from the offline demo "
+            f"client; set ANTHROPIC_API_KEY to talk to Claude.")
+
+
+def last_reply(page: Page) -> Locator:
+    return page.locator("li.message.assistant").last
+
+
+def send(page: Page, message: str) -> Locator:
+    """Send ``message``; returns the reply it gets (in this tab)."""
+    replies = page.locator("li.message.assistant")
+    count = replies.count()
+    page.locator("#input").fill(message)
+    page.locator("#send").click()
+    expect(replies).to_have_count(count + 1)
+    return replies.nth(count)
+
+
+def watch_stream(reply: Locator, *, samples: int = 3, timeout: float = 15.0) -> list[str]:
+    """The reply's text, sampled while it is marked as streaming, until it has grown
+    ``samples`` times; fails if the turn ends (or times out) first."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        streaming, text = reply.evaluate(
+            "n => [n.classList.contains('streaming'), n.querySelector('.bubble').textContent]")
+        assert streaming, f"the reply stopped streaming after {seen!r}"
+        if text and (not seen or text != seen[-1]):
+            assert not seen or text.startswith(seen[-1]), f"{text!r} does not extend {seen[-1]!r}"
+            seen.append(text)
+            if len(seen) >= samples:
+                return seen
+        reply.page.wait_for_timeout(25)
+    raise AssertionError(f"the reply did not grow {samples} times while streaming: {seen!r}")
+
+
+def reply_text(reply: Locator) -> str:
+    return " ".join(reply.locator(".text").all_text_contents())
+
+
+def test_chat_page_streams_shares_reconnects_and_stops(
+        example_server: ExampleServer, browser: Any, artifacts: Path) -> None:
+    started = time.monotonic()
+    context = browser.new_context(viewport={"width": 1100, "height": 720})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    # the first tab's sockets go through a route the test can cut, to test reconnection
+    sockets: list[tuple[str, WebSocketRoute, WebSocketRoute]] = []
+
+    def route(ws: WebSocketRoute) -> None:
+        sockets.append((ws.url, ws, ws.connect_to_server()))
+
+    page.route_web_socket(re.compile(r"/ws/agent-sessions/"), route)
+    pages = [page]
+    try:
+        # -- log in ---------------------------------------------------------------------------
+        page.goto(example_server.url("/"))
+        expect(page).to_have_url(re.compile(r"/login/\?next=/$"))
+        page.locator("#id_username").fill("demo")
+        page.locator("#id_password").fill("demo-password")
+        page.screenshot(path=artifacts / "01-login.png")
+        page.locator("button[type=submit]").click()
+        expect(page.locator("#offline-banner")).to_have_text(BANNER)
+        expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+        expect(page.locator("#send")).to_be_enabled()
+        assert re.search(r"/ws/agent-sessions/support/[0-9a-f-]{36}/\?after_seq=0$",
+                         sockets[0][0]), sockets[0][0]
+
+        # -- a new conversation: the reply streams in before the turn ends ---------------------
+        first = "Hello from the browser test"
+        reply = send(page, first)
+        expect(page.locator("li.message.user .bubble").first).to_have_text(first)
+        expect(reply).to_have_class(STREAMING)
+        expect(page.locator("#run-indicator")).to_be_visible()
+        expect(page.locator("#stop")).to_be_enabled()
+        grown = watch_stream(reply)
+        page.screenshot(path=artifacts / "02-streaming.png")
+        expect(reply).to_have_attribute("data-status", "completed")
+        expect(reply).not_to_have_class(STREAMING)
+        assert reply_text(reply) == demo_reply(first)
+        assert len(grown[-1]) < len(demo_reply(first))  # seen before the whole reply was there
+        expect(page.locator("#stop")).to_be_disabled()
+        expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
+        expect(page.locator("#presence")).to_have_text("1 viewing")
+        expect(page.locator("#conversations li.current a")).to_have_text(first)
+        expect(page.locator("#chat-title")).to_have_text(first)
+
+        # -- a second tab on the same conversation sees the history and the next reply -------
+        other = context.new_page()
+        other.on("pageerror", lambda error: errors.append(str(error)))
+        pages.append(other)
+        other.goto(page.url)
+        expect(other.locator("#connection")).to_have_attribute("data-state", "open")
+        expect(last_reply(other).locator(".text")).to_have_text(demo_reply(first))
+        expect(page.locator("#presence")).to_have_text("2 viewing")
+        expect(other.locator("#presence")).to_have_text("2 viewing")
+
+        send(page, "/lookup_order 1001")
+        expect(other.locator("li.message.user .bubble").last).to_have_text("/lookup_order 1001")
+        tool = other.locator(".tool")
+        expect(tool.locator(".tool-name")).to_have_text("lookup_order")
+        expect(tool.locator(".tool-result")).to_contain_text('"item": "Blue teapot"')
+        remote = last_reply(other)
+        watch_stream(remote, samples=2)  # the answer after the tool streams in the other tab
+        page.screenshot(path=artifacts / "03-tool-call-streaming.png")
+        expect(remote).to_have_attribute("data-status", "completed")
+        expect(remote.locator(".text").last).to_contain_text("The tool answered:")
+        expect(last_reply(page)).to_have_attribute("data-status", "completed")
+        assert reply_text(last_reply(page)) == reply_text(remote)
+        other.screenshot(path=artifacts / "04-second-tab.png")
+
+        # -- the socket drops mid-reply: reconnecting resumes from the last seq ----------------
+        resumed = "Please tell me everything about teapots"
+        reply = send(page, resumed)
+        watch_stream(reply, samples=2)
+        url, client_side, server_side = sockets[-1]
+        server_side.close()
+        client_side.close(code=4000, reason="test: connection lost")
+        expect(page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+        expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+        match = re.search(r"after_seq=(\d+)$", sockets[-1][0])
+        assert len(sockets) == 2 and match and int(match.group(1)) > 0, sockets[-1][0]
+        reply = last_reply(page)
+        expect(reply).to_have_attribute("data-status", "completed")
+        assert reply_text(reply) == demo_reply(resumed)  # no word lost, none twice
+        expect(page.locator("li.message.user .bubble")).to_have_count(3)
+        expect(page.locator("li.message.assistant")).to_have_count(3)
+        expect(last_reply(other)).to_have_attribute("data-status", "completed")
+        assert reply_text(last_reply(other)) == demo_reply(resumed)
+        page.screenshot(path=artifacts / "05-reconnected.png")
+
+        # -- Stop mid-stream: the run is cancelled, in both tabs, and the input works again ----
+        long = " ".join(["a rather long question about teapots"] * 8)
+        reply = send(page, long)
+        watch_stream(reply, samples=3)
+        page.locator("#stop").click()
+        expect(reply).to_have_attribute("data-status", "cancelled")
+        expect(reply.locator(".note")).to_have_text("Stopped.")
+        expect(reply).not_to_have_class(STREAMING)
+        assert 0 < len(reply_text(reply)) < len(demo_reply(long))
+        expect(last_reply(other)).to_have_attribute("data-status", "cancelled")
+        expect(page.locator("#stop")).to_be_disabled()
+        expect(page.locator("#run-indicator")).to_be_hidden()
+        expect(page.locator("#input")).to_be_editable()
+        page.screenshot(path=artifacts / "06-stopped.png")
+
+        again = send(page, "Still there?")  # usable again: the next message runs at once
+        expect(page.locator("li.message.user .bubble").last).to_have_text("Still there?")
+        expect(again).to_have_class(STREAMING)
+        expect(page.locator("#error")).to_be_hidden()
+        assert errors == []
+    finally:
+        for number, open_page in enumerate(pages, 1):
+            open_page.screenshot(path=artifacts / f"99-final-tab{number}.png")
+        context.close()
+    assert time.monotonic() - started < 60
