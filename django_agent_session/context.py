@@ -139,17 +139,19 @@ def repair_dangling_tool_use(messages: list[dict[str, Any]]) -> bool:
             nxt = {"role": "user", "content": []}
             messages.insert(i + 1, nxt)
             changed = True
-        if isinstance(nxt.get("content"), str):
-            nxt["content"] = [{"type": "text", "text": nxt["content"]}]
-        answered = {b.get("tool_use_id") for b in nxt["content"] if b.get("type") == "tool_result"}
+        content = nxt.get("content")
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        answered = {b.get("tool_use_id") for b in content if b.get("type") == "tool_result"}
         missing = [
             {"type": "tool_result", "tool_use_id": tid, "is_error": True,
              "content": INTERRUPTED_TOOL_RESULT}
             for tid in ids if tid not in answered
         ]
         if missing:
-            # tool results must come first in the user message
-            nxt["content"] = missing + nxt["content"]
+            # tool results must come first in the user message; a new dict, so the stored
+            # data the messages came from (the session's field) is not changed
+            messages[i + 1] = {**nxt, "content": missing + content}
             changed = True
         i += 2
     return changed

@@ -16,6 +16,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.core.serializers.json import DjangoJSONEncoder
 
 from . import exceptions as exc
 from .clients.base import ModelRequest, ModelResponse, maybe_await
@@ -136,6 +137,7 @@ class TurnEngine:
         append_user(messages, user_blocks)
         events: list[tuple[str, dict[str, Any]]] = [("message.user", {"content": user_blocks})]
         retried_output = False
+        retry_at = 0  # where the invalid attempt and the request to retry start in messages
         warned = spent_before >= budget * BUDGET_WARNING_RATIO if budget else True
 
         for iteration in range(1, opts.max_iterations + 1):
@@ -173,7 +175,9 @@ class TurnEngine:
                 results, halt = yield from self._run_tools(tool_uses, events)
                 append_user(messages, results)
                 if halt is not None:
-                    return self._result(messages, halt.value, state, response,
+                    # the output as the JSON fields will store it (Decimal, datetime, UUID)
+                    output = json.loads(json.dumps(halt.value, cls=DjangoJSONEncoder))
+                    return self._result(messages, output, state, response,
                                         events, halted=True)
                 continue
 
@@ -184,7 +188,7 @@ class TurnEngine:
                     raise exc.InvalidModelOutput(
                         "The model's reply did not match output_schema after a retry.",
                         errors=error.errors) from None
-                retried_output = True
+                retried_output, retry_at = True, len(messages)
                 events.append(("output.invalid", {"errors": error.errors}))
                 # ask once more; the invalid attempt is not kept in the stored context
                 messages = [*messages, assistant]
@@ -192,8 +196,8 @@ class TurnEngine:
                     "Your reply did not match the required JSON schema. Errors: "
                     f"{json.dumps(error.errors)}. Reply again with valid JSON only.")}])
                 continue
-            if retried_output:
-                messages = messages[:-2]
+            if retried_output:  # tool calls may have followed the request to retry
+                del messages[retry_at:retry_at + 2]
             messages.append(assistant)
             events.append(("message.assistant", {"content": response.content}))
             return self._result(messages, output, state, response, events)
@@ -380,7 +384,10 @@ class TurnEngine:
             if call.tool.is_async:
                 coro = call.tool.fn(*args, **kwargs)
             else:
-                coro = database_sync_to_async(call.tool.fn)(*args, **kwargs)
+                # a timed-out call runs on in its thread: never in the one thread every other
+                # database_sync_to_async call (commit, fail) must wait for
+                coro = database_sync_to_async(call.tool.fn, thread_sensitive=timeout is None)(
+                    *args, **kwargs)
             try:
                 return ToolOutcome(await asyncio.wait_for(coro, timeout))
             except asyncio.TimeoutError:

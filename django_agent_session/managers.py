@@ -138,9 +138,14 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
     def continue_session(self, session_or_pk: Any, input: Any, *,
                          on_progress: ProgressCallback | None = None) -> Any:
         """Run one turn on an existing session; returns the saved session."""
+        from .engine import TurnState
+
         validated, blocks = self._prepare_input(input)
         turn = self._store().begin(self._pk(session_or_pk), input=validated, user_blocks=blocks)
-        context = turn.session.get_context()
+        try:
+            context = turn.session.get_context()
+        except BaseException as error:  # unreadable stored data: fail the run, free the lease
+            raise self._failed(turn, error, TurnState())  # noqa: B904
         return self._run(turn, context, on_progress)
 
     def get_context(self, pk: Any) -> Context:
@@ -177,7 +182,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         from .models import RunStatus
 
         status = RunStatus.FAILED
-        if isinstance(error, (asyncio.CancelledError, KeyboardInterrupt)):
+        if not isinstance(error, Exception):  # CancelledError, KeyboardInterrupt, SystemExit
             status, typed = RunStatus.CANCELLED, exc.TurnCancelled("The turn was cancelled.")
         elif isinstance(error, exc.AgentSessionError):
             typed = error
@@ -188,7 +193,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         self._send_failed(turn, typed)
         if status == RunStatus.CANCELLED:
             error.turn = record  # type: ignore[union-attr]
-            return error  # cancellation must keep propagating as such
+            return error  # cancellation (or exit) must keep propagating as such
         if typed is not error:
             typed.__cause__ = error
         typed.session = turn.session  # type: ignore[attr-defined]
@@ -215,10 +220,15 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                              owner: Any = None, title: str = "",
                              on_progress: ProgressCallback | None = None) -> Any:
         """Async twin of :meth:`start_session`."""
+        from .engine import TurnState
+
         validated, blocks = self._prepare_input(input)
         context = self.initial_context(instruction_args)
-        turn = await database_sync_to_async(self._store().create)(
-            context=context, owner=owner, title=title, input=validated, user_blocks=blocks)
+        turn, cancel = await self._settled(
+            self._store().create, context=context, owner=owner, title=title, input=validated,
+            user_blocks=blocks)
+        if cancel is not None:  # the session was created holding a lease: release it
+            raise await database_sync_to_async(self._failed)(turn, cancel, TurnState())
         return await self._arun(turn, context, on_progress)
 
     async def acreate_session(self, **kwargs: Any) -> Any:
@@ -228,22 +238,31 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
     async def acontinue_session(self, session_or_pk: Any, input: Any, *,
                                 on_progress: ProgressCallback | None = None) -> Any:
         """Async twin of :meth:`continue_session` (waits for the lease without blocking)."""
+        from .engine import TurnState
         from .store import Turn
 
         validated, blocks = self._prepare_input(input)
         store, pk = self._store(), self._pk(session_or_pk)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + agent_settings.TURN_WAIT_SECONDS
-        try_begin = database_sync_to_async(store.try_begin)
         while True:
-            result = await try_begin(pk, input=validated, user_blocks=blocks)
+            result, cancel = await self._settled(store.try_begin, pk, input=validated,
+                                                 user_blocks=blocks)
+            if cancel is not None:
+                if isinstance(result, Turn):  # the lease was taken meanwhile: release it
+                    raise await database_sync_to_async(self._failed)(result, cancel,
+                                                                     TurnState())
+                raise cancel
             if isinstance(result, Turn):
                 turn = result
                 break
             if loop.time() >= deadline:
                 raise exc.SessionBusy(retry_after=max(1.0, round(min(result, 60.0), 1)))
             await asyncio.sleep(agent_settings.TURN_POLL_SECONDS)
-        context = turn.session.get_context()
+        try:
+            context = turn.session.get_context()
+        except BaseException as error:  # unreadable stored data: fail the run, free the lease
+            raise await database_sync_to_async(self._failed)(turn, error, TurnState())  # noqa: B904
         return await self._arun(turn, context, on_progress)
 
     async def aget_context(self, pk: Any) -> Context:
@@ -262,7 +281,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                 context, turn.user_blocks, self._options.get_client(), state=state,
                 tool_context=self._tool_context(turn), on_progress=on_progress,
                 heartbeat=database_sync_to_async(lambda: store.renew(turn)))
-            session = await database_sync_to_async(store.commit)(turn, context, result)
+            session, cancel = await self._settled(store.commit, turn, context, result)
         except BaseException as error:
             failure = await asyncio.shield(database_sync_to_async(self._failed)(turn, error, state))
             raise failure  # noqa: B904
@@ -270,7 +289,29 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
 
         if turn_completed.has_listeners(self.model):  # receivers may use the ORM
             await database_sync_to_async(self._completed)(session, turn, result)
+        if cancel is not None:  # cancelled while the commit ran: the turn completed all the same
+            cancel.turn = session.last_turn  # type: ignore[attr-defined]
+            raise cancel
         return session
+
+    @staticmethod
+    async def _settled(call: Any, *args: Any, **kwargs: Any) -> tuple[Any, BaseException | None]:
+        """``database_sync_to_async(call)(...)`` whose outcome a cancellation cannot hide.
+
+        A cancellation reaches the awaiting coroutine, not the thread, so the call runs to its
+        end anyway; what it did (a lease taken, a turn committed) must be known to be undone or
+        reported. Returns ``(result, cancellation or None)``; if the call failed after a
+        cancellation, the cancellation is raised.
+        """
+        task = asyncio.ensure_future(database_sync_to_async(call)(*args, **kwargs))
+        try:
+            return await asyncio.shield(task), None
+        except asyncio.CancelledError as cancel:
+            try:
+                result = await task
+            except BaseException:
+                raise cancel from None
+            return result, cancel
 
 
 AgentSessionManager = models.Manager.from_queryset(AgentSessionQuerySet)

@@ -105,11 +105,12 @@ class SessionStore:
                              lease_expires_at=self.lease_deadline(now), created_at=now,
                              last_activity_at=now)
         setattr(session, self.context_field, context.to_dict())
-        session.save(force_insert=True)
         turn = Turn(session, run_id, now, session.lease_expires_at, input, user_blocks,
                     new_session=True)
         turn.pending_events.append((EventType.SESSION_STARTED, {}))
-        self._insert_run(turn)
+        with transaction.atomic():  # never a session holding a lease without its run
+            session.save(force_insert=True)
+            self._insert_run(turn)
         return turn
 
     def try_begin(self, pk: Any, *, input: dict[str, Any], user_blocks: list[dict[str, Any]]
@@ -129,10 +130,17 @@ class SessionStore:
             ).update(lease_token=run_id, lease_expires_at=expires, status=SessionStatus.RUNNING)
             if taken:
                 stale = session.lease_token
+                turn = Turn(session, run_id, now, expires, input, user_blocks, stale_run_id=stale)
+                try:
+                    self._insert_run(turn)
+                except BaseException:
+                    # no lease without its run: put the row back as it was read
+                    self.model._base_manager.filter(pk=pk, lease_token=run_id).update(
+                        lease_token=session.lease_token, status=session.status,
+                        lease_expires_at=session.lease_expires_at)
+                    raise
                 session.lease_token, session.lease_expires_at = run_id, expires
                 session.status = SessionStatus.RUNNING
-                turn = Turn(session, run_id, now, expires, input, user_blocks, stale_run_id=stale)
-                self._insert_run(turn)
                 return turn
         return agent_settings.TURN_POLL_SECONDS
 
