@@ -206,7 +206,8 @@ class SessionStore:
         if not session.title:
             values["title"] = session.title = _title_from(turn.user_blocks)
         with transaction.atomic():
-            base = self._claim_seq(turn, len(events), values)
+            # the version too: a rewind may write once the lease expired (leaving it in place)
+            base = self._claim_seq(turn, len(events), values, version=session.version)
             self._fail_stale_run(turn, now)
             AgentRun.objects.filter(pk=turn.run_id).update(
                 status=RunStatus.COMPLETED, output=result.output, model=result.model,
@@ -228,20 +229,27 @@ class SessionStore:
             setattr(session, name, getattr(session, name) + int(result.usage.get(name) or 0))
         return session
 
-    def _claim_seq(self, turn: Turn, count: int, values: dict[str, Any]) -> int:
-        """Write ``values`` to the session row if this turn still holds the lease, claiming
-        ``count`` event sequence numbers; returns the last seq before them."""
+    def _claim_seq(self, turn: Turn, count: int, values: dict[str, Any],
+                   version: int | None = None) -> int:
+        """Write ``values`` to the session row if this turn still holds the lease (and the row
+        is still at ``version``, when given), claiming ``count`` event sequence numbers;
+        returns the last seq before them."""
         manager = self.model._base_manager
         base = turn.session.event_seq
+        current = {} if version is None else {"version": version}
         while True:
-            if manager.filter(pk=turn.session.pk, lease_token=turn.run_id, event_seq=base
-                              ).update(event_seq=base + count, **values):
+            if manager.filter(pk=turn.session.pk, lease_token=turn.run_id, event_seq=base,
+                              **current).update(event_seq=base + count, **values):
                 return base
             # someone appended events meanwhile, or the lease is gone: look again
-            row = manager.filter(pk=turn.session.pk).values("lease_token", "event_seq").first()
+            row = manager.filter(pk=turn.session.pk).values("lease_token", "event_seq",
+                                                            "version").first()
             if row is None or row["lease_token"] != turn.run_id:
                 raise exc.LeaseLost("The session's lease expired and was taken over; "
                                     "this turn was not saved.")
+            if version is not None and row["version"] != version:
+                raise exc.LeaseLost("The session's context was changed after the lease "
+                                    "expired; this turn was not saved.")
             base = row["event_seq"]
 
     def _stale_events(self, turn: Turn) -> list[tuple[str, dict[str, Any]]]:

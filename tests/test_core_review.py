@@ -219,3 +219,28 @@ class TestContextLoading:
         assert ctx.repaired
         assert data["messages"][2] == {"role": "user", "content": "next"}
         assert ctx.messages[2]["content"][0]["type"] == "tool_result"
+
+
+@pytest.mark.django_db
+class TestCommitChecksVersion:
+    def test_commit_does_not_overwrite_a_rewind_made_after_the_lease_expired(self, scripted):
+        """``rewind_session`` may write once a lease has expired (it leaves the lease in
+        place); a turn still running under that lease must not commit over the rewind."""
+        from django.utils import timezone
+
+        from django_agent_session.history import rewind_session
+
+        scripted.enqueue("first", "second")
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+        session = ChatAgent.objects.continue_session(session, "Again")
+
+        def rewind_meanwhile(request):
+            ChatAgent.objects.filter(pk=session.pk).update(lease_expires_at=timezone.now())
+            rewind_session(ChatAgent.objects.get(pk=session.pk), 0)
+            return "late"
+        scripted.enqueue(rewind_meanwhile)
+        with pytest.raises(exc.LeaseLost):
+            ChatAgent.objects.continue_session(session.pk, "Third")
+        row = ChatAgent.objects.get(pk=session.pk)
+        assert row.get_context().messages == [] and row.turn_count == 0
+        assert row.runs.filter(status=RunStatus.FAILED).count() == 1
