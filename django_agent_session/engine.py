@@ -17,6 +17,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import close_old_connections
 
 from . import exceptions as exc
 from .clients.base import ModelRequest, ModelResponse, maybe_await
@@ -369,7 +370,7 @@ class TurnEngine:
                 return ToolOutcome(async_to_sync(bounded)())
             if timeout is None:
                 return ToolOutcome(call.tool.fn(*args, **kwargs))
-            future = _tool_pool().submit(call.tool.fn, *args, **kwargs)
+            future = _tool_pool().submit(_in_pool_thread, call.tool.fn, *args, **kwargs)
             try:
                 return ToolOutcome(future.result(timeout=timeout))
             except concurrent.futures.TimeoutError:
@@ -397,6 +398,16 @@ class TurnEngine:
 
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _in_pool_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a tool in a pool thread, closing the thread's database connections around it as
+    Django does around a request (else they stay open, and go stale, for the process's life)."""
+    close_old_connections()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        close_old_connections()
 
 
 def _tool_pool() -> concurrent.futures.ThreadPoolExecutor:

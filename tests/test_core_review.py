@@ -244,3 +244,24 @@ class TestCommitChecksVersion:
         row = ChatAgent.objects.get(pk=session.pk)
         assert row.get_context().messages == [] and row.turn_count == 0
         assert row.runs.filter(status=RunStatus.FAILED).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+class TestToolPoolConnections:
+    def test_timed_sync_tool_does_not_leave_its_connection_open(self):
+        """A sync tool with a timeout runs in a pool thread; the database connection it
+        opened there is closed after the call (as Django does after a request), instead of
+        staying open, and eventually stale, for the life of the process."""
+        from django.db import connections
+
+        opened = []
+
+        def count() -> int:
+            opened.append(connections["default"])
+            return ChatAgent.objects.count()
+
+        engine = engine_for([count], tool_timeout=5)
+        client = ScriptedClient().enqueue(tool_reply("count", {}), "done")
+        engine.run(Context(system="s"), USER, client)
+        assert len(opened) == 1 and opened[0] is not connections["default"]
+        assert opened[0].connection is None
