@@ -97,9 +97,9 @@ def total_tokens(usage: dict[str, Any]) -> int:
 
 
 def tool_result_content(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, default=str, ensure_ascii=False)
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    # PostgreSQL's jsonb cannot store U+0000: the turn could never be committed
+    return text.replace("\x00", "\ufffd")
 
 
 def append_user(messages: list[dict[str, Any]], blocks: list[dict[str, Any]]) -> None:

@@ -265,3 +265,17 @@ class TestToolPoolConnections:
         engine.run(Context(system="s"), USER, client)
         assert len(opened) == 1 and opened[0] is not connections["default"]
         assert opened[0].connection is None
+
+
+@pytest.mark.django_db
+class TestNulInToolResult:
+    def test_tool_result_with_nul_character_is_storable(self, scripted, monkeypatch):
+        """PostgreSQL's jsonb rejects ``\\u0000``: a tool returning it (file contents, say)
+        failed every such turn at commit."""
+        tool = ToolAgent.agent_options.tools["lookup_order"]
+        monkeypatch.setattr(tool, "fn", lambda ctx, number: "a\x00b")
+        scripted.enqueue(tool_reply("lookup_order", {"number": 1}), "done")
+        session = ToolAgent.objects.start_session("Read it", instruction_args=ARGS)
+        assert session.last_output == {"content": "done"}
+        stored = ToolAgent.objects.get(pk=session.pk).get_context().messages
+        assert stored[2]["content"][0]["content"] == "a\ufffdb"
