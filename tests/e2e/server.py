@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,7 +60,7 @@ class ExampleServer:
         )
         return env
 
-    def __enter__(self) -> ExampleServer:
+    def __enter__(self) -> Self:
         try:
             self._start()
         except BaseException:
@@ -72,7 +73,7 @@ class ExampleServer:
 
     def _manage(self, *args: str) -> None:
         result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env,
-                                capture_output=True, text=True, timeout=120)
+                                capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}"
                                f"{result.stderr}")

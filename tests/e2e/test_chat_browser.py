@@ -66,7 +66,7 @@ def reply_text(reply: Locator) -> str:
 
 
 def test_chat_page_streams_shares_reconnects_and_stops(
-        example_server: ExampleServer, browser: Any, artifacts: Path) -> None:
+        browser: Any, example_server: ExampleServer, artifacts: Path) -> None:
     started = time.monotonic()
     context = browser.new_context(viewport={"width": 1100, "height": 720})
     context.set_default_timeout(15_000)
@@ -178,9 +178,14 @@ def test_chat_page_streams_shares_reconnects_and_stops(
         expect(page.locator("#input")).to_be_editable()
         page.screenshot(path=artifacts / "06-stopped.png")
 
-        again = send(page, "Still there?")  # usable again: the next message runs at once
-        expect(page.locator("li.message.user .bubble").last).to_have_text("Still there?")
+        # usable again: the next message runs at once (and markup in it stays text)
+        markup = 'Still there? <img src=x onerror="window.injected=1"><b>bold</b>'
+        again = send(page, markup)
+        expect(page.locator("li.message.user .bubble").last).to_have_text(markup)
         expect(again).to_have_class(STREAMING)
+        expect(again.locator(".text")).to_contain_text("<img src=x")
+        assert page.locator("#messages img, #messages b").count() == 0
+        assert page.evaluate("window.injected") is None
         expect(page.locator("#error")).to_be_hidden()
         assert errors == []
     finally:
