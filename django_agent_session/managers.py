@@ -262,7 +262,8 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         try:
             context = turn.session.get_context()
         except BaseException as error:  # unreadable stored data: fail the run, free the lease
-            raise await database_sync_to_async(self._failed)(turn, error, TurnState())  # noqa: B904
+            failure = await database_sync_to_async(self._failed)(turn, error, TurnState())
+            raise failure  # noqa: B904
         return await self._arun(turn, context, on_progress)
 
     async def aget_context(self, pk: Any) -> Context:

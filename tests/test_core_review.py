@@ -16,7 +16,12 @@ from django_agent_session import exceptions as exc
 from django_agent_session.context import Context
 from django_agent_session.models import AgentEvent, AgentRun, RunStatus, SessionStatus
 from django_agent_session.store import SessionStore
-from django_agent_session.testing import ScriptedClient, json_reply, text_reply, tool_reply
+from django_agent_session.testing import (
+    ScriptedClient,
+    json_reply,
+    text_reply,
+    tool_reply,
+)
 from django_agent_session.tools import Halt
 from tests.test_tools import USER, engine_for
 from tests.testapp.models import ChatAgent, SupportAgent, ToolAgent
@@ -197,7 +202,7 @@ class TestHaltOutputIsJSON:
         """A ``Halt`` value becomes the output as the database stores it (no Decimal in
         memory and a string in the row, and no crash on a context field without encoder)."""
         tool = ToolAgent.agent_options.tools["lookup_order"]
-        when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+        when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
         monkeypatch.setattr(tool, "fn", lambda ctx, number: Halt(
             {"total": decimal.Decimal("1.50"), "at": when}))
         scripted.enqueue(tool_reply("lookup_order", {"number": 1}))
