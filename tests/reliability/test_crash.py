@@ -1,16 +1,26 @@
 """kill -9 in the middle of a turn, repeatedly: nothing is lost, nothing stays stuck.
 
-A child process (``crash_child.py``) runs a turn against the test's loopback server, on the
-test's database, with a one-second turn lease. The test waits until the turn is really in
-flight (the model request arrived; for streamed turns, deltas were already sent), kills the
-child with SIGKILL, and checks: every session still loads, the context is byte-for-byte what it
-was, and the next turn waits out the dead lease, fails the interrupted run and succeeds.
+Two kinds of victim, three kills each, on the test's database with a one-second turn lease:
+
+``process``
+    a plain process running ``continue_session`` (plain, streamed, async);
+``asgi``
+    a daphne process serving the live layer, driven by a WebSocket client.
+
+The test waits until the turn is really in flight (the model request reached the loopback
+server; for streamed turns, deltas were already sent), kills the process with SIGKILL and checks:
+every session still loads, the context is byte-for-byte what it was, the dead run is still
+``running``; then the next turn waits out the dead lease, fails the interrupted run and succeeds.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +32,7 @@ from django.test import override_settings
 
 from django_agent_session.models import AgentEvent, AgentRun, RunStatus
 from django_agent_session.testing.loopback import Reply
+from tests.live_server_helpers import _session_cookie
 from tests.testapp.models import ChatAgent
 
 from .conftest import loopback_settings, raw_context
@@ -33,39 +44,134 @@ LEASE_SECONDS = 1.0
 ARGS = {"company_name": "Acme"}
 
 
-def _spawn(mode: str, pk: object, base_url: str) -> subprocess.Popen:
-    env = {**os.environ,
-           "RELIABILITY_DB_NAME": str(connection.settings_dict["NAME"]),
-           "RELIABILITY_BASE_URL": base_url,
-           "RELIABILITY_LEASE_SECONDS": str(LEASE_SECONDS),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen([sys.executable, "-m", "tests.reliability.crash_child", mode, str(pk)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def _env(base_url: str) -> dict[str, str]:
+    return {**os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.reliability.crash_settings",
+            "RELIABILITY_DB_NAME": str(connection.settings_dict["NAME"]),
+            "RELIABILITY_BASE_URL": base_url,
+            "RELIABILITY_LEASE_SECONDS": str(LEASE_SECONDS),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                        os.environ.get("PYTHONPATH")]))}
+
+
+def _mid_turn(server, count: int, child: subprocess.Popen, deltas: int) -> bool:
+    assert child.poll() is None, child.stdout.read().decode(errors="replace")[-3000:]
+    requests = server.message_requests
+    return len(requests) >= count and \
+        len(requests[count - 1].events("content_block_delta")) >= deltas
 
 
 def _wait_mid_turn(server, count: int, child: subprocess.Popen, deltas: int) -> None:
     """Until the child's model request arrived (and ``deltas`` deltas were sent to it)."""
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert child.poll() is None, child.stdout.read().decode()
-        requests = server.message_requests
-        if len(requests) >= count and \
-                len(requests[count - 1].events("content_block_delta")) >= deltas:
-            return
+    while not _mid_turn(server, count, child, deltas):
+        assert time.monotonic() < deadline, "the child's turn never reached the model"
         time.sleep(0.02)
-    raise AssertionError("the child's turn never reached the model")
 
 
-def test_kill_dash_nine_mid_turn_repeatedly(loopback):
+def _kill(child: subprocess.Popen) -> None:
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait(30) == -signal.SIGKILL
+
+
+def kill_plain_process(server, session, mode: str, deltas: int) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.reliability.crash_child", mode, str(session.pk)],
+        cwd=ROOT, env=_env(server.base_url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait_mid_turn(server, len(server.message_requests) + 1, child, deltas)
+        _assert_in_flight(session)
+        _kill(child)
+    finally:
+        _reap(child)
+
+
+def kill_asgi_process(server, session, mode: str, deltas: int) -> None:
+    """A daphne process runs the turn for a WebSocket viewer; it is killed mid-stream."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+         "tests.asgi:application"],
+        cwd=ROOT, env=_env(server.base_url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cookie = _session_cookie(session.owner)
+    count = len(server.message_requests) + 1
+
+    async def drive() -> None:
+        from websockets.asyncio.client import connect
+
+        url = f"ws://127.0.0.1:{port}/ws/agent-sessions/testapp.chatagent/{session.pk}/"
+        deadline = time.monotonic() + 60
+        while True:  # until daphne listens
+            assert child.poll() is None, child.stdout.read().decode(errors="replace")[-3000:]
+            try:
+                ws = await connect(url, additional_headers={
+                    "Cookie": cookie, "Origin": f"http://127.0.0.1:{port}"})
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "daphne never listened"
+                await asyncio.sleep(0.1)
+        try:
+            assert json.loads(await ws.recv())["type"] == "session.state"
+            await ws.send(json.dumps({"type": "message", "input": "doomed turn", "ref": "d"}))
+            while not _mid_turn(server, count, child, deltas):
+                assert time.monotonic() < deadline, "the turn never reached the model"
+                await asyncio.sleep(0.02)
+            await asyncio.to_thread(_in_thread(_assert_in_flight), session)
+            _kill(child)
+        finally:
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+    try:
+        asyncio.run(drive())
+    finally:
+        _reap(child)
+
+
+def _assert_in_flight(session) -> None:
+    row = ChatAgent._base_manager.get(pk=session.pk)
+    assert row.status == "running" and row.lease_token is not None
+    assert AgentRun.objects.get(pk=row.lease_token).status == RunStatus.RUNNING
+
+
+def _in_thread(fn):
+    def run(*args):
+        try:
+            return fn(*args)
+        finally:
+            connection.close()
+    return run
+
+
+def _reap(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        child.kill()
+        child.wait()
+    child.stdout.close()
+
+
+KINDS = {
+    "process": (kill_plain_process, ["sync", "stream", "async"]),
+    "asgi": (kill_asgi_process, ["live", "live", "live"]),
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_kill_dash_nine_mid_turn_repeatedly(loopback, user, kind):
+    kill, modes = KINDS[kind]
     settings = loopback_settings(loopback, TURN_LEASE_SECONDS=LEASE_SECONDS,
                                  TURN_WAIT_SECONDS=30.0)
     with override_settings(AGENT_SESSION=settings):
         loopback.enqueue(Reply.text("first answer"), Reply.text("other answer"))
-        session = ChatAgent.objects.start_session("first question", instruction_args=ARGS)
-        bystander = ChatAgent.objects.start_session("unrelated", instruction_args=ARGS)
+        session = ChatAgent.objects.start_session("first question", instruction_args=ARGS,
+                                                  owner=user)
+        bystander = ChatAgent.objects.start_session("unrelated", instruction_args=ARGS,
+                                                    owner=user)
         bystander_raw = raw_context(ChatAgent, bystander.pk)
 
-        for round_no, mode in enumerate(["sync", "stream", "async"]):
+        for round_no, mode in enumerate(modes):
             raw = raw_context(ChatAgent, session.pk)
             messages = ChatAgent.objects.get_context(session.pk).messages
             if mode == "sync":  # killed while waiting for the model's answer
@@ -74,26 +180,16 @@ def test_kill_dash_nine_mid_turn_repeatedly(loopback):
             else:  # killed in the middle of a streamed reply
                 loopback.enqueue(Reply.text("x" * 2000, chunk_size=1, delay=0.02))
                 deltas = 3
-            child = _spawn(mode, session.pk, loopback.base_url)
-            try:
-                _wait_mid_turn(loopback, len(loopback.message_requests) + 1, child, deltas)
-                row = ChatAgent._base_manager.get(pk=session.pk)
-                assert row.status == "running" and row.lease_token is not None
-                stale = AgentRun.objects.get(pk=row.lease_token)
-                assert stale.status == RunStatus.RUNNING
-                os.kill(child.pid, signal.SIGKILL)
-                assert child.wait(30) == -signal.SIGKILL
-            finally:
-                if child.poll() is None:
-                    child.kill()
-                    child.wait()
-                child.stdout.close()
+            kill(loopback, session, mode, deltas)
+            stale_id = ChatAgent._base_manager.get(pk=session.pk).lease_token
 
             # every session still loads; nothing of the dead turn reached any context
             assert raw_context(ChatAgent, session.pk) == raw
             assert raw_context(ChatAgent, bystander.pk) == bystander_raw
             for pk in ChatAgent.objects.values_list("pk", flat=True):
                 ChatAgent.objects.get_context(pk)
+            stale = AgentRun.objects.get(pk=stale_id)
+            assert stale.status == RunStatus.RUNNING
 
             # the next turn waits out the dead lease, fails the interrupted run, and succeeds
             loopback.enqueue(Reply.text(f"recovered {round_no}"))
