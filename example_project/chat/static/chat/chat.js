@@ -1,5 +1,5 @@
 // The example's chat page: one conversation over django-agent-session's WebSocket protocol
-// (docs/websocket.md). No framework, no build step. Everything the page shows is written with
+// (README: "Live sessions over WebSockets"). No framework, no build step. Everything the page shows is written with
 // textContent, never innerHTML, so a message can never inject markup.
 "use strict";
 
