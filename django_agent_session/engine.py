@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import json
+import logging
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -27,6 +28,38 @@ from .schemas import validate
 from .tools import Halt, Tool, ToolContext
 
 ProgressCallback = Callable[[str, dict[str, Any]], Any]
+
+logger = logging.getLogger("django_agent_session")
+
+
+def guard_progress(on_progress: ProgressCallback | None) -> ProgressCallback | None:
+    """Wrap a sync progress callback so its failure is logged, not fatal to the turn.
+
+    Progress is a courtesy to viewers; what a turn stores must not depend on whether a
+    browser, a channel layer or a queue accepted a delta. Cancellation still propagates.
+    """
+    if on_progress is None:
+        return None
+
+    def call(kind: str, data: dict[str, Any]) -> None:
+        try:
+            on_progress(kind, data)
+        except Exception:
+            logger.exception("on_progress failed for %r; the turn goes on", kind)
+    return call
+
+
+def aguard_progress(on_progress: ProgressCallback | None) -> ProgressCallback | None:
+    """Async twin of :func:`guard_progress` (the callback may be sync or async)."""
+    if on_progress is None:
+        return None
+
+    async def call(kind: str, data: dict[str, Any]) -> None:
+        try:
+            await maybe_await(on_progress(kind, data))
+        except Exception:
+            logger.exception("on_progress failed for %r; the turn goes on", kind)
+    return call
 
 BUDGET_WARNING_RATIO = 0.8
 

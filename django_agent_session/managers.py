@@ -17,7 +17,6 @@ from django.core.exceptions import ValidationError
 from django.db import models, transaction
 
 from . import exceptions as exc
-from .clients.base import maybe_await
 from .conf import agent_settings
 from .context import Context
 from .queries import SessionQueryMixin
@@ -161,7 +160,9 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             raise exc.SessionNotFound(f"No {self.model.__name__} with id {pk}.") from error
 
     def _run(self, turn: Turn, context: Context, on_progress: ProgressCallback | None) -> Any:
-        from .engine import TurnState
+        from .engine import TurnState, guard_progress
+
+        on_progress = guard_progress(on_progress)
 
         store, state = self._store(), TurnState()
         try:
@@ -272,12 +273,14 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
 
     async def _arun(self, turn: Turn, context: Context,
                     on_progress: ProgressCallback | None) -> Any:
-        from .engine import TurnState
+        from .engine import TurnState, aguard_progress
+
+        on_progress = aguard_progress(on_progress)
 
         store, state = self._store(), TurnState()
         try:
             if on_progress is not None:
-                await maybe_await(on_progress("run.started", {"run_id": str(turn.run_id)}))
+                await on_progress("run.started", {"run_id": str(turn.run_id)})
             result = await self._engine().arun(
                 context, turn.user_blocks, self._options.get_client(), state=state,
                 tool_context=self._tool_context(turn), on_progress=on_progress,

@@ -200,7 +200,8 @@ class TestFailures:
         seen = []
         with pytest.raises(exc.ModelConnectionError):
             ChatAgent.objects.continue_session(
-                session, "Again", on_progress=lambda kind, data: seen.append(data))
+                session, "Again",
+                on_progress=lambda kind, data: kind == "delta" and seen.append(data))
         run = self._assert_unchanged(session, stored, "model_connection_error")
         # the partial reply is reported on the run, not stored in the context
         assert run.output == {"partial_text": "".join(d["text"] for d in seen)}
@@ -274,7 +275,8 @@ class TestAsync:
         deltas = []
 
         async def on_progress(kind, data):
-            deltas.append(data.get("text"))
+            if kind == "delta":
+                deltas.append(data["text"])
 
         session = await ChatAgent.objects.astart_session(
             "Hi", instruction_args=ARGS, on_progress=on_progress)

@@ -370,3 +370,28 @@ class TestPublicHelpers:
         failed = info.value.turn
         assert failed.status == "failed" and failed.event("run.failed")["seq"] == failed.seq
         assert session.runs.get(pk=failed.run_id).status == RunStatus.FAILED
+
+
+class TestProgressFailures:
+    """A failing progress callback (a gone viewer, a full layer) never fails the turn."""
+
+    def test_sync(self, scripted):
+        scripted.enqueue(text_reply("a b c"))
+
+        def broken(kind, data):
+            raise ConnectionError("viewer gone")
+
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS,
+                                                  on_progress=broken)
+        assert session.last_output == {"content": "a b c"}
+
+    @pytest.mark.django_db(transaction=True)
+    async def test_async(self, scripted):
+        scripted.enqueue(text_reply("a b c"))
+
+        async def broken(kind, data):
+            raise ConnectionError("layer down")
+
+        session = await ChatAgent.objects.astart_session("Hi", instruction_args=ARGS,
+                                                         on_progress=broken)
+        assert session.last_output == {"content": "a b c"}

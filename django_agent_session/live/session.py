@@ -36,7 +36,7 @@ from django.utils import timezone
 
 from .. import exceptions as exc
 from ..conf import agent_settings
-from ..models import EventType
+from ..models import EventType, RunStatus
 from . import ownership
 from .presence import Presence
 from .protocol import NOTHING_TO_CANCEL, QUEUE_FULL, error_frame
@@ -336,20 +336,20 @@ class LiveSession:
         assert task is not None
         base = {"type": "run.status", "ref": item.ref}
         record = item.record
-        if task.cancelled():
+        if task.cancelled() and not (record and record.status == RunStatus.COMPLETED):
             await self.broadcast({**base, "status": "cancelled", **_run_info(record, True)})
             return
-        error = task.exception()
+        # a cancel that came while the turn was committing: the turn completed
+        error = None if task.cancelled() else task.exception()
         if error is None:
-            session = task.result()
             message = record.event(EventType.MESSAGE_ASSISTANT) or {}
+            output = (record.event(EventType.RUN_COMPLETED) or {}).get("data", {}).get("output")
             await self.broadcast({"type": "message", "role": "assistant", "ref": item.ref,
                                   "run_id": str(record.run_id),
                                   "content": message.get("data", {}).get("content", []),
-                                  "output": session.last_output, "seq": message.get("seq")})
+                                  "output": output, "seq": message.get("seq")})
             await self.broadcast({**base, "status": "completed", "run_id": str(record.run_id),
-                                  "output": session.last_output, "usage": record.usage,
-                                  "seq": record.seq})
+                                  "output": output, "usage": record.usage, "seq": record.seq})
             return
         if isinstance(error, exc.AgentSessionError):
             payload = error.to_dict()
