@@ -23,6 +23,7 @@ from django.utils import timezone
 from django.utils.functional import LazyObject, empty
 from django.utils.translation import gettext_lazy as _
 
+from .context import USAGE_KEYS
 from .managers import AgentSessionManager
 
 
@@ -59,7 +60,15 @@ class EventType(models.TextChoices):
     SESSION_REWOUND = "session.rewound", _("session rewound")
 
 
-class AgentRun(models.Model):
+class UsageMixin:
+    """``usage`` as a dict, for models with the four token columns."""
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {key: getattr(self, key) for key in USAGE_KEYS}
+
+
+class AgentRun(UsageMixin, models.Model):
     """One turn of one session: what went in, what came out, what it cost, how it ended."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -90,15 +99,6 @@ class AgentRun(models.Model):
 
     def __str__(self) -> str:
         return f"run {self.id} ({self.status})"
-
-    @property
-    def usage(self) -> dict[str, int]:
-        return {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cache_creation_input_tokens": self.cache_creation_input_tokens,
-            "cache_read_input_tokens": self.cache_read_input_tokens,
-        }
 
 
 class AgentEvent(models.Model):
@@ -211,7 +211,7 @@ class LiveOwnership(models.Model):
         return f"{self.session_id} -> {self.owner_channel}"
 
 
-class AgentSessionModel(models.Model):
+class AgentSessionModel(UsageMixin, models.Model):
     """Abstract base of a persisted agent conversation. Subclass it and declare ``class Agent:``.
 
     The turn lease (``lease_token``, ``lease_expires_at``) serializes turns across threads and
@@ -276,15 +276,6 @@ class AgentSessionModel(models.Model):
     def last_output(self) -> Any:
         """The latest validated output of the agent (``None`` before the first turn)."""
         return self.context_data.get("last_output")
-
-    @property
-    def usage(self) -> dict[str, int]:
-        return {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cache_creation_input_tokens": self.cache_creation_input_tokens,
-            "cache_read_input_tokens": self.cache_read_input_tokens,
-        }
 
     @property
     def content_type(self) -> ContentType:

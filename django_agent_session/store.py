@@ -28,12 +28,11 @@ from django.utils import timezone
 
 from . import exceptions as exc
 from .conf import agent_settings
-from .context import Context, add_usage
+from .context import USAGE_KEYS, Context, add_usage
 from .engine import TurnResult, TurnState
 from .models import AgentEvent, AgentRun, EventType, RunStatus, SessionStatus
 
-USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
-                "cache_read_input_tokens")
+USAGE_FIELDS = USAGE_KEYS  # the token columns on sessions and runs
 TITLE_LENGTH = 80
 INTERRUPTED = {"code": "interrupted", "retryable": True,
                "message": "The turn's process stopped before it finished; its lease expired."}
