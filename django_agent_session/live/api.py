@@ -88,6 +88,10 @@ async def start(conversation_id: Any, *, scope: dict[str, Any] | None = None,
 async def _start(key: str, cid: uuid.UUID, spec: SessionSpec, channel_layer: Any
                  ) -> StartResult:
     local = local_sessions().get(key)
+    if local is not None and local.model is not spec.model:
+        # keyed by id alone, like the lease: the id is taken by another model's live session
+        raise ownership.OwnershipConflict(
+            "This conversation id belongs to a session of another model.")
     if local is not None:
         if local.alive:
             return StartResult("running", local.channel_name, local)
@@ -129,9 +133,12 @@ async def ensure_running(conversation_id: Any, *, scope: dict[str, Any] | None =
     return await start(cid, spec=spec, channel_layer=layer)
 
 
-async def owner_channel(conversation_id: Any) -> str | None:
-    """The channel of the conversation's live owner, wherever it runs (``None``: not running)."""
-    lease = await database_sync_to_async(ownership.current)(None, _uuid(conversation_id))
+async def owner_channel(conversation_id: Any, model: type | None = None) -> str | None:
+    """The channel of the conversation's live owner, wherever it runs (``None``: not running).
+
+    With ``model``, a lease held for another model's session raises ``OwnershipConflict``.
+    """
+    lease = await database_sync_to_async(ownership.current)(model, _uuid(conversation_id))
     return lease.owner_channel if lease else None
 
 

@@ -65,6 +65,8 @@ class AgentSessionConsumer(AsyncJsonWebsocketConsumer):
         self.group: str | None = None
         self.exists = False
         self.joined = False
+        #: closed with 4403 after the conversation turned out to be another user's
+        self.revoked = False
         self.owner: str | None = None
         self.after_seq: int | None = None
         self._buffer: list[dict[str, Any]] | None = None
@@ -259,7 +261,7 @@ class AgentSessionConsumer(AsyncJsonWebsocketConsumer):
         base = {"conversation_id": str(self.conversation_id), "agent": model._meta.label}
         # only a conversation whose access was checked is read (see _recheck)
         row = model._base_manager.filter(pk=self.conversation_id).first() if self.exists else None
-        if row is None:
+        if row is None or not self.can_view(row.owner_id):
             return {**base, "exists": False, "status": "new", "seq": 0, "turns": 0,
                     "title": "", "messages": [], "last_output": None, "events": []}
         context = row.get_context()
@@ -295,6 +297,8 @@ class AgentSessionConsumer(AsyncJsonWebsocketConsumer):
     # -- group and owner messages ------------------------------------------------------------
 
     async def live_frame(self, message: dict[str, Any]) -> None:
+        if not self.joined:  # sent to the group before this socket left it
+            return
         frame = message["frame"]
         if frame.get("type") == "session.stopped":
             self.owner = None
@@ -306,7 +310,8 @@ class AgentSessionConsumer(AsyncJsonWebsocketConsumer):
     async def live_rollcall(self, message: dict[str, Any]) -> None:
         """A new live session asks who is watching."""
         self.owner = message.get("owner")
-        if self.joined and self.owner:
+        # a new live session may serve a new conversation that took a deleted one's id
+        if self.joined and await self._recheck() and self.owner:
             await self.channel_layer.send(self.owner, {
                 "type": "live.join", "channel": self.channel_name, "user_id": self._user_id})
 
@@ -327,7 +332,7 @@ class AgentSessionConsumer(AsyncJsonWebsocketConsumer):
             await getattr(self, f"frame_{kind}")(data)
         except FrameError as error:
             await self.send_json(error.to_frame())
-        except exc.AgentSessionError as error:
+        except (exc.AgentSessionError, DatabaseError) as error:  # e.g. the access check
             await self._send_error(error, ref)
 
     async def _send_error(self, error: Exception, ref: str | None = None) -> None:
@@ -345,43 +350,70 @@ class AgentSessionConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "pong", "ref": data.get("ref")})
 
     async def _recheck(self) -> bool:
-        """For a conversation that did not exist at connect: does it now, and may we see it?
+        """Does the conversation exist now, and may we see it? Joins it when it does.
 
-        Returns whether it exists (and is joined); closes with 4403 when another user created it.
+        Asked before every frame that reads or drives the conversation, even once joined: the
+        conversation may have been deleted since, and its id taken by another user's new one.
+        Leaves it when it is gone; leaves and closes with 4403 when another user owns it.
         """
-        if self.exists:
-            return True
         access = await database_sync_to_async(self._access)()
         if access == "forbidden":
+            await self._leave()
+            self.revoked = True
             await self.close(protocol.CLOSE_FORBIDDEN)
             return False
-        if access == "exists":
+        if access == "new":
+            await self._leave()
+            return False
+        if not self.exists:
             self.exists = True
             await self._join()
-        return self.exists
+        return True
+
+    async def _leave(self) -> None:
+        """Stop viewing the conversation: leave its group and its live session's presence."""
+        self.exists = False
+        self._awaiting_state = False
+        if not self.joined:
+            return
+        self.joined = False
+        assert self.group is not None
+        await self.channel_layer.group_discard(self.group, self.channel_name)
+        owner, self.owner = self.owner, None
+        if owner:
+            await self.channel_layer.send(owner, {"type": "live.leave",
+                                                  "channel": self.channel_name})
 
     async def frame_state(self, data: dict[str, Any]) -> None:
-        if self.exists:
-            await self._request_state()
-        elif not await self._recheck():
+        joined = self.exists
+        if await self._recheck():
+            if joined:  # else _recheck joined it, which sends the state
+                await self._request_state()
+        elif not self.revoked:
             await self._send_state(None)
 
     async def frame_resume(self, data: dict[str, Any]) -> None:
         after = data["after_seq"]
         events = []
-        if self.exists or await self._recheck():
+        if await self._recheck():
             events = await database_sync_to_async(self._events)(after)
+        elif self.revoked:
+            return
         await self._send_replay(after, events, data.get("ref"))
 
     async def frame_start(self, data: dict[str, Any]) -> None:
-        if self.exists:
-            await self._request_state()
+        joined = self.exists
+        if await self._recheck():
+            if joined:
+                await self._request_state()
             return
-        await self._create(data.get("instruction_args"), data.get("title", ""), data.get("ref"))
+        if not self.revoked:
+            await self._create(data.get("instruction_args"), data.get("title", ""),
+                               data.get("ref"))
 
     async def frame_message(self, data: dict[str, Any]) -> None:
         ref = data.get("ref") or uuid.uuid4().hex[:12]
-        if not self.exists and not await self._create(None, "", ref):
+        if not await self._recheck() and (self.revoked or not await self._create(None, "", ref)):
             return
         assert self.spec is not None
         queryset = self.spec.model._default_manager.all()
@@ -395,7 +427,9 @@ class AgentSessionConsumer(AsyncJsonWebsocketConsumer):
                                  "reply_to": self.channel_name}, True))
 
     async def frame_cancel(self, data: dict[str, Any]) -> None:
-        if not self.exists:
+        if not await self._recheck():
+            if self.revoked:
+                return
             await self.send_json(error_frame(protocol.NOT_RUNNING, "Nothing is running.",
                                              ref=data.get("ref")))
             return
@@ -451,7 +485,7 @@ class AgentSessionConsumer(AsyncJsonWebsocketConsumer):
                                                          channel_layer=self.channel_layer)
                                          ).owner_channel
                 else:
-                    owner = await api.owner_channel(self.conversation_id)
+                    owner = await api.owner_channel(self.conversation_id, self.spec.model)
             except (exc.AgentSessionError, DatabaseError) as error:
                 await self._send_error(error, ref)
                 return
@@ -495,7 +529,7 @@ class AgentSessionConsumer(AsyncJsonWebsocketConsumer):
             if not self.joined:
                 continue
             try:
-                owner = await api.owner_channel(self.conversation_id)
+                owner = await api.owner_channel(self.conversation_id, self.spec.model)
                 if owner is not None:
                     self.owner = owner
                     await self.channel_layer.send(owner, {
