@@ -217,6 +217,7 @@ class AgentSessionConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.send(self.owner, {
             "type": "live.join", "channel": self.channel_name, "user_id": self._user_id,
             "want_state": True})
+        self._tasks = [t for t in self._tasks if not t.done()]  # a `state` loop stays bounded
         self._tasks.append(asyncio.create_task(self._state_timeout()))
 
     async def _state_timeout(self) -> None:
