@@ -106,3 +106,26 @@ async def test_a_session_of_another_model_with_the_same_id_cannot_reach_the_live
     assert frames[-1]["status"] == "completed"
     assert all(other_user.pk not in (f.get("user_ids") or []) for f in frames)
     assert await run_inputs(session.pk) == [{"message": "long story"}]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stop_session_leaves_another_models_live_session_alone():
+    """The admin's Stop action names a session of one model; a live session of another model
+    that reuses the id is not stopped."""
+    import uuid as _uuid
+    from datetime import timedelta as _td
+
+    from django.contrib.contenttypes.models import ContentType
+    from django.utils import timezone as _tz
+
+    from django_agent_session.live.api import stop_session
+    from django_agent_session.models import LiveOwnership
+    from tests.testapp.models import ChatAgent as _Chat
+    from tests.testapp.models import PlainAgent as _Plain
+
+    shared = _uuid.uuid4()
+    LiveOwnership.objects.create(session_type=ContentType.objects.get_for_model(_Chat),
+                                 session_id=shared, owner_channel="specific.other!owner",
+                                 expires_at=_tz.now() + _td(seconds=60))
+    assert stop_session(_Plain(id=shared)) is False
+    assert LiveOwnership.objects.filter(session_id=shared).exists()

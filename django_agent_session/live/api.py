@@ -151,17 +151,22 @@ async def is_running(conversation_id: Any) -> bool:
 
 
 async def stop(conversation_id: Any, *, reason: str = "stopped",
-               channel_layer: Any = None) -> str:
+               channel_layer: Any = None, model: type | None = None) -> str:
     """Stop the live session wherever it runs: ``"stopped"`` or ``"not_running"``.
 
     A local session is stopped before this returns; a remote owner is asked to stop (it cancels
-    a running turn, drops the queue, releases its lease and tells its viewers why).
+    a running turn, drops the queue, releases its lease and tells its viewers why). With
+    ``model``, a live session of another model's session with the same id is left alone.
     """
     local = local_sessions().get(str(_uuid(conversation_id)))
-    if local is not None and local.state in ("running", "stopping"):
-        await local.stop(reason)
-        return "stopped"
-    channel = await owner_channel(conversation_id)
+    if local is not None and (model is None or local.model is model):
+        if local.state in ("running", "stopping"):
+            await local.stop(reason)
+            return "stopped"
+    try:
+        channel = await owner_channel(conversation_id, model)
+    except ownership.OwnershipConflict:
+        return "not_running"
     if channel is None:
         return "not_running"
     layer = channel_layer or get_channel_layer()
@@ -183,7 +188,8 @@ def stop_session(session: Any, reason: str = "admin") -> bool:
     channel layer (with the in-memory layer, only from the process hosting the session).
     """
     pk = getattr(session, "pk", session)
-    return async_to_sync(stop)(pk, reason=reason) == "stopped"
+    model = type(session) if hasattr(session, "pk") else None
+    return async_to_sync(stop)(pk, reason=reason, model=model) == "stopped"
 
 
 def is_session_running(session: Any) -> bool:
