@@ -40,7 +40,8 @@ def redis_reachable(url: str) -> str | None:
 
 
 class Daphne:
-    """A daphne process serving ``benchmarks.asgi`` with the benchmark's environment."""
+    """A daphne process serving ``benchmarks.asgi`` (or ``BENCH_ASGI_APP``, for experiments)
+    with the benchmark's environment."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
@@ -48,7 +49,7 @@ class Daphne:
             prefix="agent-bench-daphne-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-             "benchmarks.asgi:application"],
+             env.get("BENCH_ASGI_APP", "benchmarks.asgi:application")],
             cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "benchmarks.settings"},
             stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -85,8 +86,9 @@ class Daphne:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.log.name)
+        if not os.environ.get("BENCH_KEEP_LOGS"):
+            with contextlib.suppress(OSError):
+                os.unlink(self.log.name)
 
 
 def session_cookie(user: Any) -> str:

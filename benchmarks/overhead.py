@@ -56,26 +56,29 @@ def prepared_context(n: int) -> dict[str, Any]:
 
 def measure_turns(model: Any, pk: Any, base: dict[str, Any], stopwatch: Stopwatch, *,
                   turns: int, warmup: int, between: Callable[[], None] | None = None
-                  ) -> tuple[list[float], list[float]]:
-    """Run ``warmup + turns`` turns; returns (turn seconds, seconds inside the client)."""
+                  ) -> tuple[list[float], list[float], list[float]]:
+    """Run ``warmup + turns`` turns; returns (turn seconds, seconds inside the client,
+    CPU seconds of the library: the turn's thread CPU time minus the client's)."""
     manager = model.objects
     context_field = model.agent_options.context_field
     totals: list[float] = []
     inside: list[float] = []
+    cpu: list[float] = []
     gc.collect()
     for i in range(warmup + turns):
         model._base_manager.filter(pk=pk).update(**{context_field: base})  # untimed reset
         if between is not None:
             between()
         stopwatch.take()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         manager.continue_session(pk, USER_INPUT)
-        elapsed = time.perf_counter() - start
-        spent = stopwatch.take()
+        elapsed, elapsed_cpu = time.perf_counter() - start, time.thread_time() - start_cpu
+        spent, spent_cpu = stopwatch.take()
         if i >= warmup:
             totals.append(elapsed)
             inside.append(spent)
-    return totals, inside
+            cpu.append(elapsed_cpu - spent_cpu)
+    return totals, inside, cpu
 
 
 def count_queries(model: Any, pk: Any, base: dict[str, Any], *, turns: int = 5
@@ -96,14 +99,15 @@ def count_queries(model: Any, pk: Any, base: dict[str, Any], *, turns: int = 5
     return counts, sql
 
 
-def _row(size: int, totals: list[float], inside: list[float], queries: list[int],
-         sql: list[str], **extra: Any) -> dict[str, Any]:
+def _row(size: int, totals: list[float], inside: list[float], cpu: list[float],
+         queries: list[int], sql: list[str], **extra: Any) -> dict[str, Any]:
     overhead = [t - c for t, c in zip(totals, inside, strict=True)]
     return {
         "history": size,
         "turn": summary(totals),
         "client": summary(inside),
         "overhead": summary(overhead),
+        "overhead_cpu": summary(cpu),
         "queries_per_turn": sorted(set(queries)),
         "queries_sql": sql,
         **extra,
@@ -121,11 +125,12 @@ def run_scripted(sizes: list[int], turns: int, warmup: int) -> list[dict[str, An
         for size in sizes:
             base = prepared_context(size)
             session = ChatAgent.objects.create(context=base, title="bench")
-            totals, inside = measure_turns(ChatAgent, session.pk, base, stopwatch, turns=turns,
-                                           warmup=warmup, between=client.requests.clear)
+            totals, inside, cpu = measure_turns(ChatAgent, session.pk, base, stopwatch,
+                                                turns=turns, warmup=warmup,
+                                                between=client.requests.clear)
             queries, sql = count_queries(ChatAgent, session.pk, base)
             client.requests.clear()
-            rows.append(_row(size, totals, inside, queries, sql))
+            rows.append(_row(size, totals, inside, cpu, queries, sql))
     return rows
 
 
@@ -149,8 +154,8 @@ def run_sdk(sizes: list[int], turns: int, warmup: int) -> list[dict[str, Any]]:
             client.create = stopwatch
             base = prepared_context(size)
             session = ChatAgent.objects.create(context=base, title="bench")
-            totals, inside = measure_turns(ChatAgent, session.pk, base, stopwatch, turns=turns,
-                                           warmup=warmup)
+            totals, inside, cpu = measure_turns(ChatAgent, session.pk, base, stopwatch,
+                                                turns=turns, warmup=warmup)
             queries, sql = count_queries(ChatAgent, session.pk, base)
             # the same request body, sent by a bare SDK client
             body = {k: v for k, v in server.message_requests[-1].body.items() if k != "stream"}
@@ -162,5 +167,5 @@ def run_sdk(sizes: list[int], turns: int, warmup: int) -> list[dict[str, Any]]:
                 if i >= warmup:
                     bare.append(time.perf_counter() - start)
             sdk.close()
-            rows.append(_row(size, totals, inside, queries, sql, bare_sdk=summary(bare)))
+            rows.append(_row(size, totals, inside, cpu, queries, sql, bare_sdk=summary(bare)))
     return rows

@@ -37,7 +37,7 @@ def overhead_table(results: dict[str, Any]) -> str:
     for db, result in results.items():
         if "error" in result or "skipped" in result:
             rows.append([DB_LABELS.get(db, db), "-", result.get("skipped") or result["error"],
-                         "", "", "", "", ""])
+                         "", "", "", "", "", ""])
             continue
         for row in result["rows"]:
             over = row["overhead"]
@@ -46,10 +46,11 @@ def overhead_table(results: dict[str, Any]) -> str:
                 else over["median_ms"] <= limit
             rows.append([DB_LABELS.get(db, db), row["history"], row["turn"]["median_ms"],
                          over["median_ms"], over["p95_ms"],
+                         row.get("overhead_cpu", {}).get("median_ms", "-"),
                          "/".join(map(str, row["queries_per_turn"])), over["n"],
                          _target(ok)])
     return _table(["database", "history", "turn p50", "overhead p50", "overhead p95",
-                   "queries/turn", "turns", "target"], rows)
+                   "CPU p50", "queries/turn", "turns", "target"], rows)
 
 
 def sdk_table(results: dict[str, Any]) -> str:
@@ -110,6 +111,37 @@ def scale_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def targets(res: dict[str, Any]) -> list[str]:
+    """One line per target of the issue: the measured value and whether it holds."""
+    lines = []
+    for db, result in res.get("overhead", {}).items():
+        rows = {row["history"]: row for row in result.get("rows", [])}
+        label = DB_LABELS.get(db, db)
+        if db.startswith("sqlite"):
+            for size, limit in ((10, 1.0), (1000, 4.0)):
+                if size in rows:
+                    value = rows[size]["overhead"]["median_ms"]
+                    lines.append(f"overhead p50 <= {limit} ms at {size} messages, {label}: "
+                                 f"{value:.2f} ms -> {_target(value <= limit)}")
+        counts = sorted({n for row in rows.values() for n in row["queries_per_turn"]})
+        if counts:
+            ok = max(counts) <= 8 and len(counts) == 1
+            lines.append(f"queries per turn <= 8 and the same at every history size, {label}: "
+                         f"{'/'.join(map(str, counts))} -> {_target(ok)}")
+    for layer, result in res.get("streaming", {}).items():
+        for row in result.get("rows", []):
+            lat, viewers = row["latency"], row["viewers"]
+            if layer == "memory":
+                ok = lat["median_ms"] <= 2.0 and lat["p99_ms"] <= 10.0
+                lines.append(f"delta -> WebSocket <= 2 ms p50 / 10 ms p99, in memory, {viewers} "
+                             f"viewer(s): {lat['median_ms']:.2f} / {lat['p99_ms']:.2f} ms -> "
+                             f"{_target(ok)}")
+            else:
+                lines.append(f"delta -> WebSocket <= 5 ms p50, Redis, {viewers} viewer(s): "
+                             f"{lat['median_ms']:.2f} ms -> {_target(lat['median_ms'] <= 5.0)}")
+    return lines
+
+
 def render(data: dict[str, Any]) -> str:
     """Every table of one run, as plain text."""
     meta = data["meta"]
@@ -129,4 +161,5 @@ def render(data: dict[str, Any]) -> str:
     for key, title, table in sections:
         if key in res:
             parts += ["", title, table(res[key])]
+    parts += ["", "Targets (reported, never asserted)", *targets(res)]
     return "\n".join(parts)

@@ -72,8 +72,15 @@ CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}
 if os.environ.get("REDIS_URL"):
     CHANNEL_LAYERS = {"default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [os.environ["REDIS_URL"]],
-                   "prefix": os.environ.get("BENCH_REDIS_PREFIX", "agent-bench")},
+        # redis-py 8 reads with a 5 s socket timeout by default, the same as channels-redis'
+        # blocking BZPOPMIN: an idle channel's receive() then raises TimeoutError (see
+        # django/channels_redis#422); no client-side read timeout, as before redis-py 8
+        "CONFIG": {"hosts": [{"address": os.environ["REDIS_URL"], "socket_timeout": None}],
+                   "prefix": os.environ.get("BENCH_REDIS_PREFIX", "agent-bench"),
+                   # every consumer of a process shares one inbox key, and group_send drops
+                   # (silently) what exceeds its capacity: the default 100 loses frames, even
+                   # run.status, once a few dozen conversations stream at once
+                   "capacity": 5000},
     }}
 
 ASGI_APPLICATION = "benchmarks.asgi.application"

@@ -40,14 +40,18 @@ class Stopwatch:
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
         self.spent = 0.0
+        self.cpu = 0.0
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             return self.fn(*args, **kwargs)
         finally:
             self.spent += time.perf_counter() - start
+            self.cpu += time.thread_time() - cpu
 
-    def take(self) -> float:
-        spent, self.spent = self.spent, 0.0
-        return spent
+    def take(self) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of this thread) spent inside since the last take."""
+        spent, cpu = self.spent, self.cpu
+        self.spent = self.cpu = 0.0
+        return spent, cpu
