@@ -68,7 +68,7 @@ def classify(frame: str | bytes) -> tuple[str | None, str | None]:
         return error.code, None
     if kind == "message":
         try:
-            ChatAgent.objects.all()._prepare_input(fields["input"])
+            ChatAgent.objects.validate_input(fields["input"])
         except Exception:  # noqa: BLE001 (rejected input: an error frame, no turn)
             return "invalid_input", "message"
         return None, "turn"
