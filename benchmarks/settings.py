@@ -13,6 +13,8 @@ from pathlib import Path
 
 import dj_database_url
 
+from django_agent_session.layers import redis_channel_layer
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 SECRET_KEY = "benchmarks-only-secret"
@@ -70,18 +72,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 if os.environ.get("REDIS_URL"):
-    CHANNEL_LAYERS = {"default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        # redis-py 8 reads with a 5 s socket timeout by default, the same as channels-redis'
-        # blocking BZPOPMIN: an idle channel's receive() then raises TimeoutError (see
-        # django/channels_redis#422); no client-side read timeout, as before redis-py 8
-        "CONFIG": {"hosts": [{"address": os.environ["REDIS_URL"], "socket_timeout": None}],
-                   "prefix": os.environ.get("BENCH_REDIS_PREFIX", "agent-bench"),
-                   # every consumer of a process shares one inbox key, and group_send drops
-                   # (silently) what exceeds its capacity: the default 100 loses frames, even
-                   # run.status, once a few dozen conversations stream at once
-                   "capacity": 5000},
-    }}
+    # no client read timeout under redis-py 8, a large capacity (django_agent_session.layers)
+    CHANNEL_LAYERS = {"default": redis_channel_layer(
+        os.environ["REDIS_URL"], prefix=os.environ.get("BENCH_REDIS_PREFIX", "agent-bench"))}
 
 ASGI_APPLICATION = "benchmarks.asgi.application"
 REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}

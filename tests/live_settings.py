@@ -6,20 +6,15 @@ prefix of its run and the loopback Messages API server to call.
 
 import os
 
+from django_agent_session.layers import redis_channel_layer
 from tests.settings import *  # noqa: F403
 from tests.settings import DATABASES
 
 DATABASES["default"]["NAME"] = os.environ["AGENT_LIVE_DB_NAME"]
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {
-            "hosts": [os.environ.get("AGENT_LIVE_REDIS_URL", "redis://127.0.0.1:6379")],
-            "prefix": os.environ["AGENT_LIVE_REDIS_PREFIX"],
-        },
-    }
-}
+CHANNEL_LAYERS = {"default": redis_channel_layer(
+    os.environ.get("AGENT_LIVE_REDIS_URL", "redis://127.0.0.1:6379"),
+    prefix=os.environ["AGENT_LIVE_REDIS_PREFIX"])}
 
 AGENT_SESSION = {
     "ANTHROPIC": {"BASE_URL": os.environ["AGENT_LIVE_LOOPBACK_URL"], "API_KEY": "test",

@@ -4,6 +4,8 @@ import os
 
 import dj_database_url
 
+from django_agent_session.layers import redis_channel_layer
+
 SECRET_KEY = "tests-only-secret"
 DEBUG = False
 USE_TZ = True
@@ -66,12 +68,7 @@ else:
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 if os.environ.get("REDIS_URL"):
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [os.environ["REDIS_URL"]]},
-        }
-    }
+    CHANNEL_LAYERS = {"default": redis_channel_layer(os.environ["REDIS_URL"])}
 
 STATIC_URL = "/static/"
 # tests create many users: a fast hasher keeps them cheap

@@ -84,6 +84,11 @@ class AgentSessionConsumer(AsyncJsonWebsocketConsumer):
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Never let one message end the connection (only a disconnect does)."""
         try:
+            if message.get("type") == "live.frame":
+                # fan-out frames never touch the ORM: skip the database-cleanup thread hop
+                # Channels' dispatch makes before every handler (the streaming hot path)
+                await self.live_frame(message)
+                return
             await super().dispatch(message)
         except (StopConsumer, asyncio.CancelledError):
             raise
