@@ -289,14 +289,13 @@ class TurnEngine:
         return results, halt
 
     def _parse_output(self, text: str) -> Any:
-        serializer = self.options.output_serializer
         if not self.options.structured_output:
-            return validate(serializer, {"content": text}) if serializer else {"content": text}
+            return {"content": text}  # free text: nothing to validate
         try:
             data = json.loads(text)
         except ValueError:
             raise exc.InvalidInput({"non_field_errors": ["The reply is not valid JSON."]}) from None
-        return validate(serializer, data)
+        return validate(self.options.output_serializer, data)
 
     def _result(self, messages: list[dict[str, Any]], output: Any, state: TurnState,
                 response: ModelResponse, events: list[tuple[str, dict[str, Any]]],

@@ -46,8 +46,8 @@ def validate(serializer_class: SerializerClass, data: Any, error: type[InvalidIn
     serializer = serializer_class(data=dict(data))
     if not serializer.is_valid():
         raise error(_plain(serializer.errors), message)
-    # to_representation turns dates, decimals and UUIDs into JSON-safe values
-    return dict(serializer_class(serializer.validated_data).data)
+    # .data is to_representation(validated_data): dates, decimals and UUIDs become JSON-safe
+    return dict(serializer.data)
 
 
 def _plain(errors: Any) -> Any:
