@@ -27,13 +27,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def storage(tmp_path):
-    with override_settings(STORAGES={
-        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
-                    "OPTIONS": {"location": str(tmp_path)}},
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }):
-        yield tmp_path
+def storage(tmp_storage):
+    return tmp_storage
 
 
 @pytest.fixture
@@ -186,7 +181,6 @@ def test_rejects_bad_arguments(session):
 @pytest.mark.django_db
 def test_artifact_storage_setting_is_read_late(tmp_path, settings):
     """AGENT_SESSION["ARTIFACT_STORAGE"] names a STORAGES alias and may change at runtime."""
-    from django.test import override_settings
 
     from django_agent_session.artifacts import save_artifact
     from django_agent_session.models import Artifact

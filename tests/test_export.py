@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from django.core.files.storage import default_storage
-from django.test import override_settings
 
 from django_agent_session import exceptions as exc
 from django_agent_session.artifacts import read_artifact, save_artifact
@@ -21,13 +20,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def storage(tmp_path):
-    with override_settings(STORAGES={
-        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
-                    "OPTIONS": {"location": str(tmp_path)}},
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }):
-        yield tmp_path
+def storage(tmp_storage):
+    return tmp_storage
 
 
 @pytest.fixture

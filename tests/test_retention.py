@@ -27,13 +27,8 @@ DAY = timedelta(days=1)
 
 
 @pytest.fixture(autouse=True)
-def storage(tmp_path):
-    with override_settings(STORAGES={
-        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
-                    "OPTIONS": {"location": str(tmp_path)}},
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }):
-        yield tmp_path
+def storage(tmp_storage):
+    return tmp_storage
 
 
 def session(model=ChatAgent, *, age=0.0, events=(), **fields):
