@@ -14,10 +14,6 @@ from django_agent_session.checks import session_models
 from django_agent_session.models import AgentEvent, AgentRun
 from django_agent_session.testing.loopback import LoopbackMessagesServer
 
-needs_postgres = pytest.mark.skipif(connection.vendor != "postgresql",
-                                    reason="needs PostgreSQL")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/reliability/" in item.nodeid.replace("\\", "/"):
