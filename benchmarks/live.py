@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,14 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from django_agent_session.testing.processes import free_port, wait_listening
+
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = "testapp.chatagent"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def redis_reachable(url: str) -> str | None:
@@ -54,17 +49,8 @@ class Daphne:
             stdout=self.log, stderr=subprocess.STDOUT)
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daphne exited: {self.output()}")
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                return
-            except OSError:
-                await asyncio.sleep(0.1)
-        raise RuntimeError(f"daphne did not listen within {timeout}s: {self.output()}")
+        await wait_listening(self.port, self.proc, timeout=timeout, name="daphne",
+                             output=self.output)
 
     def rss_kib(self) -> int:
         """Resident set size of the process, from /proc."""

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
 from django_agent_session.testing.loopback import LoopbackMessagesServer
+from django_agent_session.testing.processes import free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = "http://testserver"
@@ -174,12 +174,6 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0,
 
 # -- ASGI server subprocesses -----------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class ServerProcess:
     """A daphne process serving ``tests.asgi`` with ``tests.live_settings``."""
 
@@ -204,17 +198,8 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}{path}"
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited:\n{self.output()}")
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                return
-            except OSError:
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"{self.name} did not listen in {timeout}s:\n{self.output()}")
+        await wait_listening(self.port, self.proc, timeout=timeout, name=self.name,
+                             output=self.output)
 
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to release anything."""

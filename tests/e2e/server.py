@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,17 +18,13 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
+from django_agent_session.testing.processes import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 #: variables of the test run that must not reach the example (it would use them)
 SCRUBBED = ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "DATABASE_URL", "REDIS_URL",
             "DJANGO_SETTINGS_MODULE", "DJANGO_DEBUG")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ExampleServer:
