@@ -45,16 +45,17 @@ def validate(serializer_class: SerializerClass, data: Any, error: type[InvalidIn
         raise error({"non_field_errors": ["Expected an object."]}, message)
     serializer = serializer_class(data=dict(data))
     if not serializer.is_valid():
-        raise error(_plain(serializer.errors), message)
+        raise error(plain_errors(serializer.errors), message)
     # .data is to_representation(validated_data): dates, decimals and UUIDs become JSON-safe
     return dict(serializer.data)
 
 
-def _plain(errors: Any) -> Any:
+def plain_errors(errors: Any) -> Any:
+    """DRF error details (``ErrorDetail`` strings, nested) as plain JSON-safe values."""
     if isinstance(errors, Mapping):
-        return {str(k): _plain(v) for k, v in errors.items()}
+        return {str(k): plain_errors(v) for k, v in errors.items()}
     if isinstance(errors, (list, tuple)):
-        return [_plain(v) for v in errors]
+        return [plain_errors(v) for v in errors]
     return str(errors)
 
 

@@ -16,6 +16,7 @@ from rest_framework import exceptions as drf
 from rest_framework import status
 
 from .. import exceptions as exc
+from ..schemas import plain_errors
 
 logger = logging.getLogger("django_agent_session.api")
 
@@ -101,16 +102,10 @@ def error_body(error: BaseException) -> dict[str, Any]:
         body = dict(detail)  # type: ignore[arg-type]
     elif isinstance(detail, dict):
         body = {"code": converted.default_code, "detail": "Invalid request.",
-                "errors": _plain(detail), "retryable": False}
+                "errors": plain_errors(detail), "retryable": False}
     else:
         body = {"code": getattr(detail, "code", converted.default_code), "detail": str(detail),
                 "retryable": False}
     return {"status": converted.status_code, **body}
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return str(value)

@@ -14,6 +14,8 @@ from typing import Any
 
 from rest_framework import serializers
 
+from ..schemas import plain_errors
+
 # -- close codes (sent after accepting, so browsers can read them; no data frame precedes) --
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
@@ -160,14 +162,6 @@ CLIENT_FRAMES: dict[str, type[serializers.Serializer]] = {
 }
 
 
-def _plain(errors: Any) -> Any:
-    if isinstance(errors, dict):
-        return {str(k): _plain(v) for k, v in errors.items()}
-    if isinstance(errors, (list, tuple)):
-        return [_plain(v) for v in errors]
-    return str(errors)
-
-
 def decode(text_data: str | None, bytes_data: bytes | None, max_bytes: int) -> Any:
     """The JSON value of a raw frame; the size is checked before parsing."""
     if text_data is None:
@@ -206,7 +200,7 @@ def parse(content: Any) -> tuple[str, dict[str, Any]]:
                          ref=ref)
     fields = {k: v for k, v in content.items() if k != "type"}
     serializer = serializer_class(data=fields)
-    errors = {} if serializer.is_valid() else _plain(serializer.errors)
+    errors = {} if serializer.is_valid() else plain_errors(serializer.errors)
     unknown = sorted(set(fields) - set(serializer.fields))
     for name in unknown:
         errors[name[:50]] = ["Unknown field."]
