@@ -69,7 +69,6 @@ class Turn:
     input: dict[str, Any]
     user_blocks: list[dict[str, Any]]
     stale_run_id: uuid.UUID | None = None
-    new_session: bool = False
     pending_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     @property
@@ -105,8 +104,7 @@ class SessionStore:
                              last_activity_at=now)
         setattr(session, self.context_field, context.to_dict())
         turn = Turn(session, run_id, now, session.lease_expires_at, input, user_blocks,
-                    new_session=True)
-        turn.pending_events.append((EventType.SESSION_STARTED, {}))
+                    pending_events=[(EventType.SESSION_STARTED, {})])
         with transaction.atomic():  # never a session holding a lease without its run
             session.save(force_insert=True)
             self._insert_run(turn)
