@@ -49,7 +49,7 @@ REPLY = text_of(-1, "assistant")
 
 
 def prepared_context(n: int) -> dict[str, Any]:
-    from django_agent_session.context import Context
+    from django_agent_session.engine.context import Context
 
     return Context(system=SYSTEM, instruction_args=dict(ARGS), messages=history(n)).to_dict()
 

@@ -9,4 +9,4 @@ class AgentSessionConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
-        from . import artifacts  # noqa: F401  (connects the artifact file cleanup receiver)
+        from .store import artifacts  # noqa: F401  (connects the artifact file cleanup receiver)

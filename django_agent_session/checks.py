@@ -1,13 +1,15 @@
 """System checks for cross-model and environment problems (ids ``django_agent_session.*``).
 
 Problems inside one ``Agent`` declaration are raised when the class is prepared (they name the
-model and option); what depends on settings or on other parts of the project is checked here.
+model and option); what depends on settings or on other parts of the project is checked here,
+one registered function per concern, as django-polymorphic does.
 
 =====================  ===================================================================
 ``E001``               ``Agent.client``'s provider is not in ``AGENT_SESSION["CLIENTS"]``.
 ``E002``               A client class in ``AGENT_SESSION["CLIENTS"]`` cannot be imported.
 ``E003``               The model's default manager lacks the session methods.
-``E004``               ``AGENT_SESSION`` has unknown keys.
+``E004``               ``AGENT_SESSION`` has unknown keys (the checks that read it then stay
+                       silent: one typo, one finding).
 ``W001``               ``ATOMIC_REQUESTS`` is on: a turn would hold a transaction over the
                        model call (REST views opt out, your own views may not).
 ``W002``               The Anthropic model id is deprecated or unknown to the installed SDK.
@@ -17,86 +19,137 @@ model and option); what depends on settings or on other parts of the project is 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, get_args
 
-from django.apps import apps
+from django.apps import AppConfig
 from django.conf import settings
-from django.core.checks import Error, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
+from django.db import models
 from django.utils.module_loading import import_string
 
+from .conf import agent_settings
+from .declaration.options import AgentOptions
+from .declaration.registry import session_models
 
-def session_models() -> list[type]:
-    from .models import AgentSessionModel
 
-    return [m for m in apps.get_models() if issubclass(m, AgentSessionModel)]
+def _settings_error() -> ImproperlyConfigured | None:
+    """Why ``AGENT_SESSION`` cannot be read, or None.
+
+    E004 reports it; the checks that read settings return nothing more while it stands.
+    """
+    try:
+        agent_settings.user_settings  # noqa: B018 (reading validates)
+    except ImproperlyConfigured as exc:
+        return exc
+    return None
+
+
+def _declared(app_configs: Iterable[AppConfig] | None
+              ) -> list[tuple[type[models.Model], AgentOptions]]:
+    """Each session model of ``app_configs`` (all when None, as Django asks) with its options."""
+    labels = None if app_configs is None else {config.label for config in app_configs}
+    return [(model, model.agent_options)
+            for model in session_models() if labels is None or model._meta.app_label in labels]
 
 
 @register(Tags.models)
-def check_session_models(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    from .conf import agent_settings
+def check_settings(app_configs: Iterable[AppConfig] | None = None,
+                   **kwargs: Any) -> list[CheckMessage]:
+    error = _settings_error()
+    if error is None:
+        return []
+    return [Error(str(error), hint="See the configuration table in the README.",
+                  id="django_agent_session.E004")]
 
-    errors: list[Any] = []
-    try:
-        clients = agent_settings.CLIENTS
-    except ImproperlyConfigured as exc:
-        return [Error(str(exc), id="django_agent_session.E004",
-                      hint="See the configuration table in the README.")]
-    for provider, path in clients.items():
-        if isinstance(path, str):
-            try:
-                import_string(path)
-            except ImportError as exc:
-                errors.append(Error(
-                    f"AGENT_SESSION['CLIENTS'][{provider!r}] = {path!r} cannot be imported: {exc}",
-                    id="django_agent_session.E002"))
-    models = session_models()
-    if app_configs is not None:
-        labels = {c.label for c in app_configs}
-        models = [m for m in models if m._meta.app_label in labels]
-    for model in models:
-        options = model.agent_options
-        if options.provider not in clients:
+
+@register(Tags.models)
+def check_client_classes(app_configs: Iterable[AppConfig] | None = None,
+                         **kwargs: Any) -> list[CheckMessage]:
+    if _settings_error():
+        return []
+    errors: list[CheckMessage] = []
+    for provider, path in agent_settings.CLIENTS.items():
+        if not isinstance(path, str):
+            continue
+        try:
+            import_string(path)
+        except ImportError as exc:
             errors.append(Error(
-                f"{model.__name__}.Agent.client uses provider {options.provider!r}, which "
-                f"AGENT_SESSION['CLIENTS'] does not define.",
-                hint=f"Known providers: {', '.join(sorted(clients))}.",
-                obj=model, id="django_agent_session.E001"))
-        manager = model._default_manager
-        if not hasattr(manager, "start_session"):
-            errors.append(Error(
-                f"{model.__name__}'s default manager {type(manager).__name__} has no "
-                f"start_session/continue_session.",
-                hint="Derive custom managers from django_agent_session.managers."
-                     "AgentSessionManager (or AgentSessionQuerySet.as_manager()).",
-                obj=model, id="django_agent_session.E003"))
-        if options.provider == "anthropic":
-            errors.extend(_check_model_id(model, options.model_name))
+                f"AGENT_SESSION['CLIENTS'][{provider!r}] = {path!r} cannot be imported: {exc}",
+                id="django_agent_session.E002"))
     return errors
 
 
-def _check_model_id(model: type, model_id: str) -> list[Any]:
+@register(Tags.models)
+def check_providers(app_configs: Iterable[AppConfig] | None = None,
+                    **kwargs: Any) -> list[CheckMessage]:
+    if _settings_error():
+        return []
+    clients = agent_settings.CLIENTS
+    return [Error(
+        f"{model.__name__}.Agent.client uses provider {options.provider!r}, which "
+        f"AGENT_SESSION['CLIENTS'] does not define.",
+        hint=f"Known providers: {', '.join(sorted(clients))}.",
+        obj=model, id="django_agent_session.E001")
+        for model, options in _declared(app_configs) if options.provider not in clients]
+
+
+@register(Tags.models)
+def check_managers(app_configs: Iterable[AppConfig] | None = None,
+                   **kwargs: Any) -> list[CheckMessage]:
+    return [Error(
+        f"{model.__name__}'s default manager {type(model._default_manager).__name__} has no "
+        f"start_session/continue_session.",
+        hint="Derive custom managers from django_agent_session.models.AgentSessionManager "
+             "(or AgentSessionQuerySet.as_manager()).",
+        obj=model, id="django_agent_session.E003")
+        for model, _ in _declared(app_configs)
+        if not hasattr(model._default_manager, "start_session")]
+
+
+@register(Tags.models)
+def check_model_ids(app_configs: Iterable[AppConfig] | None = None,
+                    **kwargs: Any) -> list[CheckMessage]:
+    anthropic = [(model, options.model_name) for model, options in _declared(app_configs)
+                 if options.provider == "anthropic"]
+    sdk = _anthropic_model_ids() if anthropic else None
+    if sdk is None:
+        return []
+    deprecated, known = sdk
+    warnings: list[CheckMessage] = []
+    for model, model_id in anthropic:
+        if model_id in deprecated:
+            warnings.append(Warning(
+                f"{model.__name__}.Agent.client uses {model_id!r}, which the anthropic SDK marks "
+                f"deprecated (end of life {deprecated[model_id]}).",
+                obj=model, id="django_agent_session.W002"))
+        elif known and model_id not in known:
+            warnings.append(Warning(
+                f"{model.__name__}.Agent.client uses {model_id!r}, which the installed anthropic "
+                f"SDK does not list.", hint="Check the model id.",
+                obj=model, id="django_agent_session.W002"))
+    return warnings
+
+
+def _anthropic_model_ids() -> tuple[Mapping[str, Any], frozenset[str]] | None:
+    """The SDK's deprecated model ids (with end of life) and its known ids, or None.
+
+    Both are SDK internals, not API: if the SDK is absent or moved them, W002 has nothing to say.
+    """
     try:
         from anthropic.resources.messages.messages import DEPRECATED_MODELS
         from anthropic.types.model_param import ModelParam
-        from typing import get_args
 
-        known = set(get_args(get_args(ModelParam)[0]))
-    except Exception:  # the SDK moved things: nothing to say
-        return []
-    if model_id in DEPRECATED_MODELS:
-        return [Warning(f"{model.__name__}.Agent.client uses {model_id!r}, which the anthropic "
-                        f"SDK marks deprecated (end of life {DEPRECATED_MODELS[model_id]}).",
-                        obj=model, id="django_agent_session.W002")]
-    if known and model_id not in known:
-        return [Warning(f"{model.__name__}.Agent.client uses {model_id!r}, which the installed "
-                        f"anthropic SDK does not list.", hint="Check the model id.",
-                        obj=model, id="django_agent_session.W002")]
-    return []
+        return DEPRECATED_MODELS, frozenset(get_args(get_args(ModelParam)[0]))
+    except Exception:  # noqa: BLE001 (an optional probe must never break the checks)
+        return None
 
 
 @register(Tags.database)
-def check_atomic_requests(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+def check_atomic_requests(app_configs: Iterable[AppConfig] | None = None,
+                          **kwargs: Any) -> list[CheckMessage]:
     aliases = [a for a, db in settings.DATABASES.items() if db.get("ATOMIC_REQUESTS")]
     if not aliases:
         return []
@@ -109,12 +162,13 @@ def check_atomic_requests(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 
 
 @register(Tags.compatibility)
-def check_channel_layers(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    if "channels" in settings.INSTALLED_APPS or "daphne" in settings.INSTALLED_APPS:
-        if not getattr(settings, "CHANNEL_LAYERS", None):
-            return [Warning("CHANNEL_LAYERS is not configured; live sessions need a channel "
-                            "layer to fan out to viewers.",
-                            hint="Use channels.layers.InMemoryChannelLayer for one process, "
-                                 "channels_redis.core.RedisChannelLayer for several.",
-                            id="django_agent_session.W003")]
-    return []
+def check_channel_layers(app_configs: Iterable[AppConfig] | None = None,
+                         **kwargs: Any) -> list[CheckMessage]:
+    uses_channels = "channels" in settings.INSTALLED_APPS or "daphne" in settings.INSTALLED_APPS
+    if not uses_channels or getattr(settings, "CHANNEL_LAYERS", None):
+        return []
+    return [Warning("CHANNEL_LAYERS is not configured; live sessions need a channel "
+                    "layer to fan out to viewers.",
+                    hint="Use channels.layers.InMemoryChannelLayer for one process, "
+                         "channels_redis.core.RedisChannelLayer for several.",
+                    id="django_agent_session.W003")]

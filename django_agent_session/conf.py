@@ -102,13 +102,14 @@ class AgentSessionSettings:
     @property
     def user_settings(self) -> dict[str, Any]:
         if self._user is None:
-            self._user = getattr(settings, SETTING_NAME, {}) or {}
-            unknown = sorted(set(self._user) - set(self.defaults))
-            if unknown:
+            user = getattr(settings, SETTING_NAME, {}) or {}
+            unknown = sorted(set(user) - set(self.defaults))
+            if unknown:  # not cached: every read raises until the setting is fixed
                 raise ImproperlyConfigured(
                     f"Unknown {SETTING_NAME} setting(s): {', '.join(unknown)}. "
                     f"Known: {', '.join(sorted(self.defaults))}."
                 )
+            self._user = user
         return self._user
 
     def __getattr__(self, name: str) -> Any:
@@ -130,9 +131,6 @@ class AgentSessionSettings:
             delattr(self, name)
         self._cached.clear()
         self._user = None
-        from .clients.registry import clear_client_cache
-
-        clear_client_cache()
 
 
 agent_settings = AgentSessionSettings(DEFAULTS)

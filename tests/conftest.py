@@ -1,4 +1,4 @@
-"""Shared fixtures."""
+"""Shared fixtures (those of the live tests, used by tests/live and tests/reliability, too)."""
 
 from __future__ import annotations
 
@@ -45,3 +45,22 @@ def tmp_storage(tmp_path):
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }):
         yield tmp_path
+
+
+@pytest.fixture
+def fast_passwords(settings):
+    """Cheap password hashing: users are created in every test."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+async def live_layer(fast_passwords):
+    """A fresh in-memory channel layer per test; every live session is stopped afterwards."""
+    from channels.layers import channel_layers
+
+    from django_agent_session.live import api
+
+    channel_layers.backends.clear()
+    yield channel_layers["default"]
+    await api.stop_all("test_teardown")
+    channel_layers.backends.clear()

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 from django.core.exceptions import RequestDataTooBig
 from rest_framework import exceptions as drf
 from rest_framework import status
 
 from .. import exceptions as exc
-from ..schemas import plain_errors
+from ..declaration.schemas import plain_errors
 
 logger = logging.getLogger("django_agent_session.api")
+
+_E = TypeVar("_E", bound=BaseException)
 
 #: error class -> HTTP status; the first matching entry wins (subclasses before bases)
 STATUS_BY_ERROR: list[tuple[type[exc.AgentSessionError], int]] = [
@@ -44,6 +46,9 @@ class PayloadTooLarge(drf.APIException):
 class AgentAPIError(drf.APIException):
     """A typed agent error as a DRF exception: ``{"code", "detail", "retryable", ...}``."""
 
+    #: the response body, as plain values (not ``ErrorDetail``)
+    detail: dict[str, Any]
+
     def __init__(self, error: exc.AgentSessionError, status_code: int) -> None:
         super().__init__(error.message, error.code)
         self.status_code = status_code
@@ -58,7 +63,7 @@ class AgentAPIError(drf.APIException):
         if session is not None:
             body["session_id"] = str(session.pk)
         # plain values, not ErrorDetail: booleans and numbers stay what they are
-        self.detail = body  # type: ignore[assignment]
+        self.detail = body
         if isinstance(error, exc.SessionBusy):
             self.wait = math.ceil(error.retry_after)  # DRF turns ``wait`` into Retry-After
 
@@ -72,7 +77,7 @@ def status_for(error: exc.AgentSessionError) -> int:
     return status.HTTP_500_INTERNAL_SERVER_ERROR  # ``internal_error``: a bug, not the client
 
 
-def api_exception(error: BaseException) -> BaseException:
+def api_exception(error: _E) -> _E | drf.APIException:
     """The DRF exception to raise for ``error`` (other exceptions are returned unchanged)."""
     if isinstance(error, exc.InvalidInstructionArgs):
         return drf.ValidationError({"instruction_args": error.errors})
@@ -98,8 +103,9 @@ def error_body(error: BaseException) -> dict[str, Any]:
         return {"status": 500, "code": "internal_error", "detail": "Internal server error.",
                 "retryable": False}
     detail = converted.detail
+    body: dict[str, Any]
     if isinstance(converted, AgentAPIError):
-        body = dict(detail)  # type: ignore[arg-type]
+        body = dict(converted.detail)
     elif isinstance(detail, dict):
         body = {"code": converted.default_code, "detail": "Invalid request.",
                 "errors": plain_errors(detail), "retryable": False}

@@ -7,7 +7,7 @@ output serializers) and the base class stays untouched.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .serializers import (
     AgentErrorSerializer,
@@ -19,6 +19,11 @@ from .serializers import (
 )
 from .streaming import CONTENT_TYPE
 
+if TYPE_CHECKING:
+    from .viewsets import AgentSessionViewSet
+
+_ViewSet = TypeVar("_ViewSet", bound="type[AgentSessionViewSet]")
+
 JSON = "application/json"
 
 STREAM_DESCRIPTION = (
@@ -27,7 +32,7 @@ STREAM_DESCRIPTION = (
     "(`{status, code, detail, retryable}`).")
 
 
-def annotate(viewset: type, s: AgentSerializers) -> type:
+def annotate(viewset: _ViewSet, s: AgentSerializers) -> _ViewSet:
     """Attach the per-model schema to ``viewset``; a no-op without drf-spectacular."""
     try:
         from drf_spectacular.types import OpenApiTypes

@@ -41,8 +41,9 @@ class SeqCursorPagination(BasePagination):
 
     max_limit = 1000
 
-    def paginate_queryset(self, queryset: QuerySet, request: Request, view: Any = None
-                          ) -> list[Any]:
+    # narrower than DRF's stub (querysets or sequences): it pages event querysets by seq
+    def paginate_queryset(self, queryset: QuerySet, request: Request,  # type: ignore[override]
+                          view: Any = None) -> list[Any]:
         query = EventQuery(data=request.query_params)
         if not query.is_valid():
             raise ValidationError(query.errors)

@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db import models
 from django.utils.text import slugify
 from rest_framework.routers import SimpleRouter
 
+from ..declaration.registry import session_models
+from ..records import SessionRecord
 from .viewsets import AgentSessionViewSet, viewset_factory
 
 
-def default_prefix(model: type) -> str:
+def default_prefix(model: type[models.Model]) -> str:
     """``ChatAgent`` -> ``chat-agents`` (its plural verbose name, slugified)."""
     return slugify(str(model._meta.verbose_name_plural))
 
@@ -23,7 +26,7 @@ class AgentSessionRouter(SimpleRouter):
     ``basename=`` to ``register_model`` to resolve it.
     """
 
-    def register_model(self, model: type, prefix: str | None = None,
+    def register_model(self, model: type[SessionRecord], prefix: str | None = None,
                        basename: str | None = None) -> type[AgentSessionViewSet]:
         """Register the generated viewset of ``model``; returns it."""
         viewset = viewset_factory(model)
@@ -38,8 +41,6 @@ class AgentSessionRouter(SimpleRouter):
     def register_all(self) -> list[type[AgentSessionViewSet]]:
         """Register every concrete session model not registered yet (proxies only when
         registered explicitly: they share their parent's table)."""
-        from ..checks import session_models
-
         done = {getattr(viewset, "model", None) for _, viewset, _ in self.registry}
         return [self.register_model(model) for model in session_models()
                 if model not in done and not model._meta.proxy]

@@ -11,14 +11,19 @@ carry the agent's schema for the documentation (``schema_field``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from rest_framework import serializers
 
+from ..declaration.schemas import SerializerClass
 from ..models import AgentEvent, AgentRun, RunStatus
-from ..schemas import SerializerClass
+from ..records import SessionRecord
+from ..store.sessions import update_fields
 
+#: drf-spectacular's decorator, or None without it
+extend_schema_field: Callable[..., Callable[[Any], Any]] | None
 try:  # drf-spectacular is optional (the ``openapi`` extra)
     from drf_spectacular.utils import extend_schema_field
 except ImportError:  # pragma: no cover - exercised only without drf-spectacular
@@ -118,8 +123,11 @@ class ServerSentEventSerializer(serializers.Serializer):
 
     event = serializers.ChoiceField(choices=["run.started", "delta", "tool.call", "tool.result",
                                              "budget.warning", "message", "error"])
-    data = serializers.CharField(help_text="JSON: a delta, tool call or result, the final "
-                                           "turn body (message) or an error body (error).")
+    # the stubs see this shadow ``Serializer.data``; DRF's metaclass moves declared fields off
+    # the class, so the property stays
+    data = serializers.CharField(  # type: ignore[assignment]
+        help_text="JSON: a delta, tool call or result, the final turn body (message) or an "
+                  "error body (error).")
 
     class Meta:
         ref_name = "AgentServerSentEvent"
@@ -147,10 +155,9 @@ class AgentSessionSerializer(serializers.ModelSerializer):
         read_only_fields = [name for name in fields if name != "title"]
 
     def update(self, instance: Any, validated_data: dict[str, Any]) -> Any:
-        # write only these columns: a full save() would overwrite a concurrent turn's commit
         for name, value in validated_data.items():
             setattr(instance, name, value)
-        instance.save(update_fields=[*validated_data, "updated_at"])
+        update_fields(instance, validated_data)
         return instance
 
 
@@ -165,10 +172,10 @@ class AgentSerializers:
     context: type[serializers.Serializer]
 
 
-_cache: dict[type, AgentSerializers] = {}
+_cache: dict[type[SessionRecord], AgentSerializers] = {}
 
 
-def serializers_for(model: type) -> AgentSerializers:
+def serializers_for(model: type[SessionRecord]) -> AgentSerializers:
     """The serializers of ``model``, generated on first use and cached."""
     found = _cache.get(model)
     if found is None:
@@ -176,7 +183,7 @@ def serializers_for(model: type) -> AgentSerializers:
     return found
 
 
-def _build(model: type) -> AgentSerializers:
+def _build(model: type[SessionRecord]) -> AgentSerializers:
     options = model.agent_options
     if options is None:
         raise TypeError(f"{model.__name__} is not a concrete agent session model")

@@ -8,12 +8,11 @@ model's manager; this module never runs a turn itself.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, transaction
 from django.db.models import QuerySet
-from django.utils import timezone
 from django.utils.module_loading import import_string
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -22,15 +21,24 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
-from .. import exceptions as exc
 from ..conf import agent_settings, perform_import
+from ..records import SessionRecord
+from ..store.sessions import delete_session
 from .errors import api_exception
 from .filters import SessionFilterBackend
 from .pagination import SeqCursorPagination, SessionPagination
 from .parsers import SessionJSONParser
 from .permissions import owned_by
-from .serializers import AgentEventSerializer, AgentRunSerializer, AgentSerializers, serializers_for
+from .serializers import (
+    AgentEventSerializer,
+    AgentRunSerializer,
+    AgentSerializers,
+    serializers_for,
+)
 from .streaming import EventStreamRenderer, event_stream_response
+
+if TYPE_CHECKING:
+    from rest_framework.decorators import ViewSetAction
 
 #: actions that run a turn (they share the ``turn_throttle_scope``)
 TURN_ACTIONS = frozenset({"create", "continue_turn", "stream_start", "stream_continue"})
@@ -67,7 +75,8 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     sse_keepalive = 15.0
 
     @classmethod
-    def as_view(cls, actions: dict[str, str] | None = None, **initkwargs: Any) -> Any:
+    def as_view(cls, actions: dict[str, str | ViewSetAction[Any]] | None = None,
+                **initkwargs: Any) -> Any:
         view = super().as_view(actions, **initkwargs)
         # a turn must never run inside ATOMIC_REQUESTS' transaction: the lease would be
         # invisible to other callers and a transaction would stay open over the model call
@@ -121,8 +130,14 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
                 queryset, scoped = scope(self.request, self, queryset), True
         return queryset if scoped else owned_by(self.request, queryset)
 
+    @property
+    def _agent_serializers(self) -> AgentSerializers:
+        """``serializers``: never None on a viewset built by :func:`viewset_factory`."""
+        assert self.serializers is not None, f"{type(self).__name__} has no serializers"
+        return self.serializers
+
     def get_serializer_class(self) -> Any:
-        s = self.serializers
+        s = self._agent_serializers
         return {
             "create": s.start, "stream_start": s.start,
             "continue_turn": s.continue_, "stream_continue": s.continue_,
@@ -143,7 +158,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
     def turn_data(self, session: Any) -> Any:
         """The body answering a turn: the session and the turn's output."""
-        return self.serializers.turn({"session": session, "output": session.last_output},
+        return self._agent_serializers.turn({"session": session, "output": session.last_output},
                                      context=self.get_serializer_context()).data
 
     def prevalidate(self, input: Any, instruction_args: Any = None, *, start: bool) -> None:
@@ -159,7 +174,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Start a session: its first turn runs now; 201 with the session and the output."""
-        body = self.read_body(self.serializers.start)
+        body = self.read_body(self._agent_serializers.start)
         session = self.manager.start_session(
             body["input"], instruction_args=body.get("instruction_args"), owner=self.owner())
         return Response(self.turn_data(session), status=status.HTTP_201_CREATED)
@@ -168,7 +183,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     def continue_turn(self, request: Request, pk: Any = None) -> Response:
         """Run one turn on the session."""
         session = self.get_object()
-        body = self.read_body(self.serializers.continue_)
+        body = self.read_body(self._agent_serializers.continue_)
         session = self.manager.continue_session(session, body["input"])
         return Response(self.turn_data(session))
 
@@ -177,7 +192,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         """The stored conversation context (Messages API format)."""
         session = self.get_object()
         data = session.get_context().to_dict()
-        return Response(self.serializers.context(data).data)
+        return Response(self._agent_serializers.context(data).data)
 
     @action(detail=True, methods=["get"], pagination_class=SeqCursorPagination)
     def events(self, request: Request, pk: Any = None) -> Response:
@@ -197,7 +212,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             renderer_classes=[JSONRenderer, EventStreamRenderer])
     def stream_start(self, request: Request) -> Any:
         """``create`` as Server-Sent Events: deltas as they arrive, then ``message``."""
-        body = self.read_body(self.serializers.start)
+        body = self.read_body(self._agent_serializers.start)
         input, args, owner = body["input"], body.get("instruction_args"), self.owner()
         self.prevalidate(input, args, start=True)
         manager = self.manager
@@ -214,7 +229,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     def stream_continue(self, request: Request, pk: Any = None) -> Any:
         """``continue`` as Server-Sent Events."""
         session = self.get_object()
-        body = self.read_body(self.serializers.continue_)
+        body = self.read_body(self._agent_serializers.continue_)
         input = body["input"]
         self.prevalidate(input, start=False)
         manager = self.manager
@@ -225,18 +240,13 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             finish=self.turn_data, keepalive=self.sse_keepalive)
 
     def perform_destroy(self, instance: Any) -> None:
-        expires = instance.lease_expires_at
-        if instance.lease_token is not None and expires is not None and expires > timezone.now():
-            raise exc.SessionBusy(
-                "A turn is running on this session; delete it when the turn has finished.",
-                retry_after=max(1.0, (expires - timezone.now()).total_seconds()))
-        instance.delete()
+        delete_session(instance)
 
 
-_cache: dict[type, type[AgentSessionViewSet]] = {}
+_cache: dict[type[SessionRecord], type[AgentSessionViewSet]] = {}
 
 
-def viewset_factory(model: type) -> type[AgentSessionViewSet]:
+def viewset_factory(model: type[SessionRecord]) -> type[AgentSessionViewSet]:
     """The viewset of ``model``, generated on first use and cached.
 
     Its base is ``model.Agent.viewset`` (a subclass of :class:`AgentSessionViewSet`, or a
@@ -248,7 +258,7 @@ def viewset_factory(model: type) -> type[AgentSessionViewSet]:
     return found
 
 
-def _build(model: type) -> type[AgentSessionViewSet]:
+def _build(model: type[SessionRecord]) -> type[AgentSessionViewSet]:
     from .openapi import annotate
 
     options = model.agent_options
@@ -273,5 +283,6 @@ def _build(model: type) -> type[AgentSessionViewSet]:
         attrs["queryset"] = model._default_manager.all()
     if base.serializers is None:
         attrs["serializers"] = s
-    viewset = type(f"{model.__name__}ViewSet", (base,), attrs)
+    viewset = cast("type[AgentSessionViewSet]", type(f"{model.__name__}ViewSet", (base,), attrs))
+    assert viewset.serializers is not None  # the base's, or ``s``
     return annotate(viewset, viewset.serializers)

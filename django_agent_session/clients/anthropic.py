@@ -19,7 +19,13 @@ import httpx2
 
 from .. import exceptions as exc
 from ..conf import agent_settings
-from .base import AsyncDeltaCallback, DeltaCallback, ModelRequest, ModelResponse, maybe_await
+from .base import (
+    AsyncDeltaCallback,
+    DeltaCallback,
+    ModelRequest,
+    ModelResponse,
+    maybe_await,
+)
 
 _DELTA_KINDS = {
     "text_delta": ("text", "text"),

@@ -20,7 +20,6 @@ class DemoClient:
 
     #: seconds between streamed words, so streaming is visible in a browser
     delay: float = 0.04
-    is_offline_demo = True
 
     def reply(self, request: ModelRequest) -> ModelResponse:
         last = request.messages[-1] if request.messages else {"content": []}

@@ -12,7 +12,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
+
+from ..conf import SETTING_NAME, agent_settings
 
 _cache: dict[str, Any] = {}
 _overrides: dict[str, Any] = {}
@@ -20,8 +23,6 @@ _lock = threading.Lock()
 
 
 def get_client_class(provider: str) -> type:
-    from ..conf import agent_settings
-
     path = agent_settings.CLIENTS.get(provider)
     if path is None:
         raise ImproperlyConfigured(
@@ -45,9 +46,17 @@ def get_client(provider: str) -> Any:
 
 
 def clear_client_cache() -> None:
-    """Forget client instances (called when ``AGENT_SESSION`` changes)."""
+    """Forget client instances (done whenever ``AGENT_SESSION`` changes)."""
     with _lock:
         _cache.clear()
+
+
+def _settings_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTING_NAME:
+        clear_client_cache()
+
+
+setting_changed.connect(_settings_changed)
 
 
 @contextmanager

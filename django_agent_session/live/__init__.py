@@ -14,7 +14,7 @@ from typing import Any
 _EXPORTS = {
     "start": "api", "ensure_running": "api", "is_running": "api", "stop": "api",
     "stop_all": "api", "stop_session": "api", "is_session_running": "api",
-    "owner_channel": "api", "create_conversation": "api", "local_sessions": "api",
+    "owner_channel": "api", "create_conversation": "api", "local_sessions": "registry",
     "StartResult": "api",
     "register_agent": "routers", "unregister_agent": "routers", "default_router": "routers",
     "model_factory": "routers", "resolve": "routers", "SessionSpec": "routers",

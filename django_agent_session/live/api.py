@@ -15,23 +15,26 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError
 
 from .. import exceptions as exc
-from . import ownership
+from ..records import AgentEvent, AgentRun, LiveOwnership
+from ..store.sessions import insert_session
+from . import ownership, registry
+from .registry import local_sessions
 from .routers import SessionSpec, resolve
 from .session import LiveSession, group_name
 
-_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, LiveSession]] = \
-    weakref.WeakKeyDictionary()
-_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = \
-    weakref.WeakKeyDictionary()
+__all__ = ["StartResult", "create_conversation", "ensure_running", "is_running",
+           "is_session_running", "local_sessions", "owner_channel", "start", "stop", "stop_all",
+           "stop_session"]
 
 
 @dataclass(frozen=True)
@@ -44,27 +47,23 @@ class StartResult:
     session: LiveSession | None = None
 
 
-def local_sessions() -> dict[str, LiveSession]:
-    """Live sessions hosted by the running event loop, keyed by conversation id."""
-    return _sessions.setdefault(asyncio.get_running_loop(), {})
-
-
-def _lock(key: str) -> asyncio.Lock:
-    locks = _locks.setdefault(asyncio.get_running_loop(), {})
-    return locks.setdefault(key, asyncio.Lock())
-
-
-def _forget(session: LiveSession) -> None:
-    sessions = _sessions.get(asyncio.get_running_loop(), {})
-    if sessions.get(session.key) is session:
-        del sessions[session.key]
-
-
 def _uuid(conversation_id: Any) -> uuid.UUID:
     try:
         return uuid.UUID(str(conversation_id))
     except ValueError:
         raise exc.SessionNotFound(f"{conversation_id!r} is not a conversation id.") from None
+
+
+async def _spec(cid: uuid.UUID, scope: dict[str, Any] | None,
+                request_opts: dict[str, Any] | None, spec: SessionSpec | None) -> SessionSpec:
+    """``spec``, or what the factory router decides for the conversation."""
+    if spec is not None:
+        return spec
+    return await database_sync_to_async(resolve)(scope or {}, cid, dict(request_opts or {}))
+
+
+def _local(conversation_id: Any) -> LiveSession | None:
+    return local_sessions().get(str(_uuid(conversation_id)))
 
 
 async def start(conversation_id: Any, *, scope: dict[str, Any] | None = None,
@@ -73,16 +72,9 @@ async def start(conversation_id: Any, *, scope: dict[str, Any] | None = None,
     """Start the conversation's live session unless one runs somewhere (idempotent)."""
     cid = _uuid(conversation_id)
     key = str(cid)
-    if spec is None:
-        spec = await database_sync_to_async(resolve)(scope or {}, cid, dict(request_opts or {}))
-    lock = _lock(key)
-    try:
-        async with lock:
-            return await _start(key, cid, spec, channel_layer)
-    finally:
-        locks = _locks.get(asyncio.get_running_loop(), {})
-        if not lock.locked() and locks.get(key) is lock:
-            del locks[key]  # the lock only spares the database a race it settles anyway
+    spec = await _spec(cid, scope, request_opts, spec)
+    async with registry.start_lock(key):
+        return await _start(key, cid, spec, channel_layer)
 
 
 async def _start(key: str, cid: uuid.UUID, spec: SessionSpec, channel_layer: Any
@@ -109,11 +101,11 @@ async def _start(key: str, cid: uuid.UUID, spec: SessionSpec, channel_layer: Any
     if not lease.acquired:
         return StartResult("running", lease.owner_channel)
     session = LiveSession(spec, cid, layer, channel, lease.expires_at)
-    local_sessions()[key] = session
+    registry.add(session)
     try:
         await session.start()
     except BaseException:
-        _forget(session)
+        registry.forget(session)
         await database_sync_to_async(ownership.release)(cid, channel)
         raise
     return StartResult("started", channel, session)
@@ -125,8 +117,7 @@ async def ensure_running(conversation_id: Any, *, scope: dict[str, Any] | None =
                          channel_layer: Any = None) -> StartResult:
     """:func:`start`, then add ``subscriber`` (a channel name) to the conversation's group."""
     cid = _uuid(conversation_id)
-    if spec is None:
-        spec = await database_sync_to_async(resolve)(scope or {}, cid, dict(request_opts or {}))
+    spec = await _spec(cid, scope, request_opts, spec)
     layer = channel_layer or get_channel_layer()
     if subscriber is not None:
         await layer.group_add(group_name(spec.model, cid), subscriber)
@@ -144,7 +135,7 @@ async def owner_channel(conversation_id: Any, model: type | None = None) -> str 
 
 async def is_running(conversation_id: Any) -> bool:
     """Whether a live session owns the conversation, in any process."""
-    local = local_sessions().get(str(_uuid(conversation_id)))
+    local = _local(conversation_id)
     if local is not None and local.alive:
         return True
     return await owner_channel(conversation_id) is not None
@@ -158,7 +149,7 @@ async def stop(conversation_id: Any, *, reason: str = "stopped",
     a running turn, drops the queue, releases its lease and tells its viewers why). With
     ``model``, a live session of another model's session with the same id is left alone.
     """
-    local = local_sessions().get(str(_uuid(conversation_id)))
+    local = _local(conversation_id)
     if local is not None and (model is None or local.model is model):
         if local.state in ("running", "stopping"):
             await local.stop(reason)
@@ -209,12 +200,6 @@ def create_conversation(spec: SessionSpec, conversation_id: Any, owner: Any, *,
     :class:`~.ownership.OwnershipConflict` when the id is used by another model's session.
     Instruction args from ``fresh_state`` (the server) win over ``instruction_args`` (the client).
     """
-    from django.core.exceptions import PermissionDenied
-    from django.db import IntegrityError, transaction
-
-    from ..models import AgentEvent, AgentRun, EventType, LiveOwnership
-    from ..store import SessionStore
-
     model, cid = spec.model, _uuid(conversation_id)
     fresh = spec.fresh_state
 
@@ -238,11 +223,8 @@ def create_conversation(spec: SessionSpec, conversation_id: Any, owner: Any, *,
                     **(fresh.get("fields") or {}))
     if "metadata" in fresh:
         session.metadata = fresh["metadata"]
-    setattr(session, model.agent_options.context_field, context.to_dict())
     try:
-        with transaction.atomic():
-            session.save(force_insert=True)
-            SessionStore(model).append_events(cid, [(EventType.SESSION_STARTED, {"live": True})])
+        insert_session(session, context, {"live": True})
     except IntegrityError:
         session = existing()
         if session is None:

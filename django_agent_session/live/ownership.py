@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import DatabaseError, IntegrityError, models, transaction
@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from ..conf import agent_settings
 from ..exceptions import AgentSessionError
-from ..models import LiveOwnership
+from ..records import LiveOwnership
 
 
 class OwnershipUnavailable(AgentSessionError):
@@ -62,6 +62,11 @@ def _guard(fn: Any) -> Any:
     return wrapper
 
 
+def _unexpired(row: LiveOwnership | None) -> TypeGuard[LiveOwnership]:
+    """Whether ``row`` is a lease that still names its owner (it expires at ``expires_at``)."""
+    return row is not None and row.expires_at > timezone.now()
+
+
 def _check_type(row: LiveOwnership, ct: ContentType) -> None:
     if row.session_type_id != ct.pk:
         raise OwnershipConflict("This conversation id belongs to a session of another model.")
@@ -71,7 +76,7 @@ def _check_type(row: LiveOwnership, ct: ContentType) -> None:
 def current(model: type[models.Model] | None, session_id: Any) -> Lease | None:
     """The unexpired lease of ``session_id``, if any (checked to belong to ``model``)."""
     row = LiveOwnership.objects.filter(session_id=session_id).first()
-    if row is None or row.expires_at <= timezone.now():
+    if not _unexpired(row):
         return None
     if model is not None:
         _check_type(row, ContentType.objects.get_for_model(model))
@@ -103,7 +108,7 @@ def acquire(model: type[models.Model], session_id: Any, channel: str,
             except IntegrityError:
                 continue  # another process inserted first: read its row
         _check_type(row, ct)
-        if row.expires_at > timezone.now():
+        if _unexpired(row):
             return Lease(row.owner_channel, row.expires_at)
     raise OwnershipUnavailable("The ownership lease kept changing; try again.")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from ..schemas import plain_errors
+from ..declaration.schemas import plain_errors
 
 # -- close codes (sent after accepting, so browsers can read them; no data frame precedes) --
 CLOSE_UNAUTHENTICATED = 4401

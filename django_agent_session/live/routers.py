@@ -28,6 +28,7 @@ from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
 
 from ..conf import agent_settings
+from ..models import AgentSessionModel
 
 #: marks "use the setting" for ``inactivity_timeout``
 DEFAULT = object()
@@ -46,7 +47,7 @@ class UnknownAgent(LookupError):
 class SessionSpec:
     """What a factory decided: the model and the live session's options."""
 
-    model: type
+    model: type[AgentSessionModel]
     fresh_state: dict[str, Any] = field(default_factory=dict)
     inactivity_timeout: Any = DEFAULT
     #: options the library does not know, passed through untouched
@@ -86,8 +87,6 @@ def unregister_agent(name: str) -> None:
 
 
 def _check_model(model: Any) -> None:
-    from ..models import AgentSessionModel
-
     if not (isinstance(model, type) and issubclass(model, AgentSessionModel)
             and not model._meta.abstract):
         raise ImproperlyConfigured(f"{model!r} is not a concrete AgentSessionModel.")

@@ -14,8 +14,9 @@ so consumers in every process reach it through the channel layer. It
   without activity or ``NO_VIEWER_GRACE_SECONDS`` without viewers.
 
 Layer messages it receives (on its channel): ``live.message``, ``live.cancel``, ``live.join``,
-``live.leave``, ``live.stop``. It answers the sender with ``live.ack`` and ``live.state``, and
-sends ``live.frame`` (a client frame) and ``live.rollcall`` to the group.
+``live.leave``, ``live.stop``, each handled by the method named after it, as Channels names
+handlers (``live.join`` → ``live_join``). It answers the sender with ``live.ack`` and
+``live.state``, and sends ``live.frame`` (a client frame) and ``live.rollcall`` to the group.
 """
 
 from __future__ import annotations
@@ -31,13 +32,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from django.db import models
 from django.utils import timezone
 
 from .. import exceptions as exc
 from ..conf import agent_settings
-from ..models import EventType, RunStatus
-from . import ownership
+from ..records import EventType, RunStatus
+from ..store.turns import SessionStore
+from . import ownership, registry
 from .presence import Presence
 from .protocol import NOTHING_TO_CANCEL, QUEUE_FULL, error_frame
 from .routers import SessionSpec
@@ -48,9 +52,11 @@ logger = logging.getLogger("django_agent_session.live")
 SEEN_IDS = 1000
 #: bound on waiting for a cancelled turn to record itself while stopping
 STOP_WAIT_SECONDS = 15.0
+#: the layer messages a live session serves: ``live.<name>`` is handled by ``live_<name>``
+MESSAGE_NAMESPACE = "live."
 
 
-def group_name(model: type, conversation_id: Any) -> str:
+def group_name(model: type[models.Model], conversation_id: Any) -> str:
     """The channel-layer group of a conversation (ASCII alnum, ``-_.``, under 100 chars)."""
     label = model._meta.label_lower
     if len(label) > 50 or not re.fullmatch(r"[a-z0-9_.]+", label):
@@ -185,11 +191,9 @@ class LiveSession:
         except Exception:
             logger.exception("Live session %s did not stop cleanly", self.key)
         finally:
-            from .api import _forget
-
             # announced before a successor can start here, so viewers see stop, then start
             await self.broadcast({"type": "session.stopped", **data, "seq": seq})
-            _forget(self)
+            registry.forget(self)
             self.state = "stopped"
             self.stopped.set()
 
@@ -210,15 +214,18 @@ class LiveSession:
                                  message.get("type"))
 
     async def dispatch(self, message: dict[str, Any]) -> None:
-        handler = {
-            "live.message": self._on_message,
-            "live.cancel": self._on_cancel,
-            "live.join": self._on_join,
-            "live.leave": self._on_leave,
-            "live.stop": self._on_stop,
-        }.get(message.get("type"))
+        """Run the handler named after the message's type, as Channels' consumers do.
+
+        ``get_handler_name`` maps ``live.join`` to ``live_join`` (and refuses a leading
+        underscore); only types in the ``live.`` namespace are served, so no other method can
+        be reached by a message. Anything else is logged and ignored.
+        """
+        kind = message.get("type")
+        handler = None
+        if isinstance(kind, str) and kind.startswith(MESSAGE_NAMESPACE):
+            handler = getattr(self, get_handler_name(message), None)
         if handler is None:
-            logger.warning("Live session %s ignored %r", self.key, message.get("type"))
+            logger.warning("Live session %s ignored %r", self.key, kind)
             return
         await handler(message)
 
@@ -244,7 +251,7 @@ class LiveSession:
 
     # -- messages and turns -------------------------------------------------------------------
 
-    async def _on_message(self, message: dict[str, Any]) -> None:
+    async def live_message(self, message: dict[str, Any]) -> None:
         msg_id = str(message.get("id") or uuid.uuid4().hex)
         if msg_id in self._seen:  # a resend of a message we already took
             await self._ack(message, ok=True)
@@ -294,8 +301,7 @@ class LiveSession:
         try:
             await item.announced.wait()
             if item.cancelled or self.state != "running":
-                await self.broadcast({"type": "run.status", "status": "cancelled",
-                                      "ref": item.ref, "run_id": None, "queued": True})
+                await self._dropped(item)
                 return
             await self.broadcast({"type": "run.status", "status": "started",
                                   **item.summary()})
@@ -362,9 +368,12 @@ class LiveSession:
         if isinstance(error, exc.SessionNotFound):
             self.request_stop("deleted")
 
-    async def _append_event(self, kind: str, data: dict[str, Any]) -> int | None:
-        from ..store import SessionStore
+    async def _dropped(self, item: Item) -> None:
+        """Tell the group a queued message was cancelled before its turn began."""
+        await self.broadcast({"type": "run.status", "status": "cancelled", "ref": item.ref,
+                              "run_id": None, "queued": True})
 
+    async def _append_event(self, kind: str, data: dict[str, Any]) -> int | None:
         def append() -> int:
             return SessionStore(self.model).append_events(self.conversation_id,
                                                           [(kind, data)])[0].seq
@@ -375,7 +384,7 @@ class LiveSession:
 
     # -- cancel, presence, stop --------------------------------------------------------------
 
-    async def _on_cancel(self, message: dict[str, Any]) -> None:
+    async def live_cancel(self, message: dict[str, Any]) -> None:
         ref = message.get("ref")
         self.touch()
         current = self.current
@@ -391,31 +400,35 @@ class LiveSession:
                 self.queue.remove(item)
                 item.announced.set()
                 await self._ack(message, ok=True)
-                await self.broadcast({"type": "run.status", "status": "cancelled",
-                                      "ref": item.ref, "run_id": None, "queued": True})
+                await self._dropped(item)
                 return
         await self._ack(message, ok=False, frame=error_frame(
             NOTHING_TO_CANCEL, "No running turn or queued message matches.", ref=ref))
 
-    async def _on_join(self, message: dict[str, Any]) -> None:
+    async def live_join(self, message: dict[str, Any]) -> None:
         channel = message.get("channel")
         if not channel:
             return
         if self.presence.join(channel, message.get("user_id")):
             self.no_viewers_since = None
             self.touch()
-            await self.broadcast({"type": "presence", **self.presence.snapshot()})
+            await self._publish_presence()
         if message.get("want_state"):
             await self._reply(channel, {"type": "live.state", "state": self.snapshot()})
 
-    async def _on_leave(self, message: dict[str, Any]) -> None:
+    async def live_leave(self, message: dict[str, Any]) -> None:
         if self.presence.leave(message.get("channel") or ""):
-            if self.presence.count == 0:
-                self.no_viewers_since = time.monotonic()
-            await self.broadcast({"type": "presence", **self.presence.snapshot()})
+            await self._publish_presence(time.monotonic())
 
-    async def _on_stop(self, message: dict[str, Any]) -> None:
+    async def live_stop(self, message: dict[str, Any]) -> None:
         self.request_stop(str(message.get("reason") or "stopped"))
+
+    async def _publish_presence(self, now: float | None = None) -> None:
+        """Tell the group who is watching; with ``now``, a viewer left: when none is left, the
+        no-viewer grace period starts at ``now``."""
+        if now is not None and self.presence.count == 0:
+            self.no_viewers_since = now
+        await self.broadcast({"type": "presence", **self.presence.snapshot()})
 
     def snapshot(self) -> dict[str, Any]:
         """The live part of ``session.state``: running turn, queue, presence."""
@@ -451,9 +464,7 @@ class LiveSession:
         if now >= self.next_renew and not await self._renew(now):
             return False
         if self.presence.expire():
-            if self.presence.count == 0:
-                self.no_viewers_since = now
-            await self.broadcast({"type": "presence", **self.presence.snapshot()})
+            await self._publish_presence(now)
         if self.busy:
             return True
         if self.timeout is not None and now - self.last_activity >= self.timeout:

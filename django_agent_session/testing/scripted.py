@@ -18,7 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..clients.base import AsyncDeltaCallback, DeltaCallback, ModelRequest, ModelResponse
+from ..clients.base import (
+    AsyncDeltaCallback,
+    DeltaCallback,
+    ModelRequest,
+    ModelResponse,
+)
 from ..clients.streaming import stream_async, stream_sync
 
 _ids = itertools.count(1)

@@ -32,10 +32,10 @@ from django.test import override_settings
 
 from django_agent_session.models import AgentEvent, AgentRun, RunStatus
 from django_agent_session.testing.loopback import Reply
-from tests.live_server_helpers import _session_cookie
+from tests.helpers.live_server import make_session_cookie
+from tests.helpers.loopback import loopback_settings
+from tests.helpers.state import raw_context
 from tests.testapp.models import ChatAgent
-
-from .conftest import loopback_settings, raw_context
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the child must see committed rows
 
@@ -95,7 +95,7 @@ def kill_asgi_process(server, session, mode: str, deltas: int) -> None:
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
          "tests.asgi:application"],
         cwd=ROOT, env=_env(server.base_url), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    cookie = _session_cookie(session.owner)
+    cookie = make_session_cookie(session.owner)
     count = len(server.message_requests) + 1
 
     async def drive() -> None:

@@ -12,12 +12,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from django_agent_session import exceptions as exc
-from django_agent_session.context import Context
+from django_agent_session.engine.context import Context
 from django_agent_session.models import AgentEvent, AgentRun
 from django_agent_session.testing import json_reply, text_reply
+from tests.helpers.state import raw_context
 from tests.testapp.models import ChatAgent, PlainAgent, StructuredAgent
 
-from .conftest import raw_context
 from .strategies import INPUTS, INSTRUCTION_ARGS
 
 pytestmark = pytest.mark.django_db

@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
-from django_agent_session.context import Context
+from django_agent_session.engine.context import Context
 from django_agent_session.testing import json_reply, text_reply
+from tests.helpers.state import snapshot
 from tests.testapp.models import ChatAgent, PlainAgent, StructuredAgent
 
-from .conftest import snapshot
 from .strategies import JSON_BODY, QUERY, QUERY_TEXT, RAW_BODY
 
 pytestmark = pytest.mark.django_db

@@ -23,15 +23,13 @@ from hypothesis import strategies as st
 from django_agent_session.conf import agent_settings
 from django_agent_session.live import protocol
 from django_agent_session.testing import text_reply
-from tests.live_server_helpers import (  # noqa: F401  (fixtures)
+from tests.helpers.live_server import (
     communicator,
     create_chat,
-    fast_passwords,
-    live_layer,
 )
+from tests.helpers.state import snapshot
 from tests.testapp.models import ChatAgent
 
-from .conftest import snapshot
 from .strategies import INPUTS, INSTRUCTION_ARGS, JSON, TEXT
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("live_layer")]

@@ -18,24 +18,22 @@ from channels.db import database_sync_to_async
 from django.urls import URLPattern, URLResolver
 from rest_framework.test import APIClient
 
-from django_agent_session.checks import session_models
-from django_agent_session.context import message_text
+from django_agent_session.declaration.registry import session_models
+from django_agent_session.engine.context import message_text
 from django_agent_session.live.protocol import CLIENT_FRAMES
 from django_agent_session.models import AgentEvent, AgentRun
 from django_agent_session.testing import json_reply, text_reply
 from tests.api_urls import router
-from tests.live_server_helpers import (  # noqa: F401  (fixtures)
+from tests.helpers.live_server import (
     communicator,
     create_chat,
     expect,
-    fast_passwords,
-    live_layer,
     viewer,
 )
+from tests.helpers.state import raw_context
 from tests.testapp.models import ChatAgent
 
 from . import isolation_urls
-from .conftest import raw_context
 
 SECRET = "alice-secret-7f3a9c"
 ARGS = {"company_name": "Acme"}

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from django.db import connection
 
-from django_agent_session.context import Context, message_text
+from django_agent_session.engine.context import Context, message_text
 from django_agent_session.models import AgentEvent, AgentRun, EventType, RunStatus
 from django_agent_session.store import SessionStore
 from django_agent_session.testing import text_reply

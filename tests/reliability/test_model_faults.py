@@ -18,9 +18,9 @@ from django.test import override_settings
 from django_agent_session import exceptions as exc
 from django_agent_session.models import AgentRun, RunStatus
 from django_agent_session.testing.loopback import Reply
+from tests.helpers.loopback import loopback_settings
+from tests.helpers.state import raw_context
 from tests.testapp.models import ChatAgent, StructuredAgent
-
-from .conftest import loopback_settings, raw_context
 
 ARGS = {"company_name": "Acme"}
 

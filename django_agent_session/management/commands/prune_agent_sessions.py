@@ -13,7 +13,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ...retention import RetentionPolicy, prune
+from ...store.retention import RetentionPolicy, prune
 
 
 def _optional(kind: type) -> Any:

@@ -1,0 +1,1 @@
+"""Optional integrations; each module imports a dependency the app does not require."""

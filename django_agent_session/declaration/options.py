@@ -1,0 +1,287 @@
+"""The inner ``class Agent:`` of a session model, parsed and validated in one place.
+
+Modelled on Django's ``Meta``, django-filter's ``FilterSetOptions`` and django-tables2's
+``TableOptions``: every option is stated once in :attr:`AgentOptions.OPTIONS` (default, allowed
+types or values, the description errors quote, one parse method). Each is read with a default, so
+``class Agent(Parent.Agent)`` inherits; leftover public names are unknown options; every problem
+is collected and raised once, naming ``Model.Agent.option``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, ClassVar
+
+from django.core.exceptions import FieldDoesNotExist
+from django.db import models
+from rest_framework import fields as f
+
+from ..clients.base import Client
+from ..clients.registry import get_client
+from ..exceptions import AgentDeclarationError
+from .schemas import SerializerClass, json_schema, to_serializer
+from .template import InstructionTemplate
+from .tools import Tool, as_tool
+
+_REQUIRED: Any = object()  # the "default" of an option the declaration must give
+
+DEFAULT_INPUT = {"message": f.CharField(trim_whitespace=False)}
+DEFAULT_OUTPUT = {"content": f.CharField(allow_blank=True, trim_whitespace=False)}
+SCHEMA = "a Serializer class or dict of fields"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``Agent`` option: everything the parser and its error messages know about it.
+
+    ``valid`` checks the value once its type is right (its failure quotes ``description`` too);
+    ``parse`` stores the value and what derives from it and returns further problems. Without
+    ``parse`` the value is stored as the attribute of the same name.
+    """
+
+    name: str
+    default: Any
+    types: tuple[type, ...]
+    description: str
+    parse: Callable[[AgentOptions, Any], list[str]] | None = None
+    valid: Callable[[Any], bool] | None = None
+
+    def check(self, value: Any) -> str | None:
+        """What is wrong with ``value`` before parsing (missing, its type, its value), or None."""
+        if value is _REQUIRED:
+            return f"{self.name} is required ({self.description})"
+        # bool is an int subclass, but True is no token count
+        if not isinstance(value, self.types) or (isinstance(value, bool) and bool not in self.types):
+            return f"{self.name} must be {self.description}, got {type(value).__name__}"
+        if self.valid is not None and not self.valid(value):
+            return f"{self.name} must be {self.description}, got {value!r}"
+        return None
+
+    def apply(self, options: AgentOptions, value: Any) -> list[str]:
+        """Store ``value`` on ``options`` through ``parse``; return its problems."""
+        if self.parse is None:
+            setattr(options, self.name, value)
+            return []
+        return self.parse(options, value)
+
+
+def _positive(value: int) -> bool:
+    return value > 0
+
+
+def _choice(name: str, *choices: str) -> Option:
+    """An option taking one of ``choices`` (the first is the default), stated once."""
+    return Option(name, choices[0], (str,), " or ".join(f'"{c}"' for c in choices),
+                  valid=frozenset(choices).__contains__)
+
+
+class AgentOptions:
+    """The validated ``Agent`` declaration of one concrete session model (``Model.agent_options``).
+
+    The attributes below are the options (and what is compiled from them) that the engine, the
+    store, the API and the admin read.
+    """
+
+    model: type[models.Model]
+    declaration: type
+    client: str
+    provider: str
+    model_name: str
+    instruction: str
+    template: InstructionTemplate | None
+    instruction_serializer: SerializerClass | None
+    input_serializer: SerializerClass | None
+    output_serializer: SerializerClass | None
+    structured_output: bool
+    context_field: str
+    max_tokens: int
+    temperature: float | None
+    tools: dict[str, Tool]
+    max_iterations: int
+    token_budget: int | None
+    budget_strategy: str
+    tool_errors: str
+    tool_timeout: float | None
+    cache: bool
+    thinking: Any
+    viewset: Any
+
+    def __init__(self, declaration: type | None, model: type[models.Model]) -> None:
+        if declaration is None:
+            raise AgentDeclarationError(
+                f"{model.__name__} subclasses AgentSessionModel but declares no inner "
+                f"'class Agent:' (at least Agent.client is required)."
+            )
+        self.model, self.declaration = model, declaration
+        label = f"{model.__name__}.Agent"
+        problems = [f"{label}.{problem}" for problem in self._parse(declaration)]
+        known = {option.name for option in self.OPTIONS}
+        unknown = sorted(name for name in dir(declaration)
+                         if not name.startswith("_") and name not in known)
+        if unknown:
+            problems.insert(0, f"{label} has unknown option(s): {', '.join(unknown)}")
+        if problems:
+            raise AgentDeclarationError("; ".join(problems))
+
+    def _parse(self, declaration: type) -> Iterator[str]:
+        """Read, check and parse every option in table order, yielding each problem."""
+        for option in self.OPTIONS:
+            value = getattr(declaration, option.name, option.default)
+            if problem := option.check(value):
+                yield problem
+                value = option.default  # reported once: later options see the default
+            if value is not _REQUIRED:
+                yield from option.apply(self, value)
+
+    @cached_property
+    def output_json_schema(self) -> dict[str, Any] | None:
+        """The JSON schema sent as structured output, or None for free text replies."""
+        if not self.structured_output or self.output_serializer is None:
+            return None
+        return json_schema(self.output_serializer)
+
+    @property
+    def thinking_param(self) -> dict[str, Any] | None:
+        """``thinking`` in the Messages API format."""
+        if self.thinking is None:
+            return None
+        if self.thinking == "adaptive":
+            return {"type": "adaptive"}
+        if isinstance(self.thinking, int):
+            return {"type": "enabled", "budget_tokens": self.thinking}
+        return dict(self.thinking)
+
+    def get_client(self) -> Client:
+        return get_client(self.provider)
+
+    def __repr__(self) -> str:
+        return f"<AgentOptions {self.model.__name__} client={self.client!r}>"
+
+    # -- one parse method per option: store it, derive from it, return its problems ---------
+
+    def _parse_client(self, value: str) -> list[str]:
+        """The provider picks the client; the model id is sent to the API."""
+        self.client = value
+        self.provider, _, self.model_name = value.partition(":")
+        if self.provider and self.model_name:
+            return []
+        return [f'client must be "provider:model", got {value!r}']
+
+    def _parse_instruction(self, value: str) -> list[str]:
+        """Compiled now so that template code fails at import, not at the first turn."""
+        self.instruction, self.template = value, None
+        try:
+            self.template = InstructionTemplate(value)
+        except ValueError as exc:
+            return [f"instruction: {exc}"]
+        return []
+
+    def _parse_instruction_schema(self, value: type | dict[str, Any] | None) -> list[str]:
+        """The instruction's arguments, which must be exactly the template's slots."""
+        self.instruction_serializer, problems = self._serializer("instruction_schema", value)
+        if self.template is None or self.instruction_serializer is None:
+            return problems
+        fields = set(self.instruction_serializer().fields)
+        if missing := sorted(self.template.variables - fields):
+            problems.append(f"instruction uses {', '.join(missing)} which "
+                            f"instruction_schema does not declare")
+        if extra := sorted(fields - self.template.variables):
+            problems.append(f"instruction_schema declares {', '.join(extra)} which "
+                            f"the instruction does not use")
+        return problems
+
+    def _parse_input_schema(self, value: type | dict[str, Any] | None) -> list[str]:
+        self.input_serializer, problems = self._serializer("input_schema", value or DEFAULT_INPUT)
+        return problems
+
+    def _parse_output_schema(self, value: type | dict[str, Any] | None) -> list[str]:
+        """Declaring one asks the model for structured output; otherwise replies are text."""
+        self.structured_output = value is not None
+        self.output_serializer, problems = self._serializer("output_schema",
+                                                            value or DEFAULT_OUTPUT)
+        return problems
+
+    def _serializer(self, option: str, spec: Any) -> tuple[SerializerClass | None, list[str]]:
+        """``spec`` as a serializer class named after the model and option (None if empty)."""
+        if not spec:
+            return None, []
+        try:
+            return to_serializer(spec, f"{self.model.__name__}{_camel(option)}"), []
+        except TypeError as exc:
+            return None, [f"{option} {exc}"]
+
+    def _parse_context_field(self, value: str) -> list[str]:
+        """The context is stored as JSON, so the named field must be a JSONField."""
+        self.context_field = value
+        try:
+            field = self.model._meta.get_field(value)
+        except FieldDoesNotExist:
+            return [f"context_field names {value!r}, but {self.model.__name__} has no such field"]
+        if not isinstance(field, models.JSONField):
+            return [f"context_field {value!r} must be a JSONField, got {type(field).__name__}"]
+        return []
+
+    def _parse_temperature(self, value: float | None) -> list[str]:
+        self.temperature = value
+        if value is None or 0 <= value <= 1:
+            return []
+        return [f"temperature must be between 0 and 1, got {value}"]
+
+    def _parse_tools(self, value: list[Any] | tuple[Any, ...]) -> list[str]:
+        """Functions become :class:`Tool` objects, keyed by the name the model calls them by."""
+        self.tools = {}
+        problems: list[str] = []
+        for item in value:
+            try:
+                tool = as_tool(item)
+            except (TypeError, ValueError) as exc:
+                problems.append(f"tools: {exc}")
+                continue
+            if tool.name in self.tools:
+                problems.append(f"tools has two tools named {tool.name!r}")
+            self.tools[tool.name] = tool
+        return problems
+
+    def _parse_token_budget(self, value: int | None) -> list[str]:
+        self.token_budget = value
+        return [] if value is None or value > 0 else ["token_budget must be positive"]
+
+    def _parse_thinking(self, value: str | int | dict[str, Any] | None) -> list[str]:
+        """A token budget must fit under ``max_tokens`` (parsed earlier in the table)."""
+        self.thinking = value
+        if isinstance(value, str) and value != "adaptive":
+            return [f'thinking must be "adaptive", an int or a dict, got {value!r}']
+        if isinstance(value, int) and not 1024 <= value < self.max_tokens:
+            return ["thinking budget must be >= 1024 and less than max_tokens"]
+        return []
+
+    #: Every option, once. Order matters where a parse method reads an earlier option.
+    OPTIONS: ClassVar[tuple[Option, ...]] = (
+        Option("client", _REQUIRED, (str,), 'a "provider:model" string', _parse_client),
+        Option("instruction", "", (str,), "a string", _parse_instruction),
+        Option("instruction_schema", None, (type, dict, type(None)), SCHEMA,
+               _parse_instruction_schema),
+        Option("input_schema", None, (type, dict, type(None)), SCHEMA, _parse_input_schema),
+        Option("output_schema", None, (type, dict, type(None)), SCHEMA, _parse_output_schema),
+        Option("context_field", "context", (str,), "a field name", _parse_context_field),
+        Option("max_tokens", 1024, (int,), "a positive int", valid=_positive),
+        Option("temperature", None, (int, float, type(None)),
+               "a number between 0 and 1, or None", _parse_temperature),
+        Option("tools", (), (list, tuple), "a list or tuple of functions", _parse_tools),
+        Option("max_iterations", 10, (int,), "a positive int", valid=_positive),
+        Option("token_budget", None, (int, type(None)), "a positive int or None",
+               _parse_token_budget),
+        _choice("budget_strategy", "halt", "warn"),
+        _choice("tool_errors", "continue", "halt"),
+        Option("tool_timeout", None, (int, float, type(None)), "seconds or None"),
+        Option("cache", True, (bool,), "a bool"),
+        Option("thinking", None, (str, int, dict, type(None)),
+               '"adaptive", a token budget, or a dict', _parse_thinking),
+        Option("viewset", None, (type, str, type(None)), "a ViewSet class or dotted path"),
+    )
+
+
+def _camel(name: str) -> str:
+    return "".join(part.title() for part in name.split("_"))

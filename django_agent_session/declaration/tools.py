@@ -1,0 +1,159 @@
+"""Agent tools: plain functions whose input schema comes from type hints or a serializer.
+
+A tool is called with keyword arguments validated by DRF; if its first parameter is annotated
+:class:`ToolContext` (or named ``ctx``) it also receives the session, owner and run, so it can
+act for the right user. Returning :class:`Halt` ends the tool loop with a value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import enum
+import functools
+import inspect
+import types
+import typing
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from rest_framework import fields as f
+from rest_framework import serializers
+
+from .schemas import SerializerClass, json_schema, to_serializer
+
+
+class ToolContext:
+    """What a tool may know about the turn it serves: the session, its owner, the run."""
+
+    def __init__(self, session: Any, run_id: Any, tool_use_id: str = "") -> None:
+        self.session = session
+        self.run_id = run_id
+        self.tool_use_id = tool_use_id
+
+    @functools.cached_property
+    def owner(self) -> Any:
+        """The session's owner (loaded on first use, so tools that ignore it cost no query)."""
+        session = self.session
+        return session.owner if session is not None and session.owner_id else None
+
+    def for_call(self, tool_use_id: str) -> ToolContext:
+        ctx = ToolContext(self.session, self.run_id, tool_use_id)
+        if "owner" in self.__dict__:
+            ctx.__dict__["owner"] = self.__dict__["owner"]
+        return ctx
+
+    def __repr__(self) -> str:
+        return f"<ToolContext session={getattr(self.session, 'pk', None)} run={self.run_id}>"
+
+
+@dataclasses.dataclass
+class Halt:
+    """Return ``Halt(value)`` from a tool to end the turn; ``value`` becomes the turn's output."""
+
+    value: Any = None
+
+
+class Tool:
+    """A callable the model may use, with its name, description and validated input schema."""
+
+    def __init__(self, fn: Callable[..., Any], *, name: str | None = None,
+                 description: str | None = None, schema: Any = None,
+                 timeout: float | None = None) -> None:
+        if not callable(fn):
+            raise TypeError(f"tool {fn!r} is not callable")
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.description = (description or inspect.getdoc(fn) or self.name).strip()
+        self.timeout = timeout
+        params = list(inspect.signature(fn).parameters.values())
+        hints = _hints(fn)
+        self.takes_context = bool(params) and (
+            hints.get(params[0].name) is ToolContext or params[0].name == "ctx"
+        )
+        if self.takes_context:
+            params = params[1:]
+        self.is_async = inspect.iscoroutinefunction(fn)
+        if schema is not None:
+            self.serializer: SerializerClass = to_serializer(schema, f"{self.name}_input")
+        else:
+            self.serializer = _serializer_from_signature(self.name, params, hints)
+        self.input_schema = json_schema(self.serializer)
+
+    def to_param(self) -> dict[str, Any]:
+        """The tool definition in the Messages API format."""
+        return {"name": self.name, "description": self.description,
+                "input_schema": self.input_schema}
+
+    def __repr__(self) -> str:
+        return f"<Tool {self.name}>"
+
+
+def tool(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
+    """Decorator form of :class:`Tool`: ``@tool`` or ``@tool(schema=..., timeout=...)``."""
+    if fn is None:
+        return lambda func: Tool(func, **options)
+    return Tool(fn, **options)
+
+
+def as_tool(value: Any) -> Tool:
+    return value if isinstance(value, Tool) else Tool(value)
+
+
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # unresolved forward references: fall back to strings
+        return getattr(fn, "__annotations__", {})
+
+
+def _serializer_from_signature(name: str, params: list[inspect.Parameter],
+                               hints: dict[str, Any]) -> SerializerClass:
+    attrs: dict[str, f.Field] = {}
+    for param in params:
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        required = param.default is inspect.Parameter.empty
+        kwargs: dict[str, Any] = {"required": required}
+        if not required:
+            kwargs["default"] = param.default
+        attrs[param.name] = _field_for(hints.get(param.name, str), kwargs)
+    return type(f"{name}_input", (serializers.Serializer,), attrs)
+
+
+_SIMPLE: dict[Any, type[f.Field]] = {
+    int: f.IntegerField, float: f.FloatField, bool: f.BooleanField,
+    decimal.Decimal: f.DecimalField, uuid.UUID: f.UUIDField,
+    datetime.datetime: f.DateTimeField, datetime.date: f.DateField, datetime.time: f.TimeField,
+}
+
+
+def _field_for(hint: Any, kwargs: dict[str, Any]) -> f.Field:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        kwargs = {**kwargs, "allow_null": True}
+        hint = inner[0] if len(inner) == 1 else Any
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return f.ChoiceField(choices=list(args), **kwargs)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return f.ChoiceField(choices=[m.value for m in hint], **kwargs)
+    if origin in (list, tuple, set, frozenset) or hint in (list, tuple, set):
+        child = _field_for(args[0], {}) if args else f.JSONField()
+        return f.ListField(child=child, **kwargs)
+    if origin is dict or hint is dict:
+        child = _field_for(args[1], {}) if len(args) == 2 else f.JSONField()
+        return f.DictField(child=child, **kwargs)
+    if hint is decimal.Decimal:
+        return f.DecimalField(max_digits=30, decimal_places=10, **kwargs)
+    if hint in _SIMPLE:
+        return _SIMPLE[hint](**kwargs)
+    if hint is str:
+        return f.CharField(allow_blank=True, trim_whitespace=False, **kwargs)
+    return f.JSONField(**kwargs)
+
+
+__all__ = ["Halt", "Tool", "ToolContext", "as_tool", "tool"]

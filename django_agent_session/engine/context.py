@@ -1,0 +1,145 @@
+"""The conversation context stored in a session's context field.
+
+Stored in the Messages API's own message format, so it can be sent back as is, under a
+``version`` key so a future format can migrate old rows on read. Loading also repairs a
+``tool_use`` block left without its ``tool_result`` (an interrupted tool turn), which would
+otherwise make every later call fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+CONTEXT_VERSION = 1
+
+USAGE_KEYS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+
+INTERRUPTED_TOOL_RESULT = "Tool call interrupted before it returned a result."
+
+
+def empty_usage() -> dict[str, int]:
+    return dict.fromkeys(USAGE_KEYS, 0)
+
+
+def add_usage(total: dict[str, int], extra: dict[str, Any]) -> dict[str, int]:
+    return {key: int(total.get(key) or 0) + int(extra.get(key) or 0) for key in USAGE_KEYS}
+
+
+@dataclass
+class Context:
+    """Typed access to a stored context; ``to_dict()`` gives the stored JSON back."""
+
+    system: str = ""
+    instruction_args: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=empty_usage)
+    turns: int = 0
+    last_output: Any = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    version: int = CONTEXT_VERSION
+    #: True when loading changed the stored data (migration or repair)
+    repaired: bool = field(default=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Context:
+        if not data:
+            return cls()
+        data = migrate(data)
+        ctx = cls(
+            system=data.get("system", ""),
+            instruction_args=data.get("instruction_args") or {},
+            messages=list(data.get("messages") or []),
+            usage=add_usage(empty_usage(), data.get("usage") or {}),
+            turns=int(data.get("turns") or 0),
+            last_output=data.get("last_output"),
+            metadata=data.get("metadata") or {},
+            version=CONTEXT_VERSION,
+        )
+        ctx.repaired = repair_dangling_tool_use(ctx.messages)
+        return ctx
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "system": self.system,
+            "instruction_args": self.instruction_args,
+            "messages": self.messages,
+            "usage": self.usage,
+            "turns": self.turns,
+            "last_output": self.last_output,
+            "metadata": self.metadata,
+        }
+
+
+def message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    return "".join(b.get("text", "") for b in content or () if b.get("type") == "text")
+
+
+#: version -> function migrating a dict of that version to the next one
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    # 0 is the unversioned shape: a bare list of messages or a dict without "version"
+    0: lambda d: {"version": 1, **d} if isinstance(d, dict) else {"version": 1, "messages": d},
+}
+
+
+def migrate(data: Any) -> dict[str, Any]:
+    """Bring stored data of any known version to :data:`CONTEXT_VERSION`."""
+    version = data.get("version", 0) if isinstance(data, dict) else 0
+    if version > CONTEXT_VERSION:
+        raise ValueError(f"context version {version} is newer than this library "
+                         f"({CONTEXT_VERSION}); upgrade django-agent-session")
+    while version < CONTEXT_VERSION:
+        data = MIGRATIONS[version](data)
+        version = data["version"]
+    return data
+
+
+def repair_dangling_tool_use(messages: list[dict[str, Any]]) -> bool:
+    """Give every ``tool_use`` a ``tool_result``; returns whether anything changed.
+
+    The Messages API rejects a conversation whose assistant ``tool_use`` is not answered by
+    a ``tool_result`` in the next user message; a turn interrupted mid-tool leaves exactly
+    that. The repair answers it with an error result so the conversation stays usable.
+    """
+    changed = False
+    i = 0
+    while i < len(messages):
+        msg = messages[i]
+        if msg.get("role") != "assistant" or isinstance(msg.get("content"), str):
+            i += 1
+            continue
+        ids = [b["id"] for b in msg.get("content") or () if b.get("type") == "tool_use"]
+        if not ids:
+            i += 1
+            continue
+        nxt = messages[i + 1] if i + 1 < len(messages) else None
+        if nxt is None or nxt.get("role") != "user":
+            nxt = {"role": "user", "content": []}
+            messages.insert(i + 1, nxt)
+            changed = True
+        content: Any = nxt.get("content")  # JSON: a string or a list of blocks
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        answered = {b.get("tool_use_id") for b in content if b.get("type") == "tool_result"}
+        missing = [
+            {"type": "tool_result", "tool_use_id": tid, "is_error": True,
+             "content": INTERRUPTED_TOOL_RESULT}
+            for tid in ids if tid not in answered
+        ]
+        if missing:
+            # tool results must come first in the user message; a new dict, so the stored
+            # data the messages came from (the session's field) is not changed
+            messages[i + 1] = {**nxt, "content": missing + content}
+            changed = True
+        i += 2
+    return changed

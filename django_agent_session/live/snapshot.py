@@ -1,0 +1,96 @@
+"""What a viewer is told about a conversation: ``session.state``, replays and held-back frames.
+
+``session.state`` joins what the database stores (read here, by sync functions to run through
+``database_sync_to_async``) with the live session's part (running turn, queue, presence). A
+replay is the stored events after a ``seq``, as ``event`` frames, closed by ``replay.done``.
+Group frames that arrive while the state is being built are held back; :func:`unseen` keeps
+those the state does not already contain. The consumer only sends these frames, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib.contenttypes.models import ContentType
+
+from ..records import AgentEvent
+
+#: most stored events sent for one replay (``replay.done`` says whether more are left)
+REPLAY_LIMIT = 1000
+
+
+def event_frame(event: AgentEvent) -> dict[str, Any]:
+    """A stored event as an ``event`` frame (its own type goes in ``event``)."""
+    data = event.as_dict()
+    return {"type": "event", "event": data.pop("type"), **data}
+
+
+def stored_events(model: Any, conversation_id: Any, after_seq: int, upto: int | None = None
+                  ) -> list[dict[str, Any]]:
+    """Sync: ``event`` frames of the conversation's events with ``after_seq < seq <= upto``,
+    at most ``REPLAY_LIMIT + 1`` (the extra one tells that more are left)."""
+    events = AgentEvent.objects.filter(
+        session_type=ContentType.objects.get_for_model(model),
+        session_id=conversation_id, seq__gt=after_seq)
+    if upto is not None:
+        events = events.filter(seq__lte=upto)
+    return [event_frame(e) for e in events.order_by("seq")[:REPLAY_LIMIT + 1]]
+
+
+def stored_state(model: Any, conversation_id: Any, *, readable: bool,
+                 can_view: Callable[[Any], bool], after_seq: int | None
+                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Sync: the stored part of ``session.state``, and the events to replay after ``after_seq``
+    (none when it is ``None``).
+
+    Only a conversation whose access was checked (``readable``) is read, and it is shown only
+    if ``can_view`` its owner still; otherwise the state is that of a new conversation.
+    """
+    base = {"conversation_id": str(conversation_id), "agent": model._meta.label}
+    row = model._base_manager.filter(pk=conversation_id).first() if readable else None
+    if row is None or not can_view(row.owner_id):
+        return {**base, "exists": False, "status": "new", "seq": 0, "turns": 0, "title": "",
+                "messages": [], "last_output": None}, []
+    context = row.get_context()
+    events = (stored_events(model, conversation_id, after_seq, row.event_seq)
+              if after_seq is not None else [])
+    return {**base, "exists": True, "status": row.status, "seq": row.event_seq,
+            "turns": row.turn_count, "title": row.title, "messages": context.messages,
+            "last_output": context.last_output}, events
+
+
+def state_frame(stored: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """``session.state``: the stored state and the live session's (``{}``: none answered)."""
+    return {"type": "session.state", **stored, "live": bool(live),
+            "running": live.get("running"), "queue": live.get("queue", []),
+            "presence": live.get("presence")}
+
+
+def replay_frames(after: int, events: list[dict[str, Any]], ref: str | None = None
+                  ) -> list[dict[str, Any]]:
+    """The ``event`` frames of a replay after ``after`` (at most ``REPLAY_LIMIT``), then
+    ``replay.done``."""
+    more = len(events) > REPLAY_LIMIT
+    events = events[:REPLAY_LIMIT]
+    done: dict[str, Any] = {"type": "replay.done", "after_seq": after,
+                            "seq": events[-1]["seq"] if events else after, "more": more}
+    if ref is not None:
+        done["ref"] = ref
+    return [*events, done]
+
+
+def unseen(frames: list[dict[str, Any]], seq: int, running: dict[str, Any]
+           ) -> list[dict[str, Any]]:
+    """The held-back ``frames`` a viewer still needs after a state at ``seq`` with ``running``
+    (the live session's running turn, ``{}`` when none)."""
+    kept = []
+    for frame in frames:
+        frame_seq = frame.get("seq")
+        if frame_seq is not None and frame_seq <= seq:
+            continue  # already in the state or the replay
+        if (frame.get("type") == "delta" and frame.get("ref") == running.get("ref")
+                and (frame.get("n") or 0) <= running.get("deltas", 0)):
+            continue  # already in running.partial_text
+        kept.append(frame)
+    return kept

@@ -1,0 +1,39 @@
+"""The statuses and event types the app stores (Django ``TextChoices``)."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+class SessionStatus(models.TextChoices):
+    IDLE = "idle", _("idle")
+    RUNNING = "running", _("running")
+    FAILED = "failed", _("failed")
+
+
+class RunStatus(models.TextChoices):
+    RUNNING = "running", _("running")
+    COMPLETED = "completed", _("completed")
+    FAILED = "failed", _("failed")
+    CANCELLED = "cancelled", _("cancelled")
+
+
+class EventType(models.TextChoices):
+    SESSION_STARTED = "session.started", _("session started")
+    SESSION_STOPPED = "session.stopped", _("session stopped")
+    RUN_STARTED = "run.started", _("run started")
+    RUN_COMPLETED = "run.completed", _("run completed")
+    RUN_FAILED = "run.failed", _("run failed")
+    RUN_CANCELLED = "run.cancelled", _("run cancelled")
+    MESSAGE_USER = "message.user", _("user message")
+    MESSAGE_ASSISTANT = "message.assistant", _("assistant message")
+    MESSAGE_QUEUED = "message.queued", _("message queued")
+    TOOL_CALL = "tool.call", _("tool call")
+    TOOL_RESULT = "tool.result", _("tool result")
+    USAGE = "usage", _("token usage")
+    OUTPUT_INVALID = "output.invalid", _("invalid output retried")
+    BUDGET_WARNING = "budget.warning", _("token budget warning")
+    CONTEXT_RESET = "context.reset", _("context reset")
+    SESSION_FORKED = "session.forked", _("session forked")
+    SESSION_REWOUND = "session.rewound", _("session rewound")

@@ -1,0 +1,56 @@
+"""The run log: one row per turn of any session model."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from ..engine.context import USAGE_KEYS
+from .choices import RunStatus
+
+
+class UsageMixin:
+    """``usage`` as a dict, for models with the four token columns."""
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {key: getattr(self, key) for key in USAGE_KEYS}
+
+
+class AgentRun(UsageMixin, models.Model):
+    """One turn of one session: what went in, what came out, what it cost, how it ended."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    session_id = models.UUIDField()
+    session = GenericForeignKey("session_type", "session_id")
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.RUNNING)
+    input = models.JSONField(encoder=DjangoJSONEncoder, default=dict)
+    output = models.JSONField(encoder=DjangoJSONEncoder, null=True, blank=True)
+    error = models.JSONField(encoder=DjangoJSONEncoder, null=True, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    iterations = models.PositiveIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cache_creation_input_tokens = models.PositiveBigIntegerField(default=0)
+    cache_read_input_tokens = models.PositiveBigIntegerField(default=0)
+    started_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("agent run")
+        ordering = ["started_at"]
+        indexes = [
+            models.Index(fields=["session_id", "started_at"], name="agent_run_session_idx"),
+            models.Index(fields=["status"], name="agent_run_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.id} ({self.status})"

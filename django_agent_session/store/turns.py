@@ -1,0 +1,354 @@
+"""Persistence of a turn: the lease, the run row, the events and the one atomic commit.
+
+Only this module writes the session row during a turn. The protocol (DESIGN.md, "A turn"):
+
+1. ``begin``: read the row, then take the lease with one conditional UPDATE that also checks
+   ``version`` (so the row just read is still current: no reload), and insert the run row.
+2. The model is called by the engine, outside any transaction.
+3. ``commit``: one transaction writes the context, usage totals (``F()``), event counter, the
+   lease release (only if this caller still holds it), the finished run and its events.
+4. ``fail``: the context column is not written at all; the run is failed and the lease freed.
+
+A lease left by a crashed process expires; the next ``begin`` takes it over and fails the
+interrupted run.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .. import exceptions as exc
+from ..conf import agent_settings
+from ..engine.context import USAGE_KEYS, Context, add_usage
+from ..engine.turn import TurnResult, TurnState
+from ..records import (
+    AgentEvent,
+    AgentRun,
+    EventType,
+    RunStatus,
+    SessionRecord,
+    SessionStatus,
+)
+from .lease import INTERRUPTED, lease_deadline, lease_held, lease_remaining, retry_after
+
+TITLE_LENGTH = 80
+
+
+@dataclass
+class TurnRecord:
+    """What one finished turn wrote: set on the session (``session.last_turn``) after a commit
+    and on the exception after a failure, so surfaces can report it without reading it back."""
+
+    run_id: uuid.UUID
+    status: str
+    events: list[dict[str, Any]]
+    usage: dict[str, int]
+
+    @property
+    def seq(self) -> int:
+        """The sequence number of the turn's last event."""
+        return self.events[-1]["seq"] if self.events else 0
+
+    def event(self, kind: str) -> dict[str, Any] | None:
+        """The turn's last event of ``kind``."""
+        return next((e for e in reversed(self.events) if e["type"] == kind), None)
+
+
+@dataclass
+class Turn:
+    """The bookkeeping of one turn between ``begin`` and ``commit``/``fail``."""
+
+    session: Any
+    run_id: uuid.UUID
+    started_at: datetime
+    lease_expires_at: datetime
+    input: dict[str, Any]
+    user_blocks: list[dict[str, Any]]
+    stale_run_id: uuid.UUID | None = None
+    pending_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def elapsed_ms(self) -> int:
+        return int((timezone.now() - self.started_at).total_seconds() * 1000)
+
+
+class SessionStore:
+    """Lease, run and event bookkeeping for one concrete session model."""
+
+    def __init__(self, model: type[SessionRecord]) -> None:
+        self.model = model
+        self.context_field: str = model.agent_options.context_field
+
+    @property
+    def content_type(self) -> ContentType:
+        return ContentType.objects.get_for_model(self.model)
+
+    # -- begin -------------------------------------------------------------------------------
+
+    def create(self, *, context: Context, owner: Any, title: str, input: dict[str, Any],
+               user_blocks: list[dict[str, Any]]) -> Turn:
+        """Insert a new session that is born holding its first turn's lease."""
+        now = timezone.now()
+        run_id = uuid.uuid4()
+        expires = lease_deadline(now)
+        session = self.model(owner=owner, title=title[:TITLE_LENGTH],
+                             status=SessionStatus.RUNNING, lease_token=run_id,
+                             lease_expires_at=expires, created_at=now,
+                             last_activity_at=now)
+        setattr(session, self.context_field, context.to_dict())
+        turn = Turn(session, run_id, now, expires, input, user_blocks,
+                    pending_events=[(EventType.SESSION_STARTED, {})])
+        with transaction.atomic():  # never a session holding a lease without its run
+            session.save(force_insert=True)
+            self._insert_run(turn)
+        return turn
+
+    def try_begin(self, pk: Any, *, input: dict[str, Any], user_blocks: list[dict[str, Any]]
+                  ) -> Turn | float:
+        """Take the lease and insert the run; or return seconds until the lease may be free."""
+        for _ in range(5):  # a lost race on the conditional UPDATE: read again
+            session = self.model._base_manager.filter(pk=pk).first()
+            if session is None:
+                raise exc.SessionNotFound(f"No {self.model.__name__} with id {pk}.")
+            now = timezone.now()
+            if lease_held(session.lease_token, session.lease_expires_at, now):
+                assert session.lease_expires_at is not None  # a held lease has an expiry
+                return lease_remaining(session.lease_expires_at, now)
+            run_id = uuid.uuid4()
+            expires = lease_deadline(now)
+            taken = self.model._base_manager.filter(
+                pk=pk, version=session.version, lease_token=session.lease_token,
+            ).update(lease_token=run_id, lease_expires_at=expires, status=SessionStatus.RUNNING)
+            if taken:
+                stale = session.lease_token
+                turn = Turn(session, run_id, now, expires, input, user_blocks, stale_run_id=stale)
+                try:
+                    self._insert_run(turn)
+                except BaseException:
+                    # no lease without its run: put the row back as it was read
+                    self.model._base_manager.filter(pk=pk, lease_token=run_id).update(
+                        lease_token=session.lease_token, status=session.status,
+                        lease_expires_at=session.lease_expires_at)
+                    raise
+                session.lease_token, session.lease_expires_at = run_id, expires
+                session.status = SessionStatus.RUNNING
+                return turn
+        return agent_settings.TURN_POLL_SECONDS
+
+    def begin(self, pk: Any, **kwargs: Any) -> Turn:
+        """``try_begin``, waiting up to ``TURN_WAIT_SECONDS`` before :class:`SessionBusy`."""
+        deadline = time.monotonic() + agent_settings.TURN_WAIT_SECONDS
+        while True:
+            result = self.try_begin(pk, **kwargs)
+            if isinstance(result, Turn):
+                return result
+            busy_for = result
+            if time.monotonic() >= deadline:
+                raise exc.SessionBusy(retry_after=retry_after(busy_for))
+            time.sleep(agent_settings.TURN_POLL_SECONDS)
+
+    def _insert_run(self, turn: Turn) -> None:
+        AgentRun.objects.create(
+            id=turn.run_id, session_type=self.content_type, session_id=turn.session.pk,
+            status=RunStatus.RUNNING, input=turn.input,
+            model=turn.session.agent_options.model_name, started_at=turn.started_at,
+        )
+
+    def renew(self, turn: Turn) -> None:
+        """Extend the lease of a long turn (called between model calls); raise if it was lost."""
+        now = timezone.now()
+        half = timedelta(seconds=agent_settings.TURN_LEASE_SECONDS / 2)
+        if turn.lease_expires_at - now > half:
+            return
+        expires = lease_deadline(now)
+        if not self.model._base_manager.filter(
+                pk=turn.session.pk, lease_token=turn.run_id).update(lease_expires_at=expires):
+            raise exc.LeaseLost("The session's lease was taken over during the turn.")
+        turn.lease_expires_at = expires
+
+    # -- commit ------------------------------------------------------------------------------
+
+    def commit(self, turn: Turn, context: Context, result: TurnResult) -> Any:
+        """Store the turn atomically; returns the session updated in memory."""
+        session = turn.session
+        now = timezone.now()
+        new_context = Context(
+            system=context.system, instruction_args=context.instruction_args,
+            messages=result.messages, usage=add_usage(context.usage, result.usage),
+            turns=context.turns + 1, last_output=result.output, metadata=context.metadata,
+        )
+        run_events = [
+            (EventType.RUN_STARTED, {"run_id": str(turn.run_id)}),
+            *result.events,
+            (EventType.USAGE, dict(result.usage)),
+            (EventType.RUN_COMPLETED, {"run_id": str(turn.run_id), "output": result.output,
+                                       "iterations": result.iterations}),
+        ]
+        events = self._stale_events(turn) + turn.pending_events + run_events
+        values: dict[str, Any] = {
+            self.context_field: new_context.to_dict(),
+            "status": SessionStatus.IDLE,
+            "lease_token": None, "lease_expires_at": None,
+            "version": F("version") + 1,
+            "turn_count": F("turn_count") + 1,
+            "last_activity_at": now, "updated_at": now,
+            **{name: F(name) + int(result.usage.get(name) or 0) for name in USAGE_KEYS},
+        }
+        if not session.title:
+            values["title"] = session.title = _title_from(turn.user_blocks)
+        with transaction.atomic():
+            # the version too: a rewind may write once the lease expired (leaving it in place)
+            base = self._claim_seq(turn, len(events), values, version=session.version)
+            self._fail_stale_run(turn, now)
+            AgentRun.objects.filter(pk=turn.run_id).update(
+                status=RunStatus.COMPLETED, output=result.output, model=result.model,
+                iterations=result.iterations, ended_at=now, duration_ms=turn.elapsed_ms,
+                **{name: int(result.usage.get(name) or 0) for name in USAGE_KEYS},
+            )
+            self._insert_events(session.pk, base, events, turn)
+        session.last_turn = TurnRecord(turn.run_id, RunStatus.COMPLETED,
+                                       _numbered(base, events), dict(result.usage))
+        # mirror the UPDATE in memory, so callers need no reload
+        setattr(session, self.context_field, values[self.context_field])
+        session.status = SessionStatus.IDLE
+        session.lease_token = session.lease_expires_at = None
+        session.version += 1
+        session.turn_count += 1
+        session.event_seq = base + len(events)
+        session.last_activity_at = session.updated_at = now
+        for name in USAGE_KEYS:
+            setattr(session, name, getattr(session, name) + int(result.usage.get(name) or 0))
+        return session
+
+    def _claim_seq(self, turn: Turn, count: int, values: dict[str, Any],
+                   version: int | None = None) -> int:
+        """Write ``values`` to the session row if this turn still holds the lease (and the row
+        is still at ``version``, when given), claiming ``count`` event sequence numbers;
+        returns the last seq before them."""
+        manager = self.model._base_manager
+        base = turn.session.event_seq
+        current = {} if version is None else {"version": version}
+        while True:
+            if manager.filter(pk=turn.session.pk, lease_token=turn.run_id, event_seq=base,
+                              **current).update(event_seq=base + count, **values):
+                return base
+            # someone appended events meanwhile, or the lease is gone: look again
+            row = manager.filter(pk=turn.session.pk).values("lease_token", "event_seq",
+                                                            "version").first()
+            if row is None or row["lease_token"] != turn.run_id:
+                raise exc.LeaseLost("The session's lease expired and was taken over; "
+                                    "this turn was not saved.")
+            if version is not None and row["version"] != version:
+                raise exc.LeaseLost("The session's context was changed after the lease "
+                                    "expired; this turn was not saved.")
+            base = row["event_seq"]
+
+    def _stale_events(self, turn: Turn) -> list[tuple[str, dict[str, Any]]]:
+        if turn.stale_run_id is None:
+            return []
+        return [(EventType.RUN_FAILED, {"run_id": str(turn.stale_run_id), "error": INTERRUPTED})]
+
+    def _fail_stale_run(self, turn: Turn, now: datetime) -> None:
+        """Fail the run a crashed turn left behind (its lease expired and was taken over)."""
+        if turn.stale_run_id is not None:
+            AgentRun.objects.filter(pk=turn.stale_run_id, status=RunStatus.RUNNING).update(
+                status=RunStatus.FAILED, error=INTERRUPTED, ended_at=now)
+
+    def _insert_events(self, session_pk: Any, base: int,
+                       events: list[tuple[str, dict[str, Any]]], turn: Turn | None) -> None:
+        ct = self.content_type
+        now = timezone.now()
+        AgentEvent.objects.bulk_create([
+            AgentEvent(session_type=ct, session_id=session_pk, seq=base + i, type=str(kind),
+                       data=data, created_at=now, run_id=_run_of(kind, data, turn))
+            for i, (kind, data) in enumerate(events, start=1)
+        ])
+
+    # -- failure -----------------------------------------------------------------------------
+
+    def fail(self, turn: Turn, error: exc.AgentSessionError, state: TurnState | None,
+             status: str = RunStatus.FAILED) -> TurnRecord:
+        """Record a failed (or cancelled) turn; the context column is not touched."""
+        now = timezone.now()
+        state = state or TurnState()
+        error_data = error.to_dict()
+        data: dict[str, Any] = {"run_id": str(turn.run_id), "error": error_data}
+        if state.partial:
+            # the partial reply is reported in the log, never stored in the context
+            data["partial_text"] = state.partial
+        kind = EventType.RUN_CANCELLED if status == RunStatus.CANCELLED else EventType.RUN_FAILED
+        events = self._stale_events(turn) + turn.pending_events + [
+            (EventType.RUN_STARTED, {"run_id": str(turn.run_id)}),
+            (EventType.MESSAGE_USER, {"content": turn.user_blocks, "stored": False}),
+            (kind, data),
+        ]
+        new_status = SessionStatus.IDLE if status == RunStatus.CANCELLED else SessionStatus.FAILED
+        with transaction.atomic():
+            try:
+                base = self._claim_seq(turn, len(events), {
+                    "status": new_status, "lease_token": None, "lease_expires_at": None,
+                    "last_activity_at": now, "updated_at": now,
+                })
+            except exc.LeaseLost:
+                base = self.append_seq(turn.session.pk, len(events))
+            self._fail_stale_run(turn, now)
+            AgentRun.objects.filter(pk=turn.run_id).update(
+                status=status, error=error_data, ended_at=now, duration_ms=turn.elapsed_ms,
+                iterations=state.iterations, model=state.model or F("model"),
+                output={"partial_text": state.partial} if state.partial else None,
+                **{name: int(state.usage.get(name) or 0) for name in USAGE_KEYS},
+            )
+            self._insert_events(turn.session.pk, base, events, turn)
+        turn.session.status = new_status
+        turn.session.lease_token = turn.session.lease_expires_at = None
+        return TurnRecord(turn.run_id, status, _numbered(base, events), dict(state.usage))
+
+    # -- events outside turns ----------------------------------------------------------------
+
+    def append_seq(self, session_pk: Any, count: int) -> int:
+        """Claim ``count`` sequence numbers (inside the caller's transaction)."""
+        manager = self.model._base_manager
+        if not manager.filter(pk=session_pk).update(event_seq=F("event_seq") + count):
+            raise exc.SessionNotFound(f"No {self.model.__name__} with id {session_pk}.")
+        return manager.filter(pk=session_pk).values_list("event_seq", flat=True).get() - count
+
+    def append_events(self, session_pk: Any, events: list[tuple[str, dict[str, Any]]],
+                      run_id: Any = None) -> list[AgentEvent]:
+        """Append events that belong to no turn (presence, live lifecycle, admin actions)."""
+        with transaction.atomic():
+            base = self.append_seq(session_pk, len(events))
+            ct = self.content_type
+            now = timezone.now()
+            return AgentEvent.objects.bulk_create([
+                AgentEvent(session_type=ct, session_id=session_pk, seq=base + i, type=str(kind),
+                           data=data, created_at=now, run_id=run_id)
+                for i, (kind, data) in enumerate(events, start=1)
+            ])
+
+
+def _numbered(base: int, events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [{"seq": base + i, "type": str(kind), "data": data}
+            for i, (kind, data) in enumerate(events, start=1)]
+
+
+def _run_of(kind: str, data: dict[str, Any], turn: Turn | None) -> Any:
+    if "run_id" in data:
+        return data["run_id"]
+    if turn is None or kind == EventType.SESSION_STARTED:
+        return None
+    return turn.run_id
+
+
+def _title_from(blocks: list[dict[str, Any]]) -> str:
+    text = " ".join(b.get("text", "") for b in blocks if b.get("type") == "text").strip()
+    text = " ".join(text.split())
+    return text if len(text) <= TITLE_LENGTH else text[: TITLE_LENGTH - 1] + "…"

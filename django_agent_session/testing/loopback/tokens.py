@@ -1,0 +1,46 @@
+"""Rough, deterministic token counts for the ``usage`` the loopback server reports.
+
+The real API counts tokens with the model's tokenizer; a test double only needs
+numbers that are non-zero, stable from run to run and grow with the size of
+what was sent or scripted.  Both ``/v1/messages/count_tokens`` and the default
+``usage`` of a reply use these estimates, so they live apart from either.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def _estimate_tokens(text: str) -> int:
+    """A rough, deterministic token count: about four characters per token, at least one."""
+    return _tokens_for_chars(len(text))
+
+
+def _tokens_for_chars(chars: int) -> int:
+    return max(1, math.ceil(chars / 4))
+
+
+def estimate_input_tokens(body: Any) -> int:
+    """Tokens for a request body's ``system``, ``messages`` and ``tools`` (1 if the body is not an object)."""
+    if not isinstance(body, dict):
+        return 1
+    relevant = [body.get("system"), body.get("messages"), body.get("tools")]
+    return _estimate_tokens(json.dumps(relevant, separators=(",", ":"), ensure_ascii=False))
+
+
+def estimate_output_tokens(content: Sequence[Mapping[str, Any]]) -> int:
+    """Tokens for a reply's content blocks: their text, thinking or tool input (other blocks whole)."""
+    size = 0
+    for block in content:
+        if block.get("type") == "text":
+            size += len(block.get("text", ""))
+        elif block.get("type") == "thinking":
+            size += len(block.get("thinking", ""))
+        elif block.get("type") == "tool_use":
+            size += len(json.dumps(block.get("input", {})))
+        else:
+            size += len(json.dumps(block))
+    return _tokens_for_chars(size)

@@ -1,0 +1,213 @@
+"""Client mistakes are 400s, model failures 502/503 with a typed code, a busy session 409."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from django_agent_session import exceptions as exc
+from django_agent_session.api.errors import api_exception, error_body, status_for
+from django_agent_session.models import AgentRun, SessionStatus
+from django_agent_session.testing.loopback import Reply
+from tests.helpers.api import ARGS, CHAT, parse_sse, start, streamed
+from tests.helpers.loopback import loopback_settings
+from tests.testapp.models import ChatAgent
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"instruction_args": ARGS}, "input"),
+    ({"input": None, "instruction_args": ARGS}, "input"),
+    ({"input": {}, "instruction_args": ARGS}, "input"),
+    ({"input": {"message": ["a"]}, "instruction_args": ARGS}, "input"),
+    ({"input": {"message": "x" * 10_001}, "instruction_args": ARGS}, "input"),
+    ({"input": [1, 2], "instruction_args": ARGS}, "input"),
+    ({"input": {"message": "hi"}}, "instruction_args"),
+    ({"input": {"message": "hi"}, "instruction_args": {}}, "instruction_args"),
+    ({"input": {"message": "hi"}, "instruction_args": "ACME"}, "instruction_args"),
+    ({"input": {"message": "hi"}, "instruction_args": {"company_name": "x" * 101}},
+     "instruction_args"),
+])
+@pytest.mark.parametrize("path", [CHAT, f"{CHAT}stream/"])
+def test_invalid_start_bodies_are_400_and_never_reach_the_model(api, loopback, body, field,
+                                                                path):
+    response = api.post(path, body, format="json")
+    assert response.status_code == 400, response.content
+    assert response["Content-Type"].startswith("application/json")
+    assert field in response.json()
+    assert loopback.message_requests == []
+    assert ChatAgent.objects.count() == 0
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b'"text"', b"{", b"null"])
+def test_malformed_json_is_400(api, raw):
+    response = api.post(CHAT, raw, content_type="application/json")
+    assert response.status_code == 400
+
+
+def test_non_json_content_type_is_415(api):
+    response = api.post(CHAT, "input=hi", content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 415
+
+
+def test_oversized_input_is_400_under_input(api, loopback):
+    limits = {**loopback_settings(loopback), "MAX_INPUT_CHARS": 10}
+    with override_settings(AGENT_SESSION=limits):
+        response = api.post("/api/plain-agents/", {"input": {"message": "x" * 11}},
+                            format="json")
+    assert response.status_code == 400
+    assert "non_field_errors" in response.json()["input"]
+    assert loopback.message_requests == []
+
+
+def test_continue_validates_input_too(api, loopback):
+    loopback.enqueue("a")
+    session_id = start(api).json()["session"]["id"]
+    for path in (f"{CHAT}{session_id}/continue/", f"{CHAT}{session_id}/continue/stream/"):
+        response = api.post(path, {"input": {"message": ""}}, format="json")
+        assert response.status_code == 400
+        assert "message" in response.json()["input"]
+    assert len(loopback.message_requests) == 1
+
+
+@pytest.mark.parametrize(("reply", "status", "code", "retryable"), [
+    (Reply.overloaded(), 503, "model_overloaded", True),
+    (Reply.rate_limited(), 503, "model_rate_limited", True),
+    (Reply.server_error(), 503, "model_unavailable", True),
+    (Reply.bad_request("max_tokens too large"), 502, "model_bad_request", False),
+    (Reply.unauthorized(), 502, "model_authentication_error", False),
+])
+def test_model_errors_are_502_or_503_with_a_typed_code(api, loopback, reply, status, code,
+                                                       retryable):
+    loopback.enqueue(reply)
+    response = start(api, "hello")
+
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert body["code"] == code and body["retryable"] is retryable
+    assert body["request_id"].startswith("req_loopback_")
+    # the failed start still created the session: the client can retry with continue
+    session = ChatAgent.objects.get(pk=body["session_id"])
+    assert session.status == SessionStatus.FAILED
+    assert AgentRun.objects.get(session_id=session.pk).error["code"] == code
+
+    loopback.enqueue("Recovered.")
+    retry = api.post(f"{CHAT}{session.pk}/continue/", {"input": {"message": "hello"}},
+                     format="json")
+    assert retry.status_code == 200 and retry.json()["output"] == {"content": "Recovered."}
+
+
+def test_model_error_in_a_stream_is_an_error_event(api, loopback):
+    loopback.enqueue(Reply.text("partial answer that breaks", chunk_size=4, error_after=2))
+    response = start(api, path=f"{CHAT}stream/")
+
+    assert response.status_code == 200
+    events = streamed(response)
+    assert [name for name, _ in events][:3] == ["run.started", "delta", "delta"]
+    name, error = events[-1]
+    assert name == "error"
+    assert error["status"] == 503 and error["code"] == "model_overloaded"
+    assert error["retryable"] is True and "session_id" in error
+
+
+def hold_lease(session_id, seconds: float = 60.0) -> None:
+    ChatAgent.objects.filter(pk=session_id).update(
+        lease_token=uuid.uuid4(), lease_expires_at=timezone.now() + timedelta(seconds=seconds),
+        status=SessionStatus.RUNNING)
+
+
+def no_wait(server) -> dict:
+    return {**loopback_settings(server), "TURN_WAIT_SECONDS": 0.0}
+
+
+def test_busy_session_is_409_with_retry_after(api, loopback):
+    loopback.enqueue("a")
+    session_id = start(api).json()["session"]["id"]
+    hold_lease(session_id, 7.2)
+
+    with override_settings(AGENT_SESSION=no_wait(loopback)):
+        response = api.post(f"{CHAT}{session_id}/continue/", {"input": {"message": "b"}},
+                            format="json")
+        stream_events = streamed(api.post(f"{CHAT}{session_id}/continue/stream/",
+                                          {"input": {"message": "b"}}, format="json"))
+        deleted = api.delete(f"{CHAT}{session_id}/")
+
+    assert response.status_code == 409
+    assert response["Retry-After"] == "8"
+    body = response.json()
+    assert body["code"] == "session_busy" and body["retryable"] is True
+    assert 1 <= body["retry_after"] <= 8
+    name, error = stream_events[-1]
+    assert name == "error" and error["status"] == 409 and error["code"] == "session_busy"
+    assert deleted.status_code == 409 and deleted.json()["code"] == "session_busy"
+    assert ChatAgent.objects.filter(pk=session_id).exists()
+    assert len(loopback.message_requests) == 1
+
+
+def test_token_budget_exhausted_is_409(api, loopback):
+    loopback.enqueue(Reply.text("a", usage={"input_tokens": 90, "output_tokens": 20}))
+    created = api.post("/api/plain-agents/", {"input": {"message": "hi"}}, format="json")
+    session_id = created.json()["session"]["id"]
+
+    response = api.post(f"/api/plain-agents/{session_id}/continue/",
+                        {"input": {"message": "more"}}, format="json")
+    assert response.status_code == 409
+    assert response.json()["code"] == "token_budget_exceeded"
+    assert response.json()["retryable"] is False
+
+
+def test_unknown_session_is_404_for_every_detail_endpoint(api):
+    missing = uuid.uuid4()
+    for method, suffix in [("get", ""), ("patch", ""), ("delete", ""), ("get", "context/"),
+                           ("get", "events/"), ("get", "runs/"), ("post", "continue/"),
+                           ("post", "continue/stream/")]:
+        response = getattr(api, method)(f"{CHAT}{missing}/{suffix}",
+                                        {"input": {"message": "x"}}, format="json")
+        assert response.status_code == 404, (method, suffix)
+    malformed = api.get(f"{CHAT}not-a-uuid/")
+    assert malformed.status_code == 404 and malformed.json() == {"detail": "Not found."}
+
+
+def test_error_mapping_table():
+    assert status_for(exc.ModelOverloaded()) == 503
+    assert status_for(exc.ModelBadRequest()) == 502
+    assert status_for(exc.InvalidModelOutput()) == 502
+    assert status_for(exc.MaxIterationsExceeded()) == 502
+    assert status_for(exc.LeaseLost()) == 409
+    internal = exc.AgentSessionError("OperationalError: password=hunter2")
+    internal.code = "internal_error"
+    assert status_for(internal) == 500
+    assert api_exception(internal).detail["detail"] == "Internal server error."
+    invalid = api_exception(exc.InvalidInput({"message": ["required"]}))
+    assert invalid.status_code == 400 and set(invalid.detail) == {"input"}
+    args = api_exception(exc.InvalidInstructionArgs({"company_name": ["required"]}))
+    assert args.status_code == 400 and set(args.detail) == {"instruction_args"}
+    assert api_exception(exc.SessionNotFound()).status_code == 404
+    assert error_body(RuntimeError("x")) == {"status": 500, "code": "internal_error",
+                                             "detail": "Internal server error.",
+                                             "retryable": False}
+
+
+def test_errors_before_a_stream_are_one_error_event_for_sse_clients(api, loopback):
+    response = api.post(f"{CHAT}stream/", {"input": {}, "instruction_args": ARGS},
+                        format="json", HTTP_ACCEPT="text/event-stream")
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("text/event-stream")
+    [(name, data)] = parse_sse(response.content)
+    assert name == "error" and data["status"] == 400 and "message" in data["input"]
+    assert APIClient().post(f"{CHAT}stream/", {}, format="json",
+                            HTTP_ACCEPT="text/event-stream").status_code == 403
+
+
+def test_a_body_over_djangos_upload_limit_is_a_json_413(api, loopback):
+    body = {"input": {"message": "x" * 3_000_000}, "instruction_args": ARGS}
+    response = api.post("/api/plain-agents/", body, format="json")
+    assert response.status_code == 413
+    assert response.json() == {"detail": "The request body is too large."}
+    assert loopback.message_requests == []

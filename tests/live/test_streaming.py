@@ -1,0 +1,343 @@
+"""Live sessions with the in-memory layer, through the real SDK against the loopback server:
+fan-out to every viewer, queueing, cancel, inactivity, presence, stop and replay."""
+
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+from django.test import override_settings
+
+from django_agent_session.live import api
+from django_agent_session.live.routers import register_agent, unregister_agent
+from django_agent_session.models import AgentEvent, AgentRun, RunStatus
+from django_agent_session.testing.loopback import Reply
+from tests.helpers.live_server import (
+    agent_conf,
+    collect,
+    completed,
+    create_chat,
+    expect,
+    viewer,
+    wait_until,
+)
+from tests.testapp.models import ChatAgent
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("live_layer")]
+
+
+def text(message: dict) -> str:
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(
+        b.get("text", "") for b in content if b.get("type") == "text")
+
+
+@database_sync_to_async
+def runs(session) -> list[AgentRun]:
+    return list(AgentRun.objects.filter(session_id=session.pk).order_by("started_at"))
+
+
+@database_sync_to_async
+def events(session, kind: str) -> list[AgentEvent]:
+    return list(AgentEvent.objects.filter(session_id=session.pk, type=kind).order_by("seq"))
+
+
+@database_sync_to_async
+def context(session):
+    return ChatAgent.objects.get_context(session.pk)
+
+
+async def test_two_viewers_receive_every_delta_and_the_message(user, loopback):
+    loopback.enqueue(Reply.text("Hello there, dear friend", delay=0.02))
+    session = await create_chat(user)
+    a, state = await viewer(user, session.pk)
+    b, _ = await viewer(user, session.pk)
+    assert state["exists"] and state["status"] == "idle" and state["messages"] == []
+
+    await a.send_json_to({"type": "message", "input": "Hi", "ref": "m1"})
+    streams = [await collect(c, completed("m1")) for c in (a, b)]
+
+    sent = loopback.message_requests[0].events("content_block_delta")
+    for frames in streams:
+        started = [f for f in frames if f["type"] == "run.status" and f["status"] == "started"]
+        assert started == [{"type": "run.status", "status": "started", "ref": "m1",
+                            "input": "Hi", "user_id": user.pk}]
+        deltas = [f for f in frames if f["type"] == "delta"]
+        assert len(deltas) == len(sent) > 1
+        assert "".join(d["text"] for d in deltas) == "Hello there, dear friend"
+        assert [d["n"] for d in deltas] == list(range(1, len(deltas) + 1))
+        (message,) = [f for f in frames if f["type"] == "message"]
+        assert message["content"] == [{"type": "text", "text": "Hello there, dear friend"}]
+        assert message["output"] == {"content": "Hello there, dear friend"}
+        assert frames[-1]["status"] == "completed"
+        assert frames[-1]["run_id"] == message["run_id"]
+        assert frames[-1]["seq"] > message["seq"] > state["seq"]
+    assert len(loopback.message_requests) == 1
+    assert [r.status for r in await runs(session)] == [RunStatus.COMPLETED]
+    for c in (a, b):
+        await c.disconnect()
+
+
+async def test_messages_sent_quickly_are_queued_announced_and_run_in_order(user, loopback):
+    for word in ("one", "two", "three"):
+        loopback.enqueue(Reply.text(f"reply {word} " * 3, delay=0.1))
+    session = await create_chat(user)
+    a, _ = await viewer(user, session.pk)
+    b, _ = await viewer(user, session.pk)
+    for ref, word in (("m1", "one"), ("m2", "two"), ("m3", "three")):
+        await a.send_json_to({"type": "message", "input": {"message": word}, "ref": ref})
+
+    for c in (a, b):
+        frames = await collect(c, completed("m3"))
+        queued = [f for f in frames if f["type"] == "message.queued"]
+        assert [(f["ref"], f["position"]) for f in queued] == [("m2", 1), ("m3", 2)]
+        assert all(f["seq"] for f in queued)
+        started = [f["ref"] for f in frames
+                   if f["type"] == "run.status" and f["status"] == "started"]
+        done = [f["ref"] for f in frames
+                if f["type"] == "run.status" and f["status"] == "completed"]
+        assert started == done == ["m1", "m2", "m3"]
+
+    requests = loopback.message_requests
+    assert [r.user_text for r in requests] == ["one", "two", "three"]
+    assert [m["role"] for m in requests[2].messages] == ["user", "assistant"] * 2 + ["user"]
+    assert [r.status for r in await runs(session)] == [RunStatus.COMPLETED] * 3
+    stored = await events(session, "message.queued")
+    assert [e.data["ref"] for e in stored] == ["m2", "m3"]
+    assert (await context(session)).turns == 3
+
+
+async def test_a_full_queue_answers_the_sender_with_an_error(user, loopback):
+    loopback.enqueue(Reply.text("slow reply " * 4, delay=0.1), "second")
+    session = await create_chat(user)
+    with override_settings(AGENT_SESSION=agent_conf(loopback, QUEUE_MAX=1)):
+        a, _ = await viewer(user, session.pk)
+        b, _ = await viewer(user, session.pk)
+        for ref in ("m1", "m2", "m3"):
+            await a.send_json_to({"type": "message", "input": ref, "ref": ref})
+        error = await expect(a, "error")
+        assert error["code"] == "queue_full" and error["ref"] == "m3"
+        frames = await collect(b, completed("m2"))
+        assert "error" not in {f["type"] for f in frames}
+        assert [r.user_text for r in loopback.message_requests] == ["m1", "m2"]
+
+
+async def test_cancel_mid_stream_records_the_run_and_keeps_the_context_valid(user, loopback):
+    loopback.enqueue(Reply.text("word " * 60, delay=0.03), Reply.text("Fine, next."))
+    session = await create_chat(user)
+    a, _ = await viewer(user, session.pk)
+    b, _ = await viewer(user, session.pk)
+    await a.send_json_to({"type": "message", "input": "Tell me a long story", "ref": "m1"})
+    await expect(b, "delta", ref="m1")
+    await b.send_json_to({"type": "cancel"})
+
+    for c in (a, b):
+        cancelled = await expect(c, "run.status", ref="m1", status="cancelled")
+        assert cancelled["run_id"] and cancelled["seq"]
+        assert cancelled["partial_text"].startswith("word")
+        assert len(cancelled["partial_text"]) < len("word " * 60)
+    (run,) = await runs(session)
+    assert run.status == RunStatus.CANCELLED
+    assert run.output == {"partial_text": cancelled["partial_text"]}
+    (event,) = await events(session, "run.cancelled")
+    assert event.data["partial_text"] == cancelled["partial_text"]
+    ctx = await context(session)
+    assert ctx.messages == [] and ctx.turns == 0  # nothing of the cancelled turn
+
+    await a.send_json_to({"type": "message", "input": "Something short", "ref": "m2"})
+    done = await expect(a, "run.status", ref="m2", status="completed")
+    assert done["output"] == {"content": "Fine, next."}
+    first, second = loopback.message_requests
+    assert "message_stop" not in {e.event for e in first.sent_events}  # the stream was closed
+    assert second.messages == [{"role": "user",
+                                "content": [{"type": "text", "text": "Something short"}]}]
+    assert [r.status for r in await runs(session)] == [RunStatus.CANCELLED, RunStatus.COMPLETED]
+
+
+async def test_cancelling_a_queued_message_removes_it(user, loopback):
+    loopback.enqueue(Reply.text("slow " * 10, delay=0.1))
+    session = await create_chat(user)
+    a, _ = await viewer(user, session.pk)
+    await a.send_json_to({"type": "message", "input": "first", "ref": "m1"})
+    await a.send_json_to({"type": "message", "input": "second", "ref": "m2"})
+    await expect(a, "message.queued", ref="m2")
+    await a.send_json_to({"type": "cancel", "ref": "m2"})
+    frames = await collect(a, completed("m1"))
+    assert {"type": "run.status", "status": "cancelled", "ref": "m2", "run_id": None,
+            "queued": True} in frames
+    await a.send_json_to({"type": "cancel", "ref": "m2"})
+    error = await expect(a, "error")
+    assert error["code"] == "nothing_to_cancel"
+    assert [r.user_text for r in loopback.message_requests] == ["first"]
+
+
+async def test_inactivity_stops_the_session_and_a_message_restarts_it(user, loopback):
+    loopback.enqueue("First answer.", "Second answer.")
+    session = await create_chat(user)
+    with override_settings(AGENT_SESSION=agent_conf(loopback, INACTIVITY_TIMEOUT=1)):
+        a, _ = await viewer(user, session.pk)
+        await a.send_json_to({"type": "message", "input": "first", "ref": "m1"})
+        await expect(a, "run.status", ref="m1", status="completed")
+        stopped = await expect(a, "session.stopped", timeout=5)
+        assert stopped["reason"] == "inactivity" and stopped["dropped"] == []
+        assert not await api.is_running(session.pk)
+        assert [e.data["reason"] for e in await events(session, "session.stopped")] \
+            == ["inactivity"]
+
+        await a.send_json_to({"type": "message", "input": "second", "ref": "m2"})
+        await expect(a, "session.started")
+        done = await expect(a, "run.status", ref="m2", status="completed")
+        assert done["output"] == {"content": "Second answer."}
+        assert await api.is_running(session.pk)
+    last = loopback.message_requests[-1]
+    assert [text(m) for m in last.messages] == ["first", "First answer.", "second"]
+
+
+async def test_the_factory_overrides_the_inactivity_timeout(user, loopback):
+    register_agent("quick-chat", ChatAgent, inactivity_timeout=0.5)
+    try:
+        session = await create_chat(user)
+        a, state = await viewer(user, session.pk, agent="quick-chat")
+        assert state["exists"]
+        stopped = await expect(a, "session.stopped", timeout=5)
+        assert stopped["reason"] == "inactivity"
+    finally:
+        unregister_agent("quick-chat")
+
+
+async def test_without_viewers_the_session_stops_after_the_grace(user, loopback):
+    session = await create_chat(user)
+    with override_settings(AGENT_SESSION=agent_conf(loopback, NO_VIEWER_GRACE_SECONDS=0.3)):
+        a, _ = await viewer(user, session.pk)
+        assert await api.is_running(session.pk)
+        await a.disconnect()
+        await wait_until(lambda: _not_running(session))
+    (event,) = await events(session, "session.stopped")
+    assert event.data["reason"] == "no_viewers"
+
+
+async def _not_running(session) -> bool:
+    return not await api.is_running(session.pk)
+
+
+async def test_presence_follows_viewers_joining_and_leaving(user):
+    session = await create_chat(user)
+    a, state = await viewer(user, session.pk)
+    assert state["presence"] == {"count": 1, "user_ids": [user.pk]}
+    b, state_b = await viewer(user, session.pk)
+    assert state_b["presence"] == {"count": 2, "user_ids": [user.pk]}
+    assert (await expect(a, "presence", count=2))["user_ids"] == [user.pk]
+    await b.disconnect()
+    assert (await expect(a, "presence", count=1))["user_ids"] == [user.pk]
+
+
+async def test_stop_api_and_admin_helper_stop_the_session_for_every_viewer(user):
+    from django_agent_session.live import stop_session
+
+    session = await create_chat(user)
+    a, _ = await viewer(user, session.pk)
+    b, _ = await viewer(user, session.pk)
+    assert await api.stop(session.pk) == "stopped"
+    for c in (a, b):
+        assert (await expect(c, "session.stopped"))["reason"] == "stopped"
+    assert await api.stop(session.pk) == "not_running"
+
+    assert (await api.start(session.pk, spec=_spec())).status == "started"
+    assert (await api.start(session.pk, spec=_spec())).status == "running"  # idempotent
+    assert await database_sync_to_async(stop_session)(session, "admin") is True
+    assert (await expect(a, "session.stopped"))["reason"] == "admin"
+    assert await database_sync_to_async(stop_session)(session) is False
+
+
+def _spec():
+    from django_agent_session.live.routers import SessionSpec
+
+    return SessionSpec(ChatAgent)
+
+
+async def test_replay_after_seq_on_connect_and_with_resume(user, loopback):
+    loopback.enqueue("Answer one.", "Answer two.")
+    session = await create_chat(user)
+    a, state = await viewer(user, session.pk)
+    await a.send_json_to({"type": "message", "input": "one", "ref": "m1"})
+    first = await expect(a, "run.status", ref="m1", status="completed")
+    await a.send_json_to({"type": "message", "input": "two", "ref": "m2"})
+    second = await expect(a, "run.status", ref="m2", status="completed")
+
+    b, state_b = await viewer(user, session.pk, query=f"after_seq={first['seq']}")
+    assert state_b["seq"] == second["seq"] and state_b["turns"] == 2
+    assert [text(m) for m in state_b["messages"]] == ["one", "Answer one.", "two", "Answer two."]
+    frames = await collect(b, lambda f: f["type"] == "replay.done")
+    replayed = [f for f in frames if f["type"] == "event"]
+    assert [f["seq"] for f in replayed] == list(range(first["seq"] + 1, second["seq"] + 1))
+    assert replayed[-1]["event"] == "run.completed"
+    assert frames[-1] == {"type": "replay.done", "after_seq": first["seq"],
+                          "seq": second["seq"], "more": False}
+
+    await b.send_json_to({"type": "resume", "after_seq": state["seq"], "ref": "r"})
+    frames = await collect(b, lambda f: f["type"] == "replay.done")
+    assert [f["seq"] for f in frames if f["type"] == "event"] == \
+        list(range(state["seq"] + 1, second["seq"] + 1))
+    assert frames[-1]["ref"] == "r"
+
+
+async def test_a_new_conversation_is_created_by_its_first_viewer(user, loopback):
+    import uuid
+
+    loopback.enqueue("Welcome to Initech.")
+    cid = uuid.uuid4()
+    a, state = await viewer(user, cid)
+    assert state["exists"] is False and state["status"] == "new" and not state["live"]
+    await a.send_json_to({"type": "start", "instruction_args": {"company_name": "Initech"}})
+    state = await expect(a, "session.state")
+    assert state["exists"] and state["live"]
+    await a.send_json_to({"type": "message", "input": "Hello", "ref": "m1"})
+    await expect(a, "run.status", ref="m1", status="completed")
+    assert loopback.message_requests[0].system == "You are a helpful assistant for Initech."
+    stored = await database_sync_to_async(ChatAgent.objects.get)(pk=cid)
+    assert stored.owner_id == user.pk
+
+
+async def test_fresh_state_seeds_only_a_new_conversation(user, loopback):
+    import uuid
+
+    loopback.enqueue("ok", "ok")
+    seed = [{"role": "user", "content": "Seeded question"},
+            {"role": "assistant", "content": "Seeded answer"}]
+    register_agent("seeded", ChatAgent, fresh_state={
+        "instruction_args": {"company_name": "Seeded Co"}, "messages": seed,
+        "title": "Seeded"})
+    try:
+        cid = uuid.uuid4()
+        a, _ = await viewer(user, cid, agent="seeded")
+        # the server's instruction args win over the client's
+        await a.send_json_to({"type": "start", "instruction_args": {"company_name": "Evil"}})
+        await expect(a, "session.state", exists=True)
+        await a.send_json_to({"type": "message", "input": "More", "ref": "m1"})
+        await expect(a, "run.status", ref="m1", status="completed")
+        request = loopback.message_requests[0]
+        assert request.system == "You are a helpful assistant for Seeded Co."
+        assert [text(m) for m in request.messages] == ["Seeded question", "Seeded answer", "More"]
+
+        existing = await create_chat(user, company="Stored Co")
+        b, state = await viewer(user, existing.pk, agent="seeded")
+        assert state["messages"] == []  # stored state is never overwritten
+        await b.send_json_to({"type": "message", "input": "Hi", "ref": "m2"})
+        await expect(b, "run.status", ref="m2", status="completed")
+        assert loopback.message_requests[1].system == "You are a helpful assistant for Stored Co."
+        assert [text(m) for m in loopback.message_requests[1].messages] == ["Hi"]
+    finally:
+        unregister_agent("seeded")
+
+
+async def test_a_turn_failing_mid_stream_is_reported_with_its_partial_reply(user, loopback):
+    loopback.enqueue(Reply.text("alpha beta gamma delta epsilon", error_after=2), "Recovered.")
+    session = await create_chat(user)
+    a, _ = await viewer(user, session.pk)
+    await a.send_json_to({"type": "message", "input": "go", "ref": "m1"})
+    failed = await expect(a, "run.status", ref="m1", status="failed")
+    assert failed["error"]["code"].startswith("model_") and failed["run_id"] and failed["seq"]
+    assert failed["partial_text"] and "alpha beta gamma".startswith(failed["partial_text"])
+    assert (await context(session)).messages == []
+    await a.send_json_to({"type": "message", "input": "again", "ref": "m2"})
+    assert (await expect(a, "run.status", ref="m2", status="completed"))["output"] == {
+        "content": "Recovered."}

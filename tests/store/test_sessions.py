@@ -1,0 +1,524 @@
+"""The three session operations, sync and async, and the turn guarantees."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from django_agent_session import exceptions as exc
+from django_agent_session.engine.context import Context
+from django_agent_session.models import AgentEvent, AgentRun, RunStatus, SessionStatus
+from django_agent_session.store import SessionStore
+from django_agent_session.testing import json_reply, text_reply, tool_reply
+from tests.testapp.models import ChatAgent, Order, PlainAgent, SupportAgent
+
+pytestmark = pytest.mark.django_db
+
+ARGS = {"company_name": "Acme"}
+
+
+def reply(mood: str = "happy", content: str = "Hi!") -> object:
+    return json_reply({"content": content, "mood": mood})
+
+
+class TestDesignExample:
+    """A model declared exactly like DESIGN.md: start, continue, get_context."""
+
+    def test_start_continue_get_context(self, scripted, user):
+        Order.objects.create(number=42, status="shipped", customer="alice")
+        scripted.enqueue(
+            reply(content="Hello, how can I help?"),
+            tool_reply("lookup_order", {"number": 42}),
+            reply(content="Order 42 has shipped."),
+        )
+        session = SupportAgent.objects.start_session(
+            {"message": "Hi"}, instruction_args=ARGS, owner=user)
+        assert session.status == SessionStatus.IDLE
+        assert session.last_output == {"content": "Hello, how can I help?", "mood": "happy"}
+        assert session.owner == user
+
+        session = SupportAgent.objects.continue_session(session.pk, {"message": "Where is 42?"})
+        assert session.last_output["content"] == "Order 42 has shipped."
+
+        # the second turn's request carries the first turn's messages
+        second = scripted.requests[1]
+        assert second.messages[0] == {"role": "user", "content": [{"type": "text", "text": "Hi"}]}
+        assert second.messages[1]["role"] == "assistant"
+        assert second.messages[1]["content"][0]["text"].startswith('{"content": "Hello')
+        # the system prompt is rendered with the instruction args
+        assert second.system == "You are a helpful assistant for Acme."
+        # the tool result reached the model
+        third = scripted.requests[2]
+        result = third.messages[-1]["content"][0]
+        assert result["type"] == "tool_result" and '"status": "shipped"' in result["content"]
+        assert '"owner": "alice"' in result["content"]  # the tool acted for the session's owner
+
+        context = SupportAgent.objects.get_context(session.pk)
+        assert isinstance(context, Context)
+        assert context.system == "You are a helpful assistant for Acme."
+        assert context.instruction_args == ARGS
+        assert context.turns == 2
+        assert [m["role"] for m in context.messages] == [
+            "user", "assistant", "user", "assistant", "user", "assistant"]
+        assert context.last_output == session.last_output
+        assert context.to_dict()["version"] == 1
+        assert context.usage["input_tokens"] == 30 and context.usage["output_tokens"] == 15
+
+    @pytest.mark.django_db(transaction=True)
+    async def test_async_twins(self, scripted, user):
+        scripted.enqueue(reply(content="one"), reply(content="two"))
+        session = await SupportAgent.objects.astart_session(
+            "Hi", instruction_args=ARGS, owner=user)
+        assert session.last_output["content"] == "one"
+        session = await SupportAgent.objects.acontinue_session(session, "Again")
+        assert session.last_output["content"] == "two"
+        context = await SupportAgent.objects.aget_context(session.pk)
+        assert context.turns == 2
+        assert len(scripted.requests[1].messages) == 3
+
+    def test_events_and_runs_are_recorded(self, scripted):
+        scripted.enqueue("a", "b")
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+        session = ChatAgent.objects.continue_session(session, "Again")
+        types = list(session.events.order_by("seq").values_list("seq", "type"))
+        assert [seq for seq, _ in types] == list(range(1, len(types) + 1))
+        assert [t for _, t in types] == [
+            "session.started", "run.started", "message.user", "message.assistant", "usage",
+            "run.completed", "run.started", "message.user", "message.assistant", "usage",
+            "run.completed"]
+        runs = list(session.runs.order_by("started_at"))
+        assert [r.status for r in runs] == [RunStatus.COMPLETED] * 2
+        assert runs[1].output == {"content": "b"} and runs[1].input == {"message": "Again"}
+        assert runs[0].input_tokens == 10 and runs[0].duration_ms is not None
+        assert session.event_seq == 11
+        assert session.turn_count == 2 and session.title == "Hi"
+
+
+class TestValidation:
+    """Bad input never reaches the model and writes nothing."""
+
+    def _nothing_written(self, scripted):
+        assert scripted.requests == []
+        assert ChatAgent.objects.count() == 0
+        assert AgentRun.objects.count() == 0 and AgentEvent.objects.count() == 0
+
+    def test_invalid_input(self, scripted):
+        with pytest.raises(exc.InvalidInput) as info:
+            ChatAgent.objects.start_session({"message": ""}, instruction_args=ARGS)
+        assert "message" in info.value.errors
+        with pytest.raises(exc.InvalidInput) as info:
+            ChatAgent.objects.start_session({"wrong": "x"}, instruction_args=ARGS)
+        assert info.value.errors == {"message": ["This field is required."]}
+        with pytest.raises(exc.InvalidInput):
+            ChatAgent.objects.start_session(["not", "an", "object"], instruction_args=ARGS)
+        self._nothing_written(scripted)
+
+    def test_invalid_instruction_args(self, scripted):
+        with pytest.raises(exc.InvalidInstructionArgs) as info:
+            ChatAgent.objects.start_session("Hi", instruction_args={})
+        assert info.value.errors == {"company_name": ["This field is required."]}
+        with pytest.raises(exc.InvalidInstructionArgs) as info:
+            ChatAgent.objects.start_session("Hi", instruction_args={"company_name": "x" * 101})
+        assert "company_name" in info.value.errors
+        self._nothing_written(scripted)
+
+    def test_missing_and_extra_template_variable(self, scripted):
+        # PlainAgent has no instruction_schema: the template alone decides
+        with pytest.raises(exc.InvalidInstructionArgs) as info:
+            PlainAgent.objects.start_session("Hi", instruction_args={"surprise": 1})
+        assert info.value.errors == {"surprise": ["The instruction template has no such variable."]}
+        assert PlainAgent.objects.count() == 0
+
+    def test_invalid_input_on_continue_writes_nothing(self, scripted):
+        scripted.enqueue("a")
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+        before = ChatAgent.objects.get(pk=session.pk)
+        with pytest.raises(exc.InvalidInput):
+            ChatAgent.objects.continue_session(session, {"message": None})
+        after = ChatAgent.objects.get(pk=session.pk)
+        assert after.context == before.context and after.version == before.version
+        assert AgentRun.objects.count() == 1 and len(scripted.requests) == 1
+
+    @override_settings(AGENT_SESSION={"MAX_INPUT_CHARS": 10})
+    def test_oversized_input(self, scripted):
+        with pytest.raises(exc.InvalidInput) as info:
+            PlainAgent.objects.start_session("x" * 11)
+        assert "limit is 10" in str(info.value.errors)
+        assert PlainAgent.objects.count() == 0
+
+    def test_unknown_session(self, scripted):
+        with pytest.raises(exc.SessionNotFound):
+            ChatAgent.objects.continue_session(uuid.uuid4(), "Hi")
+        with pytest.raises(exc.SessionNotFound):
+            ChatAgent.objects.get_context(uuid.uuid4())
+        with pytest.raises(exc.SessionNotFound):
+            ChatAgent.objects.get_context("not-a-uuid")
+
+
+class TestFailure:
+    """A failing model call leaves the stored context exactly as it was."""
+
+    @pytest.mark.parametrize("error", [
+        exc.ModelOverloaded("busy"), exc.ModelRateLimited("slow down"),
+        exc.ModelBadRequest("no"), exc.ModelTimeout("late"),
+    ])
+    def test_failed_call_keeps_context(self, scripted, error):
+        scripted.enqueue("first", error)
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+        stored = ChatAgent.objects.filter(pk=session.pk).values_list("context", flat=True).get()
+        raw_before = _raw_context(session)
+
+        with pytest.raises(type(error)) as info:
+            ChatAgent.objects.continue_session(session.pk, "Again")
+        assert info.value.retryable is error.retryable
+        assert info.value.session.pk == session.pk
+
+        row = ChatAgent.objects.get(pk=session.pk)
+        assert row.context == stored
+        assert _raw_context(session) == raw_before  # byte for byte
+        assert row.status == SessionStatus.FAILED
+        assert row.lease_token is None and row.turn_count == 1
+        failed = row.runs.get(status=RunStatus.FAILED)
+        assert failed.error["code"] == error.code
+        assert failed.error["retryable"] is error.retryable
+        assert failed.input == {"message": "Again"}
+        assert list(row.events.order_by("seq").values_list("type", flat=True))[-3:] == [
+            "run.started", "message.user", "run.failed"]
+
+        # the session is usable again
+        scripted.enqueue("recovered")
+        session = ChatAgent.objects.continue_session(session.pk, "Third")
+        assert session.status == SessionStatus.IDLE
+        assert [m["role"] for m in session.get_context().messages] == ["user", "assistant"] * 2
+
+    def test_failed_start_records_failed_session(self, scripted):
+        scripted.enqueue(exc.ModelOverloaded("busy"))
+        with pytest.raises(exc.ModelOverloaded) as info:
+            ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+        session = ChatAgent.objects.get(pk=info.value.session.pk)
+        assert session.status == SessionStatus.FAILED
+        assert session.get_context().messages == []
+        assert session.runs.get().status == RunStatus.FAILED
+
+    def test_unexpected_exception_is_typed(self, scripted):
+        scripted.enqueue("a", RuntimeError("boom"))
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+        with pytest.raises(exc.AgentSessionError) as info:
+            ChatAgent.objects.continue_session(session, "x")
+        assert info.value.code == "internal_error"
+        assert isinstance(info.value.__cause__, RuntimeError)
+        assert session.runs.filter(status=RunStatus.FAILED).count() == 1
+
+    @pytest.mark.django_db(transaction=True)
+    async def test_async_failure_keeps_context(self, scripted):
+        scripted.enqueue("first", exc.ModelUnavailable("500"))
+        session = await ChatAgent.objects.astart_session("Hi", instruction_args=ARGS)
+        with pytest.raises(exc.ModelUnavailable):
+            await ChatAgent.objects.acontinue_session(session.pk, "Again")
+        context = await ChatAgent.objects.aget_context(session.pk)
+        assert len(context.messages) == 2 and context.turns == 1
+
+
+def _raw_context(session) -> str:
+    table = session._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT context FROM {table} WHERE id = %s",
+                       [session._meta.pk.get_db_prep_value(session.pk, connection)])
+        return cursor.fetchone()[0]
+
+
+class TestProcessExit:
+    def test_system_exit_is_not_turned_into_an_error(self, scripted):
+        """``SystemExit`` in a turn propagates as is; the run is recorded as cancelled and the
+        lease freed."""
+        scripted.enqueue("first", SystemExit(3))
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+        with pytest.raises(SystemExit):
+            ChatAgent.objects.continue_session(session.pk, "Again")
+        row = ChatAgent.objects.get(pk=session.pk)
+        assert row.lease_token is None and len(row.get_context().messages) == 2
+        assert row.runs.filter(status=RunStatus.CANCELLED).count() == 1
+
+
+class TestLease:
+    def _abandoned_turn(self, session):
+        """What a process killed mid-turn leaves: a held lease and a running run."""
+        store = SessionStore(ChatAgent)
+        return store.try_begin(session.pk, input={"message": "lost"},
+                               user_blocks=[{"type": "text", "text": "lost"}])
+
+    @override_settings(AGENT_SESSION={"TURN_WAIT_SECONDS": 0, "TURN_LEASE_SECONDS": 60})
+    def test_busy_session_raises_session_busy(self, scripted):
+        scripted.enqueue("a")
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+        self._abandoned_turn(session)
+        with pytest.raises(exc.SessionBusy) as info:
+            ChatAgent.objects.continue_session(session, "Again")
+        assert info.value.retryable and info.value.retry_after >= 1
+        assert len(scripted.requests) == 1
+
+    def test_killed_turn_does_not_block_beyond_lease(self, scripted):
+        scripted.enqueue("a", "b")
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+        with override_settings(AGENT_SESSION={"TURN_LEASE_SECONDS": 0.5,
+                                              "TURN_WAIT_SECONDS": 10}):
+            turn = self._abandoned_turn(session)
+            session = ChatAgent.objects.continue_session(session, "Again")
+        assert session.last_output == {"content": "b"}
+        stale = AgentRun.objects.get(pk=turn.run_id)
+        assert stale.status == RunStatus.FAILED and stale.error["code"] == "interrupted"
+        failed = session.events.get(type="run.failed")
+        assert failed.run_id == turn.run_id
+        # the abandoned input never reached the context
+        texts = [b["text"] for m in session.get_context().messages for b in m["content"]]
+        assert "lost" not in texts
+
+    def test_expired_lease_is_taken_immediately(self, scripted):
+        scripted.enqueue("a", "b")
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+        self._abandoned_turn(session)
+        ChatAgent.objects.filter(pk=session.pk).update(
+            lease_expires_at=timezone.now() - timedelta(seconds=1))
+        with override_settings(AGENT_SESSION={"TURN_WAIT_SECONDS": 0}):
+            session = ChatAgent.objects.continue_session(session, "Again")
+        assert session.status == SessionStatus.IDLE
+
+    def test_lost_lease_saves_nothing(self, scripted):
+        """A turn whose lease was taken over cannot commit over the new holder."""
+        scripted.enqueue("a")
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+
+        def steal(request):
+            ChatAgent.objects.filter(pk=session.pk).update(lease_token=uuid.uuid4())
+            return "late reply"
+        scripted.enqueue(steal)
+        with pytest.raises(exc.LeaseLost):
+            ChatAgent.objects.continue_session(session, "Again")
+        row = ChatAgent.objects.get(pk=session.pk)
+        assert len(row.get_context().messages) == 2
+        assert row.runs.filter(status=RunStatus.FAILED).count() == 1
+
+
+class TestBeginFailures:
+    def test_unreadable_context_does_not_keep_the_lease(self, scripted):
+        """A context the library cannot load (e.g. written by a newer version) fails the turn
+        and frees the lease, instead of locking the session until the lease expires."""
+        session = ChatAgent.objects.create(context={"version": 99, "messages": []})
+        with override_settings(AGENT_SESSION={"TURN_WAIT_SECONDS": 0}):
+            for _ in range(2):  # the second try is not SessionBusy
+                with pytest.raises(exc.AgentSessionError) as info:
+                    ChatAgent.objects.continue_session(session.pk, "Hi")
+                assert info.value.code == "internal_error"
+        row = ChatAgent.objects.get(pk=session.pk)
+        assert row.lease_token is None and row.context == {"version": 99, "messages": []}
+        assert list(row.runs.values_list("status", flat=True)) == [RunStatus.FAILED] * 2
+        assert scripted.requests == []
+
+    def test_failed_run_insert_leaves_no_lease(self, scripted, monkeypatch):
+        """Taking the lease and inserting its run happen together, or not at all."""
+        scripted.enqueue("first")
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+
+        def broken(self, turn):
+            raise RuntimeError("database went away")
+        monkeypatch.setattr(SessionStore, "_insert_run", broken)
+        with pytest.raises(RuntimeError):
+            ChatAgent.objects.continue_session(session.pk, "Again")
+        assert ChatAgent.objects.get(pk=session.pk).lease_token is None
+        with pytest.raises(RuntimeError):
+            ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+        assert ChatAgent.objects.count() == 1  # no session born holding an orphan lease
+
+
+def _gate(monkeypatch, name: str):
+    """Hold ``SessionStore.<name>`` in its thread until released; returns (entered, release)."""
+    entered, release = threading.Event(), threading.Event()
+    real = getattr(SessionStore, name)
+
+    def gated(self, *args, **kwargs):
+        entered.set()
+        assert release.wait(10), "never released"
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SessionStore, name, gated)
+    return entered, release
+
+
+async def _cancel_inside(task: asyncio.Task, entered: threading.Event,
+                         release: threading.Event) -> BaseException:
+    """Cancel ``task`` while it waits for a gated store call, then let the call finish."""
+    for _ in range(500):
+        if entered.is_set():
+            break
+        await asyncio.sleep(0.01)
+    assert entered.is_set()
+    task.cancel()
+    await asyncio.sleep(0.05)  # the cancellation reaches the awaiting coroutine first
+    release.set()
+    with pytest.raises(asyncio.CancelledError) as info:
+        await task
+    return info.value
+
+
+@pytest.mark.django_db(transaction=True)
+class TestCancellationAtDatabaseCalls:
+    """A cancellation that arrives while a store call runs in its thread: the call completes
+    anyway, so what it did (a commit, a lease) must be accounted for."""
+
+    async def test_cancel_during_commit_keeps_completed_run(self, scripted, monkeypatch):
+        scripted.enqueue("first", "second")
+        session = await ChatAgent.objects.astart_session("Hi", instruction_args=ARGS)
+        entered, release = _gate(monkeypatch, "commit")
+        task = asyncio.ensure_future(ChatAgent.objects.acontinue_session(session.pk, "Again"))
+        error = await _cancel_inside(task, entered, release)
+
+        row = await ChatAgent.objects.aget(pk=session.pk)
+        assert len(row.get_context().messages) == 4  # the commit happened
+        runs = [r async for r in AgentRun.objects.filter(session_id=session.pk)]
+        assert sorted(r.status for r in runs) == [RunStatus.COMPLETED] * 2
+        types = [t async for t in AgentEvent.objects.filter(session_id=session.pk)
+                 .order_by("seq").values_list("type", flat=True)]
+        assert "run.cancelled" not in types and types[-1] == "run.completed"
+        assert row.status == SessionStatus.IDLE and row.lease_token is None
+        assert error.turn.status == RunStatus.COMPLETED  # what the turn wrote
+
+    async def test_cancel_during_lease_take_releases_it(self, scripted, monkeypatch):
+        scripted.enqueue("first", "second")
+        session = await ChatAgent.objects.astart_session("Hi", instruction_args=ARGS)
+        entered, release = _gate(monkeypatch, "try_begin")
+        task = asyncio.ensure_future(ChatAgent.objects.acontinue_session(session.pk, "Again"))
+        await _cancel_inside(task, entered, release)
+        monkeypatch.undo()
+
+        row = await ChatAgent.objects.aget(pk=session.pk)
+        assert row.lease_token is None
+        assert not await AgentRun.objects.filter(session_id=session.pk,
+                                                 status=RunStatus.RUNNING).aexists()
+        with override_settings(AGENT_SESSION={"TURN_WAIT_SECONDS": 0}):
+            session = await ChatAgent.objects.acontinue_session(session.pk, "Next")
+        assert session.last_output == {"content": "second"}
+
+    async def test_cancel_during_session_create_releases_lease(self, scripted, monkeypatch):
+        scripted.enqueue("unused")
+        entered, release = _gate(monkeypatch, "create")
+        task = asyncio.ensure_future(ChatAgent.objects.astart_session(
+            "Hi", instruction_args=ARGS))
+        await _cancel_inside(task, entered, release)
+
+        row = await ChatAgent.objects.aget()
+        assert row.lease_token is None
+        run = await AgentRun.objects.aget(session_id=row.pk)
+        assert run.status == RunStatus.CANCELLED
+
+
+class TestQueries:
+    def _session_with_history(self, n_messages: int):
+        messages = []
+        for i in range(n_messages):
+            role = "user" if i % 2 == 0 else "assistant"
+            messages.append({"role": role, "content": [{"type": "text", "text": "x" * 200}]})
+        context = Context(system="s", instruction_args=ARGS, messages=messages, turns=n_messages // 2)
+        return ChatAgent.objects.create(context=context.to_dict())
+
+    def _count(self, scripted, session) -> int:
+        scripted.enqueue("reply")
+        with CaptureQueriesContext(connection) as queries:
+            ChatAgent.objects.continue_session(session.pk, "Hi")
+        return len([q for q in queries.captured_queries
+                    if not q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))])
+
+    def test_query_count_is_constant_and_small(self, scripted):
+        small = self._count(scripted, self._session_with_history(10))
+        large = self._count(scripted, self._session_with_history(1000))
+        assert small == large
+        assert small <= 8
+
+    def test_continue_with_instance_costs_the_same(self, scripted):
+        session = self._session_with_history(10)
+        scripted.enqueue("reply")
+        with CaptureQueriesContext(connection) as queries:
+            ChatAgent.objects.continue_session(session, "Hi")
+        assert len(queries) <= 8
+
+
+class TestContextField:
+    def test_custom_context_field_and_budget(self, scripted):
+        scripted.enqueue(text_reply("a", usage={"input_tokens": 60, "output_tokens": 50}))
+        session = PlainAgent.objects.start_session("Hi")
+        assert session.state["messages"][1]["content"] == [{"type": "text", "text": "a"}]
+        assert session.last_output == {"content": "a"}
+        # token_budget = 100 is used up: the next turn is refused before the model is called
+        with pytest.raises(exc.TokenBudgetExceeded):
+            PlainAgent.objects.continue_session(session, "More")
+        assert len(scripted.requests) == 1
+        run = session.runs.get(status=RunStatus.FAILED)
+        assert run.error["code"] == "token_budget_exceeded"
+
+
+class TestPublicHelpers:
+    def test_create_session_without_a_turn(self, scripted, user):
+        session = ChatAgent.objects.create_session(instruction_args=ARGS, owner=user,
+                                                   title="Support")
+        assert scripted.requests == []
+        assert session.get_context().system == "You are a helpful assistant for Acme."
+        assert list(session.events.values_list("seq", "type")) == [(1, "session.started")]
+        scripted.enqueue("hello")
+        session = ChatAgent.objects.continue_session(session, "Hi")
+        assert session.title == "Support" and session.event_seq == 6
+        with pytest.raises(exc.InvalidInstructionArgs):
+            ChatAgent.objects.create_session(instruction_args={})
+
+    def test_validate_input_and_initial_context(self):
+        assert ChatAgent.objects.validate_input("hi") == {"message": "hi"}
+        with pytest.raises(exc.InvalidInput):
+            ChatAgent.objects.validate_input({"message": ""})
+        assert ChatAgent.objects.initial_context(ARGS).instruction_args == ARGS
+
+    def test_turn_records(self, scripted):
+        seen = []
+        scripted.enqueue("a", exc.ModelOverloaded("x"))
+        session = ChatAgent.objects.start_session(
+            "Hi", instruction_args=ARGS, on_progress=lambda kind, data: seen.append((kind, data)))
+        record = session.last_turn
+        assert seen[0] == ("run.started", {"run_id": str(record.run_id)})
+        assert record.status == "completed" and record.seq == session.event_seq
+        assert record.event("message.assistant")["data"]["content"][0]["text"] == "a"
+        assert [e["seq"] for e in record.events] == list(range(1, 7))
+        with pytest.raises(exc.ModelOverloaded) as info:
+            ChatAgent.objects.continue_session(session, "again")
+        failed = info.value.turn
+        assert failed.status == "failed" and failed.event("run.failed")["seq"] == failed.seq
+        assert session.runs.get(pk=failed.run_id).status == RunStatus.FAILED
+
+
+class TestProgressFailures:
+    """A failing progress callback (a gone viewer, a full layer) never fails the turn."""
+
+    def test_sync(self, scripted):
+        scripted.enqueue(text_reply("a b c"))
+
+        def broken(kind, data):
+            raise ConnectionError("viewer gone")
+
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS,
+                                                  on_progress=broken)
+        assert session.last_output == {"content": "a b c"}
+
+    @pytest.mark.django_db(transaction=True)
+    async def test_async(self, scripted):
+        scripted.enqueue(text_reply("a b c"))
+
+        async def broken(kind, data):
+            raise ConnectionError("layer down")
+
+        session = await ChatAgent.objects.astart_session("Hi", instruction_args=ARGS,
+                                                         on_progress=broken)
+        assert session.last_output == {"content": "a b c"}
