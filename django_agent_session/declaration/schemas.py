@@ -15,6 +15,8 @@ from rest_framework import serializers
 from ..exceptions import InvalidInput
 
 SerializerClass = type[serializers.Serializer]
+#: the deepest nesting of objects and lists a schema validates
+MAX_DEPTH = 100
 
 
 def to_serializer(spec: Any, name: str) -> SerializerClass:
@@ -45,11 +47,30 @@ def validate(serializer_class: SerializerClass, data: Any, error: type[InvalidIn
     """Validate ``data``; return DRF's ``validated_data`` made JSON-safe, or raise ``error``."""
     if not isinstance(data, Mapping):
         raise error({"non_field_errors": ["Expected an object."]}, message)
+    if too_deep(data, MAX_DEPTH):  # DRF (str(), json.dumps) would recurse past the stack
+        raise error({"non_field_errors": [f"Nested deeper than {MAX_DEPTH} levels."]}, message)
     serializer = serializer_class(data=dict(data))
     if not serializer.is_valid():
         raise error(plain_errors(serializer.errors), message)
     # .data is to_representation(validated_data): dates, decimals and UUIDs become JSON-safe
     return dict(serializer.data)
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests mappings and lists more than ``limit`` levels (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def plain_errors(errors: Any) -> Any:

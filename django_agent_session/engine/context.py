@@ -24,6 +24,22 @@ USAGE_KEYS = (
 INTERRUPTED_TOOL_RESULT = "Tool call interrupted before it returned a result."
 
 
+def storable(value: Any) -> Any:
+    """``value`` with U+0000 replaced by U+FFFD in every string (keys included).
+
+    PostgreSQL's ``jsonb`` cannot store U+0000, and a turn whose text (the model's reply, a
+    partial reply, a tool's error) held one could then neither be committed nor recorded as
+    failed. Everything a turn stores that it did not validate itself goes through here.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [storable(v) for v in value]
+    return value
+
+
 def empty_usage() -> dict[str, int]:
     return dict.fromkeys(USAGE_KEYS, 0)
 

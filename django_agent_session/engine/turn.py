@@ -27,7 +27,7 @@ from ..conf import agent_settings
 from ..declaration.options import AgentOptions
 from ..declaration.schemas import validate
 from ..declaration.tools import Halt, Tool, ToolContext
-from .context import Context, add_usage, empty_usage, message_text
+from .context import Context, add_usage, empty_usage, message_text, storable
 
 ProgressCallback = Callable[[str, dict[str, Any]], Any]
 
@@ -131,8 +131,7 @@ def total_tokens(usage: dict[str, Any]) -> int:
 
 def tool_result_content(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
-    # PostgreSQL's jsonb cannot store U+0000: the turn could never be committed
-    return text.replace("\x00", "\ufffd")
+    return storable(text)
 
 
 def parse_output(options: AgentOptions, text: str) -> Any:
@@ -198,6 +197,7 @@ class TurnEngine:
                 thinking=opts.thinking_param, cache=opts.cache, metadata=metadata or {},
             )
             response: ModelResponse = yield CallModel(request, iteration)
+            response.content = storable(response.content)
             state.usage = add_usage(state.usage, response.usage)
             state.model = response.model or opts.model_name
             spent = spent_before + total_tokens(state.usage)
@@ -273,8 +273,8 @@ class TurnEngine:
                             raise exc.ToolFailed(
                                 f"Tool {tool.name} failed: {outcome.error!r}",
                                 tool=tool.name) from outcome.error
-                        content = f"{tool.name} failed: {type(outcome.error).__name__}: " \
-                                  f"{outcome.error}"
+                        content = storable(f"{tool.name} failed: "
+                                           f"{type(outcome.error).__name__}: {outcome.error}")
                     elif isinstance(outcome.value, Halt):
                         halt = outcome.value
                         is_error, content = False, tool_result_content(halt.value)
@@ -316,7 +316,7 @@ class TurnEngine:
 
         def on_delta(delta: dict[str, Any]) -> Any:
             if delta["kind"] == "text":
-                state.partial_text.append(delta["text"])
+                state.partial_text.append(storable(delta["text"]))
             return on_progress("delta", {**delta, "iteration": iteration})
         return on_delta
 

@@ -23,12 +23,12 @@ from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from .. import exceptions as exc
 from ..conf import agent_settings
-from ..engine.context import USAGE_KEYS, Context, add_usage
+from ..engine.context import USAGE_KEYS, Context, add_usage, storable
 from ..engine.turn import TurnResult, TurnState
 from ..records import (
     AgentEvent,
@@ -125,20 +125,18 @@ class SessionStore:
                 return lease_remaining(session.lease_expires_at, now)
             run_id = uuid.uuid4()
             expires = lease_deadline(now)
-            taken = self.model._base_manager.filter(
-                pk=pk, version=session.version, lease_token=session.lease_token,
-            ).update(lease_token=run_id, lease_expires_at=expires, status=SessionStatus.RUNNING)
-            if taken:
-                stale = session.lease_token
-                turn = Turn(session, run_id, now, expires, input, user_blocks, stale_run_id=stale)
-                try:
+            stale = session.lease_token
+            if stale is not None and not AgentRun.objects.filter(pk=stale).exists():
+                stale = None  # an expired lease naming no run (left by a version before 0.2)
+            turn = Turn(session, run_id, now, expires, input, user_blocks, stale_run_id=stale)
+            with transaction.atomic():  # never a lease naming no run, even if the process dies
+                taken = self.model._base_manager.filter(
+                    pk=pk, version=session.version, lease_token=session.lease_token,
+                ).update(lease_token=run_id, lease_expires_at=expires,
+                         status=SessionStatus.RUNNING)
+                if taken:
                     self._insert_run(turn)
-                except BaseException:
-                    # no lease without its run: put the row back as it was read
-                    self.model._base_manager.filter(pk=pk, lease_token=run_id).update(
-                        lease_token=session.lease_token, status=session.status,
-                        lease_expires_at=session.lease_expires_at)
-                    raise
+            if taken:
                 session.lease_token, session.lease_expires_at = run_id, expires
                 session.status = SessionStatus.RUNNING
                 return turn
@@ -204,7 +202,9 @@ class SessionStore:
             **{name: F(name) + int(result.usage.get(name) or 0) for name in USAGE_KEYS},
         }
         if not session.title:
-            values["title"] = session.title = _title_from(turn.user_blocks)
+            # only if still untitled: a title set (REST, admin) while the turn ran wins
+            session.title = _title_from(turn.user_blocks)
+            values["title"] = Case(When(title="", then=Value(session.title)), default=F("title"))
         with transaction.atomic():
             # the version too: a rewind may write once the lease expired (leaving it in place)
             base = self._claim_seq(turn, len(events), values, version=session.version)
@@ -280,7 +280,7 @@ class SessionStore:
         """Record a failed (or cancelled) turn; the context column is not touched."""
         now = timezone.now()
         state = state or TurnState()
-        error_data = error.to_dict()
+        error_data = storable(error.to_dict())  # a provider's message may hold U+0000
         data: dict[str, Any] = {"run_id": str(turn.run_id), "error": error_data}
         if state.partial:
             # the partial reply is reported in the log, never stored in the context

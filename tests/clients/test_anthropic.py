@@ -312,3 +312,32 @@ def test_cache_switch_thinking_and_temperature_reach_the_api(server):
     assert body["thinking"] == {"type": "adaptive"}
     assert body["temperature"] == 0.2
     assert [b["type"] for b in result.messages[-1]["content"]] == ["thinking", "text"]
+
+
+class TestNulCharacters:
+    """U+0000 in the model's own text: PostgreSQL's jsonb cannot store it, so a streamed turn
+    that carried one could neither commit nor record its failure, and the session stayed
+    ``running`` for the whole lease. Every text a turn stores is now made storable."""
+
+    def test_streamed_reply_with_nul_is_stored(self, server):
+        server.enqueue(Reply.text("a\x00b c\x00d", chunk_size=2))
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS,
+                                                  on_progress=lambda *a: None)
+        stored = ChatAgent._base_manager.get(pk=session.pk)
+        assert stored.status == "idle" and stored.lease_token is None
+        assert stored.get_context().messages[-1]["content"] == [
+            {"type": "text", "text": "a\ufffdb c\ufffdd"}]
+        assert stored.last_output == {"content": "a\ufffdb c\ufffdd"}
+        assert session.runs.get().status == RunStatus.COMPLETED
+
+    def test_failed_stream_with_nul_records_the_failure(self, server):
+        server.enqueue(Reply.text("first"))
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+        server.enqueue(Reply.text("x\x00y z\x00w", chunk_size=2, drop_after=2))
+        with pytest.raises(exc.ModelConnectionError):
+            ChatAgent.objects.continue_session(session, "Again", on_progress=lambda *a: None)
+        row = ChatAgent._base_manager.get(pk=session.pk)
+        assert row.status == "failed" and row.lease_token is None  # not wedged as running
+        run = session.runs.get(status=RunStatus.FAILED)
+        assert "\x00" not in run.output["partial_text"] and "\ufffd" in run.output["partial_text"]
+        assert "\x00" not in session.events.get(type="run.failed").data["partial_text"]

@@ -2,7 +2,8 @@
 
 Run as ``python -m tests.reliability.crash_child MODE SESSION_PK`` with
 ``DJANGO_SETTINGS_MODULE=tests.reliability.crash_settings``. MODE: ``sync`` (plain call),
-``stream`` (streamed sync call) or ``async`` (streamed async call).
+``stream`` (streamed sync call), ``async`` (streamed async call) or ``begin`` (the process
+dies by itself between taking the lease and inserting its run).
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ def main(mode: str, pk: str) -> None:
     async def aprogress(kind: str, data: dict) -> None:
         pass
 
+    if mode == "begin":  # die after the lease UPDATE, before the run INSERT
+        import os
+
+        from django_agent_session.store.turns import SessionStore
+
+        def die(self: SessionStore, turn: object) -> None:
+            os._exit(9)
+        SessionStore._insert_run = die  # type: ignore[method-assign]
     if mode == "async":
         asyncio.run(ChatAgent.objects.acontinue_session(pk, "doomed turn", on_progress=aprogress))
     else:

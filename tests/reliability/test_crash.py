@@ -209,3 +209,25 @@ def test_kill_dash_nine_mid_turn_repeatedly(loopback, user, kind):
         seqs = list(AgentEvent.objects.filter(session_id=session.pk).order_by("seq")
                     .values_list("seq", flat=True))
         assert seqs == list(range(1, row.event_seq + 1))
+
+
+def test_dying_between_lease_and_run_leaves_no_lease(loopback, user):
+    """Regression: taking the lease and inserting the run were two autocommit statements; a
+    process that died between them left a lease naming no run. They are one transaction."""
+    with override_settings(AGENT_SESSION=loopback_settings(loopback)):
+        loopback.enqueue(Reply.text("first answer"))
+        session = ChatAgent.objects.start_session("first question", instruction_args=ARGS,
+                                                  owner=user)
+        raw = raw_context(ChatAgent, session.pk)
+        child = subprocess.run(
+            [sys.executable, "-m", "tests.reliability.crash_child", "begin", str(session.pk)],
+            env=_env(loopback.base_url), cwd=ROOT, capture_output=True, timeout=60)
+        assert child.returncode == 9, child.stderr.decode()
+
+        row = ChatAgent._base_manager.get(pk=session.pk)
+        assert row.lease_token is None and row.status == "idle"  # the UPDATE was rolled back
+        assert raw_context(ChatAgent, session.pk) == raw
+        assert AgentRun.objects.filter(session_id=session.pk).count() == 1
+        loopback.enqueue(Reply.text("next answer"))
+        after = ChatAgent.objects.continue_session(session.pk, "next question")
+        assert after.last_output == {"content": "next answer"}

@@ -130,6 +130,22 @@ class TestValidation:
         assert "company_name" in info.value.errors
         self._nothing_written(scripted)
 
+    def test_deeply_nested_input_is_invalid_not_a_recursion_error(self, scripted):
+        """Regression: 100,000 levels reached DRF's ``str()`` of the value and raised
+        ``RecursionError`` out of the manager instead of a clear validation error."""
+        deep: dict = {}
+        node = deep
+        for _ in range(100_000):
+            node["a"] = {}
+            node = node["a"]
+        with pytest.raises(exc.InvalidInstructionArgs) as info:
+            ChatAgent.objects.start_session("Hi", instruction_args={"company_name": deep})
+        assert info.value.errors == {"non_field_errors": ["Nested deeper than 100 levels."]}
+        with pytest.raises(exc.InvalidInput) as info:
+            ChatAgent.objects.start_session({"message": deep}, instruction_args=ARGS)
+        assert info.value.errors == {"non_field_errors": ["Nested deeper than 100 levels."]}
+        self._nothing_written(scripted)
+
     def test_missing_and_extra_template_variable(self, scripted):
         # PlainAgent has no instruction_schema: the template alone decides
         with pytest.raises(exc.InvalidInstructionArgs) as info:
@@ -308,6 +324,24 @@ class TestLease:
 
 
 class TestBeginFailures:
+    def test_a_lease_naming_no_run_is_taken_over(self, scripted):
+        """Regression: a process that died between taking the lease and inserting its run
+        (two autocommit statements before they became one transaction) left a lease naming
+        no run; the next turn's commit then failed on the run foreign key of its
+        ``run.failed`` event. Such a lease is now taken over like any expired one."""
+        scripted.enqueue("first", "second")
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+        ChatAgent.objects.filter(pk=session.pk).update(
+            lease_token=uuid.uuid4(), status=SessionStatus.RUNNING,
+            lease_expires_at=timezone.now() - timedelta(seconds=1))
+        with override_settings(AGENT_SESSION={"TURN_WAIT_SECONDS": 0}):
+            session = ChatAgent.objects.continue_session(session.pk, "Again")
+        assert session.last_output == {"content": "second"}
+        row = ChatAgent.objects.get(pk=session.pk)
+        assert row.lease_token is None and row.status == SessionStatus.IDLE
+        assert not session.events.filter(type="run.failed").exists()
+        assert list(session.runs.values_list("status", flat=True)) == [RunStatus.COMPLETED] * 2
+
     def test_unreadable_context_does_not_keep_the_lease(self, scripted):
         """A context the library cannot load (e.g. written by a newer version) fails the turn
         and frees the lease, instead of locking the session until the lease expires."""
@@ -419,6 +453,27 @@ class TestCancellationAtDatabaseCalls:
         assert run.status == RunStatus.CANCELLED
 
 
+class TestTitle:
+    def test_a_title_set_during_the_first_turn_is_kept(self, scripted, user):
+        """Regression: the automatic title (from the first message) overwrote a title set
+        through REST or the admin while the first turn ran."""
+        session = ChatAgent.objects.create_session(instruction_args=ARGS, owner=user)
+
+        def rename_meanwhile(request):
+            ChatAgent.objects.filter(pk=session.pk).update(title="Chosen by the user")
+            return "reply"
+        scripted.enqueue(rename_meanwhile)
+        ChatAgent.objects.continue_session(session.pk, "What is the weather like?")
+        assert ChatAgent.objects.get(pk=session.pk).title == "Chosen by the user"
+
+    def test_an_untitled_session_is_named_by_its_first_message(self, scripted):
+        scripted.enqueue("reply")
+        session = ChatAgent.objects.start_session("What is the weather like?",
+                                                  instruction_args=ARGS)
+        assert session.title == "What is the weather like?"
+        assert ChatAgent.objects.get(pk=session.pk).title == "What is the weather like?"
+
+
 class TestQueries:
     def _session_with_history(self, n_messages: int):
         messages = []
@@ -446,7 +501,11 @@ class TestQueries:
         scripted.enqueue("reply")
         with CaptureQueriesContext(connection) as queries:
             ChatAgent.objects.continue_session(session, "Hi")
-        assert len(queries) <= 8
+        control = [q for q in queries.captured_queries
+                   if q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))]
+        assert len(queries) - len(control) <= 8
+        # two transactions: taking the lease with its run, and the commit
+        assert len(control) == 4
 
 
 class TestContextField:
