@@ -26,6 +26,7 @@ from ..records import SessionRecord
 from ..store.sessions import delete_session
 from .errors import api_exception
 from .filters import SessionFilterBackend
+from .openapi import annotate
 from .pagination import SeqCursorPagination, SessionPagination
 from .parsers import SessionJSONParser
 from .permissions import owned_by
@@ -259,8 +260,6 @@ def viewset_factory(model: type[SessionRecord]) -> type[AgentSessionViewSet]:
 
 
 def _build(model: type[SessionRecord]) -> type[AgentSessionViewSet]:
-    from .openapi import annotate
-
     options = model.agent_options
     if options is None:
         raise ImproperlyConfigured(f"{model.__name__} is not a concrete agent session model.")

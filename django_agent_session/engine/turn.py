@@ -3,7 +3,8 @@
 The turn is written once, as a generator that *yields* what it needs done (call the model, call
 a tool, report progress) and receives the results. Two small drivers run it: :meth:`TurnEngine.run`
 (sync client, sync tools) and :meth:`TurnEngine.arun` (async client on the running loop; sync
-tools through ``database_sync_to_async``). So the sync and async paths cannot drift apart.
+tools in the tool pool, each with its own database connection). So the sync and async paths
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Callable, Generator
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.db import database_sync_to_async
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import close_old_connections
 
@@ -414,10 +415,12 @@ class TurnEngine:
             if call.tool.is_async:
                 coro = call.tool.fn(*args, **kwargs)
             else:
-                # a timed-out call runs on in its thread: never in the one thread every other
-                # database_sync_to_async call (commit, fail) must wait for
-                coro = database_sync_to_async(call.tool.fn, thread_sensitive=timeout is None)(
-                    *args, **kwargs)
+                # in the tool pool, with its own database connection: never on the one thread
+                # every database_sync_to_async call of the process (other sessions' turns,
+                # commits) waits for
+                coro = asyncio.get_running_loop().run_in_executor(
+                    _tool_pool(), functools.partial(_in_pool_thread, call.tool.fn, *args,
+                                                    **kwargs))
             try:
                 return ToolOutcome(await asyncio.wait_for(coro, timeout))
             except asyncio.TimeoutError:

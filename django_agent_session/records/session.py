@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.contrib.contenttypes.fields import GenericRelation
@@ -18,10 +18,6 @@ from .artifacts import Artifact
 from .choices import SessionStatus
 from .events import AgentEvent
 from .runs import AgentRun, UsageMixin
-
-if TYPE_CHECKING:
-    from ..engine.turn import TurnEngine
-    from ..store.turns import SessionStore
 
 
 class SessionRecord(UsageMixin, models.Model):
@@ -69,9 +65,6 @@ class SessionRecord(UsageMixin, models.Model):
 
     #: set per concrete model when the class is prepared
     agent_options: ClassVar[AgentOptions] = None  # type: ignore[assignment]
-    #: the manager's store and engine, cached per concrete model on first use
-    _agent_store: ClassVar[SessionStore]
-    _agent_engine: ClassVar[TurnEngine]
 
     class Meta:
         abstract = True

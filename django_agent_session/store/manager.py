@@ -30,12 +30,18 @@ from ..engine.turn import (
     guard_progress,
     user_blocks_for,
 )
-from ..records import RunStatus
+from ..records import RunStatus, SessionRecord
 from ..signals import turn_completed, turn_failed
+from .heartbeat import akeep_alive, keep_alive
 from .lease import retry_after
 from .queries import SessionQueryMixin
 from .sessions import insert_session
 from .turns import SessionStore, Turn
+
+#: one store and one engine per session model, built on first use (an engine is rebuilt when
+#: the model's options are, as tests that swap tools do)
+_stores: dict[type[SessionRecord], SessionStore] = {}
+_engines: dict[type[SessionRecord], TurnEngine] = {}
 
 
 class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
@@ -51,17 +57,15 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         return options
 
     def _store(self) -> SessionStore:
-        cache = self.model.__dict__.get("_agent_store")
-        if cache is None:
-            cache = SessionStore(self.model)
-            self.model._agent_store = cache
-        return cache
+        store = _stores.get(self.model)
+        if store is None:
+            store = _stores[self.model] = SessionStore(self.model)
+        return store
 
     def _engine(self) -> TurnEngine:
-        engine = self.model.__dict__.get("_agent_engine")
+        engine = _engines.get(self.model)
         if engine is None or engine.options is not self._options:
-            engine = TurnEngine(self._options)
-            self.model._agent_engine = engine
+            engine = _engines[self.model] = TurnEngine(self._options)
         return engine
 
     def _prepare_input(self, input: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -159,10 +163,11 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         try:
             if on_progress is not None:
                 on_progress("run.started", {"run_id": str(turn.run_id)})
-            result = self._engine().run(
-                context, turn.user_blocks, self._options.get_client(), state=state,
-                tool_context=self._tool_context(turn), on_progress=on_progress,
-                heartbeat=lambda: store.renew(turn))
+            with keep_alive(store, turn):
+                result = self._engine().run(
+                    context, turn.user_blocks, self._options.get_client(), state=state,
+                    tool_context=self._tool_context(turn), on_progress=on_progress,
+                    heartbeat=lambda: store.renew(turn))
             session = store.commit(turn, context, result)
         except BaseException as error:
             raise self._failed(turn, error, state)  # noqa: B904 (cause set in _failed)
@@ -221,8 +226,6 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
     async def acontinue_session(self, session_or_pk: Any, input: Any, *,
                                 on_progress: ProgressCallback | None = None) -> Any:
         """Async twin of :meth:`continue_session` (waits for the lease without blocking)."""
-        from .turns import Turn
-
         validated, blocks = self._prepare_input(input)
         store, pk = self._store(), self._pk(session_or_pk)
         loop = asyncio.get_running_loop()
@@ -260,10 +263,11 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         try:
             if on_progress is not None:
                 await on_progress("run.started", {"run_id": str(turn.run_id)})
-            result = await self._engine().arun(
-                context, turn.user_blocks, self._options.get_client(), state=state,
-                tool_context=self._tool_context(turn), on_progress=on_progress,
-                heartbeat=database_sync_to_async(lambda: store.renew(turn)))
+            async with akeep_alive(store, turn):
+                result = await self._engine().arun(
+                    context, turn.user_blocks, self._options.get_client(), state=state,
+                    tool_context=self._tool_context(turn), on_progress=on_progress,
+                    heartbeat=database_sync_to_async(lambda: store.renew(turn)))
             session, cancel = await self._settled(store.commit, turn, context, result)
         except BaseException as error:
             failure = await asyncio.shield(database_sync_to_async(self._failed)(turn, error, state))

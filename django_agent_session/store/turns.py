@@ -161,11 +161,15 @@ class SessionStore:
             model=turn.session.agent_options.model_name, started_at=turn.started_at,
         )
 
-    def renew(self, turn: Turn) -> None:
-        """Extend the lease of a long turn (called between model calls); raise if it was lost."""
+    def renew(self, turn: Turn, *, force: bool = False) -> None:
+        """Extend the lease of a running turn; raise :class:`LeaseLost` if it was taken over.
+
+        Between model calls it renews once half the lease is used; the heartbeat
+        (``store.heartbeat``) renews with ``force`` while a call or a tool is in flight.
+        """
         now = timezone.now()
         half = timedelta(seconds=agent_settings.TURN_LEASE_SECONDS / 2)
-        if turn.lease_expires_at - now > half:
+        if not force and turn.lease_expires_at - now > half:
             return
         expires = lease_deadline(now)
         if not self.model._base_manager.filter(
@@ -299,6 +303,9 @@ class SessionStore:
                     "last_activity_at": now, "updated_at": now,
                 })
             except exc.LeaseLost:
+                if not AgentRun.objects.filter(pk=turn.run_id, status=RunStatus.RUNNING).exists():
+                    # whoever took the lease over already ended this run: one terminal event
+                    return TurnRecord(turn.run_id, RunStatus.FAILED, [], dict(state.usage))
                 base = self.append_seq(turn.session.pk, len(events))
             self._fail_stale_run(turn, now)
             AgentRun.objects.filter(pk=turn.run_id).update(

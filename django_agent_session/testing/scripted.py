@@ -24,6 +24,7 @@ from ..clients.base import (
     ModelRequest,
     ModelResponse,
 )
+from ..clients.registry import override_client
 from ..clients.streaming import stream_async, stream_sync
 
 _ids = itertools.count(1)
@@ -143,8 +144,6 @@ def use_scripted_client(*items: ScriptItem, provider: str = "anthropic",
 
     The route survives ``override_settings(AGENT_SESSION=...)`` inside the block.
     """
-    from ..clients.registry import override_client
-
     client = ScriptedClient()
     client.enqueue(*items)
     client.default = default

@@ -223,3 +223,41 @@ class TestNulInToolResult:
         assert session.last_output == {"content": "done"}
         stored = ToolAgent.objects.get(pk=session.pk).get_context().messages
         assert stored[2]["content"][0]["content"] == "a\ufffdb"
+
+
+@pytest.mark.django_db(transaction=True)
+class TestSyncToolsOffTheSharedThread:
+    async def test_a_slow_sync_tool_does_not_delay_another_sessions_turn(self, scripted,
+                                                                         monkeypatch):
+        """Regression: sync tools of async turns ran on Channels' one shared database thread,
+        so a 3 s tool made an unrelated session's turn in the same process wait ~2.6 s. They
+        now run in the tool pool, each with its own database connection."""
+        started = threading.Event()
+
+        def slow_lookup(ctx, number: int) -> dict:
+            started.set()
+            time.sleep(3.0)
+            return {"number": number}
+        monkeypatch.setattr(ToolAgent.agent_options.tools["lookup_order"], "fn", slow_lookup)
+        def answer(request):
+            last = request.messages[-1]["content"][-1]
+            if last.get("type") == "tool_result":
+                return text_reply("done")
+            if last.get("text") == "Slow":
+                return tool_reply("lookup_order", {"number": 1})
+            return text_reply("ok")
+        scripted.default = answer
+        other = await ChatAgent.objects.acreate_session(instruction_args=ARGS)
+
+        async def other_turn() -> float:
+            begun = time.perf_counter()
+            await ChatAgent.objects.acontinue_session(other.pk, "Hi")
+            return time.perf_counter() - begun
+
+        alone = min([await other_turn() for _ in range(3)])
+        slow = asyncio.create_task(ToolAgent.objects.astart_session("Slow", instruction_args=ARGS))
+        await asyncio.to_thread(started.wait, 5)
+        beside = min([await other_turn() for _ in range(3)])  # all while the tool sleeps
+        assert not slow.done()
+        assert beside - alone < 0.1
+        assert (await slow).last_output == {"content": "done"}
