@@ -156,7 +156,9 @@ class AgentSessionAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         if not change:
             return super().save_model(request, obj, form, change)
-        update_fields(obj, [name for name in form.changed_data if name in form.fields])
+        changed = [name for name in form.changed_data if name in form.fields]
+        if changed:
+            update_fields(obj, changed)
 
     # -- changelist columns ----------------------------------------------------------------
 

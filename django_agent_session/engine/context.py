@@ -159,3 +159,7 @@ def repair_dangling_tool_use(messages: list[dict[str, Any]]) -> bool:
             changed = True
         i += 2
     return changed
+
+
+__all__ = ["CONTEXT_VERSION", "INTERRUPTED_TOOL_RESULT", "USAGE_KEYS", "Context", "add_usage",
+           "empty_usage", "message_text", "migrate", "repair_dangling_tool_use", "storable"]

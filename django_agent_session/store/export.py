@@ -32,6 +32,7 @@ from django.utils.dateparse import parse_datetime
 
 from .. import exceptions as exc
 from ..declaration.registry import session_models
+from ..engine.context import USAGE_KEYS
 from ..records import (
     AgentEvent,
     AgentRun,
@@ -47,12 +48,10 @@ SCHEMA_VERSION = 1
 #: session columns carried by the document (the context column is exported as "context")
 SESSION_FIELDS = (
     "title", "status", "metadata", "pinned", "created_at", "updated_at", "last_activity_at",
-    "turn_count", "version", "event_seq", "input_tokens", "output_tokens",
-    "cache_creation_input_tokens", "cache_read_input_tokens",
+    "turn_count", "version", "event_seq", *USAGE_KEYS,
 )
 RUN_FIELDS = (
-    "status", "input", "output", "error", "model", "iterations", "input_tokens",
-    "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "started_at",
+    "status", "input", "output", "error", "model", "iterations", *USAGE_KEYS, "started_at",
     "ended_at", "duration_ms",
 )
 ARTIFACT_FIELDS = ("key", "size", "checksum", "content_type", "metadata", "created_at")

@@ -301,3 +301,6 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
 
 AgentSessionManager = models.Manager.from_queryset(AgentSessionQuerySet)
 AgentSessionManager.__name__ = "AgentSessionManager"
+
+
+__all__ = ["AgentSessionManager", "AgentSessionQuerySet"]

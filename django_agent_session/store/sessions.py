@@ -39,12 +39,11 @@ def update_fields(session: SessionRecord, fields: Iterable[str]) -> None:
     """Write only ``fields`` of ``session`` (and ``updated_at``).
 
     A full ``save()`` would write back every column as it was read, undoing a turn that
-    committed in between; the editable columns (title, metadata, pinned, owner, extra fields)
-    are not written by turns.
+    committed in between. Turns write none of the editable columns (title, metadata, pinned,
+    owner, extra fields) but the first turn's automatic title, which yields to a title set
+    meanwhile.
     """
-    names = list(fields)
-    if names:
-        session.save(update_fields=[*names, "updated_at"])
+    session.save(update_fields=[*fields, "updated_at"])
 
 
 def delete_session(session: SessionRecord) -> None:

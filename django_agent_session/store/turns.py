@@ -1,6 +1,6 @@
 """Persistence of a turn: the lease, the run row, the events and the one atomic commit.
 
-Only this module writes the session row during a turn. The protocol (DESIGN.md, "A turn"):
+Only this module writes the session row during a turn. The protocol (docs/architecture.md, "The path of one turn"):
 
 1. ``begin``: read the row, then take the lease with one conditional UPDATE that also checks
    ``version`` (so the row just read is still current: no reload), and insert the run row.
