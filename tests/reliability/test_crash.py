@@ -35,6 +35,7 @@ from django_agent_session.testing.loopback import Reply
 from tests.helpers.live_server import make_session_cookie
 from tests.helpers.loopback import loopback_settings
 from tests.helpers.state import raw_context
+from tests.helpers.threads import in_thread
 from tests.testapp.models import ChatAgent
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the child must see committed rows
@@ -118,7 +119,7 @@ def kill_asgi_process(server, session, mode: str, deltas: int) -> None:
             while not _mid_turn(server, count, child, deltas):
                 assert time.monotonic() < deadline, "the turn never reached the model"
                 await asyncio.sleep(0.02)
-            await asyncio.to_thread(_in_thread(_assert_in_flight), session)
+            await asyncio.to_thread(in_thread(_assert_in_flight), session)
             _kill(child)
         finally:
             with contextlib.suppress(Exception):
@@ -135,14 +136,6 @@ def _assert_in_flight(session) -> None:
     assert row.status == "running" and row.lease_token is not None
     assert AgentRun.objects.get(pk=row.lease_token).status == RunStatus.RUNNING
 
-
-def _in_thread(fn):
-    def run(*args):
-        try:
-            return fn(*args)
-        finally:
-            connection.close()
-    return run
 
 
 def _reap(child: subprocess.Popen) -> None:

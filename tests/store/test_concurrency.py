@@ -6,11 +6,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.db import connection
 
 from django_agent_session.engine.context import Context, message_text
 from django_agent_session.models import AgentEvent, RunStatus
 from django_agent_session.testing import text_reply
+from tests.helpers.threads import in_thread
 from tests.testapp.models import ChatAgent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,14 +22,6 @@ def echo(request):
     """Reply naming the message it answers, so order can be checked afterwards."""
     return text_reply(f"re: {message_text(request.messages[-1])}")
 
-
-def in_thread(fn):
-    def run(*args):
-        try:
-            return fn(*args)
-        finally:
-            connection.close()
-    return run
 
 
 def test_concurrent_continues_lose_nothing(scripted):
