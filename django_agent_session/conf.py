@@ -40,6 +40,14 @@ DEFAULTS: dict[str, Any] = {
     "TURN_POLL_SECONDS": 0.02,
     # Largest accepted user input, in characters of text (oversized input is ``InvalidInput``).
     "MAX_INPUT_CHARS": 100_000,
+    # who runs queued runs: "inline" (this process), "tasks" (Django's Tasks framework), or a
+    # dotted path to an executor class (see django_agent_session.executors)
+    "EXECUTOR": "inline",
+    # the Tasks backend alias and queue the "tasks" executor enqueues on
+    "TASK_BACKEND": "default",
+    "TASK_QUEUE_NAME": "default",
+    # how often a running turn looks for a cancel requested from another process
+    "CANCEL_CHECK_SECONDS": 1.0,
     # Default per-tool timeout in seconds (``None``: no timeout); ``Agent.tool_timeout`` overrides.
     "TOOL_TIMEOUT": None,
     # Live sessions (Channels)

@@ -60,6 +60,12 @@ class SessionNotFound(AgentSessionError):
     code = "session_not_found"
 
 
+class RunNotFound(AgentSessionError):
+    """No run with that id (of that session model)."""
+
+    code = "run_not_found"
+
+
 class SessionBusy(AgentSessionError):
     """Another turn holds the session's lease and did not finish within the waiting bound."""
 
@@ -70,6 +76,13 @@ class SessionBusy(AgentSessionError):
         super().__init__(message or "Another turn is running on this session.",
                          retry_after=retry_after)
         self.retry_after = retry_after
+
+
+class QueueFull(AgentSessionError):
+    """The session already has ``QUEUE_MAX`` messages waiting."""
+
+    code = "queue_full"
+    retryable = True
 
 
 class LeaseLost(AgentSessionError):
@@ -166,3 +179,27 @@ class ModelBadRequest(ModelError):
     """The provider rejected the request as invalid."""
 
     code = "model_bad_request"
+
+
+def _subclasses(cls: type[AgentSessionError]) -> list[type[AgentSessionError]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+def from_dict(data: dict[str, Any] | None) -> AgentSessionError:
+    """The typed error a stored ``to_dict()`` describes (a run's ``error``), so a caller
+    waiting on a run another process ran sees the error that process saw."""
+    details = dict(data or {})
+    code = details.pop("code", AgentSessionError.code)
+    message = details.pop("message", "")
+    retryable = bool(details.pop("retryable", False))
+    cls = next((c for c in _subclasses(AgentSessionError) if c.code == code), AgentSessionError)
+    error = cls.__new__(cls)
+    AgentSessionError.__init__(error, message, **details)
+    for name, value in details.items():  # errors, retry_after, request_id... as __init__ sets
+        setattr(error, name, value)
+    error.code, error.retryable = code, retryable
+    return error
+

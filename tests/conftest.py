@@ -25,6 +25,19 @@ def scripted():
 
 
 @pytest.fixture
+def loopback():
+    """A loopback Messages API server the ``anthropic`` provider talks to (through the SDK)."""
+    from django.test import override_settings
+
+    from django_agent_session.testing.loopback import LoopbackMessagesServer
+    from tests.helpers.loopback import loopback_settings
+
+    with LoopbackMessagesServer() as server, \
+            override_settings(AGENT_SESSION=loopback_settings(server)):
+        yield server
+
+
+@pytest.fixture
 def user(django_user_model):
     return django_user_model.objects.create_user("alice", password="pw")
 

@@ -1,10 +1,12 @@
-"""Server-Sent Events for the streaming variants of start and continue.
+"""Server-Sent Events: the streaming variants of start and continue, and following a run.
 
-Under ASGI the response body is an async generator: the turn runs on the event loop through
-the manager's async methods, and every progress event is written as soon as it happens (no
-buffering). Under WSGI an async body could only be served by collecting it first, so the
-body is a sync generator that runs the turn and then writes the same events: the same
-protocol, without incremental delivery. A client that disconnects cancels the turn (ASGI).
+Under ASGI a streamed turn is submitted like any other (a queued run, run by the executor) and
+the response *follows* it (:func:`afollow`): it joins the conversation's channel-layer group,
+sends what the run's buffer already holds, then the live frames, each progress event with an
+``id`` (its per-run index). The client going away only stops the following: the run goes on,
+and ``GET …/runs/{id}/stream/`` with ``Last-Event-ID`` resumes after the last event it got.
+Under WSGI an async body could only be served by collecting it first, so the body is a sync
+generator that runs the turn and then writes the same events, without incremental delivery.
 
 The events::
 
@@ -26,11 +28,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from typing import Any
 
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from django.core.handlers.asgi import ASGIRequest
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import HttpRequest, StreamingHttpResponse
 from rest_framework.renderers import BaseRenderer
 
+from ..records import AgentRun, RunStatus
+from ..runs.stream import buffer_for, group_name
 from .errors import error_body
 
 CONTENT_TYPE = "text/event-stream"
@@ -43,10 +48,11 @@ SyncTurn = Callable[[Progress], Any]
 Finish = Callable[[Any], Any]
 
 
-def sse(event: str, data: Any) -> bytes:
+def sse(event: str, data: Any, id: int | None = None) -> bytes:
     """One SSE frame (``json.dumps`` never emits a newline, so one ``data:`` line suffices)."""
     payload = json.dumps(data, cls=DjangoJSONEncoder, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {event}\ndata: {payload}\n\n".encode()
+    head = f"id: {id}\n" if id is not None else ""
+    return f"{head}event: {event}\ndata: {payload}\n\n".encode()
 
 
 KEEPALIVE = b": keep-alive\n\n"
@@ -96,6 +102,87 @@ def stream(turn: SyncTurn, finish: Finish) -> Iterator[bytes]:
         return
     yield from frames
     yield sse("message", finish(session))
+
+
+#: the outcome of a followed run: its events after the progress ("message" or "error")
+Outcome = Callable[[Any], list[bytes]]
+
+
+async def afollow(model: Any, run: Any, outcome: Outcome, keepalive: float,
+                  after: int = 0) -> AsyncIterator[bytes]:
+    """Follow ``run`` (an ``AgentRun``) to its end: its buffered progress after index
+    ``after``, then the live frames, then ``outcome(run)``. Never cancels the run."""
+    layer = get_channel_layer()
+    run_id = str(run.pk)
+    channel = None
+    if layer is not None:
+        channel = await layer.new_channel()
+        await layer.group_add(group_name(model, run.session_id), channel)
+    try:
+        run = await AgentRun.objects.aget(pk=run.pk)
+        last, started = after, after > 0
+        if not run.finished:
+            if run.status == RunStatus.RUNNING and not started:
+                started = True
+                yield sse("run.started", {"run_id": run_id})
+            for frame in await buffer_for(layer).read(run_id) if layer is not None else []:
+                if frame["n"] > last:
+                    last = frame["n"]
+                    yield _progress(frame)
+        while not run.finished:
+            got = await _next_frame(layer, channel, run_id, keepalive)
+            if got is None:  # quiet: keep the connection open, and look at the row
+                yield KEEPALIVE
+                run = await AgentRun.objects.aget(pk=run.pk)
+                continue
+            frame = got
+            if frame["type"] == "run.status":
+                if frame["status"] == "started" and not started:
+                    started = True
+                    yield sse("run.started", {"run_id": run_id})
+                elif frame["status"] != "started":
+                    run = await AgentRun.objects.aget(pk=run.pk)
+            elif frame.get("n") is not None and frame["n"] > last:
+                last = frame["n"]
+                yield _progress(frame)
+        for event in await database_sync_to_async(outcome)(run):
+            yield event
+    finally:
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await layer.group_discard(group_name(model, run.session_id), channel)
+
+
+async def _next_frame(layer: Any, channel: str | None, run_id: str, timeout: float
+                      ) -> dict[str, Any] | None:
+    """The next group frame of run ``run_id``; ``None`` after ``timeout`` without one."""
+    if layer is None or channel is None:
+        await asyncio.sleep(min(timeout, 0.5))
+        return None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (remaining := deadline - loop.time()) > 0:
+        try:
+            message = await asyncio.wait_for(layer.receive(channel), remaining)
+        except TimeoutError:
+            return None
+        frame = message.get("frame") or {}
+        if frame.get("run_id") == run_id:
+            return frame
+    return None
+
+
+def _progress(frame: dict[str, Any]) -> bytes:
+    data = {k: v for k, v in frame.items() if k not in ("type", "ref", "run_id", "n")}
+    return sse(frame["type"], data, id=frame["n"])
+
+
+def event_stream(body: Any) -> StreamingHttpResponse:
+    """A ``text/event-stream`` response with ``body`` (proxies told not to buffer it)."""
+    response = StreamingHttpResponse(body, content_type=CONTENT_TYPE)
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: do not buffer this response
+    return response
 
 
 def event_stream_response(request: HttpRequest, *, aturn: AsyncTurn, turn: SyncTurn,

@@ -103,6 +103,7 @@ class AgentOptions:
     token_budget: int | None
     budget_strategy: str
     tool_errors: str
+    multitask: str
     tool_timeout: float | None
     cache: bool
     thinking: Any
@@ -275,6 +276,7 @@ class AgentOptions:
                _parse_token_budget),
         _choice("budget_strategy", "halt", "warn"),
         _choice("tool_errors", "continue", "halt"),
+        _choice("multitask", "enqueue", "reject", "interrupt", "rollback"),
         Option("tool_timeout", None, (int, float, type(None)), "seconds or None"),
         Option("cache", True, (bool,), "a bool"),
         Option("thinking", None, (str, int, dict, type(None)),

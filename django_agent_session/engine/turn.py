@@ -310,12 +310,16 @@ class TurnEngine:
     # -- drivers -----------------------------------------------------------------------------
 
     def _delta_handler(self, state: TurnState, on_progress: ProgressCallback | None,
-                       iteration: int) -> Callable[[dict[str, Any]], Any] | None:
-        """Stream only when someone listens; the partial text is kept for failure reports."""
+                       iteration: int, cancelled: Callable[[], bool] | None = None
+                       ) -> Callable[[dict[str, Any]], Any] | None:
+        """Stream only when someone listens; the partial text is kept for failure reports.
+        A sync turn is also told of a cancel between deltas (``cancelled``)."""
         if on_progress is None:
             return None
 
         def on_delta(delta: dict[str, Any]) -> Any:
+            if cancelled is not None and cancelled():
+                raise exc.TurnCancelled("The run was cancelled.")
             if delta["kind"] == "text":
                 state.partial_text.append(storable(delta["text"]))
             return on_progress("delta", {**delta, "iteration": iteration})
@@ -325,7 +329,11 @@ class TurnEngine:
             state: TurnState | None = None, tool_context: ToolContext | None = None,
             on_progress: ProgressCallback | None = None,
             heartbeat: Callable[[], Any] | None = None,
-            metadata: dict[str, Any] | None = None) -> TurnResult:
+            metadata: dict[str, Any] | None = None,
+            cancelled: Callable[[], bool] | None = None) -> TurnResult:
+        """Drive the turn synchronously. ``cancelled`` is asked before every step (a model
+        call, a tool) and between streamed deltas: a thread cannot be interrupted, so a cancel
+        takes effect there (a non-streamed model call ends first)."""
         state = state or TurnState()
         gen = self.steps(context, user_blocks, state, metadata)
         value: Any = None
@@ -336,9 +344,11 @@ class TurnEngine:
                 except StopIteration as stop:
                     return stop.value
                 value = None
+                if cancelled is not None and cancelled():
+                    raise exc.TurnCancelled("The run was cancelled.")
                 if isinstance(effect, CallModel):
-                    value = client.create(
-                        effect.request, self._delta_handler(state, on_progress, effect.iteration))
+                    value = client.create(effect.request, self._delta_handler(
+                        state, on_progress, effect.iteration, cancelled))
                 elif isinstance(effect, CallTool):
                     value = self._call_tool(effect, tool_context)
                 elif isinstance(effect, Emit):

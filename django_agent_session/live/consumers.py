@@ -3,11 +3,12 @@
 It authenticates (the scope's user, set by ``AuthMiddlewareStack``), resolves the session model
 through the factory router, checks that the user may view the conversation (:mod:`.access`),
 joins the conversation's group and makes sure a live session runs somewhere in the cluster.
-Client frames are validated (:mod:`.protocol`) and handled by the ``frame_<type>`` methods;
-``message`` and ``cancel`` are forwarded, in order, to the live session's channel and
-acknowledged by it (:mod:`.delivery`). The state and replays it sends are built by
-:mod:`.snapshot`. Frames the live session fans out to the group are passed to the client as
-they are.
+Client frames are validated (:mod:`.protocol`) and handled by the ``frame_<type>`` methods. A
+``message`` is committed as a queued run before it is acknowledged (``ack``), with its ``ref``
+as idempotency key, so a resent message runs once; whoever drains the queue streams the run to
+the group. A ``cancel`` cancels through the database, wherever the run runs. The state and
+replays it sends are built by :mod:`.snapshot`. Frames fanned out to the group are passed to
+the client as they are.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from django.db import DatabaseError
 
 from .. import exceptions as exc
 from ..conf import agent_settings
+from ..records import RunStatus
 from . import access, api, ownership, protocol
 from .delivery import DeliveryMixin
 from .protocol import FrameError, error_frame
 from .routers import SessionSpec, UnknownAgent, resolve
-from .session import group_name
+from ..runs.stream import announce_queued, buffer_for, group_name, partial_text
 from .snapshot import replay_frames, state_frame, stored_events, stored_state, unseen
 
 logger = logging.getLogger("django_agent_session.live")
@@ -44,7 +46,7 @@ def _json_id(value: Any) -> Any:
 
 class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
     """A viewer of one conversation. Per-route options go through ``as_asgi(**options)``:
-    ``conversation_kwarg``, ``state_timeout`` and ``ack_timeout``. Who may view a conversation
+    ``conversation_kwarg`` and ``state_timeout``. Who may view a conversation
     is decided by :meth:`can_view`."""
 
     #: the URL kwarg holding the conversation id
@@ -176,8 +178,7 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
             return
         self.group = group_name(self.spec.model, self.conversation_id)
         await self.accept()
-        self._tasks = [asyncio.create_task(self._forwarder()),
-                       asyncio.create_task(self._heartbeat())]
+        self._tasks = [asyncio.create_task(self._heartbeat())]
         bad_seq = None
         if "after_seq" in query:
             try:
@@ -199,7 +200,6 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         for task in self._tasks:
             task.cancel()
-        self._cancel_acks()
         if self.joined and self.group:
             try:
                 await self.channel_layer.group_discard(self.group, self.channel_name)
@@ -303,12 +303,19 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         stored, events = await database_sync_to_async(stored_state)(
             self.spec.model, self.conversation_id, readable=self.exists,
             can_view=self.can_view, after_seq=after)
-        live = live or {}
-        await self.send_json(state_frame(stored, live))
+        running, caught_up = stored.get("running"), []
+        if running:  # the frames it streamed so far: sent after the state, then the live ones
+            caught_up = await buffer_for(self.channel_layer).read(running["run_id"])
+            running.update(partial_text=partial_text(caught_up), deltas=sum(
+                1 for f in caught_up if f.get("type") == "delta"))
+        await self.send_json(state_frame(stored, live or {}))
         if after is not None:
             await self._send_replay(after, events)
+        for frame in caught_up:
+            await self.send_json(frame)
+        sent = {running["run_id"]: caught_up[-1]["n"]} if caught_up else {}
         buffered, self._buffer = self._buffer, None
-        for frame in unseen(buffered, stored["seq"], live.get("running") or {}):
+        for frame in unseen(buffered, stored["seq"], sent):
             await self.send_json(frame)
 
     async def _send_replay(self, after: int, events: list[dict[str, Any]],
@@ -393,23 +400,57 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         if not await self._recheck() and (self.revoked or not await self._create(None, "", ref)):
             return
         assert self.spec is not None
-        queryset = self.spec.model._default_manager.all()
-        try:  # the live session validates again; this answers the sender at once
-            await database_sync_to_async(queryset.validate_input)(data["input"])
-        except exc.InvalidInput as error:
+        if not await self._owner_ok(ref, elect=True):
+            return
+        try:  # a row before the ack: committed, then handed to the executor
+            submitted = await self.spec.model._default_manager.asubmit(
+                self.conversation_id, data["input"], idempotency_key=ref,
+                multitask=data.get("multitask"),
+                origin={"surface": "websocket", "user_id": self._user_id, "ref": ref})
+        except exc.AgentSessionError as error:
             await self._send_error(error, ref)
             return
-        await self._forward({"type": "live.message", "id": uuid.uuid4().hex, "ref": ref,
-                             "input": data["input"], "user_id": self._user_id,
-                             "reply_to": self.channel_name}, elect=True)
+        run = submitted.run
+        await self.send_json({"type": "ack", "ref": ref, "run_id": str(run.pk),
+                              "status": run.status, "duplicate": not submitted.created})
+        await announce_queued(self.channel_layer, self.spec.model, self.conversation_id,
+                              submitted)
+        await self._activity()
+
+    async def _owner_ok(self, ref: str | None, *, elect: bool) -> bool:
+        """Make sure the conversation has its live session (``elect``), or just look it up;
+        False (with an error frame) when the id's live session belongs to another model's
+        session or ownership cannot be read. Runs themselves never wait for the owner."""
+        try:
+            owner = await self._elect() if elect else await self._current_owner()
+        except (exc.AgentSessionError, DatabaseError) as error:
+            await self._send_error(error, ref)
+            return False
+        if owner is not None and owner != self.owner:
+            self.owner = owner
+            await self._announce(owner)
+        return True
 
     async def frame_cancel(self, data: dict[str, Any]) -> None:
+        ref = data.get("ref")
         if not await self._recheck():
             if self.revoked:
                 return
             await self.send_json(error_frame(protocol.NOT_RUNNING, "Nothing is running.",
-                                             ref=data.get("ref")))
+                                             ref=ref))
             return
-        await self._forward({"type": "live.cancel", "id": uuid.uuid4().hex,
-                             "ref": data.get("ref"), "user_id": self._user_id,
-                             "reply_to": self.channel_name}, elect=False)
+        assert self.spec is not None
+        if not await self._owner_ok(ref, elect=False):
+            return
+        manager = self.spec.model._default_manager
+        run = await database_sync_to_async(manager.find_run)(self.conversation_id, ref)
+        if run is None or run.finished:
+            await self.send_json(error_frame(protocol.NOTHING_TO_CANCEL,
+                                             "No running or queued message matches.", ref=ref))
+            return
+        run = await manager.acancel_run(run.pk)
+        await self._activity()
+        if run.status == RunStatus.CANCELLED:  # it never started: nobody else will say so
+            await self.channel_layer.group_send(self.group, {"type": "live.frame", "frame": {
+                "type": "run.status", "status": "cancelled", "ref": run.ref,
+                "run_id": str(run.pk), "queued": True}})

@@ -1,14 +1,12 @@
-"""Reaching the live owner from a consumer: forwarded frames with retries, and presence.
+"""Reaching the live owner from a consumer: election and presence.
 
-``message`` and ``cancel`` frames are forwarded to the conversation's live owner one at a time,
-in order, each until the owner acknowledges it (``live.ack``). An owner whose process died never
-answers: the frame is sent again after ``ack_timeout`` to whichever owner the lease names by
-then. The consumer also re-announces itself to the owner (``live.join``) so presence survives
-owner changes.
+Messages and cancels do not go through the owner: a consumer commits them to the database
+itself (see :mod:`django_agent_session.store.queue`), so an owner that dies loses nothing. The
+owner only aggregates presence: the consumer announces itself (``live.join``), re-announces
+periodically so presence survives owner changes, and says goodbye when it leaves.
 
 :class:`DeliveryMixin` is mixed into :class:`~.consumers.AgentSessionConsumer`, whose
-``conversation_id``, ``spec``, ``owner``, ``joined``, ``_user_id``, ``_send_error`` and
-``_send_safe`` it uses.
+``conversation_id``, ``spec``, ``owner``, ``joined`` and ``_user_id`` it uses.
 """
 
 from __future__ import annotations
@@ -18,20 +16,13 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from django.db import DatabaseError
-
-from .. import exceptions as exc
-from . import api, ownership, protocol
-from .protocol import error_frame
+from . import api, ownership
 
 logger = logging.getLogger("django_agent_session.live")
 
 
 class DeliveryMixin:
     """Forwarding to the live owner, acknowledgements and presence heartbeats of a consumer."""
-
-    #: seconds to wait for the live session to acknowledge a forwarded frame before retrying
-    ack_timeout = 5.0
 
     # the consumer's, used here
     channel_layer: Any
@@ -40,11 +31,6 @@ class DeliveryMixin:
     spec: Any
     owner: str | None
     joined: bool
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._acks: dict[str, asyncio.Future] = {}
-        self._outbox: asyncio.Queue = asyncio.Queue()
 
     # -- the owner ---------------------------------------------------------------------------
 
@@ -66,79 +52,13 @@ class DeliveryMixin:
             message["want_state"] = True
         await self.channel_layer.send(owner, message)
 
-    # -- forwarding --------------------------------------------------------------------------
-
-    async def _forward(self, payload: dict[str, Any], elect: bool) -> None:
-        """Queue ``payload`` for the owner; with ``elect``, start a live session if none runs."""
-        await self._outbox.put((payload, elect))
-
-    async def _forwarder(self) -> None:
-        """Deliver forwarded frames one at a time, so the live session sees them in order."""
-        while True:
-            payload, elect = await self._outbox.get()
+    async def _activity(self) -> None:
+        """Tell the owner the conversation is in use (it stops after inactivity)."""
+        if self.owner:
             try:
-                await self._deliver(payload, elect)
+                await self.channel_layer.send(self.owner, {"type": "live.activity"})
             except Exception:
-                logger.exception("Could not forward %r", payload.get("type"))
-                await self._send_safe(error_frame(protocol.INTERNAL_ERROR,
-                                                  "The frame could not be delivered.",
-                                                  ref=payload.get("ref")))
-
-    async def _deliver(self, payload: dict[str, Any], elect: bool) -> None:
-        """Send ``payload`` to the live owner until it acknowledges.
-
-        An owner whose process died never answers: the message is sent again after
-        ``ack_timeout``, to whichever owner the lease names by then (a new one is elected once
-        the old lease expires). The owner ignores a message id it has already taken.
-        """
-        loop = asyncio.get_running_loop()
-        ref = payload.get("ref")
-        deadline = loop.time() + ownership.lease_seconds() * 2 + self.ack_timeout
-        while True:
-            try:
-                owner = await self._elect() if elect else await self._current_owner()
-            except (exc.AgentSessionError, DatabaseError) as error:
-                await self._send_error(error, ref)
-                return
-            if owner is None:
-                await self.send_json(error_frame(protocol.NOT_RUNNING, "Nothing is running.",
-                                                 ref=ref))
-                return
-            if owner != self.owner:
-                self.owner = owner
-                await self._announce(owner)
-            future = loop.create_future()
-            self._acks[payload["id"]] = future
-            reply: dict[str, Any] | None = None
-            try:
-                await self.channel_layer.send(owner, payload)
-                reply = await asyncio.wait_for(future, self.ack_timeout)
-            except asyncio.TimeoutError:
-                pass
-            except Exception as error:  # e.g. ChannelFull: try again like a lost owner
-                logger.info("Forwarding to %s failed: %r", owner, error)
-            finally:
-                self._acks.pop(payload["id"], None)
-            if reply is not None and not reply.get("retry"):
-                if reply.get("frame"):
-                    await self.send_json(reply["frame"])
-                return
-            if loop.time() >= deadline:
-                await self.send_json(error_frame(
-                    protocol.OWNER_UNAVAILABLE, "The live session did not answer; try again.",
-                    ref=ref))
-                return
-            if reply is not None:  # the owner is stopping: wait for it to let go
-                await asyncio.sleep(0.1)
-
-    async def live_ack(self, message: dict[str, Any]) -> None:
-        future = self._acks.get(message.get("id") or "")
-        if future is not None and not future.done():
-            future.set_result(message)
-
-    def _cancel_acks(self) -> None:
-        for future in self._acks.values():
-            future.cancel()
+                logger.info("Could not reach the owner of %s", self.conversation_id)
 
     # -- presence ----------------------------------------------------------------------------
 
@@ -160,9 +80,3 @@ class DeliveryMixin:
     if TYPE_CHECKING:  # provided by the consumer
         @property
         def _user_id(self) -> Any: ...
-
-        async def send_json(self, content: Any, close: bool = False) -> None: ...
-
-        async def _send_safe(self, frame: dict[str, Any]) -> None: ...
-
-        async def _send_error(self, error: Exception, ref: str | None = None) -> None: ...

@@ -15,6 +15,7 @@ from typing import Any
 from rest_framework import serializers
 
 from ..declaration.schemas import plain_errors
+from ..records import Multitask
 
 # -- close codes (sent after accepting, so browsers can read them; no data frame precedes) --
 CLOSE_UNAUTHENTICATED = 4401
@@ -27,7 +28,6 @@ INVALID_JSON = "invalid_json"
 INVALID_FRAME = "invalid_frame"
 UNKNOWN_TYPE = "unknown_type"
 FRAME_TOO_LARGE = "frame_too_large"
-QUEUE_FULL = "queue_full"
 NOT_RUNNING = "not_running"
 NOTHING_TO_CANCEL = "nothing_to_cancel"
 OWNER_UNAVAILABLE = "owner_unavailable"
@@ -113,10 +113,12 @@ def _ref() -> StrictCharField:
 # -- client frames --------------------------------------------------------------------------
 
 class MessageFrame(serializers.Serializer):
-    """Send input to the agent: runs a turn, or is queued while one runs."""
+    """Send input to the agent: committed as a queued run, then acknowledged (``ack``). The
+    ``ref`` is the message's id: resending it returns the same run and never runs twice."""
 
     input = InputField()
     ref = _ref()
+    multitask = serializers.ChoiceField(choices=Multitask.choices, required=False)
 
 
 class CancelFrame(serializers.Serializer):

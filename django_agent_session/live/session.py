@@ -1,102 +1,53 @@
-"""The live session: the one place in the cluster that runs a conversation's turns.
+"""The live session: the presence and lifecycle of one conversation in the cluster.
 
 A :class:`LiveSession` lives in the event loop of the process that elected it (see ``api.start``)
 and is not tied to any WebSocket: it listens on its own channel (named in the ownership lease),
 so consumers in every process reach it through the channel layer. It
 
-* runs turns one at a time with ``acontinue_session`` as asyncio tasks, queueing messages that
-  arrive meanwhile (FIFO, bounded by ``QUEUE_MAX``) and announcing them;
-* cancels the running turn on request (the core records the run as cancelled, with the partial
-  reply, and leaves the context untouched);
-* fans every progress callback, message, run status, presence change and its own stop out to the
-  conversation's group;
-* renews its ownership lease, tracks presence, and stops after ``inactivity_timeout`` seconds
-  without activity or ``NO_VIEWER_GRACE_SECONDS`` without viewers.
+* tracks who is viewing (presence) and tells the group;
+* hands the conversation's stranded queue to the executor when it starts and while it runs
+  (runs are rows: a message is queued in the database by the consumer that received it, and
+  run by an executor, see :mod:`django_agent_session.runs`);
+* renews its ownership lease, and stops after ``inactivity_timeout`` seconds without activity or
+  ``NO_VIEWER_GRACE_SECONDS`` without viewers (never while a run is running or queued).
 
-Layer messages it receives (on its channel): ``live.message``, ``live.cancel``, ``live.join``,
-``live.leave``, ``live.stop``, each handled by the method named after it, as Channels names
-handlers (``live.join`` → ``live_join``). It answers the sender with ``live.ack`` and
-``live.state``, and sends ``live.frame`` (a client frame) and ``live.rollcall`` to the group.
+Stopping it cancels nothing: runs belong to the queue, not to the live session.
+
+Layer messages it receives (on its channel): ``live.join``, ``live.leave``, ``live.stop`` and
+``live.activity``, each handled by the method named after it, as Channels names handlers
+(``live.join`` → ``live_join``). It answers a joining viewer with ``live.state``, and sends
+``live.frame`` (a client frame) and ``live.rollcall`` to the group.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import re
 import time
 import uuid
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
-from django.db import models
+from django.contrib.contenttypes.models import ContentType
 from django.utils import timezone
 
 from .. import exceptions as exc
 from ..conf import agent_settings
-from ..records import EventType, RunStatus
+from ..records import AgentRun, EventType, RunStatus
+from ..runs.drain import stranded
+from ..runs.stream import group_name
+from ..store.dispatch import dispatch
 from ..store.turns import SessionStore
 from . import ownership, registry
 from .presence import Presence
-from .protocol import NOTHING_TO_CANCEL, QUEUE_FULL, error_frame
 from .routers import SessionSpec
 
 logger = logging.getLogger("django_agent_session.live")
 
-#: how many recently accepted message ids are remembered (a resent message runs once)
-SEEN_IDS = 1000
-#: bound on waiting for a cancelled turn to record itself while stopping
-STOP_WAIT_SECONDS = 15.0
 #: the layer messages a live session serves: ``live.<name>`` is handled by ``live_<name>``
 MESSAGE_NAMESPACE = "live."
-
-
-def group_name(model: type[models.Model], conversation_id: Any) -> str:
-    """The channel-layer group of a conversation (ASCII alnum, ``-_.``, under 100 chars)."""
-    label = model._meta.label_lower
-    if len(label) > 50 or not re.fullmatch(r"[a-z0-9_.]+", label):
-        label = hashlib.sha1(label.encode()).hexdigest()[:16]
-    return f"agent_session.{label}.{uuid.UUID(str(conversation_id)).hex}"
-
-
-def _run_info(record: Any, cancelled: bool) -> dict[str, Any]:
-    """The run id, final seq and partial reply of a failed or cancelled turn's record."""
-    if record is None:  # refused before a run was recorded (invalid input, busy, gone)
-        return {"run_id": None, "seq": None}
-    info: dict[str, Any] = {"run_id": str(record.run_id), "seq": record.seq}
-    end = record.events[-1]["data"] if record.events else {}
-    if "partial_text" in end or cancelled:
-        info["partial_text"] = end.get("partial_text", "")  # reported, never stored in context
-    return info
-
-
-@dataclass
-class Item:
-    """A message waiting for, or running, its turn."""
-
-    id: str
-    ref: str
-    input: Any
-    user_id: Any
-    reply_to: str | None
-    announced: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task | None = None
-    partial: list[str] = field(default_factory=list)
-    deltas: int = 0
-    cancelled: bool = False
-    #: what the turn wrote (``TurnRecord``), from the session or the exception
-    record: Any = None
-
-    def summary(self, *, running: bool = False) -> dict[str, Any]:
-        data = {"ref": self.ref, "input": self.input, "user_id": self.user_id}
-        if running:
-            data.update(partial_text="".join(self.partial), deltas=self.deltas)
-        return data
 
 
 class LiveSession:
@@ -112,9 +63,6 @@ class LiveSession:
         self.lease_seconds = ownership.lease_seconds()
         self.timeout = spec.timeout
         self.grace = float(agent_settings.NO_VIEWER_GRACE_SECONDS)
-        self.queue_max = int(agent_settings.QUEUE_MAX)
-        self.queue: deque[Item] = deque()
-        self.current: Item | None = None
         self.presence = Presence(stale_after=self.lease_seconds)
         self.state = "new"
         self.stop_reason: str | None = None
@@ -125,9 +73,7 @@ class LiveSession:
         remaining = (lease_expires_at - timezone.now()).total_seconds()
         self.lease_deadline = now + remaining
         self.next_renew = now + self.lease_seconds / 3
-        self._seen: OrderedDict[str, None] = OrderedDict()
         self._tasks: list[asyncio.Task] = []
-        self._turn_runner: asyncio.Task | None = None
         self._stop_task: asyncio.Task | None = None
 
     def __repr__(self) -> str:
@@ -139,10 +85,6 @@ class LiveSession:
     def alive(self) -> bool:
         return self.state == "running"
 
-    @property
-    def busy(self) -> bool:
-        return self.current is not None or bool(self.queue)
-
     async def start(self) -> None:
         self.state = "running"
         self._tasks = [asyncio.create_task(self._receive_loop(), name=f"live-recv-{self.key}"),
@@ -150,6 +92,7 @@ class LiveSession:
         await self.layer.group_send(self.group, {"type": "live.rollcall",
                                                  "owner": self.channel_name})
         await self.broadcast({"type": "session.started"})
+        await self._hand_on()
 
     def request_stop(self, reason: str) -> asyncio.Task:
         """Schedule the stop (idempotent); the task can be awaited."""
@@ -162,20 +105,10 @@ class LiveSession:
 
     async def _stop(self, reason: str) -> None:
         self.state, self.stop_reason = "stopping", reason
-        dropped = list(self.queue)
-        self.queue.clear()
-        for item in dropped:
-            item.announced.set()
-        data = {"reason": reason, "dropped": [item.ref for item in dropped]}
+        # queued and running runs are rows an executor owns: nothing is dropped
+        data: dict[str, Any] = {"reason": reason, "dropped": []}
         seq = None
         try:
-            current = self.current
-            if current is not None:
-                current.cancelled = True
-                if current.task is not None:
-                    current.task.cancel()
-            if self._turn_runner is not None:
-                await asyncio.wait([self._turn_runner], timeout=STOP_WAIT_SECONDS)
             me = asyncio.current_task()
             others = [task for task in self._tasks if task is not me]
             for task in others:
@@ -236,10 +169,6 @@ class LiveSession:
             except Exception:  # a viewer that went away (or a full channel) is not our failure
                 logger.info("Live session %s could not reply to %s", self.key, channel)
 
-    async def _ack(self, message: dict[str, Any], **result: Any) -> None:
-        await self._reply(message.get("reply_to"), {"type": "live.ack", "id": message.get("id"),
-                                                     **result})
-
     async def broadcast(self, frame: dict[str, Any]) -> None:
         try:
             await self.layer.group_send(self.group, {"type": "live.frame", "frame": frame})
@@ -249,129 +178,20 @@ class LiveSession:
     def touch(self) -> None:
         self.last_activity = time.monotonic()
 
-    # -- messages and turns -------------------------------------------------------------------
+    # -- runs -------------------------------------------------------------------------------
 
-    async def live_message(self, message: dict[str, Any]) -> None:
-        msg_id = str(message.get("id") or uuid.uuid4().hex)
-        if msg_id in self._seen:  # a resend of a message we already took
-            await self._ack(message, ok=True)
-            return
-        if self.state != "running":
-            await self._ack(message, ok=False, retry=True)
-            return
-        ref = message.get("ref") or msg_id
-        idle = not self.busy
-        if not idle and len(self.queue) >= self.queue_max:
-            await self._ack(message, ok=False, frame=error_frame(
-                QUEUE_FULL, f"{self.queue_max} messages are already waiting; try again later.",
-                ref=ref))
-            return
-        self._remember(msg_id)
-        item = Item(msg_id, ref, message.get("input"), message.get("user_id"),
-                    message.get("reply_to"))
+    async def live_activity(self, message: dict[str, Any]) -> None:
+        """A viewer submitted or cancelled a run: not inactive."""
         self.touch()
-        self.queue.append(item)
-        if idle:
-            item.announced.set()
-            self._next()
-            await self._ack(message, ok=True)
-            return
-        position = len(self.queue)
-        await self._ack(message, ok=True)
+
+    async def _hand_on(self) -> None:
+        """Give the conversation's queue to the executor if nobody drains it (a dead
+        executor's runs, or messages queued while no process was up)."""
         try:
-            data = {"ref": ref, "input": item.input, "user_id": item.user_id,
-                    "position": position}
-            seq = await self._append_event(EventType.MESSAGE_QUEUED, data)
-            await self.broadcast({"type": "message.queued", **data, "seq": seq})
-        finally:
-            item.announced.set()
-
-    def _remember(self, msg_id: str) -> None:
-        self._seen[msg_id] = None
-        while len(self._seen) > SEEN_IDS:
-            self._seen.popitem(last=False)
-
-    def _next(self) -> None:
-        """Start the next queued turn if none runs (no await: the check and start are atomic)."""
-        if self.current is None and self.queue and self.state == "running":
-            self.current = item = self.queue.popleft()
-            self._turn_runner = asyncio.create_task(self._run(item), name=f"live-turn-{self.key}")
-
-    async def _run(self, item: Item) -> None:
-        try:
-            await item.announced.wait()
-            if item.cancelled or self.state != "running":
-                await self._dropped(item)
-                return
-            await self.broadcast({"type": "run.status", "status": "started",
-                                  **item.summary()})
-            item.task = asyncio.create_task(self._turn(item))
-            await asyncio.wait([item.task])
-            await self._report(item)
+            if await database_sync_to_async(self._stranded)():
+                await database_sync_to_async(dispatch)(self.model, self.conversation_id)
         except Exception:
-            logger.exception("Live session %s failed to run a turn", self.key)
-        finally:
-            self.current = None
-            self.touch()
-            self._next()
-
-    async def _turn(self, item: Item) -> Any:
-        async def on_progress(kind: str, data: dict[str, Any]) -> None:
-            if kind == "run.started":  # viewers already got run.status "started"
-                return
-            frame = {"type": kind, "ref": item.ref, **data}
-            if kind == "delta":
-                item.deltas += 1
-                frame["n"] = item.deltas
-                if data.get("kind") == "text":
-                    item.partial.append(data.get("text") or "")
-            self.touch()
-            await self.broadcast(frame)
-
-        try:
-            session = await self.model._default_manager.acontinue_session(
-                self.conversation_id, item.input, on_progress=on_progress)
-        except (asyncio.CancelledError, Exception) as error:
-            item.record = getattr(error, "turn", None)  # set by the store when a run was recorded
-            raise
-        item.record = session.last_turn
-        return session
-
-    async def _report(self, item: Item) -> None:
-        task = item.task
-        assert task is not None
-        base = {"type": "run.status", "ref": item.ref}
-        record = item.record
-        if task.cancelled() and not (record and record.status == RunStatus.COMPLETED):
-            await self.broadcast({**base, "status": "cancelled", **_run_info(record, True)})
-            return
-        # a cancel that came while the turn was committing: the turn completed
-        error = None if task.cancelled() else task.exception()
-        if error is None:
-            message = record.event(EventType.MESSAGE_ASSISTANT) or {}
-            output = (record.event(EventType.RUN_COMPLETED) or {}).get("data", {}).get("output")
-            await self.broadcast({"type": "message", "role": "assistant", "ref": item.ref,
-                                  "run_id": str(record.run_id),
-                                  "content": message.get("data", {}).get("content", []),
-                                  "output": output, "seq": message.get("seq")})
-            await self.broadcast({**base, "status": "completed", "run_id": str(record.run_id),
-                                  "output": output, "usage": record.usage, "seq": record.seq})
-            return
-        if isinstance(error, exc.AgentSessionError):
-            payload = error.to_dict()
-        else:
-            logger.error("Turn of %s raised", self.key, exc_info=error)
-            payload = {"code": "internal_error", "message": "The turn failed unexpectedly.",
-                       "retryable": False}
-        await self.broadcast({**base, "status": "failed", **_run_info(record, False),
-                              "error": payload})
-        if isinstance(error, exc.SessionNotFound):
-            self.request_stop("deleted")
-
-    async def _dropped(self, item: Item) -> None:
-        """Tell the group a queued message was cancelled before its turn began."""
-        await self.broadcast({"type": "run.status", "status": "cancelled", "ref": item.ref,
-                              "run_id": None, "queued": True})
+            logger.exception("Live session %s could not check its queue", self.key)
 
     async def _append_event(self, kind: str, data: dict[str, Any]) -> int | None:
         def append() -> int:
@@ -382,28 +202,17 @@ class LiveSession:
         except exc.SessionNotFound:
             return None
 
-    # -- cancel, presence, stop --------------------------------------------------------------
+    def _stranded(self) -> bool:
+        return bool(stranded(self.model, self.conversation_id))
 
-    async def live_cancel(self, message: dict[str, Any]) -> None:
-        ref = message.get("ref")
-        self.touch()
-        current = self.current
-        if current is not None and ref in (None, current.ref):
-            if current.task is not None:
-                current.task.cancel()
-            else:  # its turn has not begun: it never reaches the model
-                current.cancelled = True
-            await self._ack(message, ok=True)
-            return
-        for item in list(self.queue):
-            if item.ref == ref:
-                self.queue.remove(item)
-                item.announced.set()
-                await self._ack(message, ok=True)
-                await self._dropped(item)
-                return
-        await self._ack(message, ok=False, frame=error_frame(
-            NOTHING_TO_CANCEL, "No running turn or queued message matches.", ref=ref))
+    def _active(self) -> bool:
+        """Sync: whether a run of the conversation is running or queued."""
+        return AgentRun.objects.filter(
+            session_id=self.conversation_id,
+            session_type=ContentType.objects.get_for_model(self.model),
+            status__in=(RunStatus.QUEUED, RunStatus.RUNNING)).exists()
+
+    # -- cancel, presence, stop --------------------------------------------------------------
 
     async def live_join(self, message: dict[str, Any]) -> None:
         channel = message.get("channel")
@@ -431,12 +240,8 @@ class LiveSession:
         await self.broadcast({"type": "presence", **self.presence.snapshot()})
 
     def snapshot(self) -> dict[str, Any]:
-        """The live part of ``session.state``: running turn, queue, presence."""
-        return {
-            "running": self.current.summary(running=True) if self.current else None,
-            "queue": [dict(item.summary(), position=i) for i, item in enumerate(self.queue, 1)],
-            "presence": self.presence.snapshot(),
-        }
+        """The live part of ``session.state``: presence (runs are read from the database)."""
+        return {"presence": self.presence.snapshot()}
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -465,15 +270,15 @@ class LiveSession:
             return False
         if self.presence.expire():
             await self._publish_presence(now)
-        if self.busy:
+        inactive = self.timeout is not None and now - self.last_activity >= self.timeout
+        unwatched = self.no_viewers_since is not None and now - self.no_viewers_since >= self.grace
+        if not (inactive or unwatched):
             return True
-        if self.timeout is not None and now - self.last_activity >= self.timeout:
-            self.request_stop("inactivity")
-            return False
-        if self.no_viewers_since is not None and now - self.no_viewers_since >= self.grace:
-            self.request_stop("no_viewers")
-            return False
-        return True
+        if await database_sync_to_async(self._active)():  # a run in flight is activity
+            self.touch()
+            return True
+        self.request_stop("no_viewers" if unwatched else "inactivity")
+        return False
 
     async def _renew(self, now: float) -> bool:
         """Renew the ownership lease; stop (returning False) once it is lost."""
@@ -491,4 +296,5 @@ class LiveSession:
             return False
         self.lease_deadline = now + self.lease_seconds
         self.next_renew = now + self.lease_seconds / 3
+        await self._hand_on()
         return True

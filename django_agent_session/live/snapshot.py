@@ -1,7 +1,9 @@
 """What a viewer is told about a conversation: ``session.state``, replays and held-back frames.
 
 ``session.state`` joins what the database stores (read here, by sync functions to run through
-``database_sync_to_async``) with the live session's part (running turn, queue, presence). A
+``database_sync_to_async``: the context, the running run and the queue) with the live
+session's part (presence). A viewer is then sent the running run's buffered frames (see
+:mod:`django_agent_session.runs.stream`), so it misses no delta of a run it joined mid-way. A
 replay is the stored events after a ``seq``, as ``event`` frames, closed by ``replay.done``.
 Group frames that arrive while the state is being built are held back; :func:`unseen` keeps
 those the state does not already contain. The consumer only sends these frames, in order.
@@ -14,7 +16,7 @@ from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
 
-from ..records import AgentEvent
+from ..records import AgentEvent, AgentRun, RunStatus
 
 #: most stored events sent for one replay (``replay.done`` says whether more are left)
 REPLAY_LIMIT = 1000
@@ -51,19 +53,31 @@ def stored_state(model: Any, conversation_id: Any, *, readable: bool,
     row = model._base_manager.filter(pk=conversation_id).first() if readable else None
     if row is None or not can_view(row.owner_id):
         return {**base, "exists": False, "status": "new", "seq": 0, "turns": 0, "title": "",
-                "messages": [], "last_output": None}, []
+                "messages": [], "last_output": None, "running": None, "queue": []}, []
     context = row.get_context()
     events = (stored_events(model, conversation_id, after_seq, row.event_seq)
               if after_seq is not None else [])
+    runs = AgentRun.objects.filter(
+        session_type=ContentType.objects.get_for_model(model), session_id=conversation_id,
+        status__in=(RunStatus.QUEUED, RunStatus.RUNNING))
+    running: dict[str, Any] | None = None
+    queue: list[dict[str, Any]] = []
+    for run in runs.order_by("queued_seq", "started_at"):
+        summary = {"ref": run.ref, "run_id": str(run.pk), "input": run.input,
+                   "user_id": run.origin.get("user_id")}
+        if run.status == RunStatus.QUEUED:
+            queue.append({**summary, "position": len(queue) + 1})
+        elif run.pk == row.lease_token:
+            running = summary
     return {**base, "exists": True, "status": row.status, "seq": row.event_seq,
             "turns": row.turn_count, "title": row.title, "messages": context.messages,
-            "last_output": context.last_output}, events
+            "last_output": context.last_output, "running": running, "queue": queue}, events
 
 
 def state_frame(stored: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
-    """``session.state``: the stored state and the live session's (``{}``: none answered)."""
+    """``session.state``: the stored state (with the running run and the queue) and the live
+    session's presence (``{}``: none answered)."""
     return {"type": "session.state", **stored, "live": bool(live),
-            "running": live.get("running"), "queue": live.get("queue", []),
             "presence": live.get("presence")}
 
 
@@ -80,17 +94,17 @@ def replay_frames(after: int, events: list[dict[str, Any]], ref: str | None = No
     return [*events, done]
 
 
-def unseen(frames: list[dict[str, Any]], seq: int, running: dict[str, Any]
+def unseen(frames: list[dict[str, Any]], seq: int, sent: dict[str, int]
            ) -> list[dict[str, Any]]:
-    """The held-back ``frames`` a viewer still needs after a state at ``seq`` with ``running``
-    (the live session's running turn, ``{}`` when none)."""
+    """The held-back ``frames`` a viewer still needs after a state at ``seq``, when it was
+    already sent the buffered frames of runs up to index ``sent[run_id]``."""
     kept = []
     for frame in frames:
         frame_seq = frame.get("seq")
         if frame_seq is not None and frame_seq <= seq:
             continue  # already in the state or the replay
-        if (frame.get("type") == "delta" and frame.get("ref") == running.get("ref")
-                and (frame.get("n") or 0) <= running.get("deltas", 0)):
-            continue  # already in running.partial_text
+        n = frame.get("n")
+        if n is not None and n <= sent.get(frame.get("run_id") or "", 0):
+            continue  # already sent from the run's buffer
         kept.append(frame)
     return kept

@@ -13,6 +13,7 @@ class SessionStatus(models.TextChoices):
 
 
 class RunStatus(models.TextChoices):
+    QUEUED = "queued", _("queued")
     RUNNING = "running", _("running")
     COMPLETED = "completed", _("completed")
     FAILED = "failed", _("failed")
@@ -22,6 +23,7 @@ class RunStatus(models.TextChoices):
 class EventType(models.TextChoices):
     SESSION_STARTED = "session.started", _("session started")
     SESSION_STOPPED = "session.stopped", _("session stopped")
+    RUN_QUEUED = "run.queued", _("run queued")
     RUN_STARTED = "run.started", _("run started")
     RUN_COMPLETED = "run.completed", _("run completed")
     RUN_FAILED = "run.failed", _("run failed")
@@ -37,3 +39,16 @@ class EventType(models.TextChoices):
     CONTEXT_RESET = "context.reset", _("context reset")
     SESSION_FORKED = "session.forked", _("session forked")
     SESSION_REWOUND = "session.rewound", _("session rewound")
+
+
+#: run statuses a run never leaves
+TERMINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class Multitask(models.TextChoices):
+    """What a new message does when the session already has a run running or queued."""
+
+    ENQUEUE = "enqueue", _("run after the runs before it")
+    REJECT = "reject", _("refuse with SessionBusy")
+    INTERRUPT = "interrupt", _("cancel the running turn, then run after the queued ones")
+    ROLLBACK = "rollback", _("cancel the running turn and every queued one, then run")

@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from ..engine.context import USAGE_KEYS
-from .choices import RunStatus
+from .choices import TERMINAL_RUN_STATUSES, RunStatus
 
 
 class UsageMixin:
@@ -31,6 +31,16 @@ class AgentRun(UsageMixin, models.Model):
     session_id = models.UUIDField()
     session = GenericForeignKey("session_type", "session_id")
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.RUNNING)
+    #: a caller's key (``idempotency_key=``, a WebSocket message id, an ``Idempotency-Key``
+    #: header), unique per session: resubmitting it returns this run
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    #: the ``seq`` of its ``run.queued`` event: the session's FIFO order (None: never queued)
+    queued_seq = models.PositiveBigIntegerField(null=True, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    #: set by ``cancel_run`` while the run runs; its executor sees it and cancels the turn
+    cancel_requested = models.BooleanField(default=False)
+    #: who submitted it, through what: ``{"surface", "user_id", "ref"}`` (told to viewers)
+    origin = models.JSONField(encoder=DjangoJSONEncoder, default=dict, blank=True)
     input = models.JSONField(encoder=DjangoJSONEncoder, default=dict)
     output = models.JSONField(encoder=DjangoJSONEncoder, null=True, blank=True)
     error = models.JSONField(encoder=DjangoJSONEncoder, null=True, blank=True)
@@ -50,7 +60,24 @@ class AgentRun(UsageMixin, models.Model):
         indexes = [
             models.Index(fields=["session_id", "started_at"], name="agent_run_session_idx"),
             models.Index(fields=["status"], name="agent_run_status_idx"),
+            models.Index(fields=["session_id", "status", "queued_seq"],
+                         name="agent_run_queue_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["session_type", "session_id", "idempotency_key"],
+                                    condition=models.Q(idempotency_key__isnull=False),
+                                    name="agent_run_idempotency_key"),
         ]
 
     def __str__(self) -> str:
         return f"run {self.id} ({self.status})"
+
+    @property
+    def ref(self) -> str:
+        """The submitter's name for the message (a WebSocket ``ref``), else the run id."""
+        return str(self.origin.get("ref") or self.id)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run reached a status it never leaves."""
+        return self.status in TERMINAL_RUN_STATUSES

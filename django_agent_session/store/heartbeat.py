@@ -6,6 +6,9 @@ away. So while the engine runs, a heartbeat renews the lease every third of the 
 from its own thread (sync turns) or task (async turns), with its own database connection, so a
 busy turn thread cannot starve it. Only a process that really stopped, or stalled past the
 lease, loses its lease; the commit's compare-and-set still decides.
+
+The same beat watches for a cancel requested from another process (``cancel_run`` sets a flag
+on the run): it checks every ``CANCEL_CHECK_SECONDS`` and tells the turn (``on_cancel``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from channels.db import database_sync_to_async
@@ -22,6 +26,7 @@ from django.db import connections
 
 from .. import exceptions as exc
 from ..conf import agent_settings
+from ..records import AgentRun
 
 if TYPE_CHECKING:
     from .turns import SessionStore, Turn
@@ -32,6 +37,38 @@ logger = logging.getLogger("django_agent_session")
 def interval() -> float:
     """Seconds between renewals: a third of the lease, so two may fail before it expires."""
     return float(agent_settings.TURN_LEASE_SECONDS) / 3
+
+
+def tick() -> float:
+    """Seconds between beats: renewals and cancel checks, whichever is due sooner."""
+    return min(interval(), float(agent_settings.CANCEL_CHECK_SECONDS))
+
+
+class _Beat:
+    """One turn's schedule: renew every ``interval()``, look for a cancel every tick."""
+
+    def __init__(self, store: SessionStore, turn: Turn, on_cancel: Callable[[], None]) -> None:
+        self.store, self.turn, self.on_cancel = store, turn, on_cancel
+        self.next_renewal = time.monotonic() + interval()
+
+    def __call__(self) -> bool:
+        """Beat once; ``False`` once there is nothing left to watch."""
+        if time.monotonic() >= self.next_renewal:
+            self.next_renewal = time.monotonic() + interval()
+            if not _beat(self.store, self.turn):
+                return False
+        try:
+            cancelled = AgentRun.objects.filter(pk=self.turn.run_id,
+                                                cancel_requested=True).exists()
+        except Exception:
+            logger.warning("Could not check run %s for a cancel", self.turn.run_id,
+                           exc_info=True)
+            return True
+        if cancelled:
+            self.turn.cancel_event.set()
+            self.on_cancel()
+            return False
+        return True
 
 
 def _beat(store: SessionStore, turn: Turn) -> bool:
@@ -47,12 +84,14 @@ def _beat(store: SessionStore, turn: Turn) -> bool:
 
 @contextlib.contextmanager
 def keep_alive(store: SessionStore, turn: Turn) -> Iterator[None]:
-    """Renew ``turn``'s lease from a daemon thread while the block runs."""
+    """Renew ``turn``'s lease from a daemon thread while the block runs; a requested cancel
+    sets ``turn.cancel_event`` (the sync engine stops at its next step)."""
     stop = threading.Event()
+    beat = _Beat(store, turn, lambda: None)
 
     def loop() -> None:
         try:
-            while not stop.wait(interval()) and _beat(store, turn):
+            while not stop.wait(tick()) and beat():
                 pass
         finally:
             connections.close_all()  # this thread's own connection
@@ -68,13 +107,20 @@ def keep_alive(store: SessionStore, turn: Turn) -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def akeep_alive(store: SessionStore, turn: Turn) -> AsyncIterator[None]:
-    """Renew ``turn``'s lease from a task while the block runs (off the shared ORM thread)."""
-    beat = database_sync_to_async(_beat, thread_sensitive=False)
+    """Renew ``turn``'s lease from a task while the block runs (off the shared ORM thread);
+    a requested cancel cancels the task that entered the block."""
+    owner, running = asyncio.current_task(), asyncio.get_running_loop()
+    assert owner is not None
+
+    def cancel_owner() -> None:  # called from the beat's thread
+        running.call_soon_threadsafe(owner.cancel)
+
+    beat = database_sync_to_async(_Beat(store, turn, cancel_owner), thread_sensitive=False)
 
     async def loop() -> None:
         while True:
-            await asyncio.sleep(interval())
-            if not await beat(store, turn):
+            await asyncio.sleep(tick())
+            if not await beat():
                 return
 
     task = asyncio.create_task(loop())

@@ -9,9 +9,12 @@ through ``database_sync_to_async``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import Any
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -30,13 +33,16 @@ from ..engine.turn import (
     guard_progress,
     user_blocks_for,
 )
-from ..records import RunStatus, SessionRecord
+from ..records import AgentRun, Multitask, RunStatus, SessionRecord
 from ..signals import turn_completed, turn_failed
+from . import local_runs
+from .dispatch import dispatch
 from .heartbeat import akeep_alive, keep_alive
 from .lease import retry_after
 from .queries import SessionQueryMixin
+from .queue import BUSY, RunQueue, Submission
 from .sessions import insert_session
-from .turns import SessionStore, Turn
+from .turns import SessionStore, Turn, TurnRecord
 
 #: one store and one engine per session model, built on first use (an engine is rebuilt when
 #: the model's options are, as tests that swap tools do)
@@ -115,16 +121,39 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
     def _tool_context(self, turn: Turn) -> Any:
         return ToolContext(turn.session, turn.run_id)
 
+    def _queue(self) -> RunQueue:
+        return RunQueue(self._store())
+
+    def _multitask(self, multitask: str | None) -> str:
+        value = multitask or self._options.multitask
+        if value not in Multitask.values:
+            raise ValueError(f"multitask must be one of {', '.join(Multitask.values)}; "
+                             f"got {value!r}")
+        return value
+
     # -- sync --------------------------------------------------------------------------------
 
     def start_session(self, input: Any, *, instruction_args: dict[str, Any] | None = None,
                       owner: Any = None, title: str = "",
-                      on_progress: ProgressCallback | None = None) -> Any:
-        """Create a session and run its first turn; returns the saved session."""
+                      on_progress: ProgressCallback | None = None, wait: bool = True,
+                      idempotency_key: str | None = None,
+                      origin: dict[str, Any] | None = None) -> Any:
+        """Create a session and run its first turn; returns the saved session.
+
+        With ``wait=False`` the first message is queued and handed to the executor; the
+        committed ``queued`` :class:`~django_agent_session.models.AgentRun` is returned.
+        """
         validated, blocks = self._prepare_input(input)
         context = self.initial_context(instruction_args)
+        if not wait:
+            run = self._queue().create(self.model(owner=owner, title=title), context,
+                                       input=validated, user_blocks=blocks,
+                                       idempotency_key=idempotency_key, origin=origin)
+            dispatch(self.model, run.session_id)
+            return run
         turn = self._store().create(context=context, owner=owner, title=title,
-                                    input=validated, user_blocks=blocks)
+                                    input=validated, user_blocks=blocks,
+                                    idempotency_key=idempotency_key)
         return self._run(turn, context, on_progress)
 
     def create_session(self, *, instruction_args: dict[str, Any] | None = None,
@@ -134,15 +163,77 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         return insert_session(self.model(owner=owner, title=title, **fields), context)
 
     def continue_session(self, session_or_pk: Any, input: Any, *,
-                         on_progress: ProgressCallback | None = None) -> Any:
-        """Run one turn on an existing session; returns the saved session."""
+                         on_progress: ProgressCallback | None = None, wait: bool = True,
+                         idempotency_key: str | None = None,
+                         multitask: str | None = None,
+                         origin: dict[str, Any] | None = None) -> Any:
+        """Run one turn on an existing session; returns the saved session.
+
+        The message is a committed run before anything else happens. ``wait=False`` returns
+        that ``queued`` run and leaves the turn to the executor. ``idempotency_key`` names the
+        message: a resubmission returns (or waits for) the run it named. ``multitask`` (default
+        ``Agent.multitask``) says what to do when the session already has runs.
+        """
         validated, blocks = self._prepare_input(input)
-        turn = self._store().begin(self._pk(session_or_pk), input=validated, user_blocks=blocks)
-        try:
-            context = turn.session.get_context()
-        except BaseException as error:  # unreadable stored data: fail the run, free the lease
-            raise self._failed(turn, error, TurnState())  # noqa: B904
-        return self._run(turn, context, on_progress)
+        pk, multitask = self._pk(session_or_pk), self._multitask(multitask)
+        if wait and idempotency_key is None and multitask in (Multitask.ENQUEUE,
+                                                              Multitask.REJECT):
+            begun = self._store().try_begin(pk, input=validated, user_blocks=blocks)
+            if isinstance(begun, Turn):  # nothing ahead of it: run at once (the fast path)
+                return self._run_claimed(begun, on_progress)
+            if multitask == Multitask.REJECT:
+                raise self._busy(begun)
+        submitted = self._submit(pk, validated, blocks, idempotency_key, multitask, origin)
+        if not wait:
+            return submitted.run
+        return self._wait(submitted.run, on_progress)
+
+    def submit(self, session_or_pk: Any, input: Any, *, idempotency_key: str | None = None,
+               multitask: str | None = None, origin: dict[str, Any] | None = None
+               ) -> Submission:
+        """Queue a message and hand it to the executor: ``continue_session(wait=False)``
+        that also says whether the run is new and its place in line. ``origin`` (who sent it,
+        through what, under which ``ref``) is stored on the run and shown to viewers."""
+        validated, blocks = self._prepare_input(input)
+        return self._submit(self._pk(session_or_pk), validated, blocks, idempotency_key,
+                            self._multitask(multitask), origin)
+
+    def _submit(self, pk: Any, validated: dict[str, Any], blocks: list[dict[str, Any]],
+                idempotency_key: str | None, multitask: str, origin: dict[str, Any] | None
+                ) -> Submission:
+        submitted = self._queue().submit(pk, input=validated, user_blocks=blocks,
+                                         idempotency_key=idempotency_key,
+                                         multitask=multitask, origin=origin)
+        if submitted.created:
+            dispatch(self.model, pk)
+        if submitted.interrupted is not None:  # at once if it runs in this process
+            local_runs.cancel(submitted.interrupted)
+        return submitted
+
+    def cancel_run(self, run_id: Any) -> AgentRun:
+        """Cancel a run: a queued one at once, a running one wherever it runs (its executor
+        notices within ``CANCEL_CHECK_SECONDS``, at once in this process). Returns the run."""
+        run = self._queue().cancel(run_id)
+        if run.status == RunStatus.RUNNING:
+            local_runs.cancel(run.pk)
+        return run
+
+    def find_run(self, session_or_pk: Any, ref: str | None = None) -> AgentRun | None:
+        """The session's run named ``ref`` (its idempotency key, a WebSocket ``ref``), or
+        without ``ref`` the run holding the session's lease; ``None`` when there is none."""
+        pk = self._pk(session_or_pk)
+        runs = self._queue().runs(pk)
+        if ref is not None:
+            return runs.filter(idempotency_key=ref).first()
+        token = self.model._base_manager.filter(pk=pk).values_list("lease_token", flat=True)
+        return runs.filter(pk__in=token, status=RunStatus.RUNNING).first()
+
+    def drain(self, session_or_pk: Any) -> int:
+        """Run the session's queued runs in order until none is left; how many ran.
+
+        Returns at once when another executor holds the lease (it drains what is queued).
+        """
+        return async_to_sync(self.adrain)(session_or_pk)
 
     def get_context(self, pk: Any) -> Context:
         """The stored context of session ``pk``."""
@@ -156,10 +247,72 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         except self.model.DoesNotExist as error:
             raise exc.SessionNotFound(f"No {self.model.__name__} with id {pk}.") from error
 
+    def _busy(self, waited: float) -> exc.SessionBusy:
+        if waited == 0.0:
+            return exc.SessionBusy("Messages are already queued on this session.")
+        return exc.SessionBusy(retry_after=retry_after(waited))
+
+    def _run_claimed(self, turn: Turn, on_progress: ProgressCallback | None) -> Any:
+        """Run a turn whose lease this caller holds; then hand on what was queued meanwhile."""
+        try:
+            context = turn.session.get_context()
+        except BaseException as error:  # unreadable stored data: fail the run, free the lease
+            raise self._failed(turn, error, TurnState())  # noqa: B904
+        try:
+            return self._run(turn, context, on_progress)
+        finally:
+            if self._queue().has_queued(turn.session.pk):
+                dispatch(self.model, turn.session.pk)
+
+    def _wait(self, run: AgentRun, on_progress: ProgressCallback | None) -> Any:
+        """Wait for a queued run, helping to drain the queue in front of it.
+
+        Until ``TURN_WAIT_SECONDS`` pass, this caller runs whatever is first in line when the
+        lease is free (its own run, or one an executor left behind); after that, a run still
+        queued is withdrawn and :class:`SessionBusy` raised, as before runs were queued.
+        """
+        queue, pk = self._queue(), run.session_id
+        deadline = time.monotonic() + agent_settings.TURN_WAIT_SECONDS
+        while True:
+            claimed = queue.claim(pk)
+            if isinstance(claimed, Turn):
+                mine = claimed.run_id == run.pk
+                try:
+                    session = self._run_claimed(claimed, on_progress if mine else None)
+                except exc.AgentSessionError:
+                    if mine:
+                        raise
+                    continue  # recorded on that run; go on to ours
+                if mine:
+                    return session
+                continue
+            current = queue.runs(pk).filter(pk=run.pk).first()
+            if current is None:
+                raise exc.SessionNotFound(f"No {self.model.__name__} with id {pk}.")
+            if current.finished:
+                return self._outcome(current)
+            if current.status == RunStatus.QUEUED and time.monotonic() >= deadline:
+                withdrawn = queue.cancel(current.pk, BUSY)
+                if withdrawn.status == RunStatus.CANCELLED:
+                    raise self._busy(claimed or 0.0)
+            time.sleep(agent_settings.TURN_POLL_SECONDS)
+
+    def _outcome(self, run: AgentRun) -> Any:
+        """The session after ``run`` (ran by another executor), or the error it ended with."""
+        record = self._queue().record(run)
+        if run.status == RunStatus.COMPLETED:
+            session = self._get(run.session_id)
+            session.last_turn = record
+            return session
+        error = exc.from_dict(run.error)
+        error.turn = record  # type: ignore[attr-defined]
+        raise error
+
     def _run(self, turn: Turn, context: Context, on_progress: ProgressCallback | None) -> Any:
         on_progress = guard_progress(on_progress)
 
         store, state = self._store(), TurnState()
+        local_runs.add(turn.run_id, turn.cancel_event)
         try:
             if on_progress is not None:
                 on_progress("run.started", {"run_id": str(turn.run_id)})
@@ -167,10 +320,12 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                 result = self._engine().run(
                     context, turn.user_blocks, self._options.get_client(), state=state,
                     tool_context=self._tool_context(turn), on_progress=on_progress,
-                    heartbeat=lambda: store.renew(turn))
+                    heartbeat=lambda: store.renew(turn), cancelled=turn.cancel_event.is_set)
             session = store.commit(turn, context, result)
         except BaseException as error:
             raise self._failed(turn, error, state)  # noqa: B904 (cause set in _failed)
+        finally:
+            local_runs.discard(turn.run_id)
         self._completed(session, turn, result)
         return session
 
@@ -182,12 +337,14 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             status, typed = RunStatus.CANCELLED, exc.TurnCancelled("The turn was cancelled.")
         elif isinstance(error, exc.AgentSessionError):
             typed = error
+            if isinstance(error, exc.TurnCancelled):
+                status = RunStatus.CANCELLED
         else:
             typed = exc.AgentSessionError(f"{type(error).__name__}: {error}")
             typed.code = "internal_error"
-        record = self._store().fail(turn, typed, state, status)
+        record = turn.record = self._store().fail(turn, typed, state, status)
         self._send_failed(turn, typed)
-        if status == RunStatus.CANCELLED:
+        if not isinstance(error, Exception):
             error.turn = record  # type: ignore[attr-defined]  # set on a BaseException too
             return error  # cancellation (or exit) must keep propagating as such
         if typed is not error:
@@ -208,52 +365,170 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
 
     async def astart_session(self, input: Any, *, instruction_args: dict[str, Any] | None = None,
                              owner: Any = None, title: str = "",
-                             on_progress: ProgressCallback | None = None) -> Any:
+                             on_progress: ProgressCallback | None = None, wait: bool = True,
+                             idempotency_key: str | None = None,
+                             origin: dict[str, Any] | None = None) -> Any:
         """Async twin of :meth:`start_session`."""
         validated, blocks = self._prepare_input(input)
         context = self.initial_context(instruction_args)
+        if not wait:
+            run = await database_sync_to_async(self._queue().create)(
+                self.model(owner=owner, title=title), context, input=validated,
+                user_blocks=blocks, idempotency_key=idempotency_key, origin=origin)
+            await database_sync_to_async(dispatch)(self.model, run.session_id)
+            return run
         turn, cancel = await self._settled(
             self._store().create, context=context, owner=owner, title=title, input=validated,
-            user_blocks=blocks)
+            user_blocks=blocks, idempotency_key=idempotency_key)
         if cancel is not None:  # the session was created holding a lease: release it
             raise await database_sync_to_async(self._failed)(turn, cancel, TurnState())
-        return await self._arun(turn, context, on_progress)
+        return await self._arun_watched(turn, context, on_progress)
 
     async def acreate_session(self, **kwargs: Any) -> Any:
         """Async twin of :meth:`create_session`."""
         return await database_sync_to_async(self.create_session)(**kwargs)
 
     async def acontinue_session(self, session_or_pk: Any, input: Any, *,
-                                on_progress: ProgressCallback | None = None) -> Any:
-        """Async twin of :meth:`continue_session` (waits for the lease without blocking)."""
+                                on_progress: ProgressCallback | None = None, wait: bool = True,
+                                idempotency_key: str | None = None,
+                                multitask: str | None = None,
+                                origin: dict[str, Any] | None = None) -> Any:
+        """Async twin of :meth:`continue_session` (waits without blocking the loop)."""
         validated, blocks = self._prepare_input(input)
-        store, pk = self._store(), self._pk(session_or_pk)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + agent_settings.TURN_WAIT_SECONDS
-        while True:
-            result, cancel = await self._settled(store.try_begin, pk, input=validated,
-                                                 user_blocks=blocks)
+        pk, multitask = self._pk(session_or_pk), self._multitask(multitask)
+        if wait and idempotency_key is None and multitask in (Multitask.ENQUEUE,
+                                                              Multitask.REJECT):
+            begun, cancel = await self._settled(self._store().try_begin, pk, input=validated,
+                                                user_blocks=blocks)
             if cancel is not None:
-                if isinstance(result, Turn):  # the lease was taken meanwhile: release it
-                    raise await database_sync_to_async(self._failed)(result, cancel,
+                if isinstance(begun, Turn):  # the lease was taken meanwhile: release it
+                    raise await database_sync_to_async(self._failed)(begun, cancel,
                                                                      TurnState())
                 raise cancel
-            if isinstance(result, Turn):
-                turn = result
-                break
-            if loop.time() >= deadline:
-                raise exc.SessionBusy(retry_after=retry_after(result))
-            await asyncio.sleep(agent_settings.TURN_POLL_SECONDS)
+            if isinstance(begun, Turn):
+                return await self._arun_claimed(begun, on_progress)
+            if multitask == Multitask.REJECT:
+                raise self._busy(begun)
+        submitted = await database_sync_to_async(self._submit)(
+            pk, validated, blocks, idempotency_key, multitask, origin)
+        if not wait:
+            return submitted.run
+        return await self._await(submitted.run, on_progress)
+
+    async def asubmit(self, session_or_pk: Any, input: Any, **kwargs: Any) -> Submission:
+        """Async twin of :meth:`submit`."""
+        return await database_sync_to_async(self.submit)(session_or_pk, input, **kwargs)
+
+    async def acancel_run(self, run_id: Any) -> AgentRun:
+        """Async twin of :meth:`cancel_run`."""
+        return await database_sync_to_async(self.cancel_run)(run_id)
+
+    async def adrain(self, session_or_pk: Any, *,
+                     observe: Callable[[Turn], RunObserver] | None = None) -> int:
+        """Async twin of :meth:`drain`. ``observe(turn)`` may return an observer of each run:
+        its ``on_progress`` gets the progress, ``finished(record, error)`` the outcome
+        (executors use it to stream runs to the conversation's viewers)."""
+        pk, ran = self._pk(session_or_pk), 0
+        while True:
+            claimed, cancel = await self._settled(self._queue().claim, pk)
+            if cancel is not None:
+                if isinstance(claimed, Turn):
+                    await database_sync_to_async(self._failed)(claimed, cancel, TurnState())
+                raise cancel
+            if not isinstance(claimed, Turn):
+                return ran
+            ran += 1
+            observer = observe(claimed) if observe is not None else None
+            progress = observer.on_progress if observer is not None else None
+            try:
+                session = await self._arun_claimed(claimed, progress, handoff=False)
+            except exc.AgentSessionError as error:  # recorded on its run
+                if observer is not None:
+                    await observer.finished(getattr(error, "turn", claimed.record), error)
+            except asyncio.CancelledError as error:  # this drain is being stopped
+                if observer is not None:
+                    await asyncio.shield(observer.finished(claimed.record, error))
+                raise
+            else:
+                if observer is not None:
+                    await observer.finished(session.last_turn, None)
+
+    async def aget_context(self, pk: Any) -> Context:
+        """Async twin of :meth:`get_context`."""
+        return await database_sync_to_async(self.get_context)(pk)
+
+    async def _arun_claimed(self, turn: Turn, on_progress: ProgressCallback | None,
+                            handoff: bool = True) -> Any:
         try:
             context = turn.session.get_context()
         except BaseException as error:  # unreadable stored data: fail the run, free the lease
             failure = await database_sync_to_async(self._failed)(turn, error, TurnState())
             raise failure  # noqa: B904
-        return await self._arun(turn, context, on_progress)
+        try:
+            return await self._arun_watched(turn, context, on_progress)
+        finally:
+            if handoff and await database_sync_to_async(self._queue().has_queued)(
+                    turn.session.pk):
+                await database_sync_to_async(dispatch)(self.model, turn.session.pk)
 
-    async def aget_context(self, pk: Any) -> Context:
-        """Async twin of :meth:`get_context`."""
-        return await database_sync_to_async(self.get_context)(pk)
+    async def _await(self, run: AgentRun, on_progress: ProgressCallback | None) -> Any:
+        """Async twin of :meth:`_wait`."""
+        queue, pk = self._queue(), run.session_id
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + agent_settings.TURN_WAIT_SECONDS
+        while True:
+            claimed, cancel = await self._settled(queue.claim, pk)
+            if cancel is not None:
+                if isinstance(claimed, Turn):
+                    await database_sync_to_async(self._failed)(claimed, cancel, TurnState())
+                raise cancel
+            if isinstance(claimed, Turn):
+                mine = claimed.run_id == run.pk
+                try:
+                    session = await self._arun_claimed(claimed, on_progress if mine else None)
+                except exc.AgentSessionError:
+                    if mine:
+                        raise
+                    continue
+                if mine:
+                    return session
+                continue
+            current = await queue.runs(pk).filter(pk=run.pk).afirst()
+            if current is None:
+                raise exc.SessionNotFound(f"No {self.model.__name__} with id {pk}.")
+            if current.finished:
+                return await database_sync_to_async(self._outcome)(current)
+            if current.status == RunStatus.QUEUED and loop.time() >= deadline:
+                withdrawn = await database_sync_to_async(queue.cancel)(current.pk, BUSY)
+                if withdrawn.status == RunStatus.CANCELLED:
+                    raise self._busy(claimed or 0.0)
+            await asyncio.sleep(agent_settings.TURN_POLL_SECONDS)
+
+    async def _arun_watched(self, turn: Turn, context: Context,
+                            on_progress: ProgressCallback | None) -> Any:
+        """:meth:`_arun` in a task of its own, so a requested cancel ends the turn, not the
+        caller: the caller then gets :class:`TurnCancelled`. Cancelling the caller still
+        cancels the turn (and propagates)."""
+        child = asyncio.create_task(self._arun(turn, context, on_progress),
+                                    name=f"agent-run-{turn.run_id}")
+        local_runs.add(turn.run_id, child)
+        try:
+            return await asyncio.shield(child)
+        except asyncio.CancelledError as cancel:
+            if not child.done():  # the caller was cancelled: the turn goes with it
+                child.cancel()
+                await asyncio.wait([child])
+                cancel.turn = turn.record  # type: ignore[attr-defined]
+                raise
+            if not child.cancelled():
+                raise
+            if turn.record is not None and turn.record.status == RunStatus.COMPLETED:
+                return turn.session  # the cancel came while the commit ran: it completed
+            error = exc.TurnCancelled("The run was cancelled.")
+            error.session, error.turn = turn.session, turn.record  # type: ignore[attr-defined]
+            raise error from None
+        finally:
+            local_runs.discard(turn.run_id)
 
     async def _arun(self, turn: Turn, context: Context,
                     on_progress: ProgressCallback | None) -> Any:
@@ -275,7 +550,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         if turn_completed.has_listeners(self.model):  # receivers may use the ORM
             await database_sync_to_async(self._completed)(session, turn, result)
         if cancel is not None:  # cancelled while the commit ran: the turn completed all the same
-            cancel.turn = session.last_turn  # type: ignore[attr-defined]
+            cancel.turn = turn.record = session.last_turn  # type: ignore[attr-defined]
             raise cancel
         return session
 
@@ -297,6 +572,15 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             except BaseException:
                 raise cancel from None
             return result, cancel
+
+
+class RunObserver(Protocol):
+    """What :meth:`AgentSessionQuerySet.adrain` tells about each run it runs."""
+
+    async def on_progress(self, kind: str, data: dict[str, Any]) -> None: ...
+
+    async def finished(self, record: TurnRecord | None, error: BaseException | None
+                       ) -> None: ...
 
 
 AgentSessionManager = models.Manager.from_queryset(AgentSessionQuerySet)

@@ -15,7 +15,7 @@ interrupted run.
 
 from __future__ import annotations
 
-import time
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,7 +23,7 @@ from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import Case, Exists, F, OuterRef, Value, When
 from django.utils import timezone
 
 from .. import exceptions as exc
@@ -38,7 +38,7 @@ from ..records import (
     SessionRecord,
     SessionStatus,
 )
-from .lease import INTERRUPTED, lease_deadline, lease_held, lease_remaining, retry_after
+from .lease import INTERRUPTED, lease_deadline, lease_held, lease_remaining
 
 TITLE_LENGTH = 80
 
@@ -75,6 +75,18 @@ class Turn:
     user_blocks: list[dict[str, Any]]
     stale_run_id: uuid.UUID | None = None
     pending_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    idempotency_key: str | None = None
+    #: set when a cancel was requested (``cancel_run``); a sync turn stops at its next step
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    #: what a failed or cancelled turn wrote (set by ``fail``'s caller)
+    record: TurnRecord | None = None
+    #: who submitted the run (``AgentRun.origin``)
+    origin: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        """The submitter's name for the message, else the run id (as ``AgentRun.ref``)."""
+        return str(self.origin.get("ref") or self.run_id)
 
     @property
     def elapsed_ms(self) -> int:
@@ -95,7 +107,7 @@ class SessionStore:
     # -- begin -------------------------------------------------------------------------------
 
     def create(self, *, context: Context, owner: Any, title: str, input: dict[str, Any],
-               user_blocks: list[dict[str, Any]]) -> Turn:
+               user_blocks: list[dict[str, Any]], idempotency_key: str | None = None) -> Turn:
         """Insert a new session that is born holding its first turn's lease."""
         now = timezone.now()
         run_id = uuid.uuid4()
@@ -106,7 +118,8 @@ class SessionStore:
                              last_activity_at=now)
         setattr(session, self.context_field, context.to_dict())
         turn = Turn(session, run_id, now, expires, input, user_blocks,
-                    pending_events=[(EventType.SESSION_STARTED, {})])
+                    pending_events=[(EventType.SESSION_STARTED, {})],
+                    idempotency_key=idempotency_key)
         with transaction.atomic():  # never a session holding a lease without its run
             session.save(force_insert=True)
             self._insert_run(turn)
@@ -114,15 +127,22 @@ class SessionStore:
 
     def try_begin(self, pk: Any, *, input: dict[str, Any], user_blocks: list[dict[str, Any]]
                   ) -> Turn | float:
-        """Take the lease and insert the run; or return seconds until the lease may be free."""
+        """Take the lease and insert a running run, if the lease is free and no run is queued
+        (the fast path of a turn nobody waits behind); otherwise return the seconds until the
+        lease may be free (``0.0``: free, but runs are queued, so submit to the queue)."""
+        queued = AgentRun.objects.filter(session_type=self.content_type,
+                                         session_id=OuterRef("pk"), status=RunStatus.QUEUED)
         for _ in range(5):  # a lost race on the conditional UPDATE: read again
-            session = self.model._base_manager.filter(pk=pk).first()
+            session = self.model._base_manager.filter(pk=pk).annotate(
+                queue_waiting=Exists(queued)).first()
             if session is None:
                 raise exc.SessionNotFound(f"No {self.model.__name__} with id {pk}.")
             now = timezone.now()
             if lease_held(session.lease_token, session.lease_expires_at, now):
                 assert session.lease_expires_at is not None  # a held lease has an expiry
                 return lease_remaining(session.lease_expires_at, now)
+            if session.queue_waiting:
+                return 0.0
             run_id = uuid.uuid4()
             expires = lease_deadline(now)
             stale = session.lease_token
@@ -142,22 +162,10 @@ class SessionStore:
                 return turn
         return agent_settings.TURN_POLL_SECONDS
 
-    def begin(self, pk: Any, **kwargs: Any) -> Turn:
-        """``try_begin``, waiting up to ``TURN_WAIT_SECONDS`` before :class:`SessionBusy`."""
-        deadline = time.monotonic() + agent_settings.TURN_WAIT_SECONDS
-        while True:
-            result = self.try_begin(pk, **kwargs)
-            if isinstance(result, Turn):
-                return result
-            busy_for = result
-            if time.monotonic() >= deadline:
-                raise exc.SessionBusy(retry_after=retry_after(busy_for))
-            time.sleep(agent_settings.TURN_POLL_SECONDS)
-
     def _insert_run(self, turn: Turn) -> None:
         AgentRun.objects.create(
             id=turn.run_id, session_type=self.content_type, session_id=turn.session.pk,
-            status=RunStatus.RUNNING, input=turn.input,
+            status=RunStatus.RUNNING, input=turn.input, idempotency_key=turn.idempotency_key,
             model=turn.session.agent_options.model_name, started_at=turn.started_at,
         )
 

@@ -1,15 +1,9 @@
-"""Fixtures of the REST API tests: an authenticated APIClient and the loopback Messages API."""
+"""Fixtures of the REST API tests: authenticated APIClients (``loopback`` is the shared one)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from django.test import override_settings
 from rest_framework.test import APIClient
-
-from django_agent_session.testing.loopback import LoopbackMessagesServer
-from tests.helpers.loopback import loopback_settings
 
 
 @pytest.fixture
@@ -36,10 +30,3 @@ def other_api(other_user) -> APIClient:
     client = APIClient()
     client.force_authenticate(other_user)
     return client
-
-
-@pytest.fixture
-def loopback() -> Iterator[LoopbackMessagesServer]:
-    """A loopback Messages API server the ``anthropic`` provider talks to (through the SDK)."""
-    with LoopbackMessagesServer() as server, override_settings(AGENT_SESSION=loopback_settings(server)):
-        yield server

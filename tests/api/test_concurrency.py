@@ -103,5 +103,10 @@ def test_one_gets_409_when_the_session_is_busy_and_nothing_is_lost(user, loopbac
     assert user_texts(session_id) == ["first", *winners]
     session = ChatAgent.objects.get(pk=session_id)
     assert session.turn_count == 1 + len(winners)
-    assert AgentRun.objects.filter(session_id=session_id).count() == 1 + len(winners)
+    runs = AgentRun.objects.filter(session_id=session_id)
+    assert runs.filter(status="completed").count() == 1 + len(winners)
+    # a refused message was a queued row first: withdrawn, with the reason, never run
+    refused = list(runs.exclude(status="completed"))
+    assert len(refused) == 2 - len(winners)
+    assert all(r.status == "cancelled" and r.error["code"] == "session_busy" for r in refused)
     assert_log_is_whole(session_id)

@@ -145,46 +145,50 @@ async def test_without_the_database_the_live_session_is_not_started(user, monkey
 # -- failover -------------------------------------------------------------------------------
 
 def quick_app():
-    consumer = AgentSessionConsumer.as_asgi(ack_timeout=0.3, state_timeout=0.3)
+    consumer = AgentSessionConsumer.as_asgi(state_timeout=0.3)
     return AuthMiddlewareStack(URLRouter([
         path("ws/agent-sessions/<str:agent>/<uuid:conversation_id>/", consumer)]))
 
 
-async def test_a_message_for_a_dead_owner_is_delivered_to_the_next_one(user, scripted):
-    scripted.enqueue("Answered by the new owner.")
+async def test_a_dead_owner_does_not_delay_a_message(user, scripted):
+    """A message is a row the executor runs; it does not wait for the live owner's lease (a
+    dead owner's lease used to hold every message for up to the lease)."""
+    scripted.enqueue("Answered at once.")
     session = await create_chat(user)
     ct = await database_sync_to_async(ContentType.objects.get_for_model)(ChatAgent)
     await database_sync_to_async(LiveOwnership.objects.create)(
         session_type=ct, session_id=session.pk, owner_channel="specific.dead!gone",
-        expires_at=timezone.now() + timedelta(seconds=1))
+        expires_at=timezone.now() + timedelta(seconds=60))
     comm, state = await viewer(user, session.pk, application=quick_app())
     assert state["live"] is False  # the dead owner never answered
 
+    started = asyncio.get_running_loop().time()
     await comm.send_json_to({"type": "message", "input": "anyone there?", "ref": "m1"})
-    await expect(comm, "session.started", timeout=10)
+    ack = await expect(comm, "ack", ref="m1")
+    assert ack["status"] == "queued" and ack["duplicate"] is False
     done = await expect(comm, "run.status", ref="m1", status="completed", timeout=10)
-    assert done["output"] == {"content": "Answered by the new owner."}
+    assert done["output"] == {"content": "Answered at once."} and done["run_id"] == ack["run_id"]
+    assert asyncio.get_running_loop().time() - started < 10  # not the 60 s of the lease
     runs = await database_sync_to_async(lambda: list(AgentRun.objects.all()))()
     assert len(runs) == 1 and len(scripted.requests) == 1
-    lease = await database_sync_to_async(LiveOwnership.objects.get)(session_id=session.pk)
-    assert lease.owner_channel != "specific.dead!gone"
 
 
-async def test_a_message_sent_twice_to_the_owner_runs_once(user, scripted, live_layer):
-    scripted.enqueue("Only once.")
+async def test_a_message_sent_twice_runs_once(user, scripted):
+    """The ``ref`` names the message: a resend (a reconnecting client) gets the same run."""
+    scripted.enqueue("Only once.", "Second message.")
     session = await create_chat(user)
-    result = await api.start(session.pk, spec=SessionSpec(ChatAgent))
-    reply_to = await live_layer.new_channel()
-    await live_layer.group_add(group_name(ChatAgent, session.pk), reply_to)
-    message = {"type": "live.message", "id": "same-id", "ref": "m1", "input": "hi",
-               "user_id": user.pk, "reply_to": reply_to}
-    await live_layer.send(result.owner_channel, message)
-    await live_layer.send(result.owner_channel, message)
-    seen: list[dict] = []
-    while not any(m.get("frame", {}).get("status") == "completed" for m in seen):
-        seen.append(await asyncio.wait_for(live_layer.receive(reply_to), 5))
-    assert [m["ok"] for m in seen if m["type"] == "live.ack"] == [True, True]
+    comm, _ = await viewer(user, session.pk)
+    await comm.send_json_to({"type": "message", "input": "hi", "ref": "m1"})
+    first = await expect(comm, "ack", ref="m1")
+    await comm.send_json_to({"type": "message", "input": "hi", "ref": "m1"})
+    again = await expect(comm, "ack", ref="m1")
+    assert again["duplicate"] is True and again["run_id"] == first["run_id"]
+    await expect(comm, "run.status", ref="m1", status="completed")
+    await comm.send_json_to({"type": "message", "input": "hi", "ref": "m1"})
+    late = await expect(comm, "ack", ref="m1")
+    assert late == {**first, "status": "completed", "duplicate": True}
     assert len(scripted.requests) == 1
+    assert await database_sync_to_async(AgentRun.objects.count)() == 1
 
 
 # -- routing --------------------------------------------------------------------------------

@@ -138,9 +138,11 @@ async def test_after_the_owner_process_is_killed_another_process_answers_with_fu
             await receive_until(on_a, frame("session.state"))
             (lease,) = await leases()
             await receive_until(on_b, frame("session.state"))
-            await on_b.send(json.dumps({"type": "message", "input": "first", "ref": "m1"}))
+            # sent to a: its process runs the turns (the inline executor drains where a
+            # message is submitted); b sees them through Redis
+            await on_a.send(json.dumps({"type": "message", "input": "first", "ref": "m1"}))
             await receive_until(on_b, frame("run.status", ref="m1", status="completed"))
-            await on_b.send(json.dumps({"type": "message", "input": "second", "ref": "m2"}))
+            await on_a.send(json.dumps({"type": "message", "input": "second", "ref": "m2"}))
             await receive_until(on_b, frame("delta", ref="m2"))
 
             a.kill()  # SIGKILL the owner's process mid-turn

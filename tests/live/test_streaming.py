@@ -60,7 +60,8 @@ async def test_two_viewers_receive_every_delta_and_the_message(user, loopback):
     for frames in streams:
         started = [f for f in frames if f["type"] == "run.status" and f["status"] == "started"]
         assert started == [{"type": "run.status", "status": "started", "ref": "m1",
-                            "input": "Hi", "user_id": user.pk}]
+                            "run_id": frames[-1]["run_id"], "input": {"message": "Hi"},
+                            "user_id": user.pk}]
         deltas = [f for f in frames if f["type"] == "delta"]
         assert len(deltas) == len(sent) > 1
         assert "".join(d["text"] for d in deltas) == "Hello there, dear friend"
@@ -89,8 +90,10 @@ async def test_messages_sent_quickly_are_queued_announced_and_run_in_order(user,
     for c in (a, b):
         frames = await collect(c, completed("m3"))
         queued = [f for f in frames if f["type"] == "message.queued"]
-        assert [(f["ref"], f["position"]) for f in queued] == [("m2", 1), ("m3", 2)]
-        assert all(f["seq"] for f in queued)
+        # every message is a queued row first; m3 always waits behind m2 at least
+        assert [f["ref"] for f in queued] == ["m1", "m2", "m3"]
+        assert [f["seq"] for f in queued] == sorted(f["seq"] for f in queued)
+        assert queued[2]["position"] >= 2 and len({f["run_id"] for f in queued}) == 3
         started = [f["ref"] for f in frames
                    if f["type"] == "run.status" and f["status"] == "started"]
         done = [f["ref"] for f in frames
@@ -101,8 +104,9 @@ async def test_messages_sent_quickly_are_queued_announced_and_run_in_order(user,
     assert [r.user_text for r in requests] == ["one", "two", "three"]
     assert [m["role"] for m in requests[2].messages] == ["user", "assistant"] * 2 + ["user"]
     assert [r.status for r in await runs(session)] == [RunStatus.COMPLETED] * 3
-    stored = await events(session, "message.queued")
-    assert [e.data["ref"] for e in stored] == ["m2", "m3"]
+    stored = await events(session, "run.queued")
+    assert [e.data["ref"] for e in stored] == ["m1", "m2", "m3"]
+    assert [str(e.run_id) for e in stored] == [f["run_id"] for f in queued]
     assert (await context(session)).turns == 3
 
 
@@ -159,10 +163,10 @@ async def test_cancelling_a_queued_message_removes_it(user, loopback):
     a, _ = await viewer(user, session.pk)
     await a.send_json_to({"type": "message", "input": "first", "ref": "m1"})
     await a.send_json_to({"type": "message", "input": "second", "ref": "m2"})
-    await expect(a, "message.queued", ref="m2")
+    m2 = await expect(a, "message.queued", ref="m2")
     await a.send_json_to({"type": "cancel", "ref": "m2"})
     frames = await collect(a, completed("m1"))
-    assert {"type": "run.status", "status": "cancelled", "ref": "m2", "run_id": None,
+    assert {"type": "run.status", "status": "cancelled", "ref": "m2", "run_id": m2["run_id"],
             "queued": True} in frames
     await a.send_json_to({"type": "cancel", "ref": "m2"})
     error = await expect(a, "error")

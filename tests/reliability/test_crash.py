@@ -115,7 +115,9 @@ def kill_asgi_process(server, session, mode: str, deltas: int) -> None:
                 await asyncio.sleep(0.1)
         try:
             assert json.loads(await ws.recv())["type"] == "session.state"
-            await ws.send(json.dumps({"type": "message", "input": "doomed turn", "ref": "d"}))
+            # a ref names one message (resending it would not run it again): one per round
+            await ws.send(json.dumps({"type": "message", "input": "doomed turn",
+                                      "ref": f"d{count}"}))
             while not _mid_turn(server, count, child, deltas):
                 assert time.monotonic() < deadline, "the turn never reached the model"
                 await asyncio.sleep(0.02)

@@ -84,11 +84,19 @@ async def answered(comm: Any, ref: str) -> list[dict[str, Any]]:
             return frames
 
 
-async def finished_turn(comm: Any, frames: list[dict[str, Any]]) -> None:
+async def finished_turn(comm: Any, frames: list[dict[str, Any]]) -> bool:
+    """Wait for the turn a valid message started; False if its ``ref`` named an earlier
+    message (acknowledged as a duplicate: nothing runs)."""
+    (ack,) = [f for f in frames if f.get("type") == "ack"]
+    if ack["duplicate"]:
+        return False
+
     def done(f: dict[str, Any]) -> bool:
-        return f.get("type") == "run.status" and f.get("status") in ("completed", "failed")
+        return (f.get("type") == "run.status" and f.get("run_id") == ack["run_id"]
+                and f.get("status") in ("completed", "failed"))
     while not any(done(f) for f in frames):
         frames.append(await comm.receive_json_from(timeout=10))
+    return True
 
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
@@ -118,9 +126,7 @@ async def test_bad_frames_get_errors_not_closes(user, scripted, batch):
             assert not [e for e in errors if e["code"] == protocol.INTERNAL_ERROR], errors
             if expected_error is not None:
                 assert expected_error in {e["code"] for e in errors}, (frame[:200], frames)
-            if kind == "turn":
-                await finished_turn(comm, frames)
-            else:
+            if not (kind == "turn" and await finished_turn(comm, frames)):
                 assert await database_sync_to_async(snapshot)() == before, frame[:200]
     finally:
         await comm.disconnect()

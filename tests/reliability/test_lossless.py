@@ -119,10 +119,16 @@ def test_eight_writers_three_sessions_lose_nothing(scripted):
         assert kinds[EventType.MESSAGE_QUEUED] == appended[index]
         runs = AgentRun.objects.filter(session_id=pk)
         assert runs.count() == runs.filter(status=RunStatus.COMPLETED).count() == turns
-        # each run's events are contiguous: started, user, assistant, usage, completed
+        # each run's events are contiguous: started, user, assistant, usage, completed; a
+        # message that waited was queued (run.queued) before that
         by_run: dict[str, list[int]] = {}
+        queued_at: dict[str, int] = {}
         for event in events:
-            if event.run_id is not None:
+            if event.type == EventType.RUN_QUEUED:
+                queued_at[str(event.run_id)] = event.seq
+            elif event.run_id is not None:
                 by_run.setdefault(str(event.run_id), []).append(event.seq)
-        for seqs in by_run.values():
+        for run_id, seqs in by_run.items():
             assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+            assert queued_at.get(run_id, 0) < seqs[0]
+        assert set(queued_at) <= set(by_run)

@@ -1,0 +1,79 @@
+"""The one drain loop every executor runs, and the sweep that finds queues nobody drains."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.contrib.contenttypes.models import ContentType
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from ..declaration.registry import session_models
+from ..records import AgentRun, RunStatus
+from ..store.dispatch import executor
+from ..store.lease import lease_free, lease_held, lease_remaining
+from ..store.turns import Turn
+from .stream import RunStream
+
+#: added to a lease's remaining time before looking again (clock skew between processes)
+RETRY_MARGIN = 0.25
+
+
+async def drain(model: Any, session_pk: Any) -> float | None:
+    """Run ``session_pk``'s queued runs in order, publishing each to its viewers.
+
+    Returns ``None`` when the queue is empty, or the seconds after which to look again when
+    runs are queued behind a lease someone else holds: a live holder drains them itself, but
+    a dead one's lease must expire first, and then nobody else would.
+    """
+    layer = get_channel_layer()
+
+    def observe(turn: Turn) -> RunStream:
+        return RunStream(model, turn, layer)
+
+    await model._default_manager.adrain(session_pk, observe=observe)
+    return await database_sync_to_async(look_again)(model, session_pk)
+
+
+def look_again(model: Any, session_pk: Any) -> float | None:
+    """Sync: seconds until the lease in front of queued runs expires (``None``: no run is
+    queued, or the lease is free and the caller's drain just found the queue empty)."""
+    row = model._base_manager.filter(pk=session_pk).values(
+        "lease_token", "lease_expires_at").first()
+    now = timezone.now()
+    if row is None or not lease_held(row["lease_token"], row["lease_expires_at"], now):
+        return None
+    if not AgentRun.objects.filter(session_type=ContentType.objects.get_for_model(model),
+                                   session_id=session_pk, status=RunStatus.QUEUED).exists():
+        return None
+    return lease_remaining(row["lease_expires_at"], now) + RETRY_MARGIN
+
+
+def stranded(model: Any, session_pk: Any = None) -> list[Any]:
+    """Sync: the sessions of ``model`` (or only ``session_pk``) with queued runs and a free
+    (or expired) lease."""
+    now = timezone.now()
+    queued = AgentRun.objects.filter(
+        session_type=ContentType.objects.get_for_model(model), session_id=OuterRef("pk"),
+        status=RunStatus.QUEUED)
+    sessions = model._base_manager.filter(lease_free(now)).filter(Exists(queued))
+    if session_pk is not None:
+        sessions = sessions.filter(pk=session_pk)
+    return list(sessions.values_list("pk", flat=True))
+
+
+def sweep() -> int:
+    """Sync: hand every stranded queue to the executor; how many were handed on.
+
+    Queues are stranded when the process that should have drained them died after the
+    submission committed (the next submission on the session, or its next live owner, would
+    also pick them up). Run it periodically: ``manage.py agent_session_sweep --every 30``.
+    """
+    handed = 0
+    for model in session_models():
+        for pk in stranded(model):
+            executor().dispatch(model, pk)
+            handed += 1
+    return handed

@@ -1,0 +1,140 @@
+"""The executors ``AGENT_SESSION["EXECUTOR"]`` chooses from.
+
+An executor is told, after a submission commits, that a session has queued runs
+(``dispatch``). Exactly one drain runs a session's queue at a time, because draining needs the
+session's turn lease; a dispatch that finds the lease held does nothing, and the holder drains
+what was queued meanwhile before it lets go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import SyncToAsync, async_to_sync
+from django.db import close_old_connections
+from django.utils import timezone
+
+from ..conf import agent_settings
+from .drain import drain
+
+logger = logging.getLogger("django_agent_session.runs")
+
+
+def _server_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop of the ASGI server, when called from it or from one of its threads.
+
+    A sync view under ASGI runs in a thread of ``sync_to_async``; asgiref records the loop it
+    came from in a thread-local (the loop ``async_to_sync`` would use). Under WSGI, in a shell
+    or a worker there is none.
+    """
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    local = SyncToAsync.threadlocal
+    if getattr(local, "main_event_loop_pid", None) == os.getpid():
+        loop = getattr(local, "main_event_loop", None)
+        if loop is not None and loop.is_running():
+            return loop
+    return None
+
+
+class InlineExecutor:
+    """Drains in the submitting process: as a task of the ASGI server's loop when there is
+    one (so the in-memory channel layer reaches this process's viewers), else in a daemon
+    thread. The default; the two-command demo needs no worker."""
+
+    def __init__(self) -> None:
+        self._drains: dict[tuple[Any, str], asyncio.Task] = {}
+        self._again: set[tuple[Any, str]] = set()
+        self._retries: dict[tuple[Any, str], asyncio.TimerHandle] = {}
+
+    def dispatch(self, model: Any, session_pk: Any) -> None:
+        loop = _server_loop()
+        if loop is None:
+            threading.Thread(target=self._drain_in_thread, args=(model, session_pk),
+                             name=f"agent-drain-{session_pk}", daemon=True).start()
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        # a fresh context: the caller's may be inside a sync_to_async thread (its context
+        # says so, and a drain inheriting it would refuse to reach the database)
+        if running is loop:
+            contextvars.Context().run(self._start, model, session_pk)
+        else:
+            loop.call_soon_threadsafe(self._start, model, session_pk,
+                                      context=contextvars.Context())
+
+    def _start(self, model: Any, session_pk: Any) -> None:
+        """In the server loop: start a drain unless one of this session runs here already
+        (it is then asked to look once more before it ends, so nothing waits for a sweep)."""
+        key = (model, str(session_pk))
+        retry = self._retries.pop(key, None)
+        if retry is not None:
+            retry.cancel()
+        if key in self._drains:
+            self._again.add(key)
+            return
+        self._drains[key] = asyncio.get_running_loop().create_task(
+            self._drain(key, model, session_pk), name=f"agent-drain-{session_pk}")
+
+    async def _drain(self, key: tuple[Any, str], model: Any, session_pk: Any) -> None:
+        retry_in = None
+        try:
+            while True:
+                self._again.discard(key)
+                try:
+                    retry_in = await drain(model, session_pk)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("Draining the queue of %s %s failed", model.__name__,
+                                     session_pk)
+                if key not in self._again:
+                    return
+        finally:
+            self._drains.pop(key, None)
+            self._again.discard(key)
+            if retry_in is not None:  # queued behind a lease: look again once it expires
+                loop = asyncio.get_running_loop()
+                self._retries[key] = loop.call_later(
+                    retry_in, self._start, model, session_pk, context=contextvars.Context())
+
+    def _drain_in_thread(self, model: Any, session_pk: Any) -> None:
+        try:
+            while (retry_in := async_to_sync(drain)(model, session_pk)) is not None:
+                close_old_connections()
+                time.sleep(retry_in)
+        except Exception:
+            logger.exception("Draining the queue of %s %s failed", model.__name__, session_pk)
+        finally:
+            close_old_connections()
+
+    @property
+    def draining(self) -> list[asyncio.Task]:
+        """The drains running in this process's server loop."""
+        return list(self._drains.values())
+
+
+class TaskExecutor:
+    """Enqueues a task on Django's Tasks framework (``django.tasks``, or the ``django-tasks``
+    backport on Django 5.2) for each submission; a worker of the configured backend runs it.
+    ``TASK_BACKEND`` and ``TASK_QUEUE_NAME`` choose where."""
+
+    def dispatch(self, model: Any, session_pk: Any, *, after: float | None = None) -> None:
+        from .tasks import run_queue  # the Tasks framework is an optional extra
+
+        task = run_queue.using(backend=agent_settings.TASK_BACKEND,
+                               queue_name=agent_settings.TASK_QUEUE_NAME)
+        if after is not None:  # behind another executor's lease: look again when it expires
+            task = task.using(run_after=timezone.now() + timedelta(seconds=after))
+        task.enqueue(model._meta.label, str(session_pk))

@@ -1,0 +1,212 @@
+"""What viewers see of a run while it runs: frames to the conversation's group, and a buffer.
+
+Whoever runs a queued run (the inline executor, a task worker) publishes its progress through a
+:class:`RunStream`: every frame goes to the conversation's channel-layer group, so viewers on any
+process receive it. Progress frames (deltas, tool calls, results) carry the ``run_id`` and a
+per-run index ``n`` (1, 2, 3...) and are also appended to a bounded per-run buffer, so a viewer
+who connects mid-run is sent the frames it missed, then the live ones, and can drop duplicates by
+``n``. Deltas are never stored as events; the buffer expires shortly after the run ends.
+
+Buffers: with the channels-redis layer, a Redis stream per running run (on the layer's first
+host, under its prefix, with a TTL), readable from every process; otherwise an in-process
+buffer, which is enough for the in-memory layer (one process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+
+from .. import exceptions as exc
+from ..records import EventType, RunStatus
+from ..store.turns import Turn, TurnRecord
+
+logger = logging.getLogger("django_agent_session.runs")
+
+#: frames kept per run (a longer run keeps its latest frames; ``running.partial_text`` in the
+#: state still has the whole text)
+MAX_FRAMES = 20_000
+#: seconds a buffer outlives its run (a running run's buffer is refreshed as it grows)
+TTL_SECONDS = 60 * 60
+FINISHED_TTL_SECONDS = 60
+
+
+def group_name(model: type[models.Model], conversation_id: Any) -> str:
+    """The channel-layer group of a conversation (ASCII alnum, ``-_.``, under 100 chars)."""
+    label = model._meta.label_lower
+    if len(label) > 50 or not re.fullmatch(r"[a-z0-9_.]+", label):
+        label = hashlib.sha1(label.encode()).hexdigest()[:16]
+    return f"agent_session.{label}.{uuid.UUID(str(conversation_id)).hex}"
+
+
+# -- buffers ----------------------------------------------------------------------------------
+
+class LocalBuffer:
+    """Per-run frame lists in this process (for the in-memory layer)."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, list[dict[str, Any]]] = {}
+        self._expiry: dict[str, float] = {}
+
+    async def append(self, run_id: str, frame: dict[str, Any]) -> None:
+        frames = self._runs.setdefault(run_id, [])
+        frames.append(frame)
+        if len(frames) > MAX_FRAMES:
+            del frames[: len(frames) - MAX_FRAMES]
+        self._expiry[run_id] = time.monotonic() + TTL_SECONDS
+
+    async def read(self, run_id: str) -> list[dict[str, Any]]:
+        self._expire()
+        return list(self._runs.get(run_id, ()))
+
+    async def finish(self, run_id: str) -> None:
+        if run_id in self._runs:
+            self._expiry[run_id] = time.monotonic() + FINISHED_TTL_SECONDS
+        self._expire()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for run_id in [r for r, at in self._expiry.items() if at <= now]:
+            self._runs.pop(run_id, None)
+            self._expiry.pop(run_id, None)
+
+
+class RedisBuffer:
+    """A Redis stream per run, through the channels-redis layer's own connection."""
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+
+    def _key(self, run_id: str) -> str:
+        return f"{self.layer.prefix}:agent_session:run:{run_id}"
+
+    async def append(self, run_id: str, frame: dict[str, Any]) -> None:
+        key = self._key(run_id)
+        redis = self.layer.connection(0)
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, {"f": json.dumps(frame, cls=DjangoJSONEncoder)},
+                      maxlen=MAX_FRAMES, approximate=True)
+            pipe.expire(key, TTL_SECONDS)
+            await pipe.execute()
+
+    async def read(self, run_id: str) -> list[dict[str, Any]]:
+        entries = await self.layer.connection(0).xrange(self._key(run_id))
+        return [json.loads(fields[b"f"]) for _, fields in entries]
+
+    async def finish(self, run_id: str) -> None:
+        await self.layer.connection(0).expire(self._key(run_id), FINISHED_TTL_SECONDS)
+
+
+_local = LocalBuffer()
+
+
+def buffer_for(layer: Any) -> LocalBuffer | RedisBuffer:
+    """The buffer that goes with ``layer``: Redis for channels-redis, else this process's."""
+    if layer is not None and type(layer).__module__.startswith("channels_redis.core"):
+        return RedisBuffer(layer)
+    return _local
+
+
+# -- publishing -------------------------------------------------------------------------------
+
+class RunStream:
+    """Publishes one run: ``on_progress`` is the engine's progress callback, ``finished`` sends
+    the outcome (the assistant message and the final ``run.status``)."""
+
+    def __init__(self, model: type[models.Model], turn: Turn, layer: Any) -> None:
+        self.turn, self.layer = turn, layer
+        self.buffer = buffer_for(layer)
+        self.group = group_name(model, turn.session.pk)
+        self.run_id = str(turn.run_id)
+        self.base = {"ref": turn.ref, "run_id": self.run_id}
+        self.n = 0
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        if self.layer is None:
+            return
+        try:
+            await self.layer.group_send(self.group, {"type": "live.frame", "frame": frame})
+        except Exception:  # a full or unreachable layer must not fail the run
+            logger.warning("Could not fan out %r of run %s", frame.get("type"), self.run_id,
+                           exc_info=True)
+
+    async def on_progress(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "run.started":
+            await self.send({"type": "run.status", "status": "started", **self.base,
+                             "input": self.turn.input,
+                             "user_id": self.turn.origin.get("user_id")})
+            return
+        self.n += 1
+        frame = {"type": kind, **self.base, "n": self.n, **data}
+        try:
+            await self.buffer.append(self.run_id, frame)
+        except Exception:
+            logger.warning("Could not buffer a frame of run %s", self.run_id, exc_info=True)
+        await self.send(frame)
+
+    async def finished(self, record: TurnRecord | None, error: BaseException | None) -> None:
+        """Tell the viewers how the run ended (``record``: what it wrote)."""
+        base = {"type": "run.status", **self.base}
+        try:
+            if error is None and record is not None:
+                message = record.event(EventType.MESSAGE_ASSISTANT) or {}
+                output = ((record.event(EventType.RUN_COMPLETED) or {}).get("data", {})
+                          .get("output"))
+                await self.send({"type": "message", "role": "assistant", **self.base,
+                                 "content": message.get("data", {}).get("content", []),
+                                 "output": output, "seq": message.get("seq")})
+                await self.send({**base, "status": "completed", "output": output,
+                                 "usage": record.usage, "seq": record.seq})
+            elif record is not None and record.status == RunStatus.CANCELLED or isinstance(
+                    error, (asyncio.CancelledError, exc.TurnCancelled)):
+                await self.send({**base, "status": "cancelled", **outcome(record, True)})
+            else:
+                payload = (error.to_dict() if isinstance(error, exc.AgentSessionError) else
+                           {"code": "internal_error", "retryable": False,
+                            "message": "The turn failed unexpectedly."})
+                await self.send({**base, "status": "failed", **outcome(record, False),
+                                 "error": payload})
+        finally:
+            try:
+                await self.buffer.finish(self.run_id)
+            except Exception:
+                logger.info("Could not expire the buffer of run %s", self.run_id)
+
+
+def outcome(record: TurnRecord | None, cancelled: bool) -> dict[str, Any]:
+    """The final seq and partial reply of a failed or cancelled run's record."""
+    if record is None:
+        return {"seq": None}
+    info: dict[str, Any] = {"seq": record.seq}
+    end = record.events[-1]["data"] if record.events else {}
+    if "partial_text" in end or cancelled:
+        info["partial_text"] = end.get("partial_text", "")  # reported, never stored in context
+    return info
+
+
+def partial_text(frames: list[dict[str, Any]]) -> str:
+    """The text a run's buffered frames have streamed so far."""
+    return "".join(f.get("text") or "" for f in frames
+                   if f.get("type") == "delta" and f.get("kind") == "text")
+
+
+async def announce_queued(layer: Any, model: type[models.Model], conversation_id: Any,
+                          submitted: Any) -> None:
+    """Tell the conversation's viewers a message was queued (``message.queued``)."""
+    run = submitted.run
+    if layer is None or not submitted.created:
+        return
+    frame = {"type": "message.queued", "ref": run.ref, "run_id": str(run.pk),
+             "input": run.input, "user_id": run.origin.get("user_id"),
+             "position": submitted.position, "seq": run.queued_seq}
+    await layer.group_send(group_name(model, conversation_id),
+                           {"type": "live.frame", "frame": frame})

@@ -1,0 +1,43 @@
+"""Hand a session's queue to the configured executor once a submission has committed.
+
+``AGENT_SESSION["EXECUTOR"]`` names it: ``"inline"``, ``"tasks"`` or a dotted path to a class
+with a ``dispatch(model, session_pk)`` method (see :mod:`django_agent_session.runs.executors`). The
+store loads it by name, as Django loads backends, so it never imports the layer above it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Protocol
+
+from django.db import transaction
+from django.utils.module_loading import import_string
+
+from ..conf import agent_settings
+
+#: the executors shipped with the app, by the names the setting accepts
+ALIASES = {
+    "inline": "django_agent_session.runs.executors.InlineExecutor",
+    "tasks": "django_agent_session.runs.executors.TaskExecutor",
+}
+
+
+class Executor(Protocol):
+    def dispatch(self, model: type, session_pk: Any) -> None:
+        """Make sure someone runs ``session_pk``'s queued runs soon (called after commit)."""
+
+
+@functools.cache
+def _load(path: str) -> Executor:
+    return import_string(path)()
+
+
+def executor() -> Executor:
+    """The configured executor (one instance per dotted path)."""
+    name = agent_settings.EXECUTOR
+    return _load(ALIASES.get(name, name))
+
+
+def dispatch(model: type, session_pk: Any) -> None:
+    """Dispatch after the current transaction commits (at once outside a transaction)."""
+    transaction.on_commit(lambda: executor().dispatch(model, session_pk))

@@ -1,0 +1,224 @@
+"""The durable run queue of a session: submit, claim, cancel.
+
+A submitted message is a ``queued`` :class:`~django_agent_session.records.AgentRun` committed
+before anyone is told it was accepted. Its place in the session's FIFO is the ``seq`` of its
+``run.queued`` event, claimed from the session row's event counter, so the row lock that orders
+events also orders submissions. Whoever holds the session's turn lease runs the queue: ``claim``
+takes the lease and the oldest queued run in one transaction, so a run is started at most once
+and a crash between the two leaves neither.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .. import exceptions as exc
+from ..conf import agent_settings
+from ..engine.turn import user_blocks_for
+from ..records import AgentEvent, AgentRun, EventType, Multitask, RunStatus, SessionStatus
+from .lease import lease_deadline, lease_held, lease_remaining, session_busy
+from .turns import SessionStore, Turn, TurnRecord
+
+#: the error of a queued run dropped by a ``rollback`` submission
+ROLLED_BACK: dict[str, Any] = {"code": "rolled_back", "retryable": False,
+                               "message": "Dropped by a newer message (multitask=rollback)."}
+#: the error of a waiting caller's run withdrawn after ``TURN_WAIT_SECONDS``
+BUSY: dict[str, Any] = {"code": exc.SessionBusy.code, "retryable": True,
+                        "message": "Withdrawn: the session stayed busy past the waiting bound."}
+#: the error of a run cancelled on request before or while it ran
+CANCELLED: dict[str, Any] = {"code": exc.TurnCancelled.code, "retryable": False,
+                             "message": "The run was cancelled."}
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A submitted message: its run, whether this call created it (``False``: the
+    idempotency key named an earlier run), and its place in line when created (1: next)."""
+
+    run: AgentRun
+    created: bool
+    position: int | None = None
+    #: the running run this submission asked to cancel (``interrupt``, ``rollback``)
+    interrupted: Any = None
+
+
+class RunQueue:
+    """Submission, claiming and cancellation of the runs of one session model."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self.model = store.model
+
+    def runs(self, pk: Any) -> Any:
+        return AgentRun.objects.filter(session_type=self.store.content_type, session_id=pk)
+
+    # -- submit ------------------------------------------------------------------------------
+
+    def submit(self, pk: Any, *, input: dict[str, Any], user_blocks: list[dict[str, Any]],
+               idempotency_key: str | None = None, multitask: str = Multitask.ENQUEUE,
+               origin: dict[str, Any] | None = None,
+               events: list[tuple[str, dict[str, Any]]] | None = None) -> Submission:
+        """Commit a queued run.
+
+        A known ``idempotency_key`` returns the run it named (``created`` is False) and changes
+        nothing. ``multitask`` decides what happens to the runs already there (see
+        :class:`~django_agent_session.records.Multitask`). ``events`` are written before the
+        ``run.queued`` event (a new session's ``session.started``).
+        """
+        now = timezone.now()
+        with transaction.atomic():
+            # lock the row first: concurrent submissions (same key or not) queue up behind it
+            row = self._lock(pk)
+            if idempotency_key is not None:
+                existing = self.runs(pk).filter(idempotency_key=idempotency_key).first()
+                if existing is not None:
+                    transaction.set_rollback(True)
+                    return Submission(existing, False)
+            held = lease_held(row["lease_token"], row["lease_expires_at"], now)
+            queued = list(self.runs(pk).filter(status=RunStatus.QUEUED)
+                          .values_list("id", flat=True))
+            if multitask == Multitask.REJECT and (held or queued):
+                transaction.set_rollback(True)
+                if held:
+                    raise session_busy(row["lease_expires_at"], now=now)
+                raise exc.SessionBusy("Messages are already queued on this session.")
+            if multitask != Multitask.ROLLBACK and len(queued) >= agent_settings.QUEUE_MAX:
+                transaction.set_rollback(True)
+                raise exc.QueueFull(f"{len(queued)} messages are already waiting; "
+                                    "try again later.")
+            pending = list(events or [])
+            interrupted = None
+            if multitask in (Multitask.INTERRUPT, Multitask.ROLLBACK) and held and \
+                    self.runs(pk).filter(pk=row["lease_token"], status=RunStatus.RUNNING
+                                         ).update(cancel_requested=True):
+                interrupted = row["lease_token"]
+            if multitask == Multitask.ROLLBACK and queued:
+                self.runs(pk).filter(pk__in=queued, status=RunStatus.QUEUED).update(
+                    status=RunStatus.CANCELLED, error=ROLLED_BACK, ended_at=now)
+                pending += [(EventType.RUN_CANCELLED, {"run_id": str(run_id),
+                                                       "error": ROLLED_BACK, "queued": True})
+                            for run_id in queued]
+            run_id = uuid.uuid4()
+            origin = dict(origin or {})
+            position = 1 if multitask == Multitask.ROLLBACK else len(queued) + 1
+            pending.append((EventType.RUN_QUEUED, {
+                "run_id": str(run_id), "content": user_blocks, "input": input,
+                "position": position, **origin}))
+            base = self._claim(pk, row["event_seq"], len(pending))
+            run = AgentRun.objects.create(
+                id=run_id, session_type=self.store.content_type, session_id=pk,
+                status=RunStatus.QUEUED, input=input, idempotency_key=idempotency_key,
+                origin=origin,
+                queued_seq=base + len(pending), queued_at=now, started_at=now,
+                model=self.model.agent_options.model_name,
+            )
+            self.store._insert_events(pk, base, pending, None)
+        return Submission(run, True, position, interrupted)
+
+    def _lock(self, pk: Any) -> dict[str, Any]:
+        """Lock the session row (an UPDATE that changes nothing, as SQLite has no row locks)
+        and read what a submission decides on."""
+        manager = self.model._base_manager
+        if not manager.filter(pk=pk).update(event_seq=F("event_seq")):
+            raise exc.SessionNotFound(f"No {self.model.__name__} with id {pk}.")
+        return dict(manager.filter(pk=pk).values("event_seq", "lease_token",
+                                                 "lease_expires_at").get())
+
+    def _claim(self, pk: Any, base: int, count: int) -> int:
+        self.model._base_manager.filter(pk=pk).update(event_seq=base + count)
+        return base
+
+    # -- claim -------------------------------------------------------------------------------
+
+    def claim(self, pk: Any) -> Turn | float | None:
+        """Take the lease and the oldest queued run: the :class:`Turn` to run, the seconds the
+        lease stays held, or ``None`` when nothing is queued."""
+        for _ in range(5):  # a lost race on the conditional UPDATEs: read again
+            session = self.model._base_manager.filter(pk=pk).first()
+            if session is None:
+                raise exc.SessionNotFound(f"No {self.model.__name__} with id {pk}.")
+            now = timezone.now()
+            if lease_held(session.lease_token, session.lease_expires_at, now):
+                assert session.lease_expires_at is not None
+                return lease_remaining(session.lease_expires_at, now)
+            run = self.runs(pk).filter(status=RunStatus.QUEUED).order_by("queued_seq").first()
+            if run is None:
+                return None
+            stale = session.lease_token
+            if stale is not None and not AgentRun.objects.filter(pk=stale).exists():
+                stale = None
+            expires = lease_deadline(now)
+            turn = Turn(session, run.id, now, expires, run.input, user_blocks_for(run.input),
+                        stale_run_id=stale, origin=run.origin or {})
+            with transaction.atomic():
+                taken = self.model._base_manager.filter(
+                    pk=pk, version=session.version, lease_token=session.lease_token,
+                ).update(lease_token=run.id, lease_expires_at=expires,
+                         status=SessionStatus.RUNNING)
+                started = taken and AgentRun.objects.filter(
+                    pk=run.id, status=RunStatus.QUEUED).update(
+                        status=RunStatus.RUNNING, started_at=now, model=run.model)
+                if taken and not started:  # cancelled meanwhile: give the lease back
+                    transaction.set_rollback(True)
+            if started:
+                session.lease_token, session.lease_expires_at = run.id, expires
+                session.status = SessionStatus.RUNNING
+                return turn
+        return 0.0
+
+    def create(self, session: Any, context: Any, **submission: Any) -> AgentRun:
+        """Insert a new session (no lease) with its first message queued, in one transaction."""
+        setattr(session, self.store.context_field, context.to_dict())
+        with transaction.atomic():
+            session.save(force_insert=True)
+            submitted = self.submit(session.pk, events=[(EventType.SESSION_STARTED, {})],
+                                    **submission)
+        return submitted.run
+
+    def record(self, run: AgentRun) -> TurnRecord:
+        """What a finished run wrote, read back (for a caller whose run another ran)."""
+        events = [e.as_dict() for e in AgentEvent.objects.filter(
+            session_type=self.store.content_type, session_id=run.session_id, run_id=run.pk,
+        ).order_by("seq")]
+        return TurnRecord(run.pk, run.status, events, run.usage)
+
+    def has_queued(self, pk: Any) -> bool:
+        return self.runs(pk).filter(status=RunStatus.QUEUED).exists()
+
+    # -- cancel ------------------------------------------------------------------------------
+
+    def cancel(self, run_id: Any, error: dict[str, Any] | None = None) -> AgentRun:
+        """Cancel a queued run at once, or ask the executor of a running one to cancel it.
+
+        Returns the run as it is now: ``cancelled``, still ``running`` with
+        ``cancel_requested`` set, or already finished (nothing to do).
+        """
+        now = timezone.now()
+        run = AgentRun.objects.filter(pk=run_id, session_type=self.store.content_type).first()
+        if run is None:
+            raise exc.RunNotFound(f"No run {run_id} of a {self.model.__name__}.")
+        if run.status == RunStatus.QUEUED:
+            with transaction.atomic():
+                error = error or CANCELLED
+                if AgentRun.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(
+                        status=RunStatus.CANCELLED, error=error, ended_at=now):
+                    self.store.append_events(run.session_id, [(EventType.RUN_CANCELLED, {
+                        "run_id": str(run.pk), "error": error, "queued": True})],
+                        run_id=run.pk)
+                    run.status, run.error, run.ended_at = RunStatus.CANCELLED, error, now
+                    return run
+            run.refresh_from_db()  # it started meanwhile
+        if run.status == RunStatus.RUNNING and not run.cancel_requested:
+            AgentRun.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+                cancel_requested=True)
+            run.cancel_requested = True
+        return run
+
+    def cancel_requested(self, run_id: Any) -> bool:
+        return AgentRun.objects.filter(pk=run_id, cancel_requested=True).exists()

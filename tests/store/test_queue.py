@@ -1,0 +1,271 @@
+"""The durable run queue: a message is a committed row before anyone is told; keys, order,
+the multitask strategies, cancel, and who picks up a queue nobody drains."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+from django.test import override_settings
+
+from django_agent_session import exceptions as exc
+from django_agent_session.models import AgentEvent, AgentRun, RunStatus
+from django_agent_session.runs.drain import sweep
+from django_agent_session.testing.loopback import Reply
+from tests.helpers.executors import Recording
+from tests.helpers.loopback import loopback_settings
+from tests.helpers.threads import in_thread
+from tests.testapp.models import ChatAgent
+
+pytestmark = pytest.mark.django_db(transaction=True)  # other threads see committed rows only
+
+ARGS = {"company_name": "Acme"}
+RECORDING = "tests.helpers.executors.Recording"
+
+
+@pytest.fixture
+def recording(loopback):
+    """The queue's executor only records; the test drains."""
+    Recording.calls.clear()
+    with override_settings(AGENT_SESSION=loopback_settings(loopback, EXECUTOR=RECORDING)):
+        yield Recording.calls
+
+
+def new_session(loopback, user=None):
+    loopback.enqueue("first answer")
+    return ChatAgent.objects.start_session("first", instruction_args=ARGS, owner=user)
+
+
+def committed(run_id) -> AgentRun | None:
+    """The run as another connection sees it (only what was committed)."""
+    found: list = []
+    thread = threading.Thread(target=in_thread(
+        lambda: found.append(AgentRun.objects.filter(pk=run_id).first())))
+    thread.start()
+    thread.join()
+    return found[0]
+
+
+def user_texts(loopback) -> list[str]:
+    return [r.user_text for r in loopback.message_requests]
+
+
+class TestSubmission:
+    def test_wait_false_commits_a_queued_run_and_hands_it_to_the_executor(
+            self, loopback, recording):
+        session = new_session(loopback)
+        run = ChatAgent.objects.continue_session(session.pk, "later", wait=False)
+
+        assert isinstance(run, AgentRun) and run.status == RunStatus.QUEUED
+        assert committed(run.pk).status == RunStatus.QUEUED  # a row before the return
+        assert recording == [(ChatAgent, str(session.pk))]
+        queued = AgentEvent.objects.get(session_id=session.pk, type="run.queued")
+        assert queued.run_id == run.pk and queued.seq == run.queued_seq
+        assert queued.data["content"] == [{"type": "text", "text": "later"}]
+        assert len(loopback.message_requests) == 1  # not run
+
+        loopback.enqueue("later answer")
+        assert ChatAgent.objects.drain(session.pk) == 1
+        run.refresh_from_db()
+        assert run.status == RunStatus.COMPLETED and run.output == {"content": "later answer"}
+        assert ChatAgent.objects.get_context(session.pk).turns == 2
+
+    def test_start_session_wait_false_creates_the_session_with_its_message_queued(
+            self, loopback, recording):
+        run = ChatAgent.objects.start_session("hello", instruction_args=ARGS, wait=False)
+        session = ChatAgent.objects.get(pk=run.session_id)
+        assert session.status == "idle" and session.lease_token is None
+        assert [e.type for e in session.events.order_by("seq")] == ["session.started",
+                                                                    "run.queued"]
+        loopback.enqueue("hi there")
+        ChatAgent.objects.drain(session.pk)
+        assert ChatAgent.objects.get(pk=session.pk).last_output == {"content": "hi there"}
+
+    def test_a_key_names_one_message_resubmitting_returns_the_same_run(
+            self, loopback, recording):
+        session = new_session(loopback)
+        first = ChatAgent.objects.submit(session.pk, "once", idempotency_key="k1")
+        again = ChatAgent.objects.submit(session.pk, "once", idempotency_key="k1")
+        assert first.created and not again.created and again.run.pk == first.run.pk
+        assert recording == [(ChatAgent, str(session.pk))]  # dispatched once
+        assert AgentEvent.objects.filter(session_id=session.pk, type="run.queued").count() == 1
+
+        loopback.enqueue("answered once")
+        ChatAgent.objects.drain(session.pk)
+        # a waiting resubmission after the run finished gets its outcome; nothing runs again
+        done = ChatAgent.objects.continue_session(session.pk, "once", idempotency_key="k1")
+        assert done.last_output == {"content": "answered once"}
+        assert done.last_turn.run_id == first.run.pk
+        assert user_texts(loopback) == ["first", "once"]
+        # the same key on another session is another message
+        other = new_session(loopback)
+        assert ChatAgent.objects.submit(other.pk, "once", idempotency_key="k1").created
+
+    def test_queued_runs_run_in_submission_order(self, loopback, recording):
+        session = new_session(loopback)
+        for word in ("one", "two", "three"):
+            ChatAgent.objects.continue_session(session.pk, word, wait=False)
+            loopback.enqueue(f"re {word}")
+        assert ChatAgent.objects.drain(session.pk) == 3
+        assert user_texts(loopback) == ["first", "one", "two", "three"]
+        runs = AgentRun.objects.filter(session_id=session.pk).order_by("queued_seq")
+        assert [r.input["message"] for r in runs if r.queued_seq] == ["one", "two", "three"]
+
+    def test_a_full_queue_is_refused(self, loopback, recording):
+        session = new_session(loopback)
+        with override_settings(AGENT_SESSION=loopback_settings(
+                loopback, EXECUTOR=RECORDING, QUEUE_MAX=2)):
+            ChatAgent.objects.continue_session(session.pk, "a", wait=False)
+            ChatAgent.objects.continue_session(session.pk, "b", wait=False)
+            with pytest.raises(exc.QueueFull):
+                ChatAgent.objects.continue_session(session.pk, "c", wait=False)
+        assert AgentRun.objects.filter(status=RunStatus.QUEUED).count() == 2
+
+    def test_wait_true_behind_a_queue_runs_after_it(self, loopback, recording):
+        """The fast path is taken only when nothing is queued: FIFO holds for every caller."""
+        session = new_session(loopback)
+        ChatAgent.objects.continue_session(session.pk, "queued first", wait=False)
+        loopback.enqueue("re queued", "re waiting")
+        after = ChatAgent.objects.continue_session(session.pk, "waiting")
+        assert after.last_output == {"content": "re waiting"}
+        assert user_texts(loopback) == ["first", "queued first", "waiting"]
+
+
+def hold_lease(loopback, session, seconds: float = 1.5) -> threading.Thread:
+    """A real turn in another thread, streaming slowly, so the session's lease is held."""
+    loopback.enqueue(Reply.text("slow " * int(seconds / 0.05), delay=0.05))
+    errors: list = []
+    streaming = threading.Event()
+
+    def on_progress(kind, data) -> None:
+        if kind == "delta":
+            streaming.set()
+
+    def run() -> None:
+        try:
+            ChatAgent.objects.continue_session(session.pk, "running", on_progress=on_progress)
+        except exc.AgentSessionError as error:
+            errors.append(error)
+    thread = threading.Thread(target=in_thread(run))
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    assert streaming.wait(10), "the turn never streamed"
+    return thread
+
+
+class TestMultitask:
+    def test_reject_refuses_while_a_run_is_running_or_queued(self, loopback, recording):
+        session = new_session(loopback)
+        ChatAgent.objects.continue_session(session.pk, "queued", wait=False)
+        for wait in (True, False):
+            with pytest.raises(exc.SessionBusy):
+                ChatAgent.objects.continue_session(session.pk, "no", wait=wait,
+                                                   multitask="reject")
+        assert not AgentRun.objects.filter(input__message="no").exists()
+
+    def test_rollback_drops_the_queue_and_cancels_the_running_turn(self, loopback, recording):
+        session = new_session(loopback)
+        holder = hold_lease(loopback, session)
+        dropped = [ChatAgent.objects.continue_session(session.pk, w, wait=False)
+                   for w in ("x", "y")]
+        run = ChatAgent.objects.continue_session(session.pk, "instead", wait=False,
+                                                 multitask="rollback")
+        holder.join(10)
+        assert [e.code for e in holder.errors] == ["cancelled"]  # a sync turn, same process
+        for old in dropped:
+            old.refresh_from_db()
+            assert old.status == RunStatus.CANCELLED and old.error["code"] == "rolled_back"
+        running = AgentRun.objects.get(input__message="running")
+        assert running.status == RunStatus.CANCELLED and running.output["partial_text"]
+        loopback.enqueue("the new one")
+        assert ChatAgent.objects.drain(session.pk) == 1
+        run.refresh_from_db()
+        assert run.status == RunStatus.COMPLETED
+        assert user_texts(loopback)[-1] == "instead"
+        assert ChatAgent.objects.get_context(session.pk).turns == 2  # first + instead
+
+    def test_interrupt_cancels_the_running_turn_and_keeps_the_queue(self, loopback, recording):
+        session = new_session(loopback)
+        holder = hold_lease(loopback, session)
+        kept = ChatAgent.objects.continue_session(session.pk, "kept", wait=False)
+        ChatAgent.objects.continue_session(session.pk, "now", wait=False, multitask="interrupt")
+        holder.join(10)
+        assert [e.code for e in holder.errors] == ["cancelled"]
+        loopback.enqueue("re kept", "re now")
+        assert ChatAgent.objects.drain(session.pk) == 2
+        assert user_texts(loopback)[-2:] == ["kept", "now"]
+        kept.refresh_from_db()
+        assert kept.status == RunStatus.COMPLETED
+
+    def test_the_agent_declares_the_default(self, loopback, recording, monkeypatch):
+        session = new_session(loopback)
+        ChatAgent.objects.continue_session(session.pk, "queued", wait=False)
+        monkeypatch.setattr(ChatAgent.agent_options, "multitask", "reject")
+        with pytest.raises(exc.SessionBusy):
+            ChatAgent.objects.continue_session(session.pk, "refused", wait=False)
+        with pytest.raises(ValueError, match="multitask must be one of"):
+            ChatAgent.objects.continue_session(session.pk, "x", multitask="shout")
+
+
+class TestCancel:
+    def test_cancelling_a_queued_run_means_it_never_runs(self, loopback, recording):
+        session = new_session(loopback)
+        run = ChatAgent.objects.continue_session(session.pk, "never", wait=False)
+        cancelled = ChatAgent.objects.cancel_run(run.pk)
+        assert cancelled.status == RunStatus.CANCELLED
+        event = AgentEvent.objects.get(session_id=session.pk, type="run.cancelled")
+        assert event.run_id == run.pk and event.data["queued"] is True
+        assert ChatAgent.objects.drain(session.pk) == 0
+        assert user_texts(loopback) == ["first"]
+        assert ChatAgent.objects.cancel_run(run.pk).status == RunStatus.CANCELLED  # idempotent
+
+    def test_a_running_turn_in_another_process_sees_the_cancel_flag(self, loopback, recording):
+        """Another process only has the database: the turn's heartbeat polls the flag."""
+        session = new_session(loopback)
+        with override_settings(AGENT_SESSION=loopback_settings(
+                loopback, EXECUTOR=RECORDING, CANCEL_CHECK_SECONDS=0.1)):
+            holder = hold_lease(loopback, session, seconds=5)
+            run = AgentRun.objects.get(status="running")
+            AgentRun.objects.filter(pk=run.pk).update(cancel_requested=True)  # as another process
+            started = time.monotonic()
+            holder.join(10)
+            assert time.monotonic() - started < 2
+        run.refresh_from_db()
+        assert run.status == RunStatus.CANCELLED
+        assert ChatAgent._base_manager.get(pk=session.pk).lease_token is None
+
+    def test_unknown_and_finished_runs(self, loopback, recording):
+        session = new_session(loopback)
+        with pytest.raises(exc.RunNotFound):
+            ChatAgent.objects.cancel_run("00000000-0000-0000-0000-000000000000")
+        done = AgentRun.objects.get(session_id=session.pk)
+        assert ChatAgent.objects.cancel_run(done.pk).status == RunStatus.COMPLETED
+
+
+class TestPickup:
+    def test_the_inline_executor_runs_a_wait_false_turn_in_the_background(self, loopback):
+        session = new_session(loopback)
+        loopback.enqueue("background answer")
+        run = ChatAgent.objects.continue_session(session.pk, "go", wait=False)
+        deadline = time.monotonic() + 10
+        while AgentRun.objects.get(pk=run.pk).status != RunStatus.COMPLETED:
+            assert time.monotonic() < deadline, "the inline executor never ran it"
+            time.sleep(0.05)
+        assert ChatAgent.objects.get(pk=session.pk).last_output == {
+            "content": "background answer"}
+
+    def test_a_stranded_queue_is_picked_up_by_the_sweep_and_by_the_next_submission(
+            self, loopback, recording):
+        session = new_session(loopback)
+        stranded = ChatAgent.objects.continue_session(session.pk, "stranded", wait=False)
+        recording.clear()  # its executor "died": nobody drains it
+        assert sweep() == 1 and recording == [(ChatAgent, str(session.pk))]
+
+        loopback.enqueue("re stranded", "re next")
+        after = ChatAgent.objects.continue_session(session.pk, "next")  # runs it first
+        assert after.last_output == {"content": "re next"}
+        stranded.refresh_from_db()
+        assert stranded.status == RunStatus.COMPLETED
+        assert sweep() == 0
