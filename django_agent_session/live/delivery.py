@@ -63,7 +63,9 @@ class DeliveryMixin:
     # -- presence ----------------------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        """Re-announce this viewer to the live owner, so presence survives owner changes."""
+        """Re-announce this viewer to the live owner, so presence survives owner changes. A
+        watched conversation whose owner died (its lease ran out with no ``session.stopped``)
+        gets a new one here, which also hands the dead process's queued runs on."""
         interval = max(ownership.lease_seconds() / 3, 0.1)
         while True:
             await asyncio.sleep(interval)
@@ -71,6 +73,9 @@ class DeliveryMixin:
                 continue
             try:
                 owner = await self._current_owner()
+                if owner is None and self.owner is not None:
+                    # its lease expired without a ``session.stopped``: the process died
+                    owner = await self._elect()
                 if owner is not None:
                     self.owner = owner
                     await self._announce(owner)
