@@ -13,8 +13,10 @@ from .serializers import (
     AgentErrorSerializer,
     AgentEventPageSerializer,
     AgentRunPageSerializer,
+    AgentRunSerializer,
     AgentSerializers,
     DetailSerializer,
+    RunAcceptedSerializer,
     ServerSentEventSerializer,
 )
 from .streaming import CONTENT_TYPE
@@ -49,6 +51,14 @@ def annotate(viewset: _ViewSet, s: AgentSerializers) -> _ViewSet:
     tag = [name]
     session_id = [OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH,
                                    description="The session's id.")]
+    run_id = [*session_id, OpenApiParameter("run_id", OpenApiTypes.UUID, OpenApiParameter.PATH,
+                                            description="The run's id.")]
+    idempotency = [OpenApiParameter(
+        "Idempotency-Key", str, OpenApiParameter.HEADER,
+        description="Names the message: resending it returns the same run (unique per "
+                    "session; at most 255 characters).")]
+    accepted = {202: OpenApiResponse(RunAcceptedSerializer, description=(
+        "`\"wait\": false`: the run is queued (committed) and runs on the executor."))}
     detail = OpenApiResponse(DetailSerializer, description="Not authenticated or not allowed.")
     invalid = OpenApiResponse(OpenApiTypes.OBJECT,
                               description="Field errors, e.g. `{\"input\": {\"message\": [...]}}`.")
@@ -95,7 +105,7 @@ def annotate(viewset: _ViewSet, s: AgentSerializers) -> _ViewSet:
                        404: OpenApiResponse(DetailSerializer, description="Invalid page.")}),
         create=extend_schema(
             tags=tag, summary=f"Start a {name} session", request=s.start,
-            responses={201: s.turn, **turn_errors}),
+            parameters=idempotency, responses={201: s.turn, **accepted, **turn_errors}),
         retrieve=extend_schema(tags=tag, parameters=session_id, summary=f"A {name} session",
                                responses={200: s.session, **auth, **missing, **throttled}),
         partial_update=extend_schema(
@@ -108,8 +118,24 @@ def annotate(viewset: _ViewSet, s: AgentSerializers) -> _ViewSet:
                        409: OpenApiResponse(AgentErrorSerializer,
                                             description="A turn is running.")}),
         continue_turn=extend_schema(
-            tags=tag, parameters=session_id, summary=f"Run one turn on a {name} session", request=s.continue_,
-            responses={200: s.turn, **missing, **turn_errors}),
+            tags=tag, parameters=[*session_id, *idempotency],
+            summary=f"Run one turn on a {name} session", request=s.continue_,
+            responses={200: s.turn, **accepted, **missing, **turn_errors}),
+        # the path's tokens are the runs list's: its operationId would collide
+        run=extend_schema(tags=tag, parameters=run_id, summary="One run",
+                          operation_id=f"{viewset.model._meta.model_name}_run_retrieve",
+                          responses={200: AgentRunSerializer, **auth, **missing, **throttled}),
+        cancel_run=extend_schema(
+            tags=tag, parameters=run_id, summary="Cancel a run", request=None,
+            description="A queued run never runs; a running one stops wherever it runs "
+                        "(`cancel_requested` until it has); a finished one is unchanged.",
+            responses={200: AgentRunSerializer, **auth, **missing, **throttled}),
+        run_stream=extend_schema(
+            tags=tag, summary="Follow a run (SSE)",
+            parameters=[*run_id, *no_format, OpenApiParameter(
+                "Last-Event-ID", int, OpenApiParameter.HEADER,
+                description="Resume after this event id (a progress event's per-run index).")],
+            responses=stream_responses(missing)),
         context=extend_schema(tags=tag, parameters=session_id, summary="The conversation context",
                               responses={200: s.context, **auth, **missing, **throttled}),
         events=extend_schema(
@@ -121,10 +147,10 @@ def annotate(viewset: _ViewSet, s: AgentSerializers) -> _ViewSet:
             responses={200: AgentRunPageSerializer, **auth, **missing, **throttled}),
         stream_start=extend_schema(
             tags=tag, summary=f"Start a {name} session, streamed (SSE)", request=s.start,
-            parameters=no_format,
+            parameters=[*no_format, *idempotency],
             responses=stream_responses({})),
         stream_continue=extend_schema(
-            tags=tag, parameters=[*session_id, *no_format],
+            tags=tag, parameters=[*session_id, *no_format, *idempotency],
             summary=f"Run one turn on a {name} session, streamed (SSE)",
             request=s.continue_, responses=stream_responses(missing)),
     )(viewset)

@@ -18,7 +18,7 @@ from typing import Any
 from rest_framework import serializers
 
 from ..declaration.schemas import SerializerClass
-from ..models import AgentEvent, AgentRun, RunStatus
+from ..models import AgentEvent, AgentRun, Multitask, RunStatus
 from ..records import SessionRecord
 from ..store.sessions import update_fields
 
@@ -68,7 +68,7 @@ class AgentRunSerializer(serializers.ModelSerializer):
         model = AgentRun
         ref_name = "AgentRun"
         fields = ["id", "status", "input", "output", "error", "model", "iterations", "usage",
-                  "started_at", "ended_at", "duration_ms"]
+                  "queued_at", "started_at", "ended_at", "duration_ms", "cancel_requested"]
         read_only_fields = fields
 
 
@@ -161,6 +161,26 @@ class AgentSessionSerializer(serializers.ModelSerializer):
         return instance
 
 
+def wait_field() -> serializers.BooleanField:
+    return serializers.BooleanField(
+        default=True, help_text="false: answer 202 with the queued run at once; the turn runs "
+                                "on the executor.")
+
+
+class RunAcceptedSerializer(serializers.Serializer):
+    """The answer to a submission that does not wait (202)."""
+
+    run = AgentRunSerializer(read_only=True)
+    session_id = serializers.UUIDField(read_only=True)
+    created = serializers.BooleanField(
+        read_only=True, help_text="false: the Idempotency-Key named an earlier run.")
+    links = serializers.DictField(child=serializers.URLField(), read_only=True,
+                                  help_text="`run`, `stream` (SSE) and `cancel` URLs.")
+
+    class Meta:
+        ref_name = "AgentRunAccepted"
+
+
 @dataclass(frozen=True)
 class AgentSerializers:
     """The serializers generated for one session model."""
@@ -212,11 +232,14 @@ def _build(model: type[SessionRecord]) -> AgentSerializers:
     else:
         args = serializers.DictField(required=False, help_text="Instruction template variables.")
     start = type(f"{name}StartSerializer", (serializers.Serializer,), {
-        **module, "input": input_field(), "instruction_args": args,
+        **module, "input": input_field(), "instruction_args": args, "wait": wait_field(),
         "Meta": type("Meta", (), {"ref_name": f"{name}Start"}),
     })
     continue_ = type(f"{name}ContinueSerializer", (serializers.Serializer,), {
-        **module, "input": input_field(),
+        **module, "input": input_field(), "wait": wait_field(),
+        "multitask": serializers.ChoiceField(
+            choices=Multitask.choices, required=False,
+            help_text="When the session already has runs (default: the agent's)."),
         "Meta": type("Meta", (), {"ref_name": f"{name}Continue"}),
     })
     turn = type(f"{name}TurnSerializer", (serializers.Serializer,), {

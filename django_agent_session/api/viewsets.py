@@ -11,20 +11,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.handlers.asgi import ASGIRequest
 from django.db import connections, transaction
 from django.db.models import QuerySet
 from django.utils.module_loading import import_string
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotAcceptable, NotFound, ValidationError
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
+from .. import exceptions as exc
 from ..conf import agent_settings, perform_import
-from ..records import SessionRecord
+from ..records import RunStatus, SessionRecord
 from ..store.sessions import delete_session
-from .errors import api_exception
+from .errors import api_exception, error_body
 from .filters import SessionFilterBackend
 from .openapi import annotate
 from .pagination import SeqCursorPagination, SessionPagination
@@ -36,13 +40,21 @@ from .serializers import (
     AgentSerializers,
     serializers_for,
 )
-from .streaming import EventStreamRenderer, event_stream_response
+from .streaming import (
+    EventStreamRenderer,
+    afollow,
+    event_stream,
+    event_stream_response,
+    sse,
+)
 
 if TYPE_CHECKING:
     from rest_framework.decorators import ViewSetAction
 
 #: actions that run a turn (they share the ``turn_throttle_scope``)
 TURN_ACTIONS = frozenset({"create", "continue_turn", "stream_start", "stream_continue"})
+#: longest ``Idempotency-Key`` header (the column's length)
+IDEMPOTENCY_KEY_MAX = 255
 
 
 class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
@@ -143,6 +155,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             "create": s.start, "stream_start": s.start,
             "continue_turn": s.continue_, "stream_continue": s.continue_,
             "context": s.context, "events": AgentEventSerializer, "runs": AgentRunSerializer,
+            "run": AgentRunSerializer, "cancel_run": AgentRunSerializer,
         }.get(self.action, s.session)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -171,22 +184,110 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         if start:
             self.manager.initial_context(instruction_args)
 
+    def submission(self) -> dict[str, Any]:
+        """The submission options of a turn request: its ``Idempotency-Key`` header (the
+        message's name: resending it returns the same run) and where it came from."""
+        key = self.request.headers.get("Idempotency-Key")
+        if key is not None and not 0 < len(key) <= IDEMPOTENCY_KEY_MAX:
+            raise ValidationError({"Idempotency-Key": [
+                f"Must be 1 to {IDEMPOTENCY_KEY_MAX} characters."]})
+        user = self.owner()
+        return {"idempotency_key": key,
+                "origin": {"surface": "rest", "user_id": user.pk if user else None}}
+
+    def accepted(self, run: Any, created: bool = True) -> Response:
+        """202: the queued (or, for a known key, existing) run and where to follow it."""
+        pk, run_id = str(run.session_id), str(run.pk)
+        links = {name: self.request.build_absolute_uri(
+                     self.reverse_action(action, kwargs={"pk": pk, "run_id": run_id}))
+                 for name, action in (("run", "run"), ("stream", "run-stream"),
+                                      ("cancel", "run-cancel"))}
+        data = {"run": AgentRunSerializer(run).data, "session_id": pk, "created": created,
+                "links": links}
+        return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": links["run"]})
+
+    def get_run(self, run_id: Any) -> Any:
+        """The caller's session's run ``run_id`` (404 for anything else)."""
+        session = self.get_object()
+        try:
+            run = session.runs.filter(pk=run_id).first()
+        except DjangoValidationError:  # not a UUID
+            run = None
+        if run is None:
+            raise NotFound()
+        return run
+
+    def follow(self, run: Any, after: int = 0) -> Any:
+        """An SSE response following ``run`` to its end (ASGI), never cancelling it."""
+        return event_stream(afollow(self.model, run, self.outcome, self.sse_keepalive, after))
+
+    def outcome(self, run: Any) -> list[bytes]:
+        """The last event of a followed run: ``message`` (the turn body) or ``error``."""
+        if run.status == RunStatus.COMPLETED:
+            session = self.model._base_manager.get(pk=run.session_id)
+            return [sse("message", self.turn_data(session))]
+        return [sse("error", error_body(exc.from_dict(run.error)))]
+
+    def is_asgi(self) -> bool:
+        return isinstance(self.request._request, ASGIRequest)
+
     # -- endpoints -------------------------------------------------------------------------
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        """Start a session: its first turn runs now; 201 with the session and the output."""
+        """Start a session: its first turn runs now; 201 with the session and the output
+        (``"wait": false``: 202 with the queued run)."""
         body = self.read_body(self._agent_serializers.start)
+        if not body["wait"]:
+            run = self.manager.start_session(
+                body["input"], instruction_args=body.get("instruction_args"),
+                owner=self.owner(), wait=False, **self.submission())
+            return self.accepted(run)
         session = self.manager.start_session(
-            body["input"], instruction_args=body.get("instruction_args"), owner=self.owner())
+            body["input"], instruction_args=body.get("instruction_args"), owner=self.owner(),
+            **self.submission())
         return Response(self.turn_data(session), status=status.HTTP_201_CREATED)
 
     @action(detail=True, methods=["post"], url_path="continue", url_name="continue")
     def continue_turn(self, request: Request, pk: Any = None) -> Response:
-        """Run one turn on the session."""
+        """Run one turn on the session (``"wait": false``: 202 with the queued run)."""
         session = self.get_object()
         body = self.read_body(self._agent_serializers.continue_)
-        session = self.manager.continue_session(session, body["input"])
+        if not body["wait"]:
+            submitted = self.manager.submit(session, body["input"],
+                                            multitask=body.get("multitask"),
+                                            **self.submission())
+            return self.accepted(submitted.run, submitted.created)
+        session = self.manager.continue_session(session, body["input"],
+                                                multitask=body.get("multitask"),
+                                                **self.submission())
         return Response(self.turn_data(session))
+
+    @action(detail=True, methods=["get"], url_path=r"runs/(?P<run_id>[^/.]+)", url_name="run")
+    def run(self, request: Request, pk: Any = None, run_id: Any = None) -> Response:
+        """One run of the session: its status, input, output or error, and usage."""
+        return Response(AgentRunSerializer(self.get_run(run_id)).data)
+
+    @action(detail=True, methods=["post"], url_path=r"runs/(?P<run_id>[^/.]+)/cancel",
+            url_name="run-cancel")
+    def cancel_run(self, request: Request, pk: Any = None, run_id: Any = None) -> Response:
+        """Cancel a run: a queued one never runs; a running one stops wherever it runs
+        (``cancel_requested`` until it has). A finished run is returned unchanged."""
+        run = self.manager.cancel_run(self.get_run(run_id).pk)
+        return Response(AgentRunSerializer(run).data)
+
+    @action(detail=True, methods=["get"], url_path=r"runs/(?P<run_id>[^/.]+)/stream",
+            url_name="run-stream", renderer_classes=[JSONRenderer, EventStreamRenderer])
+    def run_stream(self, request: Request, pk: Any = None, run_id: Any = None) -> Any:
+        """Follow a run as Server-Sent Events; ``Last-Event-ID`` resumes after that event."""
+        run = self.get_run(run_id)
+        try:
+            after = max(int(request.headers.get("Last-Event-ID") or 0), 0)
+        except ValueError:
+            raise ValidationError({"Last-Event-ID": ["A valid integer is required."]}) \
+                from None
+        if not self.is_asgi():
+            raise NotAcceptable("Following a run needs an ASGI server.")
+        return self.follow(run, after)
 
     @action(detail=True, methods=["get"])
     def context(self, request: Request, pk: Any = None) -> Response:
@@ -217,6 +318,10 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         input, args, owner = body["input"], body.get("instruction_args"), self.owner()
         self.prevalidate(input, args, start=True)
         manager = self.manager
+        if self.is_asgi():  # queued and run by the executor; this response only follows it
+            run = manager.start_session(input, instruction_args=args, owner=owner, wait=False,
+                                        **self.submission())
+            return self.follow(run)
         return event_stream_response(
             request._request,
             aturn=lambda progress: manager.astart_session(
@@ -231,13 +336,19 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         """``continue`` as Server-Sent Events."""
         session = self.get_object()
         body = self.read_body(self._agent_serializers.continue_)
-        input = body["input"]
+        input, multitask = body["input"], body.get("multitask")
         self.prevalidate(input, start=False)
         manager = self.manager
+        if self.is_asgi():
+            submitted = manager.submit(session, input, multitask=multitask,
+                                       **self.submission())
+            return self.follow(submitted.run)
         return event_stream_response(
             request._request,
-            aturn=lambda progress: manager.acontinue_session(session, input, on_progress=progress),
-            turn=lambda progress: manager.continue_session(session, input, on_progress=progress),
+            aturn=lambda progress: manager.acontinue_session(
+                session, input, on_progress=progress, multitask=multitask),
+            turn=lambda progress: manager.continue_session(
+                session, input, on_progress=progress, multitask=multitask),
             finish=self.turn_data, keepalive=self.sse_keepalive)
 
     def perform_destroy(self, instance: Any) -> None:

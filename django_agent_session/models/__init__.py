@@ -11,6 +11,7 @@ from ..records import (
     Artifact,
     EventType,
     LiveOwnership,
+    Multitask,
     RunStatus,
     SessionStatus,
     UsageMixin,
@@ -22,5 +23,5 @@ from .session import AgentSessionModel
 
 __all__ = ["AgentEvent", "AgentRun", "AgentSessionManager", "AgentSessionModel",
            "AgentSessionQuerySet", "Artifact", "EventType",
-           "LiveOwnership", "RunStatus", "SessionStatus", "UsageMixin", "artifact_path",
+           "LiveOwnership", "Multitask", "RunStatus", "SessionStatus", "UsageMixin", "artifact_path",
            "artifact_storage"]
