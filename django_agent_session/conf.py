@@ -48,8 +48,11 @@ DEFAULTS: dict[str, Any] = {
     "TASK_QUEUE_NAME": "default",
     # how often a running turn looks for a cancel requested from another process
     "CANCEL_CHECK_SECONDS": 1.0,
-    # Default per-tool timeout in seconds (``None``: no timeout); ``Agent.tool_timeout`` overrides.
-    "TOOL_TIMEOUT": None,
+    # Default per-tool timeout in seconds (``None``: none) for async tools and for every tool
+    # of an async turn; ``Agent.tool_timeout`` and ``@tool(timeout=)`` override it. A sync
+    # tool of a sync turn runs in the caller's thread (and transaction) unless one of those
+    # two is declared.
+    "TOOL_TIMEOUT": 300.0,
     # Live sessions (Channels)
     "FACTORY_ROUTER": "django_agent_session.live.routers.default_router",
     "INACTIVITY_TIMEOUT": 300.0,

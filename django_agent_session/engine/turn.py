@@ -387,8 +387,11 @@ class TurnEngine:
         finally:
             gen.close()
 
-    def _timeout(self, tool: Tool) -> float | None:
-        for value in (tool.timeout, self.options.tool_timeout, agent_settings.TOOL_TIMEOUT):
+    def _timeout(self, tool: Tool, *, declared_only: bool = False) -> float | None:
+        """The tool's timeout: its own, the agent's, else ``TOOL_TIMEOUT`` (unless
+        ``declared_only``)."""
+        default = None if declared_only else agent_settings.TOOL_TIMEOUT
+        for value in (tool.timeout, self.options.tool_timeout, default):
             if value is not None:
                 return float(value)
         return None
@@ -402,12 +405,16 @@ class TurnEngine:
 
     def _call_tool(self, call: CallTool, tool_context: ToolContext | None) -> ToolOutcome:
         args, kwargs = self._args(call, tool_context)
-        timeout = self._timeout(call.tool)
         try:
             if call.tool.is_async:
                 async def bounded() -> Any:
-                    return await asyncio.wait_for(call.tool.fn(*args, **kwargs), timeout)
+                    return await asyncio.wait_for(call.tool.fn(*args, **kwargs),
+                                                  self._timeout(call.tool))
                 return ToolOutcome(async_to_sync(bounded)())
+            # a sync tool of a sync turn runs in the caller's thread, inside the caller's
+            # transaction, unless the tool or the agent declares a timeout (a pool thread
+            # then, which can be given up on; no thread can be interrupted)
+            timeout = self._timeout(call.tool, declared_only=True)
             if timeout is None:
                 return ToolOutcome(call.tool.fn(*args, **kwargs))
             future = _tool_pool().submit(_in_pool_thread, call.tool.fn, *args, **kwargs)

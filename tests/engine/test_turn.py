@@ -10,6 +10,7 @@ import time
 
 import pytest
 from channels.db import database_sync_to_async
+from django.test import override_settings
 
 from django_agent_session import exceptions as exc
 from django_agent_session.engine.context import Context
@@ -116,6 +117,31 @@ class TestLoop:
         second = client.requests[2].messages[-1]["content"][0]
         assert first["is_error"] and "timed out" in first["content"]
         assert second["content"] == "8" and result.output == {"content": "ok"}
+
+    async def test_the_default_tool_timeout_bounds_a_sync_tool_of_an_async_turn(self):
+        """``TOOL_TIMEOUT`` (300 s by default) applies where a sync tool runs in the pool."""
+        def slow() -> str:
+            time.sleep(0.5)
+            return "late"
+
+        client = ScriptedClient().enqueue(tool_reply("slow", {}), "gave up")
+        with override_settings(AGENT_SESSION={"TOOL_TIMEOUT": 0.05}):
+            await engine_for([slow]).arun(Context(system="s"), USER, client)
+        block = client.requests[1].messages[-1]["content"][0]
+        assert block["is_error"] and "timed out after 0.05s" in block["content"]
+
+    def test_a_sync_tool_of_a_sync_turn_runs_in_the_callers_thread(self):
+        """No declared timeout: the tool shares the caller's thread (and its transaction);
+        the default ``TOOL_TIMEOUT`` cannot interrupt a thread, so it does not move it."""
+        threads = []
+
+        def where() -> str:
+            threads.append(threading.current_thread())
+            return "here"
+
+        with override_settings(AGENT_SESSION={"TOOL_TIMEOUT": 0.05}):
+            self.run(engine_for([where]), tool_reply("where", {}), "ok")
+        assert threads == [threading.current_thread()]
 
     def test_progress_events(self):
         def echo(text: str) -> str:
