@@ -48,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
     "TASK_QUEUE_NAME": "default",
     # how often a running turn looks for a cancel requested from another process
     "CANCEL_CHECK_SECONDS": 1.0,
+    # on SIGTERM / lifespan shutdown: how long running turns may take to finish before they
+    # are recorded interrupted (see django_agent_session.live.shutdown)
+    "SHUTDOWN_GRACE_SECONDS": 10.0,
     # Default per-tool timeout in seconds (``None``: none) for async tools and for every tool
     # of an async turn; ``Agent.tool_timeout`` and ``@tool(timeout=)`` override it. A sync
     # tool of a sync turn runs in the caller's thread (and transaction) unless one of those

@@ -98,6 +98,14 @@ class TurnCancelled(AgentSessionError):
     code = "cancelled"
 
 
+class TurnInterrupted(AgentSessionError):
+    """The turn's process stopped (a shutdown, or a crash found by the next turn) before the
+    turn finished; nothing was saved to the context. Submitting the message again is safe."""
+
+    code = "interrupted"
+    retryable = True
+
+
 class TokenBudgetExceeded(AgentSessionError):
     """The session's ``token_budget`` is used up (``budget_strategy = "halt"``)."""
 

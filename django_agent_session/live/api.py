@@ -26,6 +26,7 @@ from django.db import IntegrityError
 
 from .. import exceptions as exc
 from ..records import AgentEvent, AgentRun, LiveOwnership
+from ..runs.shutdown import install_signal_handler, on_shutdown
 from ..store.sessions import insert_session
 from . import ownership, registry
 from .registry import local_sessions
@@ -101,6 +102,7 @@ async def _start(key: str, cid: uuid.UUID, spec: SessionSpec, channel_layer: Any
     if not lease.acquired:
         return StartResult("running", lease.owner_channel)
     session = LiveSession(spec, cid, layer, channel, lease.expires_at)
+    install_signal_handler()
     registry.add(session)
     try:
         await session.start()
@@ -170,6 +172,11 @@ async def stop_all(reason: str = "shutdown") -> int:
     sessions = list(local_sessions().values())
     await asyncio.gather(*(s.stop(reason) for s in sessions), return_exceptions=True)
     return len(sessions)
+
+
+@on_shutdown
+async def _stop_at_shutdown() -> None:
+    await stop_all("shutdown")
 
 
 def stop_session(session: Any, reason: str = "admin") -> bool:

@@ -402,10 +402,11 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         assert self.spec is not None
         if not await self._owner_ok(ref, elect=True):
             return
+        manager = self.spec.model._default_manager
         try:  # a row before the ack: committed, then handed to the executor
-            submitted = await self.spec.model._default_manager.asubmit(
+            submitted = await manager.asubmit(
                 self.conversation_id, data["input"], idempotency_key=ref,
-                multitask=data.get("multitask"),
+                multitask=data.get("multitask"), dispatch=False,
                 origin={"surface": "websocket", "user_id": self._user_id, "ref": ref})
         except exc.AgentSessionError as error:
             await self._send_error(error, ref)
@@ -413,8 +414,10 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         run = submitted.run
         await self.send_json({"type": "ack", "ref": ref, "run_id": str(run.pk),
                               "status": run.status, "duplicate": not submitted.created})
-        await announce_queued(self.channel_layer, self.spec.model, self.conversation_id,
-                              submitted)
+        if submitted.created:  # announced before it can start, then handed on
+            await announce_queued(self.channel_layer, self.spec.model, self.conversation_id,
+                                  submitted)
+            await database_sync_to_async(manager.dispatch)(self.conversation_id)
         await self._activity()
 
     async def _owner_ok(self, ref: str | None, *, elect: bool) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -21,7 +22,8 @@ from .stream import RunStream
 RETRY_MARGIN = 0.25
 
 
-async def drain(model: Any, session_pk: Any) -> float | None:
+async def drain(model: Any, session_pk: Any,
+                keep_going: Callable[[], bool] | None = None) -> float | None:
     """Run ``session_pk``'s queued runs in order, publishing each to its viewers.
 
     Returns ``None`` when the queue is empty, or the seconds after which to look again when
@@ -33,7 +35,9 @@ async def drain(model: Any, session_pk: Any) -> float | None:
     def observe(turn: Turn) -> RunStream:
         return RunStream(model, turn, layer)
 
-    await model._default_manager.adrain(session_pk, observe=observe)
+    await model._default_manager.adrain(session_pk, observe=observe, keep_going=keep_going)
+    if keep_going is not None and not keep_going():
+        return None
     return await database_sync_to_async(look_again)(model, session_pk)
 
 

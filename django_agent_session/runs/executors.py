@@ -22,9 +22,14 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from ..conf import agent_settings
+from ..store.dispatch import executor
+from ..store.local_runs import SHUTDOWN
 from .drain import drain
 
 logger = logging.getLogger("django_agent_session.runs")
+
+#: bound on waiting for interrupted runs to record themselves at shutdown
+STOP_WAIT_SECONDS = 10.0
 
 
 def _server_loop() -> asyncio.AbstractEventLoop | None:
@@ -52,11 +57,14 @@ class InlineExecutor:
     thread. The default; the two-command demo needs no worker."""
 
     def __init__(self) -> None:
+        self.closed = False
         self._drains: dict[tuple[Any, str], asyncio.Task] = {}
         self._again: set[tuple[Any, str]] = set()
         self._retries: dict[tuple[Any, str], asyncio.TimerHandle] = {}
 
     def dispatch(self, model: Any, session_pk: Any) -> None:
+        if self.closed:  # shutting down: the run stays queued for the next process
+            return
         loop = _server_loop()
         if loop is None:
             threading.Thread(target=self._drain_in_thread, args=(model, session_pk),
@@ -81,6 +89,8 @@ class InlineExecutor:
         retry = self._retries.pop(key, None)
         if retry is not None:
             retry.cancel()
+        if self.closed:
+            return
         if key in self._drains:
             self._again.add(key)
             return
@@ -93,7 +103,7 @@ class InlineExecutor:
             while True:
                 self._again.discard(key)
                 try:
-                    retry_in = await drain(model, session_pk)
+                    retry_in = await drain(model, session_pk, self._open)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -104,14 +114,17 @@ class InlineExecutor:
         finally:
             self._drains.pop(key, None)
             self._again.discard(key)
-            if retry_in is not None:  # queued behind a lease: look again once it expires
+            if retry_in is not None and not self.closed:  # behind a lease: look again later
                 loop = asyncio.get_running_loop()
                 self._retries[key] = loop.call_later(
                     retry_in, self._start, model, session_pk, context=contextvars.Context())
 
+    def _open(self) -> bool:
+        return not self.closed
+
     def _drain_in_thread(self, model: Any, session_pk: Any) -> None:
         try:
-            while (retry_in := async_to_sync(drain)(model, session_pk)) is not None:
+            while (retry_in := async_to_sync(drain)(model, session_pk, self._open)) is not None:
                 close_old_connections()
                 time.sleep(retry_in)
         except Exception:
@@ -123,6 +136,31 @@ class InlineExecutor:
     def draining(self) -> list[asyncio.Task]:
         """The drains running in this process's server loop."""
         return list(self._drains.values())
+
+    def close(self) -> None:
+        """Start no more drains (graceful shutdown); queued runs stay for another process."""
+        self.closed = True
+        for retry in self._retries.values():
+            retry.cancel()
+        self._retries.clear()
+
+    def reopen(self) -> None:
+        """Take runs again after :meth:`close` (an embedded server restarting; tests)."""
+        self.closed = False
+
+    async def wait_closed(self, grace: float) -> bool:
+        """Wait up to ``grace`` seconds for the running drains (each ends after its current
+        run, as no more are claimed once closed); interrupt what is left. Whether all
+        finished in time."""
+        tasks = self.draining
+        if not tasks:
+            return True
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel(SHUTDOWN)  # the run is recorded interrupted (retryable)
+        if pending:
+            await asyncio.wait(pending, timeout=STOP_WAIT_SECONDS)
+        return not pending
 
 
 class TaskExecutor:
@@ -138,3 +176,11 @@ class TaskExecutor:
         if after is not None:  # behind another executor's lease: look again when it expires
             task = task.using(run_after=timezone.now() + timedelta(seconds=after))
         task.enqueue(model._meta.label, str(session_pk))
+
+
+def inline_executor() -> InlineExecutor:
+    """This process's inline executor (a fresh one if another executor is configured, which
+    has nothing to stop)."""
+    current = executor()
+    return current if isinstance(current, InlineExecutor) else InlineExecutor()
+

@@ -10,6 +10,10 @@ import asyncio
 import threading
 from typing import Any
 
+#: the message a run's task is cancelled with when its process shuts down: the run is then
+#: recorded failed ``interrupted`` (retryable), not cancelled
+SHUTDOWN = "django_agent_session.shutdown"
+
 _lock = threading.Lock()
 _runs: dict[str, tuple[asyncio.AbstractEventLoop | None, Any]] = {}
 

@@ -189,22 +189,28 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         return self._wait(submitted.run, on_progress)
 
     def submit(self, session_or_pk: Any, input: Any, *, idempotency_key: str | None = None,
-               multitask: str | None = None, origin: dict[str, Any] | None = None
-               ) -> Submission:
+               multitask: str | None = None, origin: dict[str, Any] | None = None,
+               dispatch: bool = True) -> Submission:
         """Queue a message and hand it to the executor: ``continue_session(wait=False)``
         that also says whether the run is new and its place in line. ``origin`` (who sent it,
-        through what, under which ``ref``) is stored on the run and shown to viewers."""
+        through what, under which ``ref``) is stored on the run and shown to viewers. With
+        ``dispatch=False`` the caller hands it on (:meth:`dispatch`) when it is ready to
+        (after announcing it, so viewers hear of it before it starts)."""
         validated, blocks = self._prepare_input(input)
         return self._submit(self._pk(session_or_pk), validated, blocks, idempotency_key,
-                            self._multitask(multitask), origin)
+                            self._multitask(multitask), origin, dispatch)
+
+    def dispatch(self, session_or_pk: Any) -> None:
+        """Hand the session's queue to the executor (after the current transaction)."""
+        dispatch(self.model, self._pk(session_or_pk))
 
     def _submit(self, pk: Any, validated: dict[str, Any], blocks: list[dict[str, Any]],
-                idempotency_key: str | None, multitask: str, origin: dict[str, Any] | None
-                ) -> Submission:
+                idempotency_key: str | None, multitask: str, origin: dict[str, Any] | None,
+                hand_on: bool = True) -> Submission:
         submitted = self._queue().submit(pk, input=validated, user_blocks=blocks,
                                          idempotency_key=idempotency_key,
                                          multitask=multitask, origin=origin)
-        if submitted.created:
+        if submitted.created and hand_on:
             dispatch(self.model, pk)
         if submitted.interrupted is not None:  # at once if it runs in this process
             local_runs.cancel(submitted.interrupted)
@@ -335,6 +341,9 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         typed: exc.AgentSessionError
         if not isinstance(error, Exception):  # CancelledError, KeyboardInterrupt, SystemExit
             status, typed = RunStatus.CANCELLED, exc.TurnCancelled("The turn was cancelled.")
+            if error.args[:1] == (local_runs.SHUTDOWN,):
+                status, typed = RunStatus.FAILED, exc.TurnInterrupted(
+                    "The server shut down before the turn finished.")
         elif isinstance(error, exc.AgentSessionError):
             typed = error
             if isinstance(error, exc.TurnCancelled):
@@ -424,12 +433,14 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         return await database_sync_to_async(self.cancel_run)(run_id)
 
     async def adrain(self, session_or_pk: Any, *,
-                     observe: Callable[[Turn], RunObserver] | None = None) -> int:
+                     observe: Callable[[Turn], RunObserver] | None = None,
+                     keep_going: Callable[[], bool] | None = None) -> int:
         """Async twin of :meth:`drain`. ``observe(turn)`` may return an observer of each run:
         its ``on_progress`` gets the progress, ``finished(record, error)`` the outcome
-        (executors use it to stream runs to the conversation's viewers)."""
+        (executors use it to stream runs to the conversation's viewers). ``keep_going()`` is
+        asked before each claim (a shutting-down executor stops claiming)."""
         pk, ran = self._pk(session_or_pk), 0
-        while True:
+        while keep_going is None or keep_going():
             claimed, cancel = await self._settled(self._queue().claim, pk)
             if cancel is not None:
                 if isinstance(claimed, Turn):
@@ -452,6 +463,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             else:
                 if observer is not None:
                     await observer.finished(session.last_turn, None)
+        return ran
 
     async def aget_context(self, pk: Any) -> Context:
         """Async twin of :meth:`get_context`."""
@@ -516,7 +528,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             return await asyncio.shield(child)
         except asyncio.CancelledError as cancel:
             if not child.done():  # the caller was cancelled: the turn goes with it
-                child.cancel()
+                child.cancel(*cancel.args)
                 await asyncio.wait([child])
                 cancel.turn = turn.record  # type: ignore[attr-defined]
                 raise

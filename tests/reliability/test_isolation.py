@@ -110,7 +110,10 @@ def rest_routes() -> list[tuple[str, str, type]]:
 
 
 def url_of(route: str, pk: Any) -> str:
+    """The route's URL for session ``pk`` (and, on run routes, that session's first run)."""
     path = re.sub(r"\(\?P<pk>[^)]*\)", str(pk), route).lstrip("^").rstrip("$")
+    run = AgentRun.objects.filter(session_id=pk).first() if pk else None
+    path = re.sub(r"\(\?P<run_id>[^)]*\)", str(run.pk if run else uuid.uuid4()), path)
     return f"/api/{path}"
 
 
