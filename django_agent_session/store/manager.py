@@ -267,7 +267,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         try:
             return self._run(turn, context, on_progress)
         finally:
-            if self._queue().has_queued(turn.session.pk):
+            if turn.events_appended and self._queue().has_queued(turn.session.pk):
                 dispatch(self.model, turn.session.pk)
 
     def _wait(self, run: AgentRun, on_progress: ProgressCallback | None) -> Any:
@@ -479,8 +479,8 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         try:
             return await self._arun_watched(turn, context, on_progress)
         finally:
-            if handoff and await database_sync_to_async(self._queue().has_queued)(
-                    turn.session.pk):
+            if handoff and turn.events_appended and await database_sync_to_async(
+                    self._queue().has_queued)(turn.session.pk):
                 await database_sync_to_async(dispatch)(self.model, turn.session.pk)
 
     async def _await(self, run: AgentRun, on_progress: ProgressCallback | None) -> Any:

@@ -82,6 +82,9 @@ class Turn:
     record: TurnRecord | None = None
     #: who submitted the run (``AgentRun.origin``)
     origin: dict[str, Any] = field(default_factory=dict)
+    #: events were appended to the session while the turn ran (a submission queues its run
+    #: with a ``run.queued`` event): only then can a run be waiting when it ends
+    events_appended: bool = False
 
     @property
     def ref(self) -> str:
@@ -254,6 +257,7 @@ class SessionStore:
                               **current).update(event_seq=base + count, **values):
                 return base
             # someone appended events meanwhile, or the lease is gone: look again
+            turn.events_appended = True
             row = manager.filter(pk=turn.session.pk).values("lease_token", "event_seq",
                                                             "version").first()
             if row is None or row["lease_token"] != turn.run_id:

@@ -123,6 +123,23 @@ class TestSubmission:
                 ChatAgent.objects.continue_session(session.pk, "c", wait=False)
         assert AgentRun.objects.filter(status=RunStatus.QUEUED).count() == 2
 
+    def test_a_message_queued_during_a_turn_is_handed_on_when_it_ends(
+            self, loopback, recording):
+        """The turn that held the lease looks for runs queued meanwhile (only when events were
+        appended while it ran: a quiet turn pays no extra statement)."""
+        session = new_session(loopback)
+        loopback.enqueue("re running", "re meanwhile")
+        submitted = []
+
+        def on_progress(kind, data):
+            if kind == "run.started":
+                submitted.append(ChatAgent.objects.submit(session.pk, "meanwhile"))
+        ChatAgent.objects.continue_session(session.pk, "running", on_progress=on_progress)
+        # the submission's own dispatch found the lease held; the turn handed the queue on
+        assert recording == [(ChatAgent, str(session.pk))] * 2
+        assert ChatAgent.objects.drain(session.pk) == 1
+        assert user_texts(loopback) == ["first", "running", "meanwhile"]
+
     def test_wait_true_behind_a_queue_runs_after_it(self, loopback, recording):
         """The fast path is taken only when nothing is queued: FIFO holds for every caller."""
         session = new_session(loopback)
