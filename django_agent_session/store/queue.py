@@ -131,7 +131,10 @@ class RunQueue:
                                                  "lease_expires_at").get())
 
     def _claim(self, pk: Any, base: int, count: int) -> int:
-        self.model._base_manager.filter(pk=pk).update(event_seq=base + count)
+        """Claim ``count`` seqs after ``base`` (the row is locked); a submission is activity."""
+        now = timezone.now()
+        self.model._base_manager.filter(pk=pk).update(event_seq=base + count,
+                                                      last_activity_at=now, updated_at=now)
         return base
 
     # -- claim -------------------------------------------------------------------------------

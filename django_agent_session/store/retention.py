@@ -11,7 +11,8 @@ model (or the ones given), in two phases:
    (the ``GenericRelation`` cascade); artifact files are deleted once each batch commits.
 
 Protected sessions are never touched by either phase: pinned ones (``keep_pinned``), those in
-``exempt_statuses``, those holding an unexpired turn lease, and those a live session owns.
+``exempt_statuses``, those holding an unexpired turn lease, those with a queued run, and those
+a live session owns.
 
 **Hard delete, on purpose.** A soft delete would need a column on every user's session model,
 a filter on every query (managers, admin, API, live) and a second pass to purge for real; the
@@ -41,7 +42,7 @@ from django.utils import timezone
 
 from ..conf import agent_settings
 from ..declaration.registry import resolve_session_models
-from ..records import AgentEvent, AgentRun, Artifact, LiveOwnership, SessionStatus
+from ..records import AgentEvent, AgentRun, Artifact, LiveOwnership, RunStatus, SessionStatus
 
 COUNTED = ("sessions", "runs", "events", "chatty_events", "artifacts")
 
@@ -183,6 +184,9 @@ class _Pruner:
             protected |= Q(status__in=policy.exempt_statuses)
         live = LiveOwnership.objects.filter(session_type=self.ct, expires_at__gt=self.now)
         protected |= Q(pk__in=live.values("session_id"))
+        # a message waiting to run is work in flight, however old the session
+        waiting = AgentRun.objects.filter(session_type=self.ct, status=RunStatus.QUEUED)
+        protected |= Q(pk__in=waiting.values("session_id"))
         return self.model._base_manager.exclude(protected).order_by()
 
     def chatty(self) -> Q | None:

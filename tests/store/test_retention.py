@@ -96,6 +96,9 @@ def test_max_age_deletes_old_sessions_with_everything_and_keeps_protected(
     live = session(age=100)
     LiveOwnership.objects.create(session_type=ContentType.objects.get_for_model(ChatAgent),
                                  session_id=live.pk, owner_channel="x", expires_at=NOW + DAY)
+    waiting = session(age=100)  # an old conversation with a message still queued
+    AgentRun.objects.create(session_type=ContentType.objects.get_for_model(ChatAgent),
+                            session_id=waiting.pk, status="queued", started_at=NOW)
     stale_live = session(PlainAgent, age=100)
     LiveOwnership.objects.create(session_type=ContentType.objects.get_for_model(PlainAgent),
                                  session_id=stale_live.pk, owner_channel="y",
@@ -112,7 +115,7 @@ def test_max_age_deletes_old_sessions_with_everything_and_keeps_protected(
     assert report.by_model["testapp.ChatAgent"]["sessions"] == 2
     assert report.by_model["testapp.PlainAgent"]["sessions"] == 1
     assert not exists(old) and not exists(expired_lease) and not exists(stale_live)
-    assert all(exists(s) for s in (recent, pinned, running, leased, live))
+    assert all(exists(s) for s in (recent, pinned, running, leased, live, waiting))
     assert not AgentEvent.objects.filter(session_id=old.pk).exists()
     assert not default_storage.exists(gone.file.name)
     assert default_storage.exists(kept.file.name)
@@ -122,7 +125,7 @@ def test_max_age_deletes_old_sessions_with_everything_and_keeps_protected(
     report = prune(RetentionPolicy(max_age=timedelta(days=30), keep_pinned=False,
                                    exempt_statuses=()), now=NOW)
     assert report.sessions == 2 and not exists(pinned) and not exists(running)
-    assert exists(leased) and exists(live)
+    assert exists(leased) and exists(live) and exists(waiting)
 
 
 def test_max_sessions_per_owner_keeps_the_newest(user, other_user):
