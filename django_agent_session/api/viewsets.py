@@ -81,8 +81,9 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     parser_classes = [SessionJSONParser]
     filter_backends = [SessionFilterBackend]
     pagination_class = SessionPagination
-    #: any segment reaches the view, so a malformed id is the same JSON 404 as a missing one
-    lookup_value_regex = "[^/.]+"
+    #: any segment reaches the view (a ``.`` too: the router adds no format suffixes), so a
+    #: malformed id is the same JSON 404 as a missing one
+    lookup_value_regex = "[^/]+"
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
     #: seconds of silence after which a stream sends an SSE comment
     sse_keepalive = 15.0
@@ -262,12 +263,12 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
                                                 **self.submission())
         return Response(self.turn_data(session))
 
-    @action(detail=True, methods=["get"], url_path=r"runs/(?P<run_id>[^/.]+)", url_name="run")
+    @action(detail=True, methods=["get"], url_path=r"runs/(?P<run_id>[^/]+)", url_name="run")
     def run(self, request: Request, pk: Any = None, run_id: Any = None) -> Response:
         """One run of the session: its status, input, output or error, and usage."""
         return Response(AgentRunSerializer(self.get_run(run_id)).data)
 
-    @action(detail=True, methods=["post"], url_path=r"runs/(?P<run_id>[^/.]+)/cancel",
+    @action(detail=True, methods=["post"], url_path=r"runs/(?P<run_id>[^/]+)/cancel",
             url_name="run-cancel")
     def cancel_run(self, request: Request, pk: Any = None, run_id: Any = None) -> Response:
         """Cancel a run: a queued one never runs; a running one stops wherever it runs
@@ -275,7 +276,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         run = self.manager.cancel_run(self.get_run(run_id).pk)
         return Response(AgentRunSerializer(run).data)
 
-    @action(detail=True, methods=["get"], url_path=r"runs/(?P<run_id>[^/.]+)/stream",
+    @action(detail=True, methods=["get"], url_path=r"runs/(?P<run_id>[^/]+)/stream",
             url_name="run-stream", renderer_classes=[JSONRenderer, EventStreamRenderer])
     def run_stream(self, request: Request, pk: Any = None, run_id: Any = None) -> Any:
         """Follow a run as Server-Sent Events; ``Last-Event-ID`` resumes after that event."""

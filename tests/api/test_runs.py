@@ -106,8 +106,12 @@ def test_runs_of_another_users_session_are_404_everywhere(api, other_api, sessio
         assert response.status_code == 404, (suffix, response.content)
     assert AgentRun.objects.get(pk=run_id).status == RunStatus.QUEUED
     assert continue_(other_api, session_id, "hijack", wait=False).status_code == 404
-    for bad in ("not-a-uuid", "00000000-0000-0000-0000-000000000000"):
-        assert api.get(f"{CHAT}{session_id}/runs/{bad}/").status_code == 404
+    for bad in ("not-a-uuid", "00000000-0000-0000-0000-000000000000", "a.b"):
+        response = api.get(f"{CHAT}{session_id}/runs/{bad}/")
+        assert response.status_code == 404 and response.json() == {"detail": "Not found."}
+    # an id with a dot reaches the view too: the JSON 404, not Django's HTML page
+    response = api.get(f"{CHAT}a.b/runs/")
+    assert response.status_code == 404 and response["Content-Type"] == "application/json"
 
 
 def test_following_a_run_needs_asgi(api, session_id, recording):
