@@ -48,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
     "TASK_QUEUE_NAME": "default",
     # how often a running turn looks for a cancel requested from another process
     "CANCEL_CHECK_SECONDS": 1.0,
+    # who besides a session's owner may approve or reject its tool calls: a callable (or its
+    # dotted path) ``(session, user) -> bool``; ``None``: only the owner
+    "APPROVERS": None,
     # on SIGTERM / lifespan shutdown: how long running turns may take to finish before they
     # are recorded interrupted (see django_agent_session.live.shutdown)
     "SHUTDOWN_GRACE_SECONDS": 10.0,
@@ -87,7 +90,7 @@ DEFAULTS: dict[str, Any] = {
     "API_PAGE_SIZE": 20,
 }
 
-IMPORT_STRINGS = {"FACTORY_ROUTER", "API_PERMISSION_CLASSES"}
+IMPORT_STRINGS = {"FACTORY_ROUTER", "API_PERMISSION_CLASSES", "APPROVERS"}
 
 
 def perform_import(value: Any, name: str) -> Any:

@@ -66,6 +66,18 @@ class RunNotFound(AgentSessionError):
     code = "run_not_found"
 
 
+class ToolCallNotFound(AgentSessionError):
+    """No pending tool call with that id on the session (or not one the caller may decide)."""
+
+    code = "tool_call_not_found"
+
+
+class AlreadyDecided(AgentSessionError):
+    """The tool call was already approved, rejected or expired; a call is decided once."""
+
+    code = "already_decided"
+
+
 class SessionBusy(AgentSessionError):
     """Another turn holds the session's lease and did not finish within the waiting bound."""
 

@@ -104,6 +104,7 @@ class AgentOptions:
     budget_strategy: str
     tool_errors: str
     multitask: str
+    approval_timeout: float | None
     tool_timeout: float | None
     cache: bool
     thinking: Any
@@ -277,6 +278,8 @@ class AgentOptions:
         _choice("budget_strategy", "halt", "warn"),
         _choice("tool_errors", "continue", "halt"),
         _choice("multitask", "enqueue", "reject", "interrupt", "rollback"),
+        Option("approval_timeout", None, (int, float, type(None)),
+               "seconds or None", valid=lambda v: v is None or v > 0),
         Option("tool_timeout", None, (int, float, type(None)), "seconds or None"),
         Option("cache", True, (bool,), "a bool"),
         Option("thinking", None, (str, int, dict, type(None)),

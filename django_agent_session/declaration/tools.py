@@ -61,10 +61,17 @@ class Tool:
 
     def __init__(self, fn: Callable[..., Any], *, name: str | None = None,
                  description: str | None = None, schema: Any = None,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None,
+                 requires_approval: bool | Callable[[ToolContext, dict[str, Any]], bool] = False
+                 ) -> None:
         if not callable(fn):
             raise TypeError(f"tool {fn!r} is not callable")
+        if not (isinstance(requires_approval, bool) or callable(requires_approval)):
+            raise TypeError(f"requires_approval of tool {fn!r} must be a bool or a callable "
+                            f"(ctx, input) -> bool, got {requires_approval!r}")
         self.fn = fn
+        #: True, or ``requires_approval(ctx, input) -> bool`` deciding per call
+        self.requires_approval = requires_approval
         self.name = name or fn.__name__
         self.description = (description or inspect.getdoc(fn) or self.name).strip()
         self.timeout = timeout
@@ -82,6 +89,12 @@ class Tool:
             self.serializer = _serializer_from_signature(self.name, params, hints)
         self.input_schema = json_schema(self.serializer)
 
+    def needs_approval(self, ctx: ToolContext, input: dict[str, Any]) -> bool:
+        """Whether this call waits for a person's decision."""
+        if callable(self.requires_approval):
+            return bool(self.requires_approval(ctx, input))
+        return self.requires_approval
+
     def to_param(self) -> dict[str, Any]:
         """The tool definition in the Messages API format."""
         return {"name": self.name, "description": self.description,
@@ -92,7 +105,8 @@ class Tool:
 
 
 def tool(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
-    """Decorator form of :class:`Tool`: ``@tool`` or ``@tool(schema=..., timeout=...)``."""
+    """Decorator form of :class:`Tool`: ``@tool`` or ``@tool(schema=..., timeout=...,
+    requires_approval=...)``."""
     if fn is None:
         return lambda func: Tool(func, **options)
     return Tool(fn, **options)

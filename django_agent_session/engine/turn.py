@@ -92,6 +92,63 @@ class Heartbeat:
 
 
 @dataclasses.dataclass
+class CheckApproval:
+    """Ask the driver whether a call needs a person's decision (the tool's predicate may need
+    the tool context); answered with a bool."""
+
+    tool: Tool
+    input: dict[str, Any]
+    tool_use_id: str
+
+
+@dataclasses.dataclass
+class Decision:
+    """A person's decision on a paused tool call."""
+
+    approved: bool
+    input: dict[str, Any] | None = None  # an edited input (validated when decided)
+    reason: str = ""
+
+
+@dataclasses.dataclass
+class ResumePoint:
+    """Where a paused turn goes on: the messages so far (ending with the assistant's tool
+    calls), those calls, the decisions, and what the turn did before it paused."""
+
+    messages: list[dict[str, Any]]
+    tool_uses: list[dict[str, Any]]
+    decisions: dict[str, Decision]
+    iteration: int
+    events: list[tuple[str, dict[str, Any]]]
+    usage: dict[str, int]
+    model: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"messages": self.messages, "tool_uses": self.tool_uses,
+                "iteration": self.iteration, "events": [list(e) for e in self.events],
+                "usage": self.usage, "model": self.model}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], decisions: dict[str, Decision]) -> ResumePoint:
+        return cls(messages=data["messages"], tool_uses=data["tool_uses"],
+                   decisions=decisions, iteration=int(data["iteration"]),
+                   events=[(kind, payload) for kind, payload in data["events"]],
+                   usage=dict(data["usage"]), model=data.get("model") or "")
+
+
+class TurnPaused(Exception):  # noqa: N818 (an outcome, not an error)
+    """The model asked for calls that need a person's decision: the turn stops here.
+
+    ``point`` is where it goes on (without decisions yet); ``pending`` the calls waiting,
+    each ``{"tool_use_id", "name", "input"}``.
+    """
+
+    def __init__(self, point: ResumePoint, pending: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(pending)} tool call(s) await approval")
+        self.point, self.pending = point, pending
+
+
+@dataclasses.dataclass
 class ToolOutcome:
     value: Any = None
     error: BaseException | None = None
@@ -169,24 +226,41 @@ class TurnEngine:
     # -- the turn, written once -------------------------------------------------------------
 
     def steps(self, context: Context, user_blocks: list[dict[str, Any]], state: TurnState,
-              metadata: dict[str, Any] | None = None
-              ) -> Generator[CallModel | CallTool | Emit | Heartbeat, Any, TurnResult]:
+              metadata: dict[str, Any] | None = None, resume: ResumePoint | None = None
+              ) -> Generator[Any, Any, TurnResult]:
         opts = self.options
         budget = opts.token_budget
         spent_before = total_tokens(context.usage)
-        if budget and opts.budget_strategy == "halt" and spent_before >= budget:
+        if resume is None and budget and opts.budget_strategy == "halt" and \
+                spent_before >= budget:
             raise exc.TokenBudgetExceeded(
                 f"Session used {spent_before} of its {budget} token budget.",
                 used=spent_before, budget=budget)
 
-        messages = list(context.messages)  # a new list: the stored context is never mutated
-        append_user(messages, user_blocks)
-        events: list[tuple[str, dict[str, Any]]] = [("message.user", {"content": user_blocks})]
         retried_output = False
         retry_at = 0  # where the invalid attempt and the request to retry start in messages
         warned = spent_before >= budget * BUDGET_WARNING_RATIO if budget else True
+        if resume is None:
+            messages = list(context.messages)  # a new list: the stored context is never mutated
+            append_user(messages, user_blocks)
+            events: list[tuple[str, dict[str, Any]]] = [
+                ("message.user", {"content": user_blocks})]
+            first = 1
+        else:  # a paused turn goes on with the decided calls (earlier events are logged)
+            messages, events = list(resume.messages), []
+            state.iterations, state.usage = resume.iteration, dict(resume.usage)
+            state.model = resume.model
+            results, halt = yield from self._run_tools(resume.tool_uses, events, messages,
+                                                       resume.iteration, resume.decisions)
+            append_user(messages, results)
+            if halt is not None:
+                output = json.loads(json.dumps(halt.value, cls=DjangoJSONEncoder))
+                return TurnResult(messages=messages, output=output, usage=state.usage,
+                                  iterations=state.iterations, model=state.model,
+                                  stop_reason="tool_use", events=events, halted=True)
+            first = resume.iteration + 1
 
-        for iteration in range(1, opts.max_iterations + 1):
+        for iteration in range(first, opts.max_iterations + 1):
             state.iterations = iteration
             if iteration > 1:
                 yield Heartbeat()
@@ -217,7 +291,8 @@ class TurnEngine:
                     raise exc.TokenBudgetExceeded(
                         f"Token budget of {budget} used up inside the tool loop.",
                         used=spent, budget=budget)
-                results, halt = yield from self._run_tools(tool_uses, events)
+                results, halt = yield from self._run_tools(tool_uses, events, messages,
+                                                           iteration)
                 append_user(messages, results)
                 if halt is not None:
                     # the output as the JSON fields will store it (Decimal, datetime, UUID)
@@ -249,21 +324,66 @@ class TurnEngine:
         raise exc.MaxIterationsExceeded(
             f"No final answer within max_iterations={opts.max_iterations}.")
 
-    def _run_tools(self, tool_uses: list[dict[str, Any]], events: list[tuple[str, dict[str, Any]]]
+    @staticmethod
+    def _announce(block: dict[str, Any], events: list[tuple[str, dict[str, Any]]]
+                  ) -> Generator[Any, Any, None]:
+        call = {"id": block["id"], "name": block["name"], "input": block.get("input", {})}
+        events.append(("tool.call", call))
+        yield Emit("tool.call", call)
+
+    def _pending(self, tool_uses: list[dict[str, Any]]
+                 ) -> Generator[Any, Any, list[dict[str, Any]]]:
+        """The calls of a response that wait for a person's decision."""
+        pending = []
+        for block in tool_uses:
+            tool = self.options.tools.get(block["name"])
+            if tool is None or tool.requires_approval is False:
+                continue
+            try:
+                kwargs = validate(tool.serializer, block.get("input") or {})
+            except exc.InvalidInput:
+                continue  # answered with the validation error, like any bad call
+            if (yield CheckApproval(tool, kwargs, block["id"])):
+                pending.append({"tool_use_id": block["id"], "name": tool.name,
+                                "input": block.get("input") or {}})
+        return pending
+
+    def _run_tools(self, tool_uses: list[dict[str, Any]],
+                   events: list[tuple[str, dict[str, Any]]], messages: list[dict[str, Any]],
+                   iteration: int, decisions: dict[str, Decision] | None = None
                    ) -> Generator[Any, Any, tuple[list[dict[str, Any]], Halt | None]]:
+        """Run one response's tool calls in order. If some need approval and are undecided,
+        the turn pauses before any of them runs (those that need none are held with them)."""
+        announce = decisions is None  # a resumed response's calls were announced already
+        if decisions is None:
+            pending = yield from self._pending(tool_uses)
+            if pending:
+                for block in tool_uses:
+                    yield from self._announce(block, events)
+                for call in pending:
+                    events.append(("tool.approval_requested", call))
+                    yield Emit("tool.approval_requested", call)
+                raise TurnPaused(ResumePoint(
+                    messages=list(messages), tool_uses=tool_uses, decisions={},
+                    iteration=iteration, events=list(events), usage={}, model=""), pending)
+            decisions = {}
         results: list[dict[str, Any]] = []
         halt: Halt | None = None
         for block in tool_uses:
-            call = {"id": block["id"], "name": block["name"], "input": block.get("input", {})}
-            events.append(("tool.call", call))
-            yield Emit("tool.call", call)
+            if announce:
+                yield from self._announce(block, events)
             tool = self.options.tools.get(block["name"])
+            decision = decisions.get(block["id"])
             is_error = True
             if tool is None:
                 content = f"Unknown tool {block['name']!r}."
+            elif decision is not None and not decision.approved:
+                content = storable(f"Not run: the call was rejected. {decision.reason}".strip())
             else:
+                raw = decision.input if decision is not None and decision.input is not None \
+                    else block.get("input") or {}
                 try:
-                    kwargs = validate(tool.serializer, block.get("input") or {},
+                    kwargs = validate(tool.serializer, raw,
                                       message=f"Invalid input for tool {tool.name}.")
                 except exc.InvalidInput as error:
                     content = f"Invalid input: {json.dumps(error.errors)}"
@@ -330,12 +450,13 @@ class TurnEngine:
             on_progress: ProgressCallback | None = None,
             heartbeat: Callable[[], Any] | None = None,
             metadata: dict[str, Any] | None = None,
-            cancelled: Callable[[], bool] | None = None) -> TurnResult:
+            cancelled: Callable[[], bool] | None = None,
+            resume: ResumePoint | None = None) -> TurnResult:
         """Drive the turn synchronously. ``cancelled`` is asked before every step (a model
         call, a tool) and between streamed deltas: a thread cannot be interrupted, so a cancel
         takes effect there (a non-streamed model call ends first)."""
         state = state or TurnState()
-        gen = self.steps(context, user_blocks, state, metadata)
+        gen = self.steps(context, user_blocks, state, metadata, resume)
         value: Any = None
         try:
             while True:
@@ -346,6 +467,9 @@ class TurnEngine:
                 value = None
                 if cancelled is not None and cancelled():
                     raise exc.TurnCancelled("The run was cancelled.")
+                if isinstance(effect, CheckApproval):
+                    value = self._needs_approval(effect, tool_context)
+                    continue
                 if isinstance(effect, CallModel):
                     value = client.create(effect.request, self._delta_handler(
                         state, on_progress, effect.iteration, cancelled))
@@ -363,9 +487,10 @@ class TurnEngine:
                    state: TurnState | None = None, tool_context: ToolContext | None = None,
                    on_progress: ProgressCallback | None = None,
                    heartbeat: Callable[[], Any] | None = None,
-                   metadata: dict[str, Any] | None = None) -> TurnResult:
+                   metadata: dict[str, Any] | None = None,
+                   resume: ResumePoint | None = None) -> TurnResult:
         state = state or TurnState()
-        gen = self.steps(context, user_blocks, state, metadata)
+        gen = self.steps(context, user_blocks, state, metadata, resume)
         value: Any = None
         try:
             while True:
@@ -374,6 +499,11 @@ class TurnEngine:
                 except StopIteration as stop:
                     return stop.value
                 value = None
+                if isinstance(effect, CheckApproval):  # a predicate may read the database
+                    value = await asyncio.get_running_loop().run_in_executor(
+                        _tool_pool(), functools.partial(
+                            _in_pool_thread, self._needs_approval, effect, tool_context))
+                    continue
                 if isinstance(effect, CallModel):
                     value = await client.acreate(
                         effect.request, self._delta_handler(state, on_progress, effect.iteration))
@@ -386,6 +516,13 @@ class TurnEngine:
                     await maybe_await(heartbeat())
         finally:
             gen.close()
+
+    @staticmethod
+    def _needs_approval(check: CheckApproval, tool_context: ToolContext | None) -> bool:
+        if check.tool.requires_approval is True:
+            return True
+        ctx = (tool_context or ToolContext(None, None)).for_call(check.tool_use_id)
+        return check.tool.needs_approval(ctx, check.input)
 
     def _timeout(self, tool: Tool, *, declared_only: bool = False) -> float | None:
         """The tool's timeout: its own, the agent's, else ``TOOL_TIMEOUT`` (unless
@@ -474,5 +611,6 @@ def user_blocks_for(validated_input: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"type": "text", "text": json.dumps(validated_input, ensure_ascii=False)}]
 
 
-__all__ = ["TurnEngine", "TurnResult", "TurnState", "append_user", "message_text",
+__all__ = ["Decision", "ResumePoint", "TurnEngine", "TurnPaused", "TurnResult", "TurnState",
+           "append_user", "message_text",
            "user_blocks_for"]

@@ -15,6 +15,7 @@ class SessionStatus(models.TextChoices):
 class RunStatus(models.TextChoices):
     QUEUED = "queued", _("queued")
     RUNNING = "running", _("running")
+    AWAITING_APPROVAL = "awaiting_approval", _("awaiting approval")
     COMPLETED = "completed", _("completed")
     FAILED = "failed", _("failed")
     CANCELLED = "cancelled", _("cancelled")
@@ -33,6 +34,10 @@ class EventType(models.TextChoices):
     MESSAGE_QUEUED = "message.queued", _("message queued")
     TOOL_CALL = "tool.call", _("tool call")
     TOOL_RESULT = "tool.result", _("tool result")
+    TOOL_APPROVAL_REQUESTED = "tool.approval_requested", _("tool call awaits approval")
+    TOOL_APPROVAL_GRANTED = "tool.approval_granted", _("tool call approved")
+    TOOL_APPROVAL_DENIED = "tool.approval_denied", _("tool call rejected")
+    RUN_RESUMED = "run.resumed", _("run resumed")
     USAGE = "usage", _("token usage")
     OUTPUT_INVALID = "output.invalid", _("invalid output retried")
     BUDGET_WARNING = "budget.warning", _("token budget warning")

@@ -30,7 +30,7 @@ class AgentRun(UsageMixin, models.Model):
     session_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
     session_id = models.UUIDField()
     session = GenericForeignKey("session_type", "session_id")
-    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.RUNNING)
+    status = models.CharField(max_length=32, choices=RunStatus.choices, default=RunStatus.RUNNING)
     #: a caller's key (``idempotency_key=``, a WebSocket message id, an ``Idempotency-Key``
     #: header), unique per session: resubmitting it returns this run
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
@@ -41,6 +41,9 @@ class AgentRun(UsageMixin, models.Model):
     cancel_requested = models.BooleanField(default=False)
     #: who submitted it, through what: ``{"surface", "user_id", "ref"}`` (told to viewers)
     origin = models.JSONField(encoder=DjangoJSONEncoder, default=dict, blank=True)
+    #: a turn paused for approvals: where it goes on and the calls with their decisions
+    #: (``{"point", "calls", "version", "expires_at"}``), kept after it resumed
+    pause = models.JSONField(encoder=DjangoJSONEncoder, null=True, blank=True)
     input = models.JSONField(encoder=DjangoJSONEncoder, default=dict)
     output = models.JSONField(encoder=DjangoJSONEncoder, null=True, blank=True)
     error = models.JSONField(encoder=DjangoJSONEncoder, null=True, blank=True)

@@ -62,13 +62,22 @@ class InlineExecutor:
         self._again: set[tuple[Any, str]] = set()
         self._retries: dict[tuple[Any, str], asyncio.TimerHandle] = {}
 
-    def dispatch(self, model: Any, session_pk: Any) -> None:
+    def dispatch(self, model: Any, session_pk: Any, *, after: float | None = None) -> None:
         if self.closed:  # shutting down: the run stays queued for the next process
             return
         loop = _server_loop()
         if loop is None:
+            if after is not None:
+                timer = threading.Timer(after, self.dispatch, args=(model, session_pk))
+                timer.daemon = True
+                timer.start()
+                return
             threading.Thread(target=self._drain_in_thread, args=(model, session_pk),
                              name=f"agent-drain-{session_pk}", daemon=True).start()
+            return
+        if after is not None:  # a deadline (approvals): look then
+            loop.call_soon_threadsafe(self._later, model, session_pk, after,
+                                      context=contextvars.Context())
             return
         try:
             running = asyncio.get_running_loop()
@@ -81,6 +90,10 @@ class InlineExecutor:
         else:
             loop.call_soon_threadsafe(self._start, model, session_pk,
                                       context=contextvars.Context())
+
+    def _later(self, model: Any, session_pk: Any, after: float) -> None:
+        asyncio.get_running_loop().call_later(after, self._start, model, session_pk,
+                                              context=contextvars.Context())
 
     def _start(self, model: Any, session_pk: Any) -> None:
         """In the server loop: start a drain unless one of this session runs here already

@@ -157,7 +157,13 @@ class RunStream:
         """Tell the viewers how the run ended (``record``: what it wrote)."""
         base = {"type": "run.status", **self.base}
         try:
-            if error is None and record is not None:
+            if error is None and record is not None and \
+                    record.status == RunStatus.AWAITING_APPROVAL:
+                pending = [e["data"] for e in record.events
+                           if e["type"] == EventType.TOOL_APPROVAL_REQUESTED]
+                await self.send({**base, "status": "awaiting_approval", "pending": pending,
+                                 "seq": record.seq})
+            elif error is None and record is not None:
                 message = record.event(EventType.MESSAGE_ASSISTANT) or {}
                 output = ((record.event(EventType.RUN_COMPLETED) or {}).get("data", {})
                           .get("output"))
@@ -197,6 +203,14 @@ def partial_text(frames: list[dict[str, Any]]) -> str:
     """The text a run's buffered frames have streamed so far."""
     return "".join(f.get("text") or "" for f in frames
                    if f.get("type") == "delta" and f.get("kind") == "text")
+
+
+async def announce(layer: Any, model: type[models.Model], conversation_id: Any,
+                   frame: dict[str, Any]) -> None:
+    """Send ``frame`` to the conversation's viewers (a decision, a cancelled queued run)."""
+    if layer is not None:
+        await layer.group_send(group_name(model, conversation_id),
+                               {"type": "live.frame", "frame": frame})
 
 
 async def announce_queued(layer: Any, model: type[models.Model], conversation_id: Any,

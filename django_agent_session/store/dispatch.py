@@ -23,8 +23,9 @@ ALIASES = {
 
 
 class Executor(Protocol):
-    def dispatch(self, model: type, session_pk: Any) -> None:
-        """Make sure someone runs ``session_pk``'s queued runs soon (called after commit)."""
+    def dispatch(self, model: type, session_pk: Any, *, after: float | None = None) -> None:
+        """Make sure someone runs ``session_pk``'s queued runs soon (called after commit), or
+        looks at them ``after`` seconds from now (an approval deadline)."""
 
 
 @functools.cache
@@ -38,6 +39,9 @@ def executor() -> Executor:
     return _load(ALIASES.get(name, name))
 
 
-def dispatch(model: type, session_pk: Any) -> None:
+def dispatch(model: type, session_pk: Any, *, after: float | None = None) -> None:
     """Dispatch after the current transaction commits (at once outside a transaction)."""
-    transaction.on_commit(lambda: executor().dispatch(model, session_pk))
+    if after is None:
+        transaction.on_commit(lambda: executor().dispatch(model, session_pk))
+    else:
+        transaction.on_commit(lambda: executor().dispatch(model, session_pk, after=after))

@@ -12,20 +12,23 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any, Protocol
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils import timezone
 
 from .. import exceptions as exc
 from ..conf import agent_settings
 from ..declaration.schemas import validate
 from ..declaration.tools import ToolContext
-from ..engine.context import Context
+from ..engine.context import Context, storable
 from ..engine.turn import (
     ProgressCallback,
+    TurnPaused,
     TurnEngine,
     TurnResult,
     TurnState,
@@ -224,6 +227,55 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             local_runs.cancel(run.pk)
         return run
 
+    # -- approvals ---------------------------------------------------------------------------
+
+    def pending_tool_calls(self, session_or_pk: Any) -> list[dict[str, Any]]:
+        """The session's tool calls waiting for a decision: ``{"run_id", "tool_use_id",
+        "name", "input", "expires_at"}``, oldest first."""
+        return self._queue().pending(self._pk(session_or_pk))
+
+    def approve_tool_call(self, session_or_pk: Any, tool_use_id: str, *, by: Any = None,
+                          input: dict[str, Any] | None = None) -> AgentRun:
+        """Approve a paused call (with an edited ``input``, validated against the tool's
+        schema); the turn goes on once every call of its response is decided. ``by`` is the
+        deciding user (checked by :meth:`may_decide`; ``None``: your own code decides)."""
+        return self._decide(session_or_pk, tool_use_id, by, approved=True, input=input)
+
+    def reject_tool_call(self, session_or_pk: Any, tool_use_id: str, *, by: Any = None,
+                         reason: str = "") -> AgentRun:
+        """Reject a paused call: the model gets an error result carrying ``reason``."""
+        return self._decide(session_or_pk, tool_use_id, by, approved=False, reason=reason)
+
+    def may_decide(self, session: Any, user: Any) -> bool:
+        """Whether ``user`` may decide the session's calls: its owner, or whom
+        ``AGENT_SESSION["APPROVERS"]`` (a callable ``(session, user) -> bool``) admits."""
+        if user is None:
+            return True
+        if session.owner_id is not None and session.owner_id == getattr(user, "pk", None):
+            return True
+        approvers = agent_settings.APPROVERS
+        return bool(approvers is not None and approvers(session, user))
+
+    def _decide(self, session_or_pk: Any, tool_use_id: str, by: Any, *, approved: bool,
+                input: dict[str, Any] | None = None, reason: str = "") -> AgentRun:
+        pk = self._pk(session_or_pk)
+        session = self.model._base_manager.filter(pk=pk).first()
+        if session is None or not self.may_decide(session, by):  # as missing: a 404
+            raise exc.ToolCallNotFound(f"No pending tool call {tool_use_id!r} on this session.")
+        decision: dict[str, Any] = {"approved": approved,
+                                    "by": getattr(by, "pk", None), "reason": storable(reason)}
+        if input is not None:
+            call = next((c for c in self._queue().pending(pk)
+                         if c["tool_use_id"] == tool_use_id), None)
+            tool = self._options.tools.get(call["name"]) if call else None
+            if tool is not None:
+                validate(tool.serializer, input, message=f"Invalid input for tool {tool.name}.")
+            decision["input"] = input
+        run, resumed = self._queue().decide(pk, tool_use_id, decision)
+        if resumed:
+            dispatch(self.model, pk)
+        return run
+
     def find_run(self, session_or_pk: Any, ref: str | None = None) -> AgentRun | None:
         """The session's run named ``ref`` (its idempotency key, a WebSocket ``ref``), or
         without ``ref`` the run holding the session's lease; ``None`` when there is none."""
@@ -258,10 +310,20 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             return exc.SessionBusy("Messages are already queued on this session.")
         return exc.SessionBusy(retry_after=retry_after(waited))
 
+    def _context_of(self, turn: Turn) -> Context:
+        """The context a claimed turn runs on (a paused turn's must not have changed)."""
+        if turn.resume is not None and turn.session.version != turn.resume_version:
+            error = exc.AgentSessionError(
+                "The conversation changed (reset or rewound) while tool calls awaited "
+                "approval; the paused turn cannot go on.")
+            error.code = "context_changed"
+            raise error
+        return turn.session.get_context()
+
     def _run_claimed(self, turn: Turn, on_progress: ProgressCallback | None) -> Any:
         """Run a turn whose lease this caller holds; then hand on what was queued meanwhile."""
         try:
-            context = turn.session.get_context()
+            context = self._context_of(turn)
         except BaseException as error:  # unreadable stored data: fail the run, free the lease
             raise self._failed(turn, error, TurnState())  # noqa: B904
         try:
@@ -326,13 +388,27 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                 result = self._engine().run(
                     context, turn.user_blocks, self._options.get_client(), state=state,
                     tool_context=self._tool_context(turn), on_progress=on_progress,
-                    heartbeat=lambda: store.renew(turn), cancelled=turn.cancel_event.is_set)
+                    heartbeat=lambda: store.renew(turn), cancelled=turn.cancel_event.is_set,
+                    resume=turn.resume)
             session = store.commit(turn, context, result)
+        except TurnPaused as paused:
+            return self._paused(turn, paused, state)
         except BaseException as error:
             raise self._failed(turn, error, state)  # noqa: B904 (cause set in _failed)
         finally:
             local_runs.discard(turn.run_id)
         self._completed(session, turn, result)
+        return session
+
+    def _paused(self, turn: Turn, paused: TurnPaused, state: TurnState) -> Any:
+        """Record a turn paused for approvals; the session, whose ``last_turn`` says so."""
+        timeout = self._options.approval_timeout
+        expires = timezone.now() + timedelta(seconds=timeout) if timeout else None
+        turn.record = self._store().pause(turn, paused, state, expires)
+        if timeout:  # someone must look once the deadline passed, if nobody decides
+            dispatch(self.model, turn.session.pk, after=float(timeout))
+        session = turn.session
+        session.last_turn = turn.record
         return session
 
     def _failed(self, turn: Turn, error: BaseException, state: TurnState) -> BaseException:
@@ -428,6 +504,22 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         """Async twin of :meth:`submit`."""
         return await database_sync_to_async(self.submit)(session_or_pk, input, **kwargs)
 
+    async def apending_tool_calls(self, session_or_pk: Any) -> list[dict[str, Any]]:
+        """Async twin of :meth:`pending_tool_calls`."""
+        return await database_sync_to_async(self.pending_tool_calls)(session_or_pk)
+
+    async def aapprove_tool_call(self, session_or_pk: Any, tool_use_id: str, **kwargs: Any
+                                 ) -> AgentRun:
+        """Async twin of :meth:`approve_tool_call`."""
+        return await database_sync_to_async(self.approve_tool_call)(session_or_pk,
+                                                                    tool_use_id, **kwargs)
+
+    async def areject_tool_call(self, session_or_pk: Any, tool_use_id: str, **kwargs: Any
+                                ) -> AgentRun:
+        """Async twin of :meth:`reject_tool_call`."""
+        return await database_sync_to_async(self.reject_tool_call)(session_or_pk,
+                                                                   tool_use_id, **kwargs)
+
     async def acancel_run(self, run_id: Any) -> AgentRun:
         """Async twin of :meth:`cancel_run`."""
         return await database_sync_to_async(self.cancel_run)(run_id)
@@ -472,7 +564,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
     async def _arun_claimed(self, turn: Turn, on_progress: ProgressCallback | None,
                             handoff: bool = True) -> Any:
         try:
-            context = turn.session.get_context()
+            context = self._context_of(turn)
         except BaseException as error:  # unreadable stored data: fail the run, free the lease
             failure = await database_sync_to_async(self._failed)(turn, error, TurnState())
             raise failure  # noqa: B904
@@ -554,8 +646,14 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                 result = await self._engine().arun(
                     context, turn.user_blocks, self._options.get_client(), state=state,
                     tool_context=self._tool_context(turn), on_progress=on_progress,
-                    heartbeat=database_sync_to_async(lambda: store.renew(turn)))
+                    heartbeat=database_sync_to_async(lambda: store.renew(turn)),
+                    resume=turn.resume)
             session, cancel = await self._settled(store.commit, turn, context, result)
+        except TurnPaused as paused:
+            session, cancel = await self._settled(self._paused, turn, paused, state)
+            if cancel is not None:
+                raise cancel from None
+            return session
         except BaseException as error:
             failure = await asyncio.shield(database_sync_to_async(self._failed)(turn, error, state))
             raise failure  # noqa: B904

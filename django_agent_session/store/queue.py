@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -20,7 +21,7 @@ from django.utils import timezone
 
 from .. import exceptions as exc
 from ..conf import agent_settings
-from ..engine.turn import user_blocks_for
+from ..engine.turn import Decision, ResumePoint, user_blocks_for
 from ..records import AgentEvent, AgentRun, EventType, Multitask, RunStatus, SessionStatus
 from .lease import lease_deadline, lease_held, lease_remaining, session_busy
 from .turns import SessionStore, Turn, TurnRecord
@@ -28,6 +29,12 @@ from .turns import SessionStore, Turn, TurnRecord
 #: the error of a queued run dropped by a ``rollback`` submission
 ROLLED_BACK: dict[str, Any] = {"code": "rolled_back", "retryable": False,
                                "message": "Dropped by a newer message (multitask=rollback)."}
+#: the error of a paused run a newer message interrupted (``interrupt``, ``rollback``)
+INTERRUPTED_PAUSE: dict[str, Any] = {
+    "code": "cancelled", "retryable": False,
+    "message": "Interrupted by a newer message while its tool calls awaited approval."}
+#: the reason an undecided call is rejected with once ``Agent.approval_timeout`` passed
+EXPIRED = "The approval request expired."
 #: the error of a waiting caller's run withdrawn after ``TURN_WAIT_SECONDS``
 BUSY: dict[str, Any] = {"code": exc.SessionBusy.code, "retryable": True,
                         "message": "Withdrawn: the session stayed busy past the waiting bound."}
@@ -83,7 +90,9 @@ class RunQueue:
             held = lease_held(row["lease_token"], row["lease_expires_at"], now)
             queued = list(self.runs(pk).filter(status=RunStatus.QUEUED)
                           .values_list("id", flat=True))
-            if multitask == Multitask.REJECT and (held or queued):
+            paused = list(self.runs(pk).filter(status=RunStatus.AWAITING_APPROVAL)
+                          .values_list("id", flat=True))
+            if multitask == Multitask.REJECT and (held or queued or paused):
                 transaction.set_rollback(True)
                 if held:
                     raise session_busy(row["lease_expires_at"], now=now)
@@ -93,6 +102,13 @@ class RunQueue:
                 raise exc.QueueFull(f"{len(queued)} messages are already waiting; "
                                     "try again later.")
             pending = list(events or [])
+            if multitask in (Multitask.INTERRUPT, Multitask.ROLLBACK) and paused:
+                # a paused turn is interrupted too: its calls never run
+                self.runs(pk).filter(pk__in=paused).update(
+                    status=RunStatus.CANCELLED, error=INTERRUPTED_PAUSE, ended_at=now)
+                pending += [(EventType.RUN_CANCELLED, {"run_id": str(run_id),
+                                                       "error": INTERRUPTED_PAUSE})
+                            for run_id in paused]
             interrupted = None
             if multitask in (Multitask.INTERRUPT, Multitask.ROLLBACK) and held and \
                     self.runs(pk).filter(pk=row["lease_token"], status=RunStatus.RUNNING
@@ -150,6 +166,10 @@ class RunQueue:
             if lease_held(session.lease_token, session.lease_expires_at, now):
                 assert session.lease_expires_at is not None
                 return lease_remaining(session.lease_expires_at, now)
+            if self.runs(pk).filter(status=RunStatus.AWAITING_APPROVAL).exists():
+                self.expire(pk, now)  # past Agent.approval_timeout: rejected, queued again
+                if self.runs(pk).filter(status=RunStatus.AWAITING_APPROVAL).exists():
+                    return None  # a paused turn goes first: nothing runs until it is decided
             run = self.runs(pk).filter(status=RunStatus.QUEUED).order_by("queued_seq").first()
             if run is None:
                 return None
@@ -159,6 +179,9 @@ class RunQueue:
             expires = lease_deadline(now)
             turn = Turn(session, run.id, now, expires, run.input, user_blocks_for(run.input),
                         stale_run_id=stale, origin=run.origin or {})
+            if run.pause is not None:  # decided: the paused turn goes on
+                turn.resume = ResumePoint.from_dict(run.pause["point"], decisions(run.pause))
+                turn.resume_version = run.pause["version"]
             with transaction.atomic():
                 taken = self.model._base_manager.filter(
                     pk=pk, version=session.version, lease_token=session.lease_token,
@@ -190,6 +213,93 @@ class RunQueue:
             session_type=self.store.content_type, session_id=run.session_id, run_id=run.pk,
         ).order_by("seq")]
         return TurnRecord(run.pk, run.status, events, run.usage)
+
+    # -- approvals ---------------------------------------------------------------------------
+
+    def pending(self, pk: Any) -> list[dict[str, Any]]:
+        """The session's undecided tool calls: ``{"run_id", "tool_use_id", "name", "input",
+        "expires_at"}``, oldest first."""
+        calls = []
+        for run in self.runs(pk).filter(status=RunStatus.AWAITING_APPROVAL).order_by(
+                "started_at"):
+            for call in run.pause["calls"]:
+                if call["decision"] is None:
+                    calls.append({"run_id": str(run.pk), "tool_use_id": call["tool_use_id"],
+                                  "name": call["name"], "input": call["input"],
+                                  "expires_at": run.pause.get("expires_at")})
+        return calls
+
+    def decide(self, pk: Any, tool_use_id: str, decision: dict[str, Any]) -> tuple[AgentRun, bool]:
+        """Record a decision on a paused call, once: ``(run, resumed)``; ``resumed`` when it
+        was the run's last undecided call (the run is queued again, first in line).
+
+        Raises :class:`ToolCallNotFound` for no such pending call, :class:`AlreadyDecided`
+        when it was decided (or expired) before.
+        """
+        now = timezone.now()
+        with transaction.atomic():
+            self._lock(pk)  # one decision at a time per session: a call is decided once
+            run, call = self._paused_call(pk, tool_use_id)
+            if call["decision"] is not None:
+                raise exc.AlreadyDecided(f"Tool call {tool_use_id} was already decided.")
+            assert run.pause is not None  # a paused run
+            expires = run.pause.get("expires_at")
+            if expires and datetime.fromisoformat(expires) <= now:
+                raise exc.AlreadyDecided(f"The approval of tool call {tool_use_id} expired.")
+            call["decision"] = {**decision, "at": now.isoformat()}
+            resumed = self._record(pk, run, [call], now)
+        return run, resumed
+
+    def expire(self, pk: Any, now: datetime) -> int:
+        """Reject the undecided calls of runs past their approval deadline (the run is queued
+        again); how many runs were."""
+        expired = 0
+        with transaction.atomic():
+            self._lock(pk)
+            for run in self.runs(pk).filter(status=RunStatus.AWAITING_APPROVAL):
+                deadline = run.pause.get("expires_at")
+                if not deadline or datetime.fromisoformat(deadline) > now:
+                    continue
+                calls = [c for c in run.pause["calls"] if c["decision"] is None]
+                for call in calls:
+                    call["decision"] = {"approved": False, "by": None, "reason": EXPIRED,
+                                        "at": now.isoformat()}
+                self._record(pk, run, calls, now)
+                expired += 1
+        return expired
+
+    def _paused_call(self, pk: Any, tool_use_id: str) -> tuple[AgentRun, dict[str, Any]]:
+        """The run and call ``tool_use_id`` (a call of a run no longer paused counts as
+        decided: its run went on, or was cancelled)."""
+        for run in self.runs(pk).filter(pause__isnull=False).order_by("-started_at"):
+            for call in run.pause["calls"]:
+                if call["tool_use_id"] == tool_use_id:
+                    if run.status != RunStatus.AWAITING_APPROVAL and call["decision"] is None:
+                        raise exc.AlreadyDecided(
+                            f"Tool call {tool_use_id} can no longer be decided: its run is "
+                            f"{run.status}.")
+                    return run, call
+        raise exc.ToolCallNotFound(f"No pending tool call {tool_use_id!r} on this session.")
+
+    def _record(self, pk: Any, run: AgentRun, calls: list[dict[str, Any]], now: datetime
+                ) -> bool:
+        """Write decisions already set on ``run.pause`` (inside the caller's transaction):
+        their events, and the run queued again once nothing is undecided."""
+        assert run.pause is not None  # a paused run
+        events: list[tuple[str, dict[str, Any]]] = []
+        for call in calls:
+            decision = call["decision"]
+            kind = (EventType.TOOL_APPROVAL_GRANTED if decision["approved"]
+                    else EventType.TOOL_APPROVAL_DENIED)
+            events.append((kind, {"run_id": str(run.pk), "tool_use_id": call["tool_use_id"],
+                                  "name": call["name"], **decision}))
+        done = all(c["decision"] is not None for c in run.pause["calls"])
+        values: dict[str, Any] = {"pause": run.pause}
+        if done:  # first in line: it was claimed before anything queued now
+            values.update(status=RunStatus.QUEUED, queued_seq=run.queued_seq or 0)
+        AgentRun.objects.filter(pk=run.pk).update(**values)
+        self.store.append_events(pk, events, run_id=run.pk)
+        return done
 
     def has_queued(self, pk: Any) -> bool:
         return self.runs(pk).filter(status=RunStatus.QUEUED).exists()
@@ -225,3 +335,12 @@ class RunQueue:
 
     def cancel_requested(self, run_id: Any) -> bool:
         return AgentRun.objects.filter(pk=run_id, cancel_requested=True).exists()
+
+
+def decisions(pause: dict[str, Any]) -> dict[str, Decision]:
+    """The decisions of a paused run's calls, for the engine."""
+    return {call["tool_use_id"]: Decision(approved=call["decision"]["approved"],
+                                          input=call["decision"].get("input"),
+                                          reason=call["decision"].get("reason") or "")
+            for call in pause["calls"] if call["decision"] is not None}
+

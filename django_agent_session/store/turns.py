@@ -29,7 +29,7 @@ from django.utils import timezone
 from .. import exceptions as exc
 from ..conf import agent_settings
 from ..engine.context import USAGE_KEYS, Context, add_usage, storable
-from ..engine.turn import TurnResult, TurnState
+from ..engine.turn import ResumePoint, TurnPaused, TurnResult, TurnState
 from ..records import (
     AgentEvent,
     AgentRun,
@@ -85,6 +85,16 @@ class Turn:
     #: events were appended to the session while the turn ran (a submission queues its run
     #: with a ``run.queued`` event): only then can a run be waiting when it ends
     events_appended: bool = False
+    #: a paused turn going on (its run's ``pause``, with the decisions)
+    resume: ResumePoint | None = None
+    #: the context version the paused turn was built on
+    resume_version: int | None = None
+
+    @property
+    def opening(self) -> tuple[str, dict[str, Any]]:
+        """The event a turn's events start with: ``run.started``, or ``run.resumed``."""
+        kind = EventType.RUN_RESUMED if self.resume is not None else EventType.RUN_STARTED
+        return kind, {"run_id": str(self.run_id)}
 
     @property
     def ref(self) -> str:
@@ -133,8 +143,9 @@ class SessionStore:
         """Take the lease and insert a running run, if the lease is free and no run is queued
         (the fast path of a turn nobody waits behind); otherwise return the seconds until the
         lease may be free (``0.0``: free, but runs are queued, so submit to the queue)."""
-        queued = AgentRun.objects.filter(session_type=self.content_type,
-                                         session_id=OuterRef("pk"), status=RunStatus.QUEUED)
+        queued = AgentRun.objects.filter(  # a paused run is in line too: it goes on first
+            session_type=self.content_type, session_id=OuterRef("pk"),
+            status__in=(RunStatus.QUEUED, RunStatus.AWAITING_APPROVAL))
         for _ in range(5):  # a lost race on the conditional UPDATE: read again
             session = self.model._base_manager.filter(pk=pk).annotate(
                 queue_waiting=Exists(queued)).first()
@@ -200,7 +211,7 @@ class SessionStore:
             turns=context.turns + 1, last_output=result.output, metadata=context.metadata,
         )
         run_events = [
-            (EventType.RUN_STARTED, {"run_id": str(turn.run_id)}),
+            turn.opening,
             *result.events,
             (EventType.USAGE, dict(result.usage)),
             (EventType.RUN_COMPLETED, {"run_id": str(turn.run_id), "output": result.output,
@@ -302,11 +313,11 @@ class SessionStore:
             # the partial reply is reported in the log, never stored in the context
             data["partial_text"] = state.partial
         kind = EventType.RUN_CANCELLED if status == RunStatus.CANCELLED else EventType.RUN_FAILED
-        events = self._stale_events(turn) + turn.pending_events + [
-            (EventType.RUN_STARTED, {"run_id": str(turn.run_id)}),
-            (EventType.MESSAGE_USER, {"content": turn.user_blocks, "stored": False}),
-            (kind, data),
-        ]
+        opening = [turn.opening]
+        if turn.resume is None:  # a resumed turn's user message was logged when it paused
+            opening.append((EventType.MESSAGE_USER, {"content": turn.user_blocks,
+                                                     "stored": False}))
+        events = self._stale_events(turn) + turn.pending_events + opening + [(kind, data)]
         new_status = SessionStatus.IDLE if status == RunStatus.CANCELLED else SessionStatus.FAILED
         with transaction.atomic():
             try:
@@ -330,6 +341,38 @@ class SessionStore:
         turn.session.status = new_status
         turn.session.lease_token = turn.session.lease_expires_at = None
         return TurnRecord(turn.run_id, status, _numbered(base, events), dict(state.usage))
+
+    # -- pause -------------------------------------------------------------------------------
+
+    def pause(self, turn: Turn, paused: TurnPaused, state: TurnState,
+              expires_at: datetime | None) -> TurnRecord:
+        """Record a turn paused for approvals: its events so far, the pending calls and where
+        it goes on (on the run), and the lease released. The context is not touched."""
+        now = timezone.now()
+        point = paused.point
+        point.usage, point.model = dict(state.usage), state.model
+        version = turn.resume_version if turn.resume is not None else turn.session.version
+        data = {"point": point.to_dict(), "version": version,
+                "calls": [{**call, "decision": None} for call in paused.pending],
+                "expires_at": expires_at.isoformat() if expires_at else None}
+        events = self._stale_events(turn) + turn.pending_events + [turn.opening, *point.events]
+        with transaction.atomic():
+            base = self._claim_seq(turn, len(events), {
+                "status": SessionStatus.IDLE, "lease_token": None, "lease_expires_at": None,
+                "last_activity_at": now, "updated_at": now,
+            })
+            self._fail_stale_run(turn, now)
+            AgentRun.objects.filter(pk=turn.run_id).update(
+                status=RunStatus.AWAITING_APPROVAL, pause=data, iterations=state.iterations,
+                model=state.model or F("model"), duration_ms=turn.elapsed_ms,
+                **{name: int(state.usage.get(name) or 0) for name in USAGE_KEYS},
+            )
+            self._insert_events(turn.session.pk, base, events, turn)
+        turn.session.status = SessionStatus.IDLE
+        turn.session.lease_token = turn.session.lease_expires_at = None
+        turn.session.event_seq = base + len(events)
+        return TurnRecord(turn.run_id, RunStatus.AWAITING_APPROVAL, _numbered(base, events),
+                          dict(state.usage))
 
     # -- events outside turns ----------------------------------------------------------------
 

@@ -8,6 +8,11 @@ from typing import Any
 
 class Recording:
     calls: list[tuple[Any, str]] = []
+    #: dispatches asked for later (an approval deadline): ``(model, pk, after)``
+    later: list[tuple[Any, str, float]] = []
 
-    def dispatch(self, model: Any, session_pk: Any) -> None:
-        Recording.calls.append((model, str(session_pk)))
+    def dispatch(self, model: Any, session_pk: Any, *, after: float | None = None) -> None:
+        if after is None:
+            Recording.calls.append((model, str(session_pk)))
+        else:
+            Recording.later.append((model, str(session_pk), after))

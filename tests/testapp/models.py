@@ -4,7 +4,7 @@ from django.db import models
 from rest_framework import serializers
 
 from django_agent_session.models import AgentSessionModel
-from django_agent_session.tools import ToolContext
+from django_agent_session.tools import ToolContext, tool
 
 MODEL = "anthropic:claude-sonnet-5-5"
 
@@ -83,3 +83,32 @@ class SupportAgent(AgentSessionModel):
         max_tokens = 1024
         max_iterations = 10
         context_field = "context"
+
+
+REFUNDS: list[tuple[int, float]] = []  # what the refund tool did (the tests read it)
+
+
+def big(ctx: ToolContext, input: dict) -> bool:
+    """Only refunds over 100 need a person."""
+    return float(input["amount"]) > 100
+
+
+@tool(requires_approval=big)
+def refund(order: int, amount: float) -> str:
+    """Refund an amount on an order."""
+    REFUNDS.append((order, amount))
+    return f"refunded {amount} on order {order}"
+
+
+@tool(requires_approval=True)
+def send_email(to: str, body: str) -> str:
+    """Send an email."""
+    return f"sent to {to}"
+
+
+class ApprovalAgent(AgentSessionModel):
+    """Tools that wait for a person: a refund over 100, every email."""
+
+    class Agent(ChatAgent.Agent):
+        tools = [lookup_order, refund, send_email]
+        max_iterations = 6
