@@ -2,8 +2,9 @@
 
 Run as ``python -m tests.reliability.crash_child MODE SESSION_PK`` with
 ``DJANGO_SETTINGS_MODULE=tests.reliability.crash_settings``. MODE: ``sync`` (plain call),
-``stream`` (streamed sync call), ``async`` (streamed async call) or ``begin`` (the process
-dies by itself between taking the lease and inserting its run).
+``stream`` (streamed sync call), ``async`` (streamed async call), ``begin`` (the process
+dies by itself between taking the lease and inserting its run) or ``pause`` (an
+``ApprovalAgent`` turn that pauses for an approval; the process then waits to be killed).
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ def main(mode: str, pk: str) -> None:
         def die(self: SessionStore, turn: object) -> None:
             os._exit(9)
         SessionStore._insert_run = die  # type: ignore[method-assign]
+    if mode == "pause":
+        import time
+
+        from tests.testapp.models import ApprovalAgent
+
+        session = ApprovalAgent.objects.continue_session(pk, "refund order 7, all of it")
+        print("paused:", session.last_turn.status, flush=True)
+        time.sleep(120)  # killed here, with the pause recorded and nothing else in memory
+        sys.exit("not killed")
     if mode == "async":
         asyncio.run(ChatAgent.objects.acontinue_session(pk, "doomed turn", on_progress=aprogress))
     else:

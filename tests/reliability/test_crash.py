@@ -226,3 +226,40 @@ def test_dying_between_lease_and_run_leaves_no_lease(loopback, user):
         loopback.enqueue(Reply.text("next answer"))
         after = ChatAgent.objects.continue_session(session.pk, "next question")
         assert after.last_output == {"content": "next answer"}
+
+
+def test_a_paused_turn_survives_kill_dash_nine_and_completes_on_another_process(loopback, user):
+    """A turn paused for an approval keeps nothing in memory: its process is killed, the call
+    is approved and the turn resumed by this process."""
+    from tests.testapp.models import REFUNDS, ApprovalAgent
+
+    REFUNDS.clear()
+    with override_settings(AGENT_SESSION=loopback_settings(loopback)):
+        session = ApprovalAgent.objects.create_session(instruction_args=ARGS, owner=user)
+        loopback.enqueue(Reply.tool_use("refund", {"order": 7, "amount": 900}, id="t9"))
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.reliability.crash_child", "pause", str(session.pk)],
+            cwd=ROOT, env=_env(loopback.base_url), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while not AgentRun.objects.filter(session_id=session.pk,
+                                              status=RunStatus.AWAITING_APPROVAL).exists():
+                assert child.poll() is None, child.stdout.read().decode(errors="replace")
+                assert time.monotonic() < deadline, "the child never paused"
+                time.sleep(0.05)
+            _kill(child)
+        finally:
+            _reap(child)
+
+        assert ApprovalAgent._base_manager.get(pk=session.pk).lease_token is None
+        (call,) = ApprovalAgent.objects.pending_tool_calls(session.pk)
+        assert call["tool_use_id"] == "t9"
+        loopback.enqueue("Refunded 900.")
+        ApprovalAgent.objects.approve_tool_call(session.pk, "t9", by=user)
+        deadline = time.monotonic() + 20  # the inline executor resumes it in this process
+        while (run := AgentRun.objects.get(session_id=session.pk)).status != "completed":
+            assert time.monotonic() < deadline, run.status
+            time.sleep(0.05)
+    assert REFUNDS == [(7, 900.0)]  # the tool ran here, once
+    assert ApprovalAgent.objects.get(pk=session.pk).last_output == {"content": "Refunded 900."}
