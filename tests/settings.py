@@ -1,6 +1,7 @@
 """Settings for the test suite: SQLite by default, PostgreSQL when DATABASE_URL says so."""
 
 import os
+from importlib.util import find_spec
 
 import dj_database_url
 
@@ -27,6 +28,14 @@ INSTALLED_APPS = [
     "django_agent_session",
     "tests.testapp",
 ]
+
+# the "tasks" executor's tables: Django's Tasks framework (django.tasks on Django 6, the
+# django-tasks backport on 5.2) and the django-tasks-db backend. TASKS stays unset (tasks run at
+# once where they are enqueued); tests/runs/test_tasks_executor.py configures its own backends.
+if find_spec("django_tasks_db"):
+    if not find_spec("django.tasks"):
+        INSTALLED_APPS.append("django_tasks")
+    INSTALLED_APPS.append("django_tasks_db")
 
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -40,8 +40,13 @@ def executor() -> Executor:
 
 
 def dispatch(model: type, session_pk: Any, *, after: float | None = None) -> None:
-    """Dispatch after the current transaction commits (at once outside a transaction)."""
+    """Dispatch after the current transaction commits (at once outside a transaction).
+
+    A failing executor (a task backend that is down) is logged, not raised: the run is
+    committed whatever happens next, and the sweep or the next submission hands it on.
+    """
     if after is None:
-        transaction.on_commit(lambda: executor().dispatch(model, session_pk))
+        transaction.on_commit(lambda: executor().dispatch(model, session_pk), robust=True)
     else:
-        transaction.on_commit(lambda: executor().dispatch(model, session_pk, after=after))
+        transaction.on_commit(lambda: executor().dispatch(model, session_pk, after=after),
+                              robust=True)

@@ -34,3 +34,18 @@ def test_the_sweep_command_runs_a_stranded_queue(loopback):
         time.sleep(0.05)
     call_command("agent_session_sweep", stdout=out)
     assert out.getvalue().strip().endswith("Handed 0 stranded queue(s) to the executor.")
+
+
+class Broken:
+    def dispatch(self, model, session_pk, *, after=None):
+        raise ConnectionError("the task backend is down")
+
+
+def test_a_failing_executor_does_not_fail_the_committed_submission(loopback, caplog):
+    loopback.enqueue("first answer")
+    session = ChatAgent.objects.start_session("first", instruction_args={"company_name": "A"})
+    with override_settings(AGENT_SESSION=loopback_settings(
+            loopback, EXECUTOR=f"{__name__}.Broken")):
+        run = ChatAgent.objects.continue_session(session.pk, "kept", wait=False)
+    assert AgentRun.objects.get(pk=run.pk).status == RunStatus.QUEUED  # committed, for the sweep
+    assert "the task backend is down" in caplog.text
