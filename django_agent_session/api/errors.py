@@ -24,6 +24,9 @@ _E = TypeVar("_E", bound=BaseException)
 
 #: error class -> HTTP status; the first matching entry wins (subclasses before bases)
 STATUS_BY_ERROR: list[tuple[type[exc.AgentSessionError], int]] = [
+    # a call the caller may not decide is reported exactly like a missing one
+    (exc.ToolCallNotFound, status.HTTP_404_NOT_FOUND),
+    (exc.AlreadyDecided, status.HTTP_409_CONFLICT),
     (exc.SessionBusy, status.HTTP_409_CONFLICT),
     (exc.LeaseLost, status.HTTP_409_CONFLICT),
     (exc.TokenBudgetExceeded, status.HTTP_409_CONFLICT),

@@ -15,9 +15,13 @@ from .serializers import (
     AgentRunPageSerializer,
     AgentRunSerializer,
     AgentSerializers,
+    ApproveToolCallSerializer,
     DetailSerializer,
+    PendingToolCallSerializer,
+    RejectToolCallSerializer,
     RunAcceptedSerializer,
     ServerSentEventSerializer,
+    ToolCallDecisionSerializer,
 )
 from .streaming import CONTENT_TYPE
 
@@ -29,9 +33,10 @@ _ViewSet = TypeVar("_ViewSet", bound="type[AgentSessionViewSet]")
 JSON = "application/json"
 
 STREAM_DESCRIPTION = (
-    "Server-Sent Events: `run.started` (`{run_id}`), `delta`, `tool.call`, `tool.result` and `budget.warning` events as "
-    "the turn runs, then `message` (the same body as the JSON endpoint) or `error` "
-    "(`{status, code, detail, retryable}`).")
+    "Server-Sent Events: `run.started` (`{run_id}`), `delta`, `tool.call`, `tool.result`, "
+    "`tool.approval_requested` and `budget.warning` events as the turn runs, then `message` "
+    "(the same body as the JSON endpoint, also when the turn paused for approvals: "
+    "`status: awaiting_approval`) or `error` (`{status, code, detail, retryable}`).")
 
 
 def annotate(viewset: _ViewSet, s: AgentSerializers) -> _ViewSet:
@@ -87,6 +92,20 @@ def annotate(viewset: _ViewSet, s: AgentSerializers) -> _ViewSet:
                                                        "As one `error` event.")
         return responses
 
+    tool_call = [*session_id, OpenApiParameter("tool_use_id", str, OpenApiParameter.PATH,
+                                               description="The pending call's id.")]
+    decision_errors = {
+        400: OpenApiResponse(OpenApiTypes.OBJECT, description=(
+            "Field errors; an edited input that does not match the tool's schema: "
+            "`{\"input\": {...}}`.")),
+        **auth,
+        404: OpenApiResponse(AgentErrorSerializer, description=(
+            "`tool_call_not_found`: no such pending call, or not one you may decide (the "
+            "same answer).")),
+        409: OpenApiResponse(AgentErrorSerializer, description=(
+            "`already_decided`: the call was approved, rejected or expired before.")),
+        **too_large, **throttled,
+    }
     # ``?format=`` only picks a renderer (and 404s when unknown): not part of the contract
     no_format = [OpenApiParameter("format", exclude=True)]
     page_params = [
@@ -136,6 +155,25 @@ def annotate(viewset: _ViewSet, s: AgentSerializers) -> _ViewSet:
                 "Last-Event-ID", int, OpenApiParameter.HEADER,
                 description="Resume after this event id (a progress event's per-run index).")],
             responses=stream_responses(missing)),
+        tool_calls=extend_schema(
+            tags=tag, parameters=session_id, summary="The tool calls awaiting approval",
+            description="Calls of the session's paused turn that wait for a person's "
+                        "decision, oldest first (empty when none).",
+            responses={200: PendingToolCallSerializer(many=True), **auth, **missing,
+                       **throttled}),
+        approve_tool_call=extend_schema(
+            tags=tag, parameters=tool_call, summary="Approve a tool call",
+            request=ApproveToolCallSerializer,
+            description="The turn resumes once every call of its response is decided "
+                        "(`resumed`). An edited `input` is validated against the tool's "
+                        "schema.",
+            responses={200: ToolCallDecisionSerializer, **decision_errors}),
+        reject_tool_call=extend_schema(
+            tags=tag, parameters=tool_call, summary="Reject a tool call",
+            request=RejectToolCallSerializer,
+            description="The model gets an error result carrying the `reason`; the turn "
+                        "resumes once every call of its response is decided (`resumed`).",
+            responses={200: ToolCallDecisionSerializer, **decision_errors}),
         context=extend_schema(tags=tag, parameters=session_id, summary="The conversation context",
                               responses={200: s.context, **auth, **missing, **throttled}),
         events=extend_schema(

@@ -122,7 +122,8 @@ class ServerSentEventSerializer(serializers.Serializer):
     """One event of a streamed turn (``text/event-stream``); ``data`` is JSON."""
 
     event = serializers.ChoiceField(choices=["run.started", "delta", "tool.call", "tool.result",
-                                             "budget.warning", "message", "error"])
+                                             "tool.approval_requested", "budget.warning",
+                                             "message", "error"])
     # the stubs see this shadow ``Serializer.data``; DRF's metaclass moves declared fields off
     # the class, so the property stays
     data = serializers.CharField(  # type: ignore[assignment]
@@ -179,6 +180,90 @@ class RunAcceptedSerializer(serializers.Serializer):
 
     class Meta:
         ref_name = "AgentRunAccepted"
+
+
+# -- approvals ----------------------------------------------------------------------------
+
+#: longest reason a REST or WebSocket rejection may give (it is sent to the model)
+REASON_MAX_LENGTH = 2000
+#: what a turn body's ``status`` may say
+TURN_STATUSES = [RunStatus.COMPLETED.value, RunStatus.AWAITING_APPROVAL.value]
+
+
+class PendingToolCallSerializer(serializers.Serializer):
+    """A tool call waiting for a person's decision."""
+
+    run_id = serializers.UUIDField(read_only=True, help_text="The paused run.")
+    tool_use_id = serializers.CharField(read_only=True, help_text="The call's id.")
+    name = serializers.CharField(read_only=True, help_text="The tool.")
+    input = serializers.DictField(read_only=True, help_text="The input the model asked for.")
+    expires_at = serializers.DateTimeField(
+        read_only=True, allow_null=True,
+        help_text="When it is rejected unless decided (Agent.approval_timeout), or null.")
+
+    class Meta:
+        ref_name = "AgentPendingToolCall"
+
+
+class StrictBodySerializer(serializers.Serializer):
+    """A request body whose unknown fields are errors: a decision must not silently drop a
+    misspelt field (an ``inputs`` would approve the model's own input)."""
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({name[:50]: ["Unknown field."]
+                                               for name in unknown})
+        return attrs
+
+
+class ApproveToolCallSerializer(StrictBodySerializer):
+    """The body of an approval (optional)."""
+
+    input = serializers.DictField(
+        required=False, help_text="An edited input, validated against the tool's schema "
+                                  "(default: the model's).")
+
+    class Meta:
+        ref_name = "AgentToolCallApproval"
+
+
+class RejectToolCallSerializer(StrictBodySerializer):
+    """The body of a rejection (optional)."""
+
+    reason = serializers.CharField(
+        required=False, allow_blank=True, max_length=REASON_MAX_LENGTH,
+        help_text="Told to the model with the rejection.")
+
+    class Meta:
+        ref_name = "AgentToolCallRejection"
+
+
+class ToolCallDecisionSerializer(serializers.Serializer):
+    """The answer to a decision."""
+
+    tool_use_id = serializers.CharField(read_only=True)
+    approved = serializers.BooleanField(read_only=True)
+    resumed = serializers.BooleanField(
+        read_only=True, help_text="true: it was the run's last undecided call; the run is "
+                                  "queued again and the turn goes on.")
+    run = AgentRunSerializer(read_only=True, help_text=(
+        "The run as the decision left it: `awaiting_approval` while calls are undecided, "
+        "`queued` once it resumed."))
+
+    class Meta:
+        ref_name = "AgentToolCallDecision"
+
+
+def _turn_status_field() -> serializers.Field:
+    # inline (see _run_status_field): a lifted "Status" enum would collide with the others
+    field_class = type("TurnStatusField", (serializers.CharField,), {"__module__": __name__})
+    if extend_schema_field is not None:
+        schema = {"allOf": [{"type": "string", "enum": TURN_STATUSES}]}
+        field_class = extend_schema_field(schema)(field_class)
+    return field_class(read_only=True, help_text=(
+        "`completed`, or `awaiting_approval`: the turn paused on the `pending` tool calls "
+        "(`output` is then null)."))
 
 
 @dataclass(frozen=True)
@@ -243,7 +328,15 @@ def _build(model: type[SessionRecord]) -> AgentSerializers:
         "Meta": type("Meta", (), {"ref_name": f"{name}Continue"}),
     })
     turn = type(f"{name}TurnSerializer", (serializers.Serializer,), {
-        **module, "session": session(read_only=True), "output": output(read_only=True),
+        **module, "session": session(read_only=True),
+        "output": output(read_only=True, allow_null=True,
+                         help_text="The turn's output; null while it awaits approval."),
+        "run_id": serializers.UUIDField(read_only=True, allow_null=True,
+                                        help_text="The turn's run."),
+        "status": _turn_status_field(),
+        "pending": PendingToolCallSerializer(
+            many=True, read_only=True,
+            help_text="The calls the turn waits for (empty unless awaiting_approval)."),
         "Meta": type("Meta", (), {"ref_name": f"{name}Turn"}),
     })
     if instruction is not None:

@@ -4,7 +4,9 @@ Under ASGI a streamed turn is submitted like any other (a queued run, run by the
 the response *follows* it (:func:`afollow`): it joins the conversation's channel-layer group,
 sends what the run's buffer already holds, then the live frames, each progress event with an
 ``id`` (its per-run index). The client going away only stops the following: the run goes on,
-and ``GET …/runs/{id}/stream/`` with ``Last-Event-ID`` resumes after the last event it got.
+and ``GET …/runs/{id}/stream/`` with ``Last-Event-ID`` resumes after the last event it got. A
+run that pauses for approvals ends the following with its turn body (``awaiting_approval``);
+following it again after the decision goes on with its next events.
 Under WSGI an async body could only be served by collecting it first, so the body is a sync
 generator that runs the turn and then writes the same events, without incremental delivery.
 
@@ -15,7 +17,10 @@ The events::
     event: tool.call     {"id", "name", "input"}
     event: tool.result   {"id", "name", "content", "is_error"}
     event: budget.warning {"used", "budget"}
-    event: message       the turn's JSON body ({"session", "output"}); last event on success
+    event: tool.approval_requested {"tool_use_id", "name", "input"}; the turn pauses
+    event: message       the turn's JSON body ({"session", "output", "run_id", "status",
+                         "pending"}); last event on success, or when the turn paused for
+                         approvals (``status: "awaiting_approval"``)
     event: error         {"status", "code", "detail", "retryable", ...}; last event on failure
 """
 
@@ -121,7 +126,7 @@ async def afollow(model: Any, run: Any, outcome: Outcome, keepalive: float,
     try:
         run = await AgentRun.objects.aget(pk=run.pk)
         last, started = after, after > 0
-        if not run.finished:
+        if not run.finished:  # (a paused run's frames so far, too)
             if run.status == RunStatus.RUNNING and not started:
                 started = True
                 yield sse("run.started", {"run_id": run_id})
@@ -129,7 +134,7 @@ async def afollow(model: Any, run: Any, outcome: Outcome, keepalive: float,
                 if frame["n"] > last:
                     last = frame["n"]
                     yield _progress(frame)
-        while not run.finished:
+        while not _settled(run):
             got = await _next_frame(layer, channel, run_id, keepalive)
             if got is None:  # quiet: keep the connection open, and look at the row
                 yield KEEPALIVE
@@ -151,6 +156,12 @@ async def afollow(model: Any, run: Any, outcome: Outcome, keepalive: float,
         if channel is not None:
             with contextlib.suppress(Exception):
                 await layer.group_discard(group_name(model, run.session_id), channel)
+
+
+def _settled(run: AgentRun) -> bool:
+    """Whether a followed run has an outcome: it ended, or it paused for approvals (a person
+    may decide much later; following it again after the decision goes on)."""
+    return run.finished or run.status == RunStatus.AWAITING_APPROVAL
 
 
 async def _next_frame(layer: Any, channel: str | None, run_id: str, timeout: float

@@ -8,13 +8,17 @@ model's manager; this module never runs a turn itself.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, cast
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.handlers.asgi import ASGIRequest
 from django.db import connections, transaction
 from django.db.models import QuerySet
+from django.http import Http404
 from django.utils.module_loading import import_string
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -27,6 +31,7 @@ from rest_framework.settings import api_settings
 from .. import exceptions as exc
 from ..conf import agent_settings, perform_import
 from ..records import RunStatus, SessionRecord
+from ..runs.stream import announce, decision_frame
 from ..store.sessions import delete_session
 from .errors import api_exception, error_body
 from .filters import SessionFilterBackend
@@ -38,6 +43,10 @@ from .serializers import (
     AgentEventSerializer,
     AgentRunSerializer,
     AgentSerializers,
+    ApproveToolCallSerializer,
+    PendingToolCallSerializer,
+    RejectToolCallSerializer,
+    ToolCallDecisionSerializer,
     serializers_for,
 )
 from .streaming import (
@@ -50,6 +59,8 @@ from .streaming import (
 
 if TYPE_CHECKING:
     from rest_framework.decorators import ViewSetAction
+
+logger = logging.getLogger("django_agent_session.api")
 
 #: actions that run a turn (they share the ``turn_throttle_scope``)
 TURN_ACTIONS = frozenset({"create", "continue_turn", "stream_start", "stream_continue"})
@@ -157,6 +168,9 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             "continue_turn": s.continue_, "stream_continue": s.continue_,
             "context": s.context, "events": AgentEventSerializer, "runs": AgentRunSerializer,
             "run": AgentRunSerializer, "cancel_run": AgentRunSerializer,
+            "tool_calls": PendingToolCallSerializer,
+            "approve_tool_call": ApproveToolCallSerializer,
+            "reject_tool_call": RejectToolCallSerializer,
         }.get(self.action, s.session)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -172,9 +186,19 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         return body.validated_data
 
     def turn_data(self, session: Any) -> Any:
-        """The body answering a turn: the session and the turn's output."""
-        return self._agent_serializers.turn({"session": session, "output": session.last_output},
-                                     context=self.get_serializer_context()).data
+        """The body answering a turn: the session, the turn's output, its run and status (from
+        ``session.last_turn``), and the tool calls it waits for when it paused for approvals
+        (``awaiting_approval``: no output yet)."""
+        record = getattr(session, "last_turn", None)
+        run_id = record.run_id if record is not None else None
+        paused = record is not None and record.status == RunStatus.AWAITING_APPROVAL
+        pending = [call for call in self.manager.pending_tool_calls(session.pk)
+                   if call["run_id"] == str(run_id)] if paused else []
+        data = {"session": session, "output": None if paused else session.last_output,
+                "run_id": run_id,
+                "status": RunStatus.AWAITING_APPROVAL if paused else RunStatus.COMPLETED,
+                "pending": pending}
+        return self._agent_serializers.turn(data, context=self.get_serializer_context()).data
 
     def prevalidate(self, input: Any, instruction_args: Any = None, *, start: bool) -> None:
         """Validate before a stream starts: once the 200 is sent, a 400 is no longer possible.
@@ -223,14 +247,69 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         return event_stream(afollow(self.model, run, self.outcome, self.sse_keepalive, after))
 
     def outcome(self, run: Any) -> list[bytes]:
-        """The last event of a followed run: ``message`` (the turn body) or ``error``."""
-        if run.status == RunStatus.COMPLETED:
-            session = self.model._base_manager.get(pk=run.session_id)
+        """The last event of a followed run: ``message`` (the turn body, also when it paused
+        for approvals) or ``error``."""
+        if run.status in (RunStatus.COMPLETED, RunStatus.AWAITING_APPROVAL):
+            # the session with its ``last_turn``, as a caller waiting for the run gets it
+            session = self.manager.get_queryset()._outcome(run)
             return [sse("message", self.turn_data(session))]
         return [sse("error", error_body(exc.from_dict(run.error)))]
 
     def is_asgi(self) -> bool:
         return isinstance(self.request._request, ASGIRequest)
+
+    def approvals_session(self) -> Any:
+        """The session whose tool calls the caller may list and decide: one they can see
+        (:meth:`get_object`), or one ``AGENT_SESSION["APPROVERS"]`` lets them decide; ``None``
+        for anything else. Deciding itself is checked by the manager (``may_decide``)."""
+        try:
+            return self.get_object()
+        except Http404:
+            pass
+        if agent_settings.APPROVERS is None:
+            return None
+        try:
+            session = self.model._base_manager.filter(pk=self.kwargs.get("pk")).first()
+        except (DjangoValidationError, ValueError, TypeError):  # not a valid id
+            return None
+        if session is not None and self.manager.may_decide(session, self.request.user):
+            return session
+        return None
+
+    def decidable(self, tool_use_id: str) -> None:
+        """404 before the body is read when the caller may not decide this session's calls,
+        so another user's session answers exactly like a missing one."""
+        if self.approvals_session() is None:
+            raise exc.ToolCallNotFound(f"No pending tool call {tool_use_id!r} on this session.")
+
+    def decide(self, tool_use_id: str, *, approved: bool, **decision: Any) -> Response:
+        """Approve or reject call ``tool_use_id`` of the URL's session as the caller; tell the
+        conversation's viewers, then hand a resumed run to the executor."""
+        session = self.approvals_session()
+        if session is None:  # the body the manager gives for a missing call
+            raise exc.ToolCallNotFound(f"No pending tool call {tool_use_id!r} on this session.")
+        manager = self.manager
+        method = manager.approve_tool_call if approved else manager.reject_tool_call
+        run = method(session.pk, tool_use_id, by=self.request.user, dispatch=False, **decision)
+        resumed = run.status == RunStatus.QUEUED
+        self.announce_decision(run, tool_use_id, resumed)
+        if resumed:
+            manager.dispatch(session.pk)
+        return Response(ToolCallDecisionSerializer({
+            "tool_use_id": tool_use_id, "approved": approved, "resumed": resumed, "run": run,
+        }).data)
+
+    def announce_decision(self, run: Any, tool_use_id: str, resumed: bool) -> None:
+        """Send the decision's frame to the conversation's WebSocket viewers (every open tab
+        resolves its card); a layer that fails does not fail the decision."""
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        try:
+            frame = decision_frame(self.model, run, tool_use_id, resumed)
+            async_to_sync(announce)(layer, self.model, run.session_id, frame)
+        except Exception:
+            logger.warning("Could not announce the decision on %s", tool_use_id, exc_info=True)
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -289,6 +368,34 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         if not self.is_asgi():
             raise NotAcceptable("Following a run needs an ASGI server.")
         return self.follow(run, after)
+
+    @action(detail=True, methods=["get"], url_path="tool-calls", url_name="tool-calls",
+            pagination_class=None, filter_backends=[])
+    def tool_calls(self, request: Request, pk: Any = None) -> Response:
+        """The session's tool calls waiting for a decision, oldest first."""
+        session = self.approvals_session()
+        if session is None:
+            raise NotFound()
+        calls = self.manager.pending_tool_calls(session.pk)
+        return Response(PendingToolCallSerializer(calls, many=True).data)
+
+    @action(detail=True, methods=["post"],
+            url_path=r"tool-calls/(?P<tool_use_id>[^/]+)/approve", url_name="tool-call-approve")
+    def approve_tool_call(self, request: Request, pk: Any = None,
+                          tool_use_id: Any = None) -> Response:
+        """Approve a pending tool call, optionally with an edited ``input``."""
+        self.decidable(str(tool_use_id))
+        body = self.read_body(ApproveToolCallSerializer)
+        return self.decide(str(tool_use_id), approved=True, input=body.get("input"))
+
+    @action(detail=True, methods=["post"],
+            url_path=r"tool-calls/(?P<tool_use_id>[^/]+)/reject", url_name="tool-call-reject")
+    def reject_tool_call(self, request: Request, pk: Any = None,
+                         tool_use_id: Any = None) -> Response:
+        """Reject a pending tool call, optionally with a ``reason`` told to the model."""
+        self.decidable(str(tool_use_id))
+        body = self.read_body(RejectToolCallSerializer)
+        return self.decide(str(tool_use_id), approved=False, reason=body.get("reason", ""))
 
     @action(detail=True, methods=["get"])
     def context(self, request: Request, pk: Any = None) -> Response:

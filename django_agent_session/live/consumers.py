@@ -6,9 +6,11 @@ joins the conversation's group and makes sure a live session runs somewhere in t
 Client frames are validated (:mod:`.protocol`) and handled by the ``frame_<type>`` methods. A
 ``message`` is committed as a queued run before it is acknowledged (``ack``), with its ``ref``
 as idempotency key, so a resent message runs once; whoever drains the queue streams the run to
-the group. A ``cancel`` cancels through the database, wherever the run runs. The state and
-replays it sends are built by :mod:`.snapshot`. Frames fanned out to the group are passed to
-the client as they are.
+the group. A ``cancel`` cancels through the database, wherever the run runs. A ``decide``
+approves or rejects a tool call awaiting approval as the connected user, tells the group, then
+hands a resumed run to the executor (so viewers see the decision before the run goes on). The
+state and replays it sends are built by :mod:`.snapshot`. Frames fanned out to the group are
+passed to the client as they are.
 """
 
 from __future__ import annotations
@@ -34,7 +36,14 @@ from . import access, api, ownership, protocol
 from .delivery import DeliveryMixin
 from .protocol import FrameError, error_frame
 from .routers import SessionSpec, UnknownAgent, resolve
-from ..runs.stream import announce_queued, buffer_for, group_name, partial_text
+from ..runs.stream import (
+    announce,
+    announce_queued,
+    buffer_for,
+    decision_frame,
+    group_name,
+    partial_text,
+)
 from .snapshot import replay_frames, state_frame, stored_events, stored_state, unseen
 
 logger = logging.getLogger("django_agent_session.live")
@@ -78,6 +87,9 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         self.owner: str | None = None
         self.after_seq: int | None = None
         self._buffer: list[dict[str, Any]] | None = None
+        #: the last ``n`` per run sent from the run's buffer after the last state, so a group
+        #: frame the layer delivers only after the state is not sent twice
+        self._sent: dict[str, int] = {}
         self._awaiting_state = False
         self._tasks: list[asyncio.Task] = []
 
@@ -314,6 +326,7 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         for frame in caught_up:
             await self.send_json(frame)
         sent = {running["run_id"]: caught_up[-1]["n"]} if caught_up else {}
+        self._sent = sent
         buffered, self._buffer = self._buffer, None
         for frame in unseen(buffered, stored["seq"], sent):
             await self.send_json(frame)
@@ -333,6 +346,12 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
             self.owner = None
         if self._buffer is not None:
             self._buffer.append(frame)
+            return
+        # a progress frame sent to the group while the state was built may be delivered only
+        # after it (the live.state answer was ahead of it in this channel, and messages are
+        # handled one at a time): drop it if it was already sent from the run's buffer
+        n = frame.get("n")
+        if n is not None and n <= self._sent.get(frame.get("run_id") or "", 0):
             return
         await self.send_json(frame)
 
@@ -457,3 +476,39 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_send(self.group, {"type": "live.frame", "frame": {
                 "type": "run.status", "status": "cancelled", "ref": run.ref,
                 "run_id": str(run.pk), "queued": True}})
+
+    async def frame_decide(self, data: dict[str, Any]) -> None:
+        ref, tool_use_id, approved = data.get("ref"), data["tool_use_id"], data["approve"]
+        if not await self._recheck():
+            if not self.revoked:  # no conversation: no such call
+                await self._send_error(exc.ToolCallNotFound(
+                    f"No pending tool call {tool_use_id!r} on this session."), ref)
+            return
+        assert self.spec is not None
+        model = self.spec.model
+        manager = model._default_manager
+        try:  # the manager checks who may decide (``may_decide``): else, as a missing call
+            if approved:
+                run = await manager.aapprove_tool_call(
+                    self.conversation_id, tool_use_id, by=self.user, input=data.get("input"),
+                    dispatch=False)
+            else:
+                run = await manager.areject_tool_call(
+                    self.conversation_id, tool_use_id, by=self.user,
+                    reason=data.get("reason", ""), dispatch=False)
+        except exc.AgentSessionError as error:
+            await self._send_error(error, ref)
+            return
+        resumed = run.status == RunStatus.QUEUED
+        await self.send_json({"type": "decided", "ref": ref, "tool_use_id": tool_use_id,
+                              "approved": approved, "resumed": resumed, "run_id": str(run.pk)})
+        try:  # every viewer resolves its card, before the resumed run's frames
+            frame = await database_sync_to_async(decision_frame)(model, run, tool_use_id,
+                                                                 resumed)
+            await announce(self.channel_layer, model, self.conversation_id, frame)
+        except Exception:
+            logger.warning("Could not announce the decision on %s", tool_use_id,
+                           exc_info=True)
+        if resumed:
+            await database_sync_to_async(manager.dispatch)(self.conversation_id)
+        await self._activity()

@@ -34,9 +34,14 @@ OWNER_UNAVAILABLE = "owner_unavailable"
 FORBIDDEN = "forbidden"
 INTERNAL_ERROR = "internal_error"
 # plus the ``code`` of any library error (``invalid_input``, ``invalid_instruction_args``,
-# ``ownership_unavailable``, ``session_busy``, ``model_*``...), see exceptions.py
+# ``ownership_unavailable``, ``session_busy``, ``tool_call_not_found``, ``already_decided``,
+# ``model_*``...), see exceptions.py
 
 REF_MAX_LENGTH = 64
+#: longest ``tool_use_id`` a ``decide`` frame may name
+TOOL_USE_ID_MAX_LENGTH = 255
+#: longest ``reason`` of a rejection (as over REST; it is sent to the model)
+REASON_MAX_LENGTH = 2000
 
 
 class FrameError(Exception):
@@ -84,6 +89,15 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON ``true`` or ``false`` (DRF's BooleanField would accept ``"yes"`` or ``1``)."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
 class ObjectField(serializers.JSONField):
     """A JSON object."""
 
@@ -127,6 +141,28 @@ class CancelFrame(serializers.Serializer):
     ref = _ref()
 
 
+class DecideFrame(serializers.Serializer):
+    """Decide a tool call awaiting approval: ``approve: true`` (with an edited ``input``, if
+    any) or ``false`` (with a ``reason`` told to the model, if any). Answered with
+    ``decided``; every viewer gets ``tool.approval_granted`` / ``tool.approval_denied``."""
+
+    tool_use_id = StrictCharField(max_length=TOOL_USE_ID_MAX_LENGTH)
+    approve = StrictBooleanField()
+    input = ObjectField(required=False)
+    reason = StrictCharField(required=False, allow_blank=True, max_length=REASON_MAX_LENGTH)
+    ref = _ref()
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        errors = {}
+        if attrs["approve"] and "reason" in attrs:
+            errors["reason"] = ["Only a rejection takes a reason."]
+        if not attrs["approve"] and "input" in attrs:
+            errors["input"] = ["Only an approval takes an edited input."]
+        if errors:
+            raise serializers.ValidationError(errors)
+        return attrs
+
+
 class StartFrame(serializers.Serializer):
     """Create the conversation if it does not exist yet (idempotent), then send the state."""
 
@@ -157,6 +193,7 @@ class PingFrame(serializers.Serializer):
 CLIENT_FRAMES: dict[str, type[serializers.Serializer]] = {
     "message": MessageFrame,
     "cancel": CancelFrame,
+    "decide": DecideFrame,
     "start": StartFrame,
     "resume": ResumeFrame,
     "state": StateFrame,

@@ -1,7 +1,8 @@
 """What a viewer is told about a conversation: ``session.state``, replays and held-back frames.
 
 ``session.state`` joins what the database stores (read here, by sync functions to run through
-``database_sync_to_async``: the context, the running run and the queue) with the live
+``database_sync_to_async``: the context, the running run, the queue and the tool calls
+awaiting approval) with the live
 session's part (presence). A viewer is then sent the running run's buffered frames (see
 :mod:`django_agent_session.runs.stream`), so it misses no delta of a run it joined mid-way. A
 replay is the stored events after a ``seq``, as ``event`` frames, closed by ``replay.done``.
@@ -53,16 +54,26 @@ def stored_state(model: Any, conversation_id: Any, *, readable: bool,
     row = model._base_manager.filter(pk=conversation_id).first() if readable else None
     if row is None or not can_view(row.owner_id):
         return {**base, "exists": False, "status": "new", "seq": 0, "turns": 0, "title": "",
-                "messages": [], "last_output": None, "running": None, "queue": []}, []
+                "messages": [], "last_output": None, "running": None, "queue": [],
+                "pending": []}, []
     context = row.get_context()
     events = (stored_events(model, conversation_id, after_seq, row.event_seq)
               if after_seq is not None else [])
     runs = AgentRun.objects.filter(
         session_type=ContentType.objects.get_for_model(model), session_id=conversation_id,
-        status__in=(RunStatus.QUEUED, RunStatus.RUNNING))
+        status__in=(RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.AWAITING_APPROVAL))
     running: dict[str, Any] | None = None
     queue: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []
     for run in runs.order_by("queued_seq", "started_at"):
+        if run.status == RunStatus.AWAITING_APPROVAL:  # its undecided calls, as the manager's
+            pending += [{"ref": run.ref, "run_id": str(run.pk),
+                         "tool_use_id": call["tool_use_id"], "name": call["name"],
+                         "input": call["input"],
+                         "expires_at": (run.pause or {}).get("expires_at")}
+                        for call in (run.pause or {}).get("calls", [])
+                        if call["decision"] is None]
+            continue
         summary = {"ref": run.ref, "run_id": str(run.pk), "input": run.input,
                    "user_id": run.origin.get("user_id")}
         if run.status == RunStatus.QUEUED:
@@ -71,7 +82,8 @@ def stored_state(model: Any, conversation_id: Any, *, readable: bool,
             running = summary
     return {**base, "exists": True, "status": row.status, "seq": row.event_seq,
             "turns": row.turn_count, "title": row.title, "messages": context.messages,
-            "last_output": context.last_output, "running": running, "queue": queue}, events
+            "last_output": context.last_output, "running": running, "queue": queue,
+            "pending": pending}, events
 
 
 def state_frame(stored: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:

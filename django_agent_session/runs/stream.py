@@ -5,7 +5,9 @@ Whoever runs a queued run (the inline executor, a task worker) publishes its pro
 process receive it. Progress frames (deltas, tool calls, results) carry the ``run_id`` and a
 per-run index ``n`` (1, 2, 3...) and are also appended to a bounded per-run buffer, so a viewer
 who connects mid-run is sent the frames it missed, then the live ones, and can drop duplicates by
-``n``. Deltas are never stored as events; the buffer expires shortly after the run ends.
+``n``. Deltas are never stored as events; the buffer expires shortly after the run ends. A run
+that pauses for approvals is not over: its buffer stays, and when it resumes its frames go on
+numbering after those it sent before the pause (the count is kept with the pause).
 
 Buffers: with the channels-redis layer, a Redis stream per running run (on the layer's first
 host, under its prefix, with a TTL), readable from every process; otherwise an in-process
@@ -23,11 +25,12 @@ import time
 import uuid
 from typing import Any
 
+from django.contrib.contenttypes.models import ContentType
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
 from .. import exceptions as exc
-from ..records import EventType, RunStatus
+from ..records import AgentEvent, EventType, RunStatus
 from ..store.turns import Turn, TurnRecord
 
 logger = logging.getLogger("django_agent_session.runs")
@@ -128,7 +131,8 @@ class RunStream:
         self.group = group_name(model, turn.session.pk)
         self.run_id = str(turn.run_id)
         self.base = {"ref": turn.ref, "run_id": self.run_id}
-        self.n = 0
+        # a resumed run goes on numbering after the frames sent before it paused
+        self.n = turn.progress_frames
 
     async def send(self, frame: dict[str, Any]) -> None:
         if self.layer is None:
@@ -141,11 +145,14 @@ class RunStream:
 
     async def on_progress(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "run.started":
-            await self.send({"type": "run.status", "status": "started", **self.base,
-                             "input": self.turn.input,
-                             "user_id": self.turn.origin.get("user_id")})
+            frame = {"type": "run.status", "status": "started", **self.base,
+                     "input": self.turn.input, "user_id": self.turn.origin.get("user_id")}
+            if self.turn.resume is not None:  # its user message was shown before it paused
+                frame["resumed"] = True
+            await self.send(frame)
             return
         self.n += 1
+        self.turn.progress_frames = self.n  # recorded with a pause
         frame = {"type": kind, **self.base, "n": self.n, **data}
         try:
             await self.buffer.append(self.run_id, frame)
@@ -156,9 +163,11 @@ class RunStream:
     async def finished(self, record: TurnRecord | None, error: BaseException | None) -> None:
         """Tell the viewers how the run ended (``record``: what it wrote)."""
         base = {"type": "run.status", **self.base}
+        paused = False
         try:
             if error is None and record is not None and \
                     record.status == RunStatus.AWAITING_APPROVAL:
+                paused = True  # not over: its buffer is kept for the resumed run's viewers
                 pending = [e["data"] for e in record.events
                            if e["type"] == EventType.TOOL_APPROVAL_REQUESTED]
                 await self.send({**base, "status": "awaiting_approval", "pending": pending,
@@ -183,7 +192,8 @@ class RunStream:
                                  "error": payload})
         finally:
             try:
-                await self.buffer.finish(self.run_id)
+                if not paused:
+                    await self.buffer.finish(self.run_id)
             except Exception:
                 logger.info("Could not expire the buffer of run %s", self.run_id)
 
@@ -211,6 +221,23 @@ async def announce(layer: Any, model: type[models.Model], conversation_id: Any,
     if layer is not None:
         await layer.group_send(group_name(model, conversation_id),
                                {"type": "live.frame", "frame": frame})
+
+
+def decision_frame(model: type[models.Model], run: Any, tool_use_id: str, resumed: bool
+                   ) -> dict[str, Any]:
+    """Sync: the frame telling viewers of the decision on call ``tool_use_id`` of ``run``
+    (an ``AgentRun``): its stored ``tool.approval_granted`` / ``tool.approval_denied`` event
+    (``run_id``, ``tool_use_id``, ``name``, ``approved``, ``by``, ``reason``, ``input``?,
+    ``at``) with its ``seq``, the run's ``ref``, and whether the run ``resumed``."""
+    kinds = (EventType.TOOL_APPROVAL_GRANTED, EventType.TOOL_APPROVAL_DENIED)
+    events = AgentEvent.objects.filter(
+        session_type=ContentType.objects.get_for_model(model), session_id=run.session_id,
+        run_id=run.pk, type__in=kinds).order_by("-seq")
+    event = next((e for e in events if e.data.get("tool_use_id") == tool_use_id), None)
+    if event is None:
+        raise LookupError(f"No decision on tool call {tool_use_id} of run {run.pk} is stored.")
+    return {"type": event.type, "ref": run.ref, **event.data, "resumed": resumed,
+            "seq": event.seq}
 
 
 async def announce_queued(layer: Any, model: type[models.Model], conversation_id: Any,

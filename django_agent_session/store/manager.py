@@ -235,16 +235,25 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         return self._queue().pending(self._pk(session_or_pk))
 
     def approve_tool_call(self, session_or_pk: Any, tool_use_id: str, *, by: Any = None,
-                          input: dict[str, Any] | None = None) -> AgentRun:
+                          input: dict[str, Any] | None = None, dispatch: bool = True
+                          ) -> AgentRun:
         """Approve a paused call (with an edited ``input``, validated against the tool's
         schema); the turn goes on once every call of its response is decided. ``by`` is the
-        deciding user (checked by :meth:`may_decide`; ``None``: your own code decides)."""
-        return self._decide(session_or_pk, tool_use_id, by, approved=True, input=input)
+        deciding user (checked by :meth:`may_decide`; ``None``: your own code decides).
+
+        Returns the run as the decision left it: ``queued`` when it was the last undecided
+        call (the turn resumes), else still ``awaiting_approval``. With ``dispatch=False`` a
+        resumed run is not handed to the executor: the caller does it (:meth:`dispatch`) once
+        it has told the viewers of the decision, so they hear of it before the run goes on."""
+        return self._decide(session_or_pk, tool_use_id, by, approved=True, input=input,
+                            hand_on=dispatch)
 
     def reject_tool_call(self, session_or_pk: Any, tool_use_id: str, *, by: Any = None,
-                         reason: str = "") -> AgentRun:
-        """Reject a paused call: the model gets an error result carrying ``reason``."""
-        return self._decide(session_or_pk, tool_use_id, by, approved=False, reason=reason)
+                         reason: str = "", dispatch: bool = True) -> AgentRun:
+        """Reject a paused call: the model gets an error result carrying ``reason``
+        (returns and ``dispatch`` as :meth:`approve_tool_call`)."""
+        return self._decide(session_or_pk, tool_use_id, by, approved=False, reason=reason,
+                            hand_on=dispatch)
 
     def may_decide(self, session: Any, user: Any) -> bool:
         """Whether ``user`` may decide the session's calls: its owner, or whom
@@ -257,7 +266,8 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         return bool(approvers is not None and approvers(session, user))
 
     def _decide(self, session_or_pk: Any, tool_use_id: str, by: Any, *, approved: bool,
-                input: dict[str, Any] | None = None, reason: str = "") -> AgentRun:
+                input: dict[str, Any] | None = None, reason: str = "",
+                hand_on: bool = True) -> AgentRun:
         pk = self._pk(session_or_pk)
         session = self.model._base_manager.filter(pk=pk).first()
         if session is None or not self.may_decide(session, by):  # as missing: a 404
@@ -272,7 +282,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                 validate(tool.serializer, input, message=f"Invalid input for tool {tool.name}.")
             decision["input"] = input
         run, resumed = self._queue().decide(pk, tool_use_id, decision)
-        if resumed:
+        if resumed and hand_on:
             dispatch(self.model, pk)
         return run
 
@@ -337,7 +347,8 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
 
         Until ``TURN_WAIT_SECONDS`` pass, this caller runs whatever is first in line when the
         lease is free (its own run, or one an executor left behind); after that, a run still
-        queued is withdrawn and :class:`SessionBusy` raised, as before runs were queued.
+        queued is withdrawn and :class:`SessionBusy` raised, as before runs were queued. A
+        run that paused for approvals (wherever it ran) ends the wait: nobody may decide soon.
         """
         queue, pk = self._queue(), run.session_id
         deadline = time.monotonic() + agent_settings.TURN_WAIT_SECONDS
@@ -357,7 +368,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             current = queue.runs(pk).filter(pk=run.pk).first()
             if current is None:
                 raise exc.SessionNotFound(f"No {self.model.__name__} with id {pk}.")
-            if current.finished:
+            if current.finished or current.status == RunStatus.AWAITING_APPROVAL:
                 return self._outcome(current)
             if current.status == RunStatus.QUEUED and time.monotonic() >= deadline:
                 withdrawn = queue.cancel(current.pk, BUSY)
@@ -366,9 +377,10 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             time.sleep(agent_settings.TURN_POLL_SECONDS)
 
     def _outcome(self, run: AgentRun) -> Any:
-        """The session after ``run`` (ran by another executor), or the error it ended with."""
+        """The session after ``run`` (ran by another executor), or the error it ended with;
+        a run paused for approvals is an outcome too (``last_turn.status`` says so)."""
         record = self._queue().record(run)
-        if run.status == RunStatus.COMPLETED:
+        if run.status in (RunStatus.COMPLETED, RunStatus.AWAITING_APPROVAL):
             session = self._get(run.session_id)
             session.last_turn = record
             return session
@@ -600,7 +612,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             current = await queue.runs(pk).filter(pk=run.pk).afirst()
             if current is None:
                 raise exc.SessionNotFound(f"No {self.model.__name__} with id {pk}.")
-            if current.finished:
+            if current.finished or current.status == RunStatus.AWAITING_APPROVAL:
                 return await database_sync_to_async(self._outcome)(current)
             if current.status == RunStatus.QUEUED and loop.time() >= deadline:
                 withdrawn = await database_sync_to_async(queue.cancel)(current.pk, BUSY)

@@ -182,6 +182,7 @@ class RunQueue:
             if run.pause is not None:  # decided: the paused turn goes on
                 turn.resume = ResumePoint.from_dict(run.pause["point"], decisions(run.pause))
                 turn.resume_version = run.pause["version"]
+                turn.progress_frames = int(run.pause.get("progress_frames") or 0)
             with transaction.atomic():
                 taken = self.model._base_manager.filter(
                     pk=pk, version=session.version, lease_token=session.lease_token,
@@ -298,6 +299,8 @@ class RunQueue:
         if done:  # first in line: it was claimed before anything queued now
             values.update(status=RunStatus.QUEUED, queued_seq=run.queued_seq or 0)
         AgentRun.objects.filter(pk=run.pk).update(**values)
+        for name, value in values.items():  # the caller's run says what the row says
+            setattr(run, name, value)
         self.store.append_events(pk, events, run_id=run.pk)
         return done
 

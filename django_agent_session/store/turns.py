@@ -89,6 +89,9 @@ class Turn:
     resume: ResumePoint | None = None
     #: the context version the paused turn was built on
     resume_version: int | None = None
+    #: progress frames its viewers were sent so far (numbered ``n`` by whoever streams the
+    #: run): kept across a pause, so a resumed run's frames go on numbering after them
+    progress_frames: int = 0
 
     @property
     def opening(self) -> tuple[str, dict[str, Any]]:
@@ -354,7 +357,8 @@ class SessionStore:
         version = turn.resume_version if turn.resume is not None else turn.session.version
         data = {"point": point.to_dict(), "version": version,
                 "calls": [{**call, "decision": None} for call in paused.pending],
-                "expires_at": expires_at.isoformat() if expires_at else None}
+                "expires_at": expires_at.isoformat() if expires_at else None,
+                "progress_frames": turn.progress_frames}
         events = self._stale_events(turn) + turn.pending_events + [turn.opening, *point.events]
         with transaction.atomic():
             base = self._claim_seq(turn, len(events), {

@@ -22,7 +22,7 @@ from django_agent_session.declaration.registry import session_models
 from django_agent_session.engine.context import message_text
 from django_agent_session.live.protocol import CLIENT_FRAMES
 from django_agent_session.models import AgentEvent, AgentRun
-from django_agent_session.testing import json_reply, text_reply
+from django_agent_session.testing import json_reply, text_reply, tool_reply
 from tests.api_urls import router
 from tests.helpers.live_server import (
     communicator,
@@ -38,6 +38,9 @@ from . import isolation_urls
 SECRET = "alice-secret-7f3a9c"
 ARGS = {"company_name": "Acme"}
 FREE = {"input_tokens": 0, "output_tokens": 0}
+#: the call Alice's approval agent leaves pending (Bob must not decide it anywhere)
+ALICE_CALL = "toolu_alice"
+
 ACTIONS: dict[str, dict[str, Any]] = {
     "message": {"type": "message", "input": "bob was here", "ref": "b1"},
     "cancel": {"type": "cancel"},
@@ -45,11 +48,17 @@ ACTIONS: dict[str, dict[str, Any]] = {
     "resume": {"type": "resume", "after_seq": 0},
     "state": {"type": "state"},
     "ping": {"type": "ping", "ref": "b2"},
+    "decide": {"type": "decide", "tool_use_id": ALICE_CALL, "approve": True, "ref": "b3"},
 }
 
 
 def reply(request):
-    """An echo: Alice's answers carry her secret, Bob's only what he sent."""
+    """An echo: Alice's answers carry her secret, Bob's only what he sent. An agent with the
+    ``send_email`` tool is asked for an email first, so Alice has a call awaiting approval."""
+    if any(t["name"] == "send_email" for t in request.tools) and SECRET in str(
+            request.messages[-1]) and len(request.messages) == 1:
+        return tool_reply("send_email", {"to": "alice@example.com", "body": SECRET},
+                          id=ALICE_CALL, usage=FREE)
     echo = f"re: {message_text(request.messages[-1])}"
     if request.output_schema is not None:
         return json_reply({"content": echo, "mood": "happy"}, usage=FREE)
@@ -64,6 +73,8 @@ def alice_sessions(alice) -> dict[type, Any]:
         sessions[model] = model.objects.start_session(
             {"message": f"{SECRET} question"}, instruction_args=args, owner=alice,
             title=f"{SECRET} title")
+    paused = [m for m, s in sessions.items() if m.objects.pending_tool_calls(s.pk)]
+    assert paused, "no agent left a call awaiting approval"
     return sessions
 
 
@@ -114,6 +125,7 @@ def url_of(route: str, pk: Any) -> str:
     path = re.sub(r"\(\?P<pk>[^)]*\)", str(pk), route).lstrip("^").rstrip("$")
     run = AgentRun.objects.filter(session_id=pk).first() if pk else None
     path = re.sub(r"\(\?P<run_id>[^)]*\)", str(run.pk if run else uuid.uuid4()), path)
+    path = re.sub(r"\(\?P<tool_use_id>[^)]*\)", ALICE_CALL, path)
     return f"/api/{path}"
 
 
