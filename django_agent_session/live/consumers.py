@@ -433,6 +433,10 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         run = submitted.run
         await self.send_json({"type": "ack", "ref": ref, "run_id": str(run.pk),
                               "status": run.status, "duplicate": not submitted.created})
+        for run_id, dropped_ref, queued in submitted.dropped:  # cancelled by its multitask
+            await announce(self.channel_layer, self.spec.model, self.conversation_id, {
+                "type": "run.status", "status": "cancelled", "ref": dropped_ref,
+                "run_id": run_id, "queued": queued})
         if submitted.created:  # announced before it can start, then handed on
             await announce_queued(self.channel_layer, self.spec.model, self.conversation_id,
                                   submitted)

@@ -31,6 +31,7 @@ from django.db import models
 
 from .. import exceptions as exc
 from ..records import AgentEvent, EventType, RunStatus
+from ..store.lease import INTERRUPTED
 from ..store.turns import Turn, TurnRecord
 
 logger = logging.getLogger("django_agent_session.runs")
@@ -144,6 +145,12 @@ class RunStream:
                            exc_info=True)
 
     async def on_progress(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "run.started" and self.turn.stale_run_id is not None:
+            # the run this one took the lease from died with its process: say how it ended
+            await self.send({"type": "run.status", "status": "failed",
+                             "ref": self.turn.stale_ref or str(self.turn.stale_run_id),
+                             "run_id": str(self.turn.stale_run_id), "seq": None,
+                             "error": INTERRUPTED})
         if kind == "run.started":
             frame = {"type": "run.status", "status": "started", **self.base,
                      "input": self.turn.input, "user_id": self.turn.origin.get("user_id")}

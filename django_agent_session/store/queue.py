@@ -53,6 +53,9 @@ class Submission:
     position: int | None = None
     #: the running run this submission asked to cancel (``interrupt``, ``rollback``)
     interrupted: Any = None
+    #: runs it cancelled (queued ones dropped by ``rollback``, a paused one by ``interrupt``
+    #: and ``rollback``): ``[(run_id, ref, was_queued)]``
+    dropped: tuple[tuple[str, str, bool], ...] = ()
 
 
 class RunQueue:
@@ -120,6 +123,8 @@ class RunQueue:
                 pending += [(EventType.RUN_CANCELLED, {"run_id": str(run_id),
                                                        "error": ROLLED_BACK, "queued": True})
                             for run_id in queued]
+            dropped = (paused if multitask in (Multitask.INTERRUPT, Multitask.ROLLBACK) else []) \
+                + (queued if multitask == Multitask.ROLLBACK else [])
             run_id = uuid.uuid4()
             origin = dict(origin or {})
             position = 1 if multitask == Multitask.ROLLBACK else len(queued) + 1
@@ -135,7 +140,10 @@ class RunQueue:
                 model=self.model.agent_options.model_name,
             )
             self.store._insert_events(pk, base, pending, None)
-        return Submission(run, True, position, interrupted)
+        refs = dict(self.runs(pk).filter(pk__in=dropped).values_list("id", "origin"))
+        return Submission(run, True, position, interrupted, tuple(
+            (str(run_id), (refs.get(run_id) or {}).get("ref") or str(run_id),
+             run_id not in paused) for run_id in dropped))
 
     def _lock(self, pk: Any) -> dict[str, Any]:
         """Lock the session row (an UPDATE that changes nothing, as SQLite has no row locks)
@@ -173,12 +181,16 @@ class RunQueue:
             run = self.runs(pk).filter(status=RunStatus.QUEUED).order_by("queued_seq").first()
             if run is None:
                 return None
-            stale = session.lease_token
-            if stale is not None and not AgentRun.objects.filter(pk=stale).exists():
-                stale = None
+            stale, stale_ref = session.lease_token, None
+            if stale is not None:
+                origin = AgentRun.objects.filter(pk=stale).values_list("origin", flat=True)
+                if not origin:
+                    stale = None  # an expired lease naming no run
+                else:
+                    stale_ref = (origin[0] or {}).get("ref") or str(stale)
             expires = lease_deadline(now)
             turn = Turn(session, run.id, now, expires, run.input, user_blocks_for(run.input),
-                        stale_run_id=stale, origin=run.origin or {})
+                        stale_run_id=stale, origin=run.origin or {}, stale_ref=stale_ref)
             if run.pause is not None:  # decided: the paused turn goes on
                 turn.resume = ResumePoint.from_dict(run.pause["point"], decisions(run.pause))
                 turn.resume_version = run.pause["version"]

@@ -74,6 +74,8 @@ class Turn:
     input: dict[str, Any]
     user_blocks: list[dict[str, Any]]
     stale_run_id: uuid.UUID | None = None
+    #: the ``ref`` of that run, whose end viewers never heard of (its process died)
+    stale_ref: str | None = None
     pending_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     idempotency_key: str | None = None
     #: set when a cancel was requested (``cancel_run``); a sync turn stops at its next step

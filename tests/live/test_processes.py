@@ -356,8 +356,13 @@ async def test_killed_owner_s_running_turn_and_three_queued_messages_each_run_on
         steps = progress(frames, "m1")  # the killed run's deltas, up to the kill
         assert [f["n"] for f in steps] == list(range(1, len(steps) + 1))
         assert ("never finished " * 80).startswith(deltas_text(steps))
-        # no run.status frame ends the killed run for a viewer who saw it start: a new state
-        # tells it (nothing running or queued, the three turns)
+        # the drain that took the dead run's lease over tells the viewers how it ended, before
+        # the next run starts; a new state agrees (nothing running or queued, three turns)
+        ended = [f for f in frames if f["type"] == "run.status" and f.get("ref") == "m1"
+                 and f["status"] != "started"]
+        assert [(f["status"], f["error"]["code"]) for f in ended] == [("failed", "interrupted")]
+        assert frames.index(ended[0]) < frames.index(next(
+            f for f in frames if f["type"] == "run.status" and f.get("ref") == "m2"))
         assert state["running"] is None and state["queue"] == [] and state["turns"] == 3
         assert [(m["role"], text(m)) for m in state["messages"]] == [
             (m["role"], text(m)) for m in context.messages]

@@ -345,3 +345,22 @@ async def test_a_turn_failing_mid_stream_is_reported_with_its_partial_reply(user
     await a.send_json_to({"type": "message", "input": "again", "ref": "m2"})
     assert (await expect(a, "run.status", ref="m2", status="completed"))["output"] == {
         "content": "Recovered."}
+
+
+async def test_rollback_tells_every_viewer_which_queued_messages_were_dropped(user, loopback):
+    loopback.enqueue(Reply.text("slow " * 40, delay=0.05), "the new one")
+    session = await create_chat(user)
+    a, _ = await viewer(user, session.pk)
+    b, _ = await viewer(user, session.pk)
+    await a.send_json_to({"type": "message", "input": "first", "ref": "m1"})
+    await expect(b, "delta", ref="m1")
+    await a.send_json_to({"type": "message", "input": "second", "ref": "m2"})
+    m2 = await expect(b, "message.queued", ref="m2")
+    await a.send_json_to({"type": "message", "input": "instead", "ref": "m3",
+                          "multitask": "rollback"})
+    frames = await collect(b, completed("m3"))
+    ends = {f["ref"]: f for f in frames if f["type"] == "run.status" and f["status"] != "started"}
+    assert ends["m2"] == {"type": "run.status", "status": "cancelled", "ref": "m2",
+                          "run_id": m2["run_id"], "queued": True}
+    assert ends["m1"]["status"] == "cancelled" and ends["m3"]["status"] == "completed"
+    assert [r.user_text for r in loopback.message_requests] == ["first", "instead"]
