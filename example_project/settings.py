@@ -95,6 +95,11 @@ OFFLINE_DEMO = not os.environ.get("ANTHROPIC_API_KEY")
 #: seconds between the offline demo client's streamed words (the browser test slows it down)
 DEMO_CLIENT_DELAY = float(os.environ.get("DEMO_CLIENT_DELAY", "0.05"))
 
-AGENT_SESSION = {}
+AGENT_SESSION = {
+    # Who besides a conversation's owner may approve or reject its tool calls (refund_order
+    # waits for a person): staff with the change permission on ChatAgent, e.g. from the
+    # admin's conversation page.
+    "APPROVERS": "django_agent_session.admin.staff_approvers",
+}
 if OFFLINE_DEMO:
     AGENT_SESSION["CLIENTS"] = {"anthropic": "example_project.chat.clients.ExampleDemoClient"}

@@ -10,8 +10,9 @@ Everything a model or a user wrote (messages, tool inputs and results, errors, t
 JSON) reaches the page through ``format_html`` or an autoescaping template, never as markup.
 
 Modules: :mod:`.rendering` (JSON, dates, badges, the transcript), :mod:`.search`,
-:mod:`.filters`, :mod:`.sessions` (:class:`AgentSessionAdmin` and its actions), :mod:`.logs`
-(runs, events, artifacts) and :mod:`.registration`.
+:mod:`.filters`, :mod:`.sessions` (:class:`AgentSessionAdmin` and its actions),
+:mod:`.approvals` (tool calls awaiting approval: Approve / Reject on the change page),
+:mod:`.logs` (runs, events, artifacts) and :mod:`.registration`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 from ..store.export import export_session
 from ..store.queries import json_text_q
 from ..store.sessions import reset_context, update_fields
+from .approvals import ApprovalAdminMixin, staff_approvers
 from .filters import SessionModelFilter
 from .logs import AgentEventAdmin, AgentRunAdmin, ArtifactAdmin, SessionLogAdmin
 from .registration import register_session_admins
@@ -33,6 +35,7 @@ __all__ = [
     "AgentEventAdmin",
     "AgentRunAdmin",
     "AgentSessionAdmin",
+    "ApprovalAdminMixin",
     "ArtifactAdmin",
     "SessionChangeList",
     "SessionLogAdmin",
@@ -42,6 +45,7 @@ __all__ = [
     "pretty_json",
     "register_session_admins",
     "reset_context",
+    "staff_approvers",
     "transcript_entries",
     "update_fields",
 ]

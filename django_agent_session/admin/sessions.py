@@ -31,6 +31,7 @@ from ..records import SessionRecord
 from ..store.export import export_session
 from ..store.queries import json_text_q
 from ..store.sessions import reset_context, update_fields
+from .approvals import ApprovalAdminMixin
 from .rendering import (
     TIMELINE_LIMIT,
     _admin_url,
@@ -43,6 +44,9 @@ from .rendering import (
     transcript_entries,
 )
 from .search import _parse_uuid, _search_bits, _search_lookup
+
+#: what transcript() finds on a session render_change_form did not prepare
+_UNSET = object()
 
 
 def _live_stop() -> Callable[..., bool] | None:
@@ -67,13 +71,15 @@ class SessionChangeList(ChangeList):
         return qs.defer(cast(type[SessionRecord], self.model).agent_options.context_field)
 
 
-class AgentSessionAdmin(admin.ModelAdmin):
+class AgentSessionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
     """The admin of a concrete session model: a transcript change page and session actions.
 
     Register it for your models (``admin.site.register(ChatAgent, AgentSessionAdmin)``) or
     subclass it. Sessions are created by turns, not by the admin, and only the title, owner,
     pinned flag and metadata are editable; saving writes just those columns, so a turn that
-    commits meanwhile is not overwritten.
+    commits meanwhile is not overwritten. Tool calls awaiting approval are shown at the end of
+    the transcript, with Approve and Reject for users who may decide them (see
+    :mod:`.approvals`: ``has_decide_permission``).
     """
 
     list_display = ["__str__", "owner", "status", "turns", "tokens", "last_activity_at",
@@ -87,6 +93,8 @@ class AgentSessionAdmin(admin.ModelAdmin):
     search_help_text = _("Title, owner, message text or session id.")
     raw_id_fields = ["owner"]
     actions = ["export_json", "reset_sessions", "stop_live_sessions"]
+    #: Django's, plus the forms of the Approve / Reject buttons (see :mod:`.approvals`)
+    change_form_template = "admin/django_agent_session/change_form.html"
     readonly_fields = ["overview", "usage_totals", "system_prompt", "instruction_args",
                        "transcript", "run_timeline", "context_json"]
 
@@ -225,10 +233,15 @@ class AgentSessionAdmin(admin.ModelAdmin):
                 trailing.append({"run": run, "input": _input_text(run.input),
                                  "error": _error_text(run.error),
                                  "partial": (run.output or {}).get("partial_text", "")})
+        # set by render_change_form (with the user's permission); else shown without controls
+        approvals = getattr(obj, "_admin_approvals", _UNSET)
+        if approvals is _UNSET:
+            approvals = self.approvals(None, obj)
         return render_to_string("admin/django_agent_session/transcript.html", {
             "entries": transcript_entries(context.messages),
             "failures": list(reversed(trailing)),
             "repaired": context.repaired,
+            "approvals": approvals,
         })
 
     @admin.display(description=_("timeline"))

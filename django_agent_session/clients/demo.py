@@ -7,6 +7,7 @@ tools, structured output, persistence) can be tried without a network or a key.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from .base import AsyncDeltaCallback, DeltaCallback, ModelRequest, ModelResponse
@@ -16,7 +17,12 @@ LABEL = "[offline demo]"
 
 
 class DemoClient:
-    """Echoes the last user message; calls a tool when the message names one as ``/tool``."""
+    """Echoes the last user message; calls a tool when the message names one.
+
+    ``/lookup_order 1001`` calls ``lookup_order`` with ``1001``; a message starting with the
+    first word of a tool's name calls it too, with the first number in the message (``refund
+    order 1001`` calls ``refund_order``), so a call that needs approval can be shown offline.
+    """
 
     #: seconds between streamed words, so streaming is visible in a browser
     delay: float = 0.04
@@ -32,9 +38,8 @@ class DemoClient:
         if results:
             text = f"{LABEL} The tool answered: {_result_text(results[0])}"
         else:
-            tool = next((t for t in request.tools if f"/{t['name']}" in said), None)
+            tool, arg = _named_tool(request.tools, said)
             if tool is not None:
-                arg = said.split(f"/{tool['name']}", 1)[1].strip()
                 args = _tool_args(tool["input_schema"], arg)
                 usage["output_tokens"] = 20
                 return ModelResponse(
@@ -68,6 +73,24 @@ def _result_text(block: dict[str, Any]) -> str:
     if isinstance(content, list):
         return " ".join(c.get("text", "") for c in content)
     return str(content)
+
+
+def _named_tool(tools: list[dict[str, Any]], said: str
+                ) -> tuple[dict[str, Any] | None, str]:
+    """The tool the message asks for and its argument text: ``/name arg``, or a message whose
+    first word starts the tool's name (``refund 1001`` for ``refund_order``: its first number)."""
+    for tool in tools:
+        if f"/{tool['name']}" in said:
+            return tool, said.split(f"/{tool['name']}", 1)[1].strip()
+    first = re.match(r"\W*([A-Za-z]+)", said)
+    if first is not None:
+        word = first.group(1).lower()
+        for tool in tools:
+            if tool["name"].lower().split("_")[0] == word:
+                number = re.search(r"\d+", said)
+                rest = said[first.end():].strip()
+                return tool, number.group(0) if number else rest
+    return None, ""
 
 
 def _tool_args(schema: dict[str, Any], arg: str) -> dict[str, Any]:

@@ -318,8 +318,10 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         running, caught_up = stored.get("running"), []
         if running:  # the frames it streamed so far: sent after the state, then the live ones
             caught_up = await buffer_for(self.channel_layer).read(running["run_id"])
+            # n: the last frame index the catch-up below covers (deltas counts only deltas)
             running.update(partial_text=partial_text(caught_up), deltas=sum(
-                1 for f in caught_up if f.get("type") == "delta"))
+                1 for f in caught_up if f.get("type") == "delta"),
+                n=caught_up[-1]["n"] if caught_up else 0)
         await self.send_json(state_frame(stored, live or {}))
         if after is not None:
             await self._send_replay(after, events)

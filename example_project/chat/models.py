@@ -1,10 +1,11 @@
-"""The example's agent: a support desk that can look up orders."""
+"""The example's agent: a support desk that can look up orders, and refund them once a person
+approves."""
 
 from django.db import models
 from rest_framework import serializers
 
 from django_agent_session.models import AgentSessionModel
-from django_agent_session.tools import ToolContext
+from django_agent_session.tools import ToolContext, tool
 
 
 class Order(models.Model):
@@ -35,15 +36,31 @@ def lookup_order(ctx: ToolContext, number: int) -> dict:
     return {"found": True, "number": order.number, "item": order.item, "status": order.status}
 
 
+@tool(requires_approval=True)
+def refund_order(ctx: ToolContext, number: int) -> dict:
+    """Refund one of the current customer's orders. A person approves every refund first."""
+    order = Order.objects.filter(number=number, customer=ctx.owner).first()
+    if order is None:
+        return {"refunded": False, "number": number, "reason": "no such order"}
+    if order.status == "refunded":
+        return {"refunded": False, "number": number, "reason": "already refunded"}
+    order.status = "refunded"
+    order.save(update_fields=["status"])
+    return {"refunded": True, "number": order.number, "item": order.item}
+
+
 class ChatAgent(AgentSessionModel):
     class Agent:
         client = "anthropic:claude-sonnet-5-5"
         instruction = (
             "You are a friendly support agent for {{ company_name }}. Answer briefly. "
-            "Use the lookup_order tool when the customer asks about an order."
+            "Use the lookup_order tool when the customer asks about an order, and refund_order "
+            "when they ask for a refund (a person approves it before it runs)."
         )
         instruction_schema = SupportArgs
         input_schema = ChatInput
-        tools = [lookup_order]
+        tools = [lookup_order, refund_order]
+        #: an undecided refund is rejected after this many seconds
+        approval_timeout = 15 * 60
         max_tokens = 1024
         max_iterations = 6

@@ -3,7 +3,9 @@
 One walk through what a new user does (each step builds on the last, so it is one test): log
 in, start a conversation and watch the reply stream in, open a second tab on it and see the next
 reply (with a tool call) there too, lose the WebSocket mid-reply and get the rest after
-reconnecting from the last seq, and press Stop mid-stream. Screenshots go to artifacts/e2e/.
+reconnecting from the last seq, and press Stop mid-stream. Then a tool call that waits for a
+person (``refund 1002``): its card on every tab, approved in one and resolved in the other, a
+second one rejected from the admin. Screenshots go to artifacts/e2e/.
 """
 
 from __future__ import annotations
@@ -191,5 +193,150 @@ def test_chat_page_streams_shares_reconnects_and_stops(
     finally:
         for number, open_page in enumerate(pages, 1):
             open_page.screenshot(path=artifacts / f"99-final-tab{number}.png")
+        context.close()
+    assert time.monotonic() - started < 60
+
+
+def login(page: Page, server: ExampleServer, path: str = "/") -> None:
+    page.goto(server.url(path))
+    page.locator("#id_username").fill("demo")
+    page.locator("#id_password").fill("demo-password")
+    page.locator("button[type=submit]").click()
+
+
+def test_a_refund_waits_for_approval_on_every_tab(
+        browser: Any, example_server: ExampleServer, artifacts: Path) -> None:
+    """``refund 1002`` pauses the turn on a call that needs a person: every open tab shows it
+    as a card (also after its socket dropped); approving it (with an edited input) in one tab
+    resolves the card in the other, which then sees the reply stream in. A second refund is
+    rejected from the admin's session page, and the chat tabs see that too; a reload draws both
+    cards decided."""
+    started = time.monotonic()
+    context = browser.new_context(viewport={"width": 1100, "height": 720})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    sockets: list[tuple[WebSocketRoute, WebSocketRoute]] = []
+    page.route_web_socket(re.compile(r"/ws/agent-sessions/"),
+                          lambda ws: sockets.append((ws, ws.connect_to_server())))
+    pages = [page]
+    try:
+        login(page, example_server)
+        expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+
+        # -- the call waits: a card with the input, the turn is paused (nothing to stop) -----
+        reply = send(page, "refund 1002 please")
+        card = page.locator(".approval")
+        expect(card).to_have_attribute("data-state", "pending")
+        expect(card.locator(".approval-title")).to_have_text("refund_order needs your approval")
+        expect(reply).to_have_attribute("data-status", "awaiting_approval")
+        expect(reply).not_to_have_class(STREAMING)
+        expect(reply.locator(".text").first).to_have_text("[offline demo] Calling refund_order.")
+        expect(reply.locator(".tool-result")).to_have_text("waiting for approval…")
+        expect(page.locator("#stop")).to_be_disabled()
+        expect(page.locator("#run-indicator")).to_be_hidden()
+        expect(card.locator(".approval-expiry")).to_contain_text("rejected automatically at")
+        assert card.locator(".approval-input").input_value() == '{\n  "number": 1002\n}'
+        expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
+
+        # -- a second tab opened on the paused conversation shows the same card ---------------
+        other = context.new_page()
+        other.on("pageerror", lambda error: errors.append(str(error)))
+        pages.append(other)
+        other.goto(page.url)
+        expect(other.locator("#connection")).to_have_attribute("data-state", "open")
+        other_card = other.locator(".approval")
+        expect(other_card).to_have_attribute("data-state", "pending")
+        expect(other_card.locator(".approval-expiry")).to_contain_text("rejected automatically")
+        expect(last_reply(other)).to_have_attribute("data-status", "awaiting_approval")
+        expect(other.locator("li.message.user .bubble")).to_have_text(["refund 1002 please"])
+        page.screenshot(path=artifacts / "10-approval-pending.png")
+
+        # -- the first tab's socket drops: it reconnects with the card still there -----------
+        client_side, server_side = sockets[-1]
+        server_side.close()
+        client_side.close(code=4000, reason="test: connection lost")
+        deadline = time.monotonic() + 10
+        while len(sockets) < 2 and time.monotonic() < deadline:
+            page.wait_for_timeout(50)  # lets Playwright run the route handler of a new socket
+        expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+        expect(page.locator(".approval")).to_have_count(1)
+        expect(card).to_have_attribute("data-state", "pending")
+        expect(page.locator("li.message")).to_have_count(2)
+
+        # -- a bad edit is refused on the card (by the page, then by the server) --------------
+        card.locator(".approval-input").fill("{not json")
+        card.locator("button.approve").click()
+        expect(card.locator(".approval-status")).to_have_text("The input is not valid JSON.")
+        card.locator(".approval-input").fill('{"number": "one thousand"}')
+        card.locator("button.approve").click()
+        expect(card.locator(".approval-status")).to_contain_text("Invalid input for tool")
+        expect(card).to_have_attribute("data-state", "pending")
+        expect(other_card).to_have_attribute("data-state", "pending")
+        expect(page.locator("#error")).to_be_hidden()
+
+        # -- approve an edited input in the first tab: the second sees it, then the reply -----
+        card.locator(".approval-input").fill('{"number": 1001}')
+        card.locator("button.approve").click()
+        expect(other_card).to_have_attribute("data-state", "approved")
+        expect(other_card.locator(".approval-status")).to_have_text(
+            "Approved with an edited input by you.")
+        remote = last_reply(other)
+        watch_stream(remote, samples=2)  # the resumed turn streams in the other tab
+        expect(remote).to_have_attribute("data-status", "completed")
+        answer = ('[offline demo] The tool answered: {"refunded": true, "number": 1001, '
+                  '"item": "Blue teapot"}')
+        expect(remote.locator(".text").last).to_have_text(answer)
+        expect(remote.locator(".tool-result")).to_contain_text('"refunded": true')
+        expect(card).to_have_attribute("data-state", "approved")
+        expect(last_reply(page)).to_have_attribute("data-status", "completed")
+        assert reply_text(last_reply(page)) == reply_text(remote)
+        expect(page.locator("li.message.assistant")).to_have_count(1)  # the same turn went on
+        expect(other.locator("li.message.assistant")).to_have_count(1)
+        other.screenshot(path=artifacts / "11-approved-second-tab.png")
+
+        # -- a second refund, rejected from the admin: both chat tabs see it ------------------
+        send(page, "refund 1002 again")
+        expect(page.locator('.approval[data-state="pending"]')).to_have_count(1)
+        expect(other.locator('.approval[data-state="pending"]')).to_have_count(1)
+        conversation = re.search(r"/c/([0-9a-f-]{36})/$", page.url).group(1)
+        admin = context.new_page()  # logged in already: the same browser session
+        admin.on("pageerror", lambda error: errors.append(str(error)))
+        pages.append(admin)
+        admin.goto(example_server.url(f"/admin/chat/chatagent/{conversation}/change/"))
+        pending = admin.locator(".agent-approval-pending")
+        expect(pending).to_have_count(1)
+        expect(pending.locator(".agent-tool-head code")).to_have_text("refund_order")
+        expect(pending.locator("textarea")).to_have_value('{\n  "number": 1002\n}')
+        pending.locator("input.agent-decide-reason").fill("Refunded once already.")
+        admin.screenshot(path=artifacts / "12-admin-pending.png", full_page=True)
+        pending.locator("button.agent-reject").click()
+        expect(admin.locator("ul.messagelist li.success")).to_contain_text(
+            "Rejected refund_order")
+        expect(admin.locator(".agent-approval-pending")).to_have_count(0)
+        for tab in (page, other):
+            rejected = tab.locator(".approval").last
+            expect(rejected).to_have_attribute("data-state", "rejected")
+            expect(rejected.locator(".approval-status")).to_have_text(
+                "Rejected by you: Refunded once already.")
+            expect(last_reply(tab)).to_have_attribute("data-status", "completed")
+            expect(last_reply(tab).locator(".text").last).to_contain_text(
+                "Not run: the call was rejected. Refunded once already.")
+        page.screenshot(path=artifacts / "13-rejected-from-admin.png")
+
+        # -- a reload draws both decisions from the stored events -----------------------------
+        other.reload()
+        expect(other.locator("#connection")).to_have_attribute("data-state", "open")
+        expect(other.locator(".approval")).to_have_count(2)
+        expect(other.locator(".approval").first).to_have_attribute("data-state", "approved")
+        expect(other.locator(".approval").last).to_have_attribute("data-state", "rejected")
+        expect(other.locator(".approval.resolved button")).to_have_count(4)  # hidden controls
+        expect(other.locator(".approval button:visible")).to_have_count(0)
+        expect(other.locator("li.message.assistant")).to_have_count(2)
+        assert errors == []
+    finally:
+        for number, open_page in enumerate(pages, 1):
+            open_page.screenshot(path=artifacts / f"19-approval-final-tab{number}.png")
         context.close()
     assert time.monotonic() - started < 60

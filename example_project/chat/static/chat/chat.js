@@ -25,6 +25,9 @@
   let retries = 0;
   let refCounter = 0;
   const turns = new Map();      // ref -> Turn, for turns started live (not from the replay)
+  const byRun = new Map();      // run id -> Turn: a paused turn goes on when its run resumes
+  const approvals = new Map();  // tool_use_id -> Approval card
+  const deciding = new Map();   // ref of a sent `decide` -> its Approval card
   let historyTurn = null;       // the turn replayed events are being added to
 
   function el(tag, className, text) {
@@ -44,6 +47,21 @@
     return typeof input === "string" ? input : JSON.stringify(input);
   }
 
+  function nextRef() {
+    refCounter += 1;
+    return `${Date.now().toString(36)}-${refCounter}`;
+  }
+
+  // JSON with sorted keys: an edited input is sent only if it differs from the model's
+  function canonical(value) {
+    if (Array.isArray(value)) return `[${value.map(canonical).join(",")}]`;
+    if (value && typeof value === "object") {
+      return `{${Object.keys(value).sort()
+        .map((key) => `${JSON.stringify(key)}:${canonical(value[key])}`).join(",")}}`;
+    }
+    return JSON.stringify(value);
+  }
+
   function scrollDown() {
     ui.messages.scrollTop = ui.messages.scrollHeight;
   }
@@ -55,11 +73,16 @@
     constructor(userText, { ref = null, live = false } = {}) {
       this.ref = ref;
       this.live = live;
-      this.n = 0;               // last delta number applied (deltas are numbered per turn)
+      this.n = 0;               // last frame number seen (a run's frames are numbered)
+      this.skip = 0;            // buffered deltas still to come that a state's text has
       this.tools = new Map();   // tool_use id -> its element
       this.text = null;         // the text part deltas are appended to
       this.nodes = [];
       this.assistant = null;
+      this.runId = null;
+      this.fromHistory = false; // drawn from stored events
+      this.stored = null;       // the reply's parts that are stored (a paused turn), see keep()
+      this.storedText = "";
       if (userText !== null) {
         this.user = el("li", "message user");
         this.user.append(el("div", "bubble", userText));
@@ -77,6 +100,32 @@
       this.nodes.push(node);
       ui.emptyHint.hidden = true;
       scrollDown();
+    }
+
+    setRun(runId) {
+      if (!runId || this.runId === runId) return;
+      this.runId = runId;
+      byRun.set(runId, this);
+    }
+
+    // Its events so far are stored (it paused for an approval, or it was drawn from the
+    // replay): a reconnect keeps this part and trims only what streamed after it.
+    keep() {
+      const parts = this.reply();
+      this.stored = Array.from(parts.children);
+      this.storedText = Array.from(parts.querySelectorAll(".text"), (n) => n.textContent).join("");
+    }
+
+    trim() {  // on reconnect: unfinished turns are redrawn from the replay and the state
+      if (!this.stored) {
+        this.remove();
+        return;
+      }
+      Array.from(this.parts.children).forEach((node) => {
+        if (!this.stored.includes(node)) node.remove();
+      });
+      this.text = null;
+      this.n = 0;
     }
 
     queued(on) {
@@ -121,6 +170,7 @@
     }
 
     toolCall(id, name, input) {
+      if (this.tools.has(id)) return;  // sent again with a paused run's frames
       const call = el("div", "tool");
       call.append(el("span", "tool-label", "tool call"), el("span", "tool-name", name),
                   el("code", "tool-input", JSON.stringify(input)));
@@ -138,6 +188,25 @@
       result.textContent = `→ ${typeof content === "string" ? content : JSON.stringify(content)}`;
     }
 
+    approvalRequested(call) {  // {tool_use_id, name, input, expires_at?}
+      let card = approvals.get(call.tool_use_id);
+      if (!card) {
+        card = new Approval(call);
+        approvals.set(card.id, card);
+        const tool = this.tools.get(call.tool_use_id);
+        if (tool) {
+          tool.querySelector(".tool-result").textContent = "waiting for approval…";
+          tool.append(card.node);
+        } else {
+          this.reply().append(card.node);
+        }
+        this.cards = (this.cards || []).concat(card);
+        scrollDown();
+      }
+      if (call.expires_at) card.setExpiry(call.expires_at);
+      return card;
+    }
+
     setStatus(status, note) {
       const node = this.reply().parentNode;
       node.dataset.status = status;
@@ -151,7 +220,135 @@
 
     remove() {
       this.nodes.forEach((node) => node.remove());
+      if (this.runId && byRun.get(this.runId) === this) byRun.delete(this.runId);
+      (this.cards || []).forEach((card) => approvals.delete(card.id));
     }
+  }
+
+  // -- a tool call waiting for a person: Approve (with an edited input) or Reject -----------
+  // Shown on every tab; resolved on every tab by the decision frame the server sends them.
+  class Approval {
+    constructor(call) {
+      this.id = call.tool_use_id;
+      this.original = call.input || {};
+      this.node = el("div", "approval");
+      this.node.dataset.state = "pending";
+      this.node.dataset.toolUseId = this.id;
+      const head = el("div", "approval-head");
+      this.name = call.name;
+      this.title = el("strong", "approval-title", `${call.name} needs your approval`);
+      this.expiry = el("span", "approval-expiry muted");
+      head.append(this.title, this.expiry);
+      this.input = el("textarea", "approval-input");
+      this.input.value = JSON.stringify(this.original, null, 2);
+      this.input.rows = Math.min(8, this.input.value.split("\n").length);
+      this.input.spellcheck = false;
+      this.input.setAttribute("aria-label", `Input of ${call.name} (editable JSON)`);
+      this.reason = el("input", "approval-reason");
+      this.reason.placeholder = "Reason, if you reject (the agent is told)";
+      this.reason.maxLength = 2000;
+      this.approveButton = el("button", "approve", "Approve");
+      this.rejectButton = el("button", "reject", "Reject");
+      this.approveButton.type = this.rejectButton.type = "button";
+      const controls = el("div", "approval-controls");
+      controls.append(this.reason, this.rejectButton, this.approveButton);
+      this.status = el("p", "approval-status");
+      this.node.append(head, this.input, controls, this.status);
+      this.approveButton.addEventListener("click", () => this.decide(true));
+      this.rejectButton.addEventListener("click", () => this.decide(false));
+      this.reason.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" && !event.isComposing) {
+          event.preventDefault();
+          this.decide(false);
+        }
+      });
+    }
+
+    setExpiry(expiresAt) {
+      const when = new Date(expiresAt);
+      if (Number.isNaN(when.getTime())) return;
+      this.expiry.textContent = `rejected automatically at ${when.toLocaleTimeString()}`;
+    }
+
+    busy(on) {
+      this.approveButton.disabled = this.rejectButton.disabled = on;
+      this.input.readOnly = this.reason.readOnly = on;
+    }
+
+    decide(approve) {
+      if (this.node.dataset.state !== "pending") return;
+      const frame = { type: "decide", tool_use_id: this.id, approve, ref: nextRef() };
+      if (approve) {
+        let edited;
+        try {
+          edited = JSON.parse(this.input.value);
+        } catch (error) {
+          this.fail("The input is not valid JSON.");
+          return;
+        }
+        if (!edited || typeof edited !== "object" || Array.isArray(edited)) {
+          this.fail("The input must be a JSON object.");
+          return;
+        }
+        if (canonical(edited) !== canonical(this.original)) frame.input = edited;
+      } else if (this.reason.value.trim()) {
+        frame.reason = this.reason.value.trim();
+      }
+      if (!send(frame)) {
+        this.fail("Not connected: try again in a moment.");
+        return;
+      }
+      deciding.set(frame.ref, this);
+      this.busy(true);
+      this.status.className = "approval-status muted";
+      this.status.textContent = approve ? "Approving…" : "Rejecting…";
+    }
+
+    fail(message) {  // the decision was not taken: the card stays pending
+      this.busy(false);
+      this.status.className = "approval-status error";
+      this.status.textContent = message;
+    }
+
+    // A decision: from this tab's `decided`, any tab's `tool.approval_granted/denied` frame or
+    // a replayed event. The later ones may add what the first did not say (the reason).
+    resolve(approved, details = {}) {
+      const state = approved ? "approved" : "rejected";
+      this.node.dataset.state = state;
+      this.node.classList.add("resolved");
+      this.title.textContent = `Approval of ${this.name}`;
+      this.busy(true);
+      if (details.input) this.input.value = JSON.stringify(details.input, null, 2);
+      let text = approved ? "Approved" : "Rejected";
+      if (approved && details.input) text += " with an edited input";
+      if (details.by !== undefined && details.by !== null) {
+        text += details.by === config.userId ? " by you" : " by another user";
+      }
+      if (!approved && details.reason) text += `: ${details.reason}`;
+      if (details.reason !== undefined || details.by !== undefined || !this.decided) {
+        this.status.className = `approval-status ${state}`;
+        this.status.textContent = /[.!?…]$/.test(text) ? text : `${text}.`;
+      }
+      this.decided = true;
+    }
+
+    close(message) {  // decided somewhere we did not hear how
+      if (this.decided) return;
+      this.node.dataset.state = "closed";
+      this.node.classList.add("resolved");
+      this.title.textContent = `Approval of ${this.name}`;
+      this.busy(true);
+      this.status.className = "approval-status muted";
+      this.status.textContent = message;
+    }
+  }
+
+  function onDecision(kind, data) {  // a `tool.approval_granted/denied` frame or stored event
+    const card = approvals.get(data.tool_use_id);
+    if (!card) return;
+    const approved = typeof data.approved === "boolean" ? data.approved
+      : kind === "tool.approval_granted";
+    card.resolve(approved, { reason: data.reason || "", by: data.by, input: data.input });
   }
 
   // -- the conversation list (REST) --------------------------------------------------------
@@ -179,42 +376,89 @@
   }
 
   // -- rendering stored events (history and what happened while disconnected) ----------------
+  // The turn a stored event belongs to: a paused turn drawn before (its run goes on after a
+  // decision, and the replay after a reconnect has only what followed), else the current one.
+  function storedTurn(frame) {
+    const known = frame.run_id ? byRun.get(frame.run_id) : null;
+    if (known && (known.fromHistory || known.stored)) return known;
+    return null;
+  }
+
+  function historyFor(frame) {
+    const known = storedTurn(frame);
+    if (known) return (historyTurn = known);
+    if (!historyTurn) {
+      historyTurn = new Turn(null);
+      historyTurn.fromHistory = true;
+      historyTurn.setRun(frame.run_id);
+    }
+    return historyTurn;
+  }
+
   function renderEvent(frame) {
     const data = frame.data || {};
     switch (frame.event) {
       case "message.user": {
+        const known = storedTurn(frame);
+        if (known) {
+          historyTurn = known;
+          break;
+        }
         historyTurn = new Turn(textOf(data.content));
+        historyTurn.fromHistory = true;
+        historyTurn.setRun(frame.run_id);
         if (data.stored === false) historyTurn.user.classList.add("not-stored");
         break;
       }
-      case "message.assistant": {
-        const turn = historyTurn || (historyTurn = new Turn(null));
-        turn.appendText(textOf(data.content));
+      case "message.assistant":
+        historyFor(frame).appendText(textOf(data.content));
+        break;
+      case "tool.call":
+        historyFor(frame).toolCall(data.id, data.name, data.input);
+        break;
+      case "tool.result": {
+        const turn = storedTurn(frame) || historyTurn;
+        if (turn) turn.toolResult(data.id, data.content, data.is_error);
         break;
       }
-      case "tool.call":
-        (historyTurn || (historyTurn = new Turn(null))).toolCall(data.id, data.name, data.input);
+      case "tool.approval_requested": {
+        const turn = historyFor(frame);
+        turn.approvalRequested(data);
+        turn.setStatus("awaiting_approval");
         break;
-      case "tool.result":
-        if (historyTurn) historyTurn.toolResult(data.id, data.content, data.is_error);
+      }
+      case "tool.approval_granted":
+      case "tool.approval_denied":
+        onDecision(frame.event, data);
         break;
-      case "run.completed":
+      case "run.completed": {
         replayedEnds += 1;
-        if (historyTurn) historyTurn.setStatus("completed");
+        const turn = storedTurn(frame) || historyTurn;
+        if (turn) turn.setStatus("completed");
+        forgetRun(frame.run_id);
         historyTurn = null;
         break;
+      }
       case "run.cancelled":
       case "run.failed": {
         replayedEnds += 1;
-        const turn = historyTurn || new Turn(null);
+        const turn = storedTurn(frame) || historyTurn || new Turn(null);
         if (data.partial_text && !turn.hasText()) turn.appendText(data.partial_text);
         finishNote(turn, frame.event === "run.cancelled" ? "cancelled" : "failed", data.error);
+        forgetRun(frame.run_id);
         historyTurn = null;
         break;
       }
       default:
-        break;  // session.started/stopped, usage, message.queued...: nothing to draw
+        break;  // session.started/stopped, usage, run.queued, run.resumed...: nothing to draw
     }
+  }
+
+  function forgetRun(runId) {  // an ended run: nothing of it goes on
+    const turn = runId ? byRun.get(runId) : null;
+    if (!turn) return;
+    byRun.delete(runId);
+    (turn.cards || []).forEach((card) => card.close("Decided."));
   }
 
   function finishNote(turn, status, error) {
@@ -223,12 +467,18 @@
   }
 
   // -- live frames ---------------------------------------------------------------------------
-  function turnFor(ref, input) {
+  function turnFor(ref, input, runId) {
     let turn = turns.get(ref);
     if (!turn) {
-      turn = new Turn(input === undefined ? null : inputText(input), { ref, live: true });
+      turn = runId ? byRun.get(runId) : null;  // a paused turn its run goes on with
+      if (turn) {
+        if (!turn.stored) turn.keep();
+      } else {
+        turn = new Turn(input === undefined ? null : inputText(input), { ref, live: true });
+      }
       turns.set(ref, turn);
     }
+    turn.setRun(runId);
     return turn;
   }
 
@@ -238,22 +488,45 @@
     ui.indicator.hidden = !ref;
   }
 
-  function startTurn(ref, input, partialText, deltas) {
-    const turn = turnFor(ref, input);
+  function startTurn(ref, input, partialText, deltas, runId) {
+    const turn = turnFor(ref, input, runId);
     turn.queued(false);
     turn.reply();
     turn.setStatus("streaming");
     if (partialText !== undefined && (deltas || 0) > turn.n) {
-      turn.setText(partialText);  // every delta up to `deltas`, in one piece
-      turn.n = deltas;
+      if (turn.stored) {
+        // a resumed run: the text before its pause is drawn (and stored) already
+        const before = turn.storedText;
+        turn.trim();
+        turn.appendText(partialText.startsWith(before) ? partialText.slice(before.length)
+                                                       : partialText);
+      } else {
+        turn.setText(partialText);  // every delta so far, in one piece
+      }
+      // The run's buffered frames follow this state: its `deltas` delta frames are in the text
+      // already (counted, not numbered: tool frames are numbered among them), the rest not.
+      turn.n = 0;
+      turn.skip = deltas;
     }
     setRunning(ref);
     return turn;
   }
 
   function endTurn(ref) {
+    const turn = turns.get(ref);
     turns.delete(ref);
+    if (turn) forgetRun(turn.runId);
     if (running === ref) setRunning(null);
+  }
+
+  function pausedTurn(ref, runId) {  // a turn waiting for decisions: its run goes on later
+    let turn = turns.get(ref) || (runId ? byRun.get(runId) : null);
+    if (!turn) {  // its start is not drawn (a replay that began after it)
+      turn = new Turn(null);
+      turn.fromHistory = true;
+    }
+    turn.setRun(runId);
+    return turn;
   }
 
   function drawLive(state) {  // the running turn and the queue, after the stored history
@@ -263,9 +536,15 @@
     const committed = state.status !== "running" && replayedEnds > 0;
     if (state.running && !committed) {
       startTurn(state.running.ref, state.running.input, state.running.partial_text,
-                state.running.deltas);
+                state.running.deltas, state.running.run_id);
     }
-    for (const item of state.queue || []) turnFor(item.ref, item.input).queued(true);
+    for (const item of state.queue || []) turnFor(item.ref, item.input, item.run_id).queued(true);
+    for (const call of state.pending || []) {  // tool calls waiting for a decision
+      const turn = pausedTurn(call.ref, call.run_id);
+      turn.approvalRequested(call);
+      turn.setStatus("awaiting_approval");
+      turn.keep();
+    }
   }
 
   function setTitle(title) {
@@ -291,7 +570,7 @@
         if (freshSocket) {
           // (re)connected: unfinished turns are redrawn from the replay and this state
           freshSocket = false;
-          for (const turn of turns.values()) turn.remove();
+          for (const turn of turns.values()) turn.trim();  // a paused turn keeps its stored part
           turns.clear();
           setRunning(null);
           pendingState = frame;
@@ -319,24 +598,43 @@
         }
         break;
       case "message.queued":
-        turnFor(frame.ref, frame.input).queued(true);
+        turnFor(frame.ref, frame.input, frame.run_id).queued(true);
         break;
       case "run.status":
         onRunStatus(frame);
         break;
       case "delta": {
-        const turn = turns.get(frame.ref) || startTurn(frame.ref, undefined);
-        if (frame.n && frame.n <= turn.n) break;  // already in the state's partial text
+        const turn = turns.get(frame.ref) ||
+          startTurn(frame.ref, undefined, undefined, undefined, frame.run_id);
+        if (frame.n && frame.n <= turn.n) break;  // seen already
         turn.n = frame.n || turn.n + 1;
+        if (turn.skip > 0) {  // already in the state's partial text
+          turn.skip -= 1;
+          break;
+        }
         if (frame.kind === "text") turn.appendText(frame.text);
         break;
       }
       case "tool.call":
-        turnFor(frame.ref).toolCall(frame.id, frame.name, frame.input);
+        turnFor(frame.ref, undefined, frame.run_id).toolCall(frame.id, frame.name, frame.input);
         break;
       case "tool.result":
-        turnFor(frame.ref).toolResult(frame.id, frame.content, frame.is_error);
+        turnFor(frame.ref, undefined, frame.run_id).toolResult(frame.id, frame.content,
+                                                              frame.is_error);
         break;
+      case "tool.approval_requested":
+        turnFor(frame.ref, undefined, frame.run_id).approvalRequested(frame);
+        break;
+      case "tool.approval_granted":
+      case "tool.approval_denied":
+        onDecision(frame.type, frame);
+        break;
+      case "decided": {  // this tab's decision was taken (every tab also gets the frame above)
+        const card = deciding.get(frame.ref) || approvals.get(frame.tool_use_id);
+        deciding.delete(frame.ref);
+        if (card) card.resolve(frame.approved);
+        break;
+      }
       case "message": {
         const turn = turns.get(frame.ref);
         if (turn && !turn.hasText()) turn.appendText(textOf(frame.content));
@@ -348,18 +646,49 @@
       case "session.stopped":
         showPresence(null);
         break;
-      case "error":
-        showError(frame);
+      case "error": {
+        const card = frame.ref ? deciding.get(frame.ref) : null;
+        if (card) {  // a decision that was not taken: told on its card
+          deciding.delete(frame.ref);
+          decisionFailed(card, frame);
+        } else {
+          showError(frame);
+        }
         break;
+      }
       default:
         break;  // session.started, pong, budget.warning
+    }
+  }
+
+  function decisionFailed(card, frame) {
+    if (frame.code === "already_decided") {
+      card.close("Already decided.");
+    } else if (frame.code === "tool_call_not_found") {
+      card.close("This call no longer waits for a decision.");
+    } else {
+      const details = frame.errors ? ` ${JSON.stringify(frame.errors)}` : "";
+      card.fail(`${frame.message || frame.code}${details}`);
     }
   }
 
   function onRunStatus(frame) {
     const ref = frame.ref;
     if (frame.status === "started") {
-      startTurn(ref, frame.input);
+      const turn = startTurn(ref, frame.input, undefined, undefined, frame.run_id);
+      if (frame.resumed) {  // decided: its cards are resolved by the decision frames
+        turn.n = 0;
+        (turn.cards || []).forEach((card) => card.close("Decided."));
+      }
+      return;
+    }
+    if (frame.status === "awaiting_approval") {
+      const turn = pausedTurn(ref, frame.run_id);
+      for (const call of frame.pending || []) turn.approvalRequested(call);
+      turn.setStatus("awaiting_approval");
+      turn.keep();  // stored up to here: a reconnect keeps it
+      if (running === ref) setRunning(null);
+      send({ type: "state" });  // its pending calls with their deadline
       return;
     }
     const turn = turns.get(ref);
@@ -437,8 +766,7 @@
     event.preventDefault();
     const message = ui.input.value.trim();
     if (!message) return;
-    refCounter += 1;
-    const ref = `${Date.now().toString(36)}-${refCounter}`;
+    const ref = nextRef();
     if (!send({ type: "message", input: { message }, ref })) return;
     ui.error.hidden = true;
     ui.input.value = "";
