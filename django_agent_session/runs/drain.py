@@ -20,6 +20,10 @@ from .stream import RunStream
 
 #: added to a lease's remaining time before looking again (clock skew between processes)
 RETRY_MARGIN = 0.25
+#: longest wait before looking again: a holder that stops draining without dying (a process
+#: shutting down gracefully finishes its turn but claims nothing more) frees the lease long
+#: before it would expire
+LOOK_AGAIN_MAX = 2.0
 
 
 async def drain(model: Any, session_pk: Any,
@@ -42,8 +46,9 @@ async def drain(model: Any, session_pk: Any,
 
 
 def look_again(model: Any, session_pk: Any) -> float | None:
-    """Sync: seconds until the lease in front of queued runs expires (``None``: no run is
-    queued, or the lease is free and the caller's drain just found the queue empty)."""
+    """Sync: seconds until the lease in front of queued runs expires, at most
+    ``LOOK_AGAIN_MAX`` (``None``: no run is queued, or the lease is free and the caller's drain
+    just found the queue empty)."""
     row = model._base_manager.filter(pk=session_pk).values(
         "lease_token", "lease_expires_at").first()
     now = timezone.now()
@@ -52,7 +57,7 @@ def look_again(model: Any, session_pk: Any) -> float | None:
     if not AgentRun.objects.filter(session_type=ContentType.objects.get_for_model(model),
                                    session_id=session_pk, status=RunStatus.QUEUED).exists():
         return None
-    return lease_remaining(row["lease_expires_at"], now) + RETRY_MARGIN
+    return min(lease_remaining(row["lease_expires_at"], now) + RETRY_MARGIN, LOOK_AGAIN_MAX)
 
 
 def stranded(model: Any, session_pk: Any = None) -> list[Any]:

@@ -107,6 +107,9 @@ class InlineExecutor:
         if key in self._drains:
             self._again.add(key)
             return
+        from .shutdown import install_signal_handler  # it imports this module
+
+        install_signal_handler()  # a process that only drains shuts down gracefully too
         self._drains[key] = asyncio.get_running_loop().create_task(
             self._drain(key, model, session_pk), name=f"agent-drain-{session_pk}")
 

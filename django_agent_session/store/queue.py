@@ -181,16 +181,11 @@ class RunQueue:
             run = self.runs(pk).filter(status=RunStatus.QUEUED).order_by("queued_seq").first()
             if run is None:
                 return None
-            stale, stale_ref = session.lease_token, None
-            if stale is not None:
-                origin = AgentRun.objects.filter(pk=stale).values_list("origin", flat=True)
-                if not origin:
-                    stale = None  # an expired lease naming no run
-                else:
-                    stale_ref = (origin[0] or {}).get("ref") or str(stale)
+            stale, stale_ref, dead = self.store.dead_runs(session)
             expires = lease_deadline(now)
             turn = Turn(session, run.id, now, expires, run.input, user_blocks_for(run.input),
-                        stale_run_id=stale, origin=run.origin or {}, stale_ref=stale_ref)
+                        stale_run_id=stale, origin=run.origin or {}, stale_ref=stale_ref,
+                        stale_runs=dead)
             if run.pause is not None:  # decided: the paused turn goes on
                 turn.resume = ResumePoint.from_dict(run.pause["point"], decisions(run.pause))
                 turn.resume_version = run.pause["version"]

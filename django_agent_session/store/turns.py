@@ -76,6 +76,9 @@ class Turn:
     stale_run_id: uuid.UUID | None = None
     #: the ``ref`` of that run, whose end viewers never heard of (its process died)
     stale_ref: str | None = None
+    #: every run left ``running`` by dead processes (the lease's, and any a turn that took
+    #: it over and died too left behind): this turn records them all ``interrupted``
+    stale_runs: list[Any] = field(default_factory=list)
     pending_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     idempotency_key: str | None = None
     #: set when a cancel was requested (``cancel_run``); a sync turn stops at its next step
@@ -164,10 +167,9 @@ class SessionStore:
                 return 0.0
             run_id = uuid.uuid4()
             expires = lease_deadline(now)
-            stale = session.lease_token
-            if stale is not None and not AgentRun.objects.filter(pk=stale).exists():
-                stale = None  # an expired lease naming no run (left by a version before 0.2)
-            turn = Turn(session, run_id, now, expires, input, user_blocks, stale_run_id=stale)
+            stale, stale_ref, dead = self.dead_runs(session)
+            turn = Turn(session, run_id, now, expires, input, user_blocks, stale_run_id=stale,
+                        stale_ref=stale_ref, stale_runs=dead)
             with transaction.atomic():  # never a lease naming no run, even if the process dies
                 taken = self.model._base_manager.filter(
                     pk=pk, version=session.version, lease_token=session.lease_token,
@@ -285,15 +287,26 @@ class SessionStore:
             base = row["event_seq"]
 
     def _stale_events(self, turn: Turn) -> list[tuple[str, dict[str, Any]]]:
-        if turn.stale_run_id is None:
-            return []
-        return [(EventType.RUN_FAILED, {"run_id": str(turn.stale_run_id), "error": INTERRUPTED})]
+        return [(EventType.RUN_FAILED, {"run_id": str(run_id), "error": INTERRUPTED})
+                for run_id in turn.stale_runs]
 
     def _fail_stale_run(self, turn: Turn, now: datetime) -> None:
-        """Fail the run a crashed turn left behind (its lease expired and was taken over)."""
-        if turn.stale_run_id is not None:
-            AgentRun.objects.filter(pk=turn.stale_run_id, status=RunStatus.RUNNING).update(
+        """Fail the runs crashed turns left behind (their lease expired and was taken over)."""
+        if turn.stale_runs:
+            AgentRun.objects.filter(pk__in=turn.stale_runs, status=RunStatus.RUNNING).update(
                 status=RunStatus.FAILED, error=INTERRUPTED, ended_at=now)
+
+    def dead_runs(self, session: Any) -> tuple[Any, str | None, list[Any]]:
+        """For a session whose lease expired: the lease's run (if it exists), its ``ref``,
+        and every run of the session still ``running`` (all dead: only a lease runs one)."""
+        if session.lease_token is None:
+            return None, None, []
+        running = dict(AgentRun.objects.filter(
+            session_type=self.content_type, session_id=session.pk, status=RunStatus.RUNNING,
+        ).values_list("pk", "origin"))
+        stale = session.lease_token if session.lease_token in running else None
+        ref = ((running.get(stale) or {}).get("ref") or str(stale)) if stale else None
+        return stale, ref, list(running)
 
     def _insert_events(self, session_pk: Any, base: int,
                        events: list[tuple[str, dict[str, Any]]], turn: Turn | None) -> None:

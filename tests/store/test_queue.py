@@ -286,3 +286,28 @@ class TestPickup:
         stranded.refresh_from_db()
         assert stranded.status == RunStatus.COMPLETED
         assert sweep() == 0
+
+
+def test_a_turn_that_takes_over_fails_every_run_dead_processes_left_running(loopback):
+    """Regression (restart benchmark): a turn that took a dead run's lease over and died too
+    left the first dead run ``running`` for good; the next turn fails them all."""
+    from datetime import timedelta
+
+    from django.contrib.contenttypes.models import ContentType
+    from django.utils import timezone
+
+    session = new_session(loopback)
+    ct = ContentType.objects.get_for_model(ChatAgent)
+    first, second = (AgentRun.objects.create(session_type=ct, session_id=session.pk,
+                                             status=RunStatus.RUNNING) for _ in range(2))
+    ChatAgent._base_manager.filter(pk=session.pk).update(  # the second died holding the lease
+        lease_token=second.pk, lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+    loopback.enqueue("after two crashes")
+    assert ChatAgent.objects.continue_session(session.pk, "hello").last_output == {
+        "content": "after two crashes"}
+    for run in (first, second):
+        run.refresh_from_db()
+        assert run.status == RunStatus.FAILED and run.error["code"] == "interrupted"
+        assert AgentEvent.objects.filter(session_id=session.pk, type="run.failed",
+                                         data__run_id=str(run.pk)).count() == 1
