@@ -3,7 +3,8 @@
 Each measurement runs in its own process on a freshly created database (see
 :mod:`benchmarks.worker`): the SQLite file database in two journal modes, and PostgreSQL when it
 is reachable (``--postgres-url``; the benchmarks create and drop their own database named
-``agent_session_bench`` on that server, never the one in the URL).
+``agent_session_bench`` on that server, never the one in the URL). ``--suites restart`` (not in
+the default run) kills and restarts daphne processes, see :mod:`benchmarks.restart`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from .db import BENCH_DB_NAME, postgres_reachable, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-ALL_SUITES = ("overhead", "sdk", "streaming", "scale")
+DEFAULT_SUITES = ("overhead", "sdk", "streaming", "scale")
+#: ``restart`` (a few minutes of process kills) runs only when asked for
+ALL_SUITES = (*DEFAULT_SUITES, "restart")
 ALL_DATABASES = ("sqlite", "sqlite-delete", "postgres")
 
 
@@ -79,8 +82,9 @@ def database_envs(args: argparse.Namespace, base: dict[str, str]) -> dict[str, d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suites", default=",".join(ALL_SUITES),
-                        help=f"comma-separated, from {', '.join(ALL_SUITES)}")
+    parser.add_argument("--suites", default=",".join(DEFAULT_SUITES),
+                        help=f"comma-separated, from {', '.join(ALL_SUITES)} "
+                             f"(default: all but restart)")
     parser.add_argument("--databases", default=",".join(ALL_DATABASES),
                         help=f"comma-separated, from {', '.join(ALL_DATABASES)}")
     parser.add_argument("--sizes", default="10,100,1000", help="messages of history")
@@ -94,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="conversations driven in the throughput measurement")
     parser.add_argument("--seconds", type=float, default=15.0,
                         help="measured window of each throughput run")
+    parser.add_argument("--kills", type=int, default=20,
+                        help="restart suite: SIGKILLs of the run under load")
+    parser.add_argument("--chaos-seconds", type=float, default=240.0,
+                        help="restart suite: most seconds of killing under load")
+    parser.add_argument("--restart-lease", type=float, default=5.0,
+                        help="restart suite: turn and owner lease (s) of the kill -9 runs")
     parser.add_argument("--quick", action="store_true",
                         help="few turns, to check the harness (numbers are not meaningful)")
     parser.add_argument("--postgres-url", default=os.environ.get("DATABASE_URL")
@@ -108,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.turns, args.warmup, args.stream_turns = 30, 3, 4
         args.conversations, args.seconds = 50, 3.0
+        args.kills, args.chaos_seconds = min(args.kills, 3), min(args.chaos_seconds, 60.0)
 
     base = dict(os.environ)
     common = ["--turns", str(args.turns), "--warmup", str(args.warmup)]
@@ -130,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         from .scale import run_all as run_scale
 
         results["scale"] = run_scale(args, base)
+    if "restart" in args.suites:
+        from .restart import run_all as run_restart
+
+        results["restart"] = run_restart(args, base)
 
     data = {"meta": _meta(argv, load_before), "results": results}
     out = Path(args.out)

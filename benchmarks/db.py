@@ -49,6 +49,15 @@ def recreate(engine: str, name: str, url: str | None) -> None:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
+def drop(url: str, name: str) -> None:
+    """Drop the PostgreSQL database ``name`` on the server of ``url`` (if it exists)."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 def setup_django(fresh: bool = True) -> None:
     """Configure Django with ``benchmarks.settings``; with ``fresh``, rebuild and migrate."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")

@@ -34,19 +34,35 @@ def redis_reachable(url: str) -> str | None:
     return None
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a ``preexec_fn`` that has the child killed when the benchmark process dies
+    (a worker killed on timeout must not leave daphne processes behind)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Daphne:
     """A daphne process serving ``benchmarks.asgi`` (or ``BENCH_ASGI_APP``, for experiments)
-    with the benchmark's environment."""
+    with the benchmark's environment, on a free port or on ``port`` (a restart)."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+        self.port = port or free_port()
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (open for the process's life)
             prefix="agent-bench-daphne-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
              env.get("BENCH_ASGI_APP", "benchmarks.asgi:application")],
             cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "benchmarks.settings"},
-            stdout=self.log, stderr=subprocess.STDOUT)
+            # only a prctl() call, looked up before the fork: safe with threads
+            stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent())  # noqa: PLW1509
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         await wait_listening(self.port, self.proc, timeout=timeout, name="daphne",

@@ -111,6 +111,95 @@ def scale_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+RESTART_LABELS = {
+    "graceful": "SIGTERM, same port",
+    "rolling": "SIGTERM, rolling",
+    "drain": "SIGTERM, drain-only A",
+    "kill": "SIGKILL, same port",
+}
+
+
+def _seconds(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _restart_target(name: str, row: dict[str, Any]) -> bool:
+    """Graceful: next run's first delta <= 2 s after the new process accepts connections;
+    kill -9: picked up once the dead run's turn lease expires (its first delta within 1 s of
+    that); both: nothing lost or doubled."""
+    clean = row["lost"] == 0 and row["doubled"] == 0 and row["queued_all_completed"]
+    if name == "kill":
+        return clean and row["stop_to_first_delta_s"] <= row["lease_left_at_stop_s"] + 1.0
+    return clean and row["accept_to_first_delta_s"] <= 2.0
+
+
+def restart_table(results: dict[str, Any]) -> str:
+    names = [name for name in RESTART_LABELS if "rows" in results.get(name, {})]
+    lines = [f"{RESTART_LABELS[name]}: "
+             + str(results.get(name, {}).get("skipped") or results.get(name, {}).get("error")
+                   or "not run") for name in RESTART_LABELS if name not in names]
+    rows_of = {name: results[name]["rows"] for name in names}
+    metrics: list[tuple[str, Any]] = [
+        ("turn/owner lease, grace", lambda r: f"{r['turn_lease_s']:g}/{r['owner_lease_s']:g}, "
+                                              f"{r['shutdown_grace_s']:g}"),
+        ("stop -> A exited", lambda r: _seconds(r["stop_to_exit_s"])),
+        ("stop -> A' accepts", lambda r: _seconds(r["stop_to_accept_s"])),
+        ("stop -> m1's end at a client", lambda r: _seconds(r["stop_to_m1_end_s"])),
+        ("m1", lambda r: r["outcomes"]["m1"].replace("failed (interrupted)", "interrupted")),
+        ("m1's lease left at stop", lambda r: _seconds(r["lease_left_at_stop_s"])),
+        ("accepts -> next run calls model", lambda r: _seconds(
+            r["accept_to_next_model_call_s"])),
+        ("accepts -> its 1st delta at client", lambda r: _seconds(
+            r["accept_to_first_delta_s"])),
+        ("stop -> next run calls model", lambda r: _seconds(r["stop_to_next_model_call_s"])),
+        ("stop -> its 1st delta at client", lambda r: _seconds(r["stop_to_first_delta_s"])),
+        ("m2, m3, m4 completed", lambda r: "yes" if r["queued_all_completed"] else "NO"),
+        ("lost/doubled", lambda r: f"{r['lost']}/{r['doubled']}"),
+        ("target", lambda r: None),
+    ]
+    rows = []
+    for label, value in metrics:
+        if label == "target":
+            rows.append([label, *(_target(_restart_target(n, rows_of[n])) for n in names)])
+        else:
+            rows.append([label, *(value(rows_of[n]) for n in names)])
+    if names:
+        lines.insert(0, _table(["A goes away", *(RESTART_LABELS[n] for n in names)], rows))
+    chaos = results.get("chaos", {})
+    if "rows" not in chaos:
+        lines.append("kills under load: " + str(chaos.get("skipped") or chaos.get("error")
+                                                 or "not run"))
+        return "\n".join(lines)
+    c = chaos["rows"]
+    recovery = c["kill_to_next_model_call"]
+    statuses = ", ".join(f"{n} {k}" for k, n in sorted(c["run_statuses"].items()))
+    lines += [
+        "",
+        (f"{c['kills']} x SIGKILL under load: {c['processes']} daphne processes, "
+         f"{c['conversations']} conversations with 2 messages in flight each, turn/owner lease "
+         f"{c['turn_lease_s']:g}/{c['owner_lease_s']:g} s, {c['total_seconds']:.0f} s in all "
+         f"({c['load_seconds']:.0f} s of load, {c['settle_seconds']:.0f} s to settle)"),
+        (f"messages {c['messages_sent']} sent, {c['acked']} acked, {c['never_acked']} never "
+         f"acked; runs {c['runs']}: {statuses}"),
+        (f"lost {c['lost']}, doubled {c['doubled']}, stuck {c['stuck']}, model asked twice "
+         f"{c['model_asked_twice']}, contexts != completed runs {c['context_mismatches']}, "
+         f"event seq gaps {c['event_seq_gaps']}, runs ended twice {c['runs_ended_twice']}"),
+        (f"runs left 'running' for good (not the lease holder, never failed): {c['zombies']}, "
+         f"of which the next run of their session was killed too: "
+         f"{c['zombies_whose_successor_was_killed']}"),
+        (f"resent after a reconnect {c['resent']} (duplicate acks {c['duplicate_acks']}), "
+         f"error frames {c['error_frames'] or 0}, socket drops {c['socket_drops']}"),
+        (f"kill -> next model call of a killed turn's conversation: p50 "
+         f"{recovery.get('median_ms', 0) / 1000:.2f} s, max "
+         f"{_seconds(c['kill_to_next_model_call_max_s'])} s (n={recovery['n']}); restart "
+         f"(kill -> accepting) p50 {c['restart'].get('median_ms', 0) / 1000:.2f} s"),
+    ]
+    if c["logged_by_daphne"]:
+        lines.append("logged by the daphne processes: " + "; ".join(
+            f"{n} x {line}" for line, n in list(c["logged_by_daphne"].items())[:5]))
+    return "\n".join(lines)
+
+
 def targets(res: dict[str, Any]) -> list[str]:
     """One line per target of the issue: the measured value and whether it holds."""
     lines = []
@@ -139,6 +228,31 @@ def targets(res: dict[str, Any]) -> list[str]:
             else:
                 lines.append(f"delta -> WebSocket <= 5 ms p50, Redis, {viewers} viewer(s): "
                              f"{lat['median_ms']:.2f} ms -> {_target(lat['median_ms'] <= 5.0)}")
+    restart = res.get("restart", {})
+    for name, label in RESTART_LABELS.items():
+        row = restart.get(name, {}).get("rows")
+        if row is None:
+            continue
+        if name == "kill":
+            lines.append(f"kill -9 -> first delta of the next run once the dead run's lease "
+                         f"expires (+1 s; turn lease {row['turn_lease_s']:g} s, "
+                         f"{row['lease_left_at_stop_s']:.2f} s left at the kill): "
+                         f"{row['stop_to_first_delta_s']:.2f} s, lost/doubled "
+                         f"{row['lost']}/{row['doubled']} -> {_target(_restart_target(name, row))}")
+        else:
+            lines.append(f"{label}: new process accepts -> first delta <= 2 s: "
+                         f"{row['accept_to_first_delta_s']:.2f} s, lost/doubled "
+                         f"{row['lost']}/{row['doubled']} -> "
+                         f"{_target(_restart_target(name, row))}")
+    chaos = restart.get("chaos", {}).get("rows")
+    if chaos is not None:
+        lines.append(f"{chaos['kills']} kills under load, lost/doubled 0/0: "
+                     f"{chaos['lost']}/{chaos['doubled']} -> "
+                     f"{_target(chaos['lost'] == 0 and chaos['doubled'] == 0)}")
+        lines.append(f"{chaos['kills']} kills under load, every acked message ends "
+                     f"(completed/failed/cancelled): {chaos['zombies']} left running, "
+                     f"{chaos['stuck']} stuck -> "
+                     f"{_target(chaos['zombies'] == 0 and chaos['stuck'] == 0)}")
     return lines
 
 
@@ -157,6 +271,12 @@ def render(data: dict[str, Any]) -> str:
         ("streaming", ("Streaming: loopback server writes a delta -> WebSocket client receives "
                       "it, ms"), streaming_table),
         ("scale", "Scale (Redis channel layer, PostgreSQL, model delay 50 ms)", scale_table),
+        ("restart", ("Restarts (Redis channel layer, PostgreSQL, daphne), seconds. Process A "
+                     "streams m1 (6 s), m2 and m3 wait; A stops; the client moves to A' as soon "
+                     "as it accepts connections and sends m4. Same port: A' starts once A "
+                     "exited; rolling: A' starts on another port at the stop; drain-only: the "
+                     "live session is owned by a third process, A only drains the runs"),
+         restart_table),
     ]
     for key, title, table in sections:
         if key in res:

@@ -82,7 +82,16 @@ AGENT_SESSION: dict = {"TURN_WAIT_SECONDS": 60.0}
 if os.environ.get("BENCH_LOOPBACK_URL"):
     # ASGI processes started by the live benchmarks call the benchmark's loopback server
     AGENT_SESSION["ANTHROPIC"] = {"BASE_URL": os.environ["BENCH_LOOPBACK_URL"],
-                                  "API_KEY": "bench", "MAX_RETRIES": 0}
+                                  # BENCH_API_KEY: the restart benchmark names each process
+                                  # by its key, so the loopback server tells who calls it
+                                  "API_KEY": os.environ.get("BENCH_API_KEY", "bench"),
+                                  "MAX_RETRIES": 0}
+# the restart benchmark shortens the leases and the shutdown grace (seconds)
+for _variable, _setting in (("BENCH_TURN_LEASE", "TURN_LEASE_SECONDS"),
+                            ("BENCH_OWNER_LEASE", "OWNER_LEASE_SECONDS"),
+                            ("BENCH_SHUTDOWN_GRACE", "SHUTDOWN_GRACE_SECONDS")):
+    if os.environ.get(_variable):
+        AGENT_SESSION[_setting] = float(os.environ[_variable])
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
@@ -91,3 +100,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "root": {"level": "WARNING", "handlers": []},
 }
+if os.environ.get("BENCH_LOG_LEVEL"):  # e.g. INFO, with BENCH_KEEP_LOGS=1: timestamped logs
+    LOGGING["formatters"] = {"stamped": {"format": "%(asctime)s %(process)d %(levelname)s "
+                                                   "%(name)s: %(message)s"}}
+    LOGGING["handlers"] = {"stderr": {"class": "logging.StreamHandler", "formatter": "stamped"}}
+    LOGGING["root"] = {"level": os.environ["BENCH_LOG_LEVEL"], "handlers": ["stderr"]}

@@ -48,12 +48,26 @@ def throughput(args: argparse.Namespace) -> Any:
     return run_throughput(_sizes(args.processes), args.conversations, args.seconds)
 
 
+def restart(args: argparse.Namespace) -> Any:
+    from .restart import run_restart
+
+    return run_restart(args.mode)
+
+
+def chaos(args: argparse.Namespace) -> Any:
+    from .restart import run_chaos
+
+    return run_chaos(int(args.processes), args.conversations, args.kills, args.seconds)
+
+
 SUITES: dict[str, Callable[[argparse.Namespace], Any]] = {
     "overhead": overhead,
     "sdk": sdk,
     "streaming": streaming,
     "idle_memory": idle_memory,
     "throughput": throughput,
+    "restart": restart,
+    "chaos": chaos,
 }
 
 
@@ -68,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conversations", type=int, default=500)
     parser.add_argument("--processes", default="1,2,4")
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--mode", choices=("graceful", "rolling", "kill", "drain"),
+                        default="graceful")
+    parser.add_argument("--kills", type=int, default=20)
     args = parser.parse_args(argv)
 
     from .db import setup_django, vendor
