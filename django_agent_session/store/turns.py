@@ -1,16 +1,19 @@
 """Persistence of a turn: the lease, the run row, the events and the one atomic commit.
 
-Only this module writes the session row during a turn. The protocol (docs/architecture.md, "The path of one turn"):
+Only this module (and ``store.queue`` for queued runs) writes the session row during a turn.
+The protocol (docs/architecture.md, "The path of one turn"):
 
-1. ``begin``: read the row, then take the lease with one conditional UPDATE that also checks
-   ``version`` (so the row just read is still current: no reload), and insert the run row.
+1. ``try_begin`` (nothing queued: the fast path) or ``RunQueue.claim``: read the row, then take
+   the lease with one conditional UPDATE that also checks ``version`` (so the row just read is
+   still current: no reload), and insert (or start) the run row, in one transaction.
 2. The model is called by the engine, outside any transaction.
 3. ``commit``: one transaction writes the context, usage totals (``F()``), event counter, the
    lease release (only if this caller still holds it), the finished run and its events.
 4. ``fail``: the context column is not written at all; the run is failed and the lease freed.
+   ``pause``: the same for a turn waiting for approvals, which keeps where it goes on.
 
-A lease left by a crashed process expires; the next ``begin`` takes it over and fails the
-interrupted run.
+A lease left by a crashed process expires; the next turn takes it over and fails every run
+the dead processes left ``running``.
 """
 
 from __future__ import annotations
