@@ -29,6 +29,7 @@ AGENT_SESSION = {
     "EXECUTOR": os.environ.get("AGENT_LIVE_EXECUTOR", "inline"),
     "TASK_BACKEND": os.environ.get("AGENT_LIVE_TASK_BACKEND", "default"),
     "TASK_QUEUE_NAME": os.environ.get("AGENT_LIVE_TASK_QUEUE", "default"),
+    "SHUTDOWN_GRACE_SECONDS": float(os.environ.get("AGENT_LIVE_SHUTDOWN_GRACE", "10")),
 }
 if os.environ.get("AGENT_LIVE_TASKS"):  # the Tasks backends of the "tasks" executor (JSON)
     TASKS = json.loads(os.environ["AGENT_LIVE_TASKS"])

@@ -69,16 +69,22 @@ def install_signal_handler() -> None:
     previous = signal.getsignal(signal.SIGTERM)
     _installed = True
 
+    def pass_on(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, previous)
+        if callable(previous):
+            previous(signum, frame)
+        else:  # SIG_DFL: terminate as the default would have
+            signal.raise_signal(signum)
+
     def on_sigterm(signum: int, frame: Any) -> None:
         async def graceful() -> None:
             try:
                 await shutdown()
             finally:
-                signal.signal(signal.SIGTERM, previous)
-                if callable(previous):
-                    previous(signum, frame)
-                else:  # SIG_DFL: terminate as the default would have
-                    signal.raise_signal(signum)
+                pass_on(signum, frame)
+        if loop.is_closed() or not loop.is_running():  # the loop that installed it is gone
+            pass_on(signum, frame)
+            return
         loop.call_soon_threadsafe(lambda: loop.create_task(graceful()))
 
     signal.signal(signal.SIGTERM, on_sigterm)

@@ -445,3 +445,36 @@ async def test_a_viewer_reconnecting_mid_turn_on_the_other_process_gets_every_de
         assert [f["n"] for f in steps] == list(range(1, len(steps) + 1))
         assert deltas_text(steps) == REPLY
         assert len(loopback.message_requests) == 1
+
+
+async def test_sigterm_records_the_running_turn_interrupted_and_releases_its_leases(
+        user, redis_prefix):
+    """Graceful shutdown of a daphne process: the turn still running after the grace is
+    recorded ``interrupted`` and nothing is left for a lease to expire (the default 120 s
+    turn lease would otherwise hold the queued message for two minutes)."""
+    import signal as signals
+
+    script = [Reply.text("never finished " * 200, delay=0.05)]
+    env_extra = {"AGENT_LIVE_SHUTDOWN_GRACE": "0.5"}
+    with LoopbackMessagesServer(script) as loopback, \
+            server_processes(1, server_env(loopback, redis_prefix, **env_extra)) as (a,):
+        session = await create_chat(user)
+        cookie = await session_cookie(user)
+        await a.wait_ready()
+        async with ws(a, session.pk, cookie) as on_a:
+            await receive_until(on_a, frame("session.state"))
+            await on_a.send(json.dumps({"type": "message", "input": "long", "ref": "m1"}))
+            await receive_until(on_a, frame("delta", ref="m1"))
+            await on_a.send(json.dumps({"type": "message", "input": "next", "ref": "m2"}))
+            await receive_until(on_a, frame("ack", ref="m2"))
+            a.proc.send_signal(signals.SIGTERM)
+            stopped = await receive_until(on_a, frame("session.stopped"), timeout=10)
+            assert stopped[-1]["reason"] == "shutdown"
+        assert await asyncio.to_thread(a.proc.wait, 15) is not None  # it exited
+    first, second = await runs(session)
+    assert (first.status, first.error["code"], first.error["retryable"]) == (
+        RunStatus.FAILED, "interrupted", True)
+    assert second.status == RunStatus.QUEUED  # left for the next process, at once
+    row = await database_sync_to_async(
+        type(session)._base_manager.values("lease_token").get)(pk=session.pk)
+    assert row["lease_token"] is None and await leases() == []
