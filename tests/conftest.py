@@ -38,6 +38,41 @@ def loopback():
 
 
 @pytest.fixture
+def recording(loopback):
+    """Queued runs are only recorded (``recording.calls``, ``recording.later``): the test
+    drains them itself (``Model.objects.drain``), so each step is deterministic."""
+    from django.test import override_settings
+
+    from tests.helpers.executors import Recording
+    from tests.helpers.loopback import loopback_settings
+
+    Recording.calls.clear()
+    Recording.later.clear()
+    with override_settings(AGENT_SESSION=loopback_settings(
+            loopback, EXECUTOR="tests.helpers.executors.Recording")):
+        yield Recording
+
+
+@pytest.fixture
+async def redis_prefix():
+    """A Redis key prefix of this test only; its keys are deleted afterwards."""
+    import os
+    import uuid
+
+    import redis.asyncio as redis
+
+    prefix = f"agent-test-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    client = redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"))
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
 def user(django_user_model):
     return django_user_model.objects.create_user("alice", password="pw")
 

@@ -21,7 +21,6 @@ from django_agent_session.models import AgentEvent, AgentRun
 from django_agent_session.runs.stream import group_name
 from django_agent_session.testing.loopback import Reply
 from tests.helpers.api import ARGS, parse_sse
-from tests.helpers.executors import Recording
 from tests.helpers.loopback import loopback_settings
 from tests.testapp.models import REFUNDS, ApprovalAgent
 
@@ -32,14 +31,9 @@ BIG_REFUND = {"order": 7, "amount": 250}
 
 
 @pytest.fixture(autouse=True)
-def recording(loopback):
-    """Resumed runs are only recorded: the test drains them (``drain``), step by step."""
-    Recording.calls.clear()
-    Recording.later.clear()
+def _recorded(recording):
+    """Every test here drains resumed runs itself, and counts refunds from zero."""
     REFUNDS.clear()
-    with override_settings(AGENT_SESSION=loopback_settings(
-            loopback, EXECUTOR="tests.helpers.executors.Recording")):
-        yield Recording
 
 
 def use(id, name, **input) -> dict:

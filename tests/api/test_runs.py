@@ -7,24 +7,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from django.test import override_settings
 
 from django_agent_session.models import AgentEvent, AgentRun, RunStatus
 from tests.helpers.api import CHAT, start
-from tests.helpers.executors import Recording
-from tests.helpers.loopback import loopback_settings
 
 pytestmark = pytest.mark.django_db(transaction=True)  # dispatch happens on commit
-
-RECORDING = "tests.helpers.executors.Recording"
-
-
-@pytest.fixture
-def recording(loopback):
-    """Queued runs are only recorded: the test decides when they run."""
-    Recording.calls.clear()
-    with override_settings(AGENT_SESSION=loopback_settings(loopback, EXECUTOR=RECORDING)):
-        yield Recording.calls
 
 
 @pytest.fixture
@@ -51,7 +38,7 @@ def test_wait_false_answers_202_with_the_committed_run_and_its_links(
     assert body["links"]["run"].endswith(f"{CHAT}{session_id}/runs/{run.pk}/")
     assert body["links"]["cancel"].endswith(f"/runs/{run.pk}/cancel/")
     assert body["links"]["stream"].endswith(f"/runs/{run.pk}/stream/")
-    assert recording == [(run.session.__class__, session_id)]
+    assert recording.calls == [(run.session.__class__, session_id)]
     assert api.get(body["links"]["run"]).json()["status"] == "queued"
 
 
@@ -68,7 +55,7 @@ def test_the_idempotency_key_returns_the_same_run(api, session_id, recording, lo
     again = continue_(api, session_id, "once", key, wait=False)
     assert again.status_code == 202 and again.json()["created"] is False
     assert again.json()["run"]["id"] == first["run"]["id"]
-    assert len(recording) == 1
+    assert len(recording.calls) == 1
 
     loopback.enqueue("answered once")
     run = AgentRun.objects.get(pk=first["run"]["id"])

@@ -8,7 +8,6 @@ import itertools
 import json
 import os
 import time
-import uuid
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -32,22 +31,6 @@ from tests.helpers.live_server import (
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_passwords")]
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
-
-
-@pytest.fixture
-async def redis_prefix():
-    """A Redis key prefix of this test only; its keys are deleted afterwards."""
-    import redis.asyncio as redis
-
-    prefix = f"agent-live-test-{uuid.uuid4().hex[:10]}"
-    yield prefix
-    client = redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 def server_env(server: LoopbackMessagesServer, prefix: str, **extra: str) -> dict[str, str]:

@@ -59,22 +59,6 @@ RUN_QUEUE = "django_agent_session.runs.tasks.run_queue"
 REPLY = " ".join(f"word{i}" for i in range(40))
 
 
-@pytest.fixture
-async def redis_prefix():
-    """A Redis key prefix of this test only; its keys are deleted afterwards."""
-    import redis.asyncio as redis
-
-    prefix = f"agent-tasks-test-{uuid.uuid4().hex[:10]}"
-    yield prefix
-    client = redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
 def process_env(server: LoopbackMessagesServer, prefix: str, api_key: str) -> dict[str, str]:
     """The environment tests/live_settings.py reads: the test database, this test's Redis
     prefix, the loopback server (called with ``api_key``), the "tasks" executor and its

@@ -13,7 +13,6 @@ from django.test import override_settings
 from django_agent_session import exceptions as exc
 from django_agent_session.models import AgentEvent, AgentRun, RunStatus
 from django_agent_session.testing.loopback import Reply
-from tests.helpers.executors import Recording
 from tests.helpers.loopback import loopback_settings
 from tests.helpers.threads import in_thread
 from tests.testapp.models import REFUNDS, ApprovalAgent, Order
@@ -24,14 +23,9 @@ ARGS = {"company_name": "Acme"}
 
 
 @pytest.fixture(autouse=True)
-def recording(loopback):
-    """Resumed turns are drained by the test (``drain``), so each step is deterministic."""
-    Recording.calls.clear()
-    Recording.later.clear()
+def _recorded(recording):
+    """Every test here drains resumed runs itself, and counts refunds from zero."""
     REFUNDS.clear()
-    with override_settings(AGENT_SESSION=loopback_settings(
-            loopback, EXECUTOR="tests.helpers.executors.Recording")):
-        yield Recording
 
 
 def both(*blocks) -> Reply:

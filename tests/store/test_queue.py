@@ -7,14 +7,12 @@ import threading
 import time
 
 import pytest
-from django.db import connection
 from django.test import override_settings
 
 from django_agent_session import exceptions as exc
 from django_agent_session.models import AgentEvent, AgentRun, RunStatus
 from django_agent_session.runs.drain import sweep
 from django_agent_session.testing.loopback import Reply
-from tests.helpers.executors import Recording
 from tests.helpers.loopback import loopback_settings
 from tests.helpers.threads import in_thread
 from tests.testapp.models import ChatAgent
@@ -23,14 +21,6 @@ pytestmark = pytest.mark.django_db(transaction=True)  # other threads see commit
 
 ARGS = {"company_name": "Acme"}
 RECORDING = "tests.helpers.executors.Recording"
-
-
-@pytest.fixture
-def recording(loopback):
-    """The queue's executor only records; the test drains."""
-    Recording.calls.clear()
-    with override_settings(AGENT_SESSION=loopback_settings(loopback, EXECUTOR=RECORDING)):
-        yield Recording.calls
 
 
 def new_session(loopback, user=None):
@@ -60,7 +50,7 @@ class TestSubmission:
 
         assert isinstance(run, AgentRun) and run.status == RunStatus.QUEUED
         assert committed(run.pk).status == RunStatus.QUEUED  # a row before the return
-        assert recording == [(ChatAgent, str(session.pk))]
+        assert recording.calls == [(ChatAgent, str(session.pk))]
         queued = AgentEvent.objects.get(session_id=session.pk, type="run.queued")
         assert queued.run_id == run.pk and queued.seq == run.queued_seq
         assert queued.data["content"] == [{"type": "text", "text": "later"}]
@@ -89,7 +79,7 @@ class TestSubmission:
         first = ChatAgent.objects.submit(session.pk, "once", idempotency_key="k1")
         again = ChatAgent.objects.submit(session.pk, "once", idempotency_key="k1")
         assert first.created and not again.created and again.run.pk == first.run.pk
-        assert recording == [(ChatAgent, str(session.pk))]  # dispatched once
+        assert recording.calls == [(ChatAgent, str(session.pk))]  # dispatched once
         assert AgentEvent.objects.filter(session_id=session.pk, type="run.queued").count() == 1
 
         loopback.enqueue("answered once")
@@ -136,7 +126,7 @@ class TestSubmission:
                 submitted.append(ChatAgent.objects.submit(session.pk, "meanwhile"))
         ChatAgent.objects.continue_session(session.pk, "running", on_progress=on_progress)
         # the submission's own dispatch found the lease held; the turn handed the queue on
-        assert recording == [(ChatAgent, str(session.pk))] * 2
+        assert recording.calls == [(ChatAgent, str(session.pk))] * 2
         assert ChatAgent.objects.drain(session.pk) == 1
         assert user_texts(loopback) == ["first", "running", "meanwhile"]
 
@@ -277,8 +267,8 @@ class TestPickup:
             self, loopback, recording):
         session = new_session(loopback)
         stranded = ChatAgent.objects.continue_session(session.pk, "stranded", wait=False)
-        recording.clear()  # its executor "died": nobody drains it
-        assert sweep() == 1 and recording == [(ChatAgent, str(session.pk))]
+        recording.calls.clear()  # its executor "died": nobody drains it
+        assert sweep() == 1 and recording.calls == [(ChatAgent, str(session.pk))]
 
         loopback.enqueue("re stranded", "re next")
         after = ChatAgent.objects.continue_session(session.pk, "next")  # runs it first
