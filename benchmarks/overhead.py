@@ -56,14 +56,21 @@ def prepared_context(n: int) -> dict[str, Any]:
 
 def measure_turns(model: Any, pk: Any, base: dict[str, Any], stopwatch: Stopwatch, *,
                   turns: int, warmup: int, between: Callable[[], None] | None = None
-                  ) -> tuple[list[float], list[float], list[float]]:
-    """Run ``warmup + turns`` turns; returns (turn seconds, seconds inside the client,
-    CPU seconds of the library: the turn's thread CPU time minus the client's)."""
+                  ) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Run ``warmup + turns`` turns, each followed by one reference turn (a bare JSONField
+    read-modify-write of the same history, :mod:`benchmarks.reference`); returns (turn
+    seconds, seconds inside the client, CPU seconds of the library: the turn's thread CPU
+    time minus the client's, reference seconds)."""
+    from . import reference
+
     manager = model.objects
     context_field = model.agent_options.context_field
+    messages = base["messages"]
+    bare = reference.prepare(messages)
     totals: list[float] = []
     inside: list[float] = []
     cpu: list[float] = []
+    references: list[float] = []
     gc.collect()
     for i in range(warmup + turns):
         model._base_manager.filter(pk=pk).update(**{context_field: base})  # untimed reset
@@ -74,11 +81,16 @@ def measure_turns(model: Any, pk: Any, base: dict[str, Any], stopwatch: Stopwatc
         manager.continue_session(pk, USER_INPUT)
         elapsed, elapsed_cpu = time.perf_counter() - start, time.thread_time() - start_cpu
         spent, spent_cpu = stopwatch.take()
+        reference.reset(bare, messages)  # untimed
+        start = time.perf_counter()
+        reference.turn(bare, USER_INPUT, REPLY)
+        bare_elapsed = time.perf_counter() - start
         if i >= warmup:
             totals.append(elapsed)
             inside.append(spent)
             cpu.append(elapsed_cpu - spent_cpu)
-    return totals, inside, cpu
+            references.append(bare_elapsed)
+    return totals, inside, cpu, references
 
 
 def count_queries(model: Any, pk: Any, base: dict[str, Any], *, turns: int = 5
@@ -100,14 +112,18 @@ def count_queries(model: Any, pk: Any, base: dict[str, Any], *, turns: int = 5
 
 
 def _row(size: int, totals: list[float], inside: list[float], cpu: list[float],
-         queries: list[int], sql: list[str], **extra: Any) -> dict[str, Any]:
+         references: list[float], queries: list[int], sql: list[str],
+         **extra: Any) -> dict[str, Any]:
     overhead = [t - c for t, c in zip(totals, inside, strict=True)]
+    over, bare = summary(overhead), summary(references)
     return {
         "history": size,
         "turn": summary(totals),
         "client": summary(inside),
-        "overhead": summary(overhead),
+        "overhead": over,
         "overhead_cpu": summary(cpu),
+        "reference": bare,
+        "ratio": round(over["median_ms"] / bare["median_ms"], 3),
         "queries_per_turn": sorted(set(queries)),
         "queries_sql": sql,
         **extra,
@@ -118,6 +134,9 @@ def run_scripted(sizes: list[int], turns: int, warmup: int) -> list[dict[str, An
     from django_agent_session.testing import text_reply, use_scripted_client
     from tests.testapp.models import ChatAgent
 
+    from . import reference
+
+    reference.create_table()
     rows = []
     with use_scripted_client(default=text_reply(REPLY)) as client:
         stopwatch = Stopwatch(client.create)
@@ -125,12 +144,12 @@ def run_scripted(sizes: list[int], turns: int, warmup: int) -> list[dict[str, An
         for size in sizes:
             base = prepared_context(size)
             session = ChatAgent.objects.create(context=base, title="bench")
-            totals, inside, cpu = measure_turns(ChatAgent, session.pk, base, stopwatch,
-                                                turns=turns, warmup=warmup,
-                                                between=client.requests.clear)
+            *times, references = measure_turns(ChatAgent, session.pk, base, stopwatch,
+                                               turns=turns, warmup=warmup,
+                                               between=client.requests.clear)
             queries, sql = count_queries(ChatAgent, session.pk, base)
             client.requests.clear()
-            rows.append(_row(size, totals, inside, cpu, queries, sql))
+            rows.append(_row(size, *times, references, queries, sql))
     return rows
 
 
@@ -142,6 +161,9 @@ def run_sdk(sizes: list[int], turns: int, warmup: int) -> list[dict[str, Any]]:
     from django_agent_session.testing.loopback import LoopbackMessagesServer, Reply
     from tests.testapp.models import ChatAgent
 
+    from . import reference
+
+    reference.create_table()
     rows = []
     for size in sizes:
         with LoopbackMessagesServer() as server, override_settings(AGENT_SESSION={
@@ -154,8 +176,8 @@ def run_sdk(sizes: list[int], turns: int, warmup: int) -> list[dict[str, Any]]:
             client.create = stopwatch
             base = prepared_context(size)
             session = ChatAgent.objects.create(context=base, title="bench")
-            totals, inside, cpu = measure_turns(ChatAgent, session.pk, base, stopwatch,
-                                                turns=turns, warmup=warmup)
+            totals, inside, cpu, references = measure_turns(
+                ChatAgent, session.pk, base, stopwatch, turns=turns, warmup=warmup)
             queries, sql = count_queries(ChatAgent, session.pk, base)
             # the same request body, sent by a bare SDK client
             body = {k: v for k, v in server.message_requests[-1].body.items() if k != "stream"}
@@ -167,5 +189,6 @@ def run_sdk(sizes: list[int], turns: int, warmup: int) -> list[dict[str, Any]]:
                 if i >= warmup:
                     bare.append(time.perf_counter() - start)
             sdk.close()
-            rows.append(_row(size, totals, inside, cpu, queries, sql, bare_sdk=summary(bare)))
+            rows.append(_row(size, totals, inside, cpu, references, queries, sql,
+                             bare_sdk=summary(bare)))
     return rows
