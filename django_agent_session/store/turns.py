@@ -41,6 +41,7 @@ from ..records import (
     SessionRecord,
     SessionStatus,
 )
+from .statements import statements_for
 from .lease import INTERRUPTED, lease_deadline, lease_held, lease_remaining
 
 TITLE_LENGTH = 80
@@ -154,6 +155,16 @@ class SessionStore:
         """Take the lease and insert a running run, if the lease is free and no run is queued
         (the fast path of a turn nobody waits behind); otherwise return the seconds until the
         lease may be free (``0.0``: free, but runs are queued, so submit to the queue)."""
+        hot = statements_for(self.model)
+        if hot is not None:  # an idle session nobody waits on: one round trip (statements.py)
+            now, run_id = timezone.now(), uuid.uuid4()
+            expires = lease_deadline(now)
+            with transaction.atomic(using=hot.alias):
+                session = hot.begin(pk, run_id=run_id, expires=expires, now=now, input=input,
+                                    idempotency_key=None,
+                                    model_name=self.model.agent_options.model_name)
+            if session is not None:
+                return Turn(session, run_id, now, expires, input, user_blocks)
         queued = AgentRun.objects.filter(  # a paused run is in line too: it goes on first
             session_type=self.content_type, session_id=OuterRef("pk"),
             status__in=(RunStatus.QUEUED, RunStatus.AWAITING_APPROVAL))
@@ -187,6 +198,12 @@ class SessionStore:
         return agent_settings.TURN_POLL_SECONDS
 
     def _insert_run(self, turn: Turn) -> None:
+        hot = statements_for(self.model)
+        if hot is not None:
+            hot.insert_run(turn.session.pk, run_id=turn.run_id, now=turn.started_at,
+                           input=turn.input, idempotency_key=turn.idempotency_key,
+                           model_name=turn.session.agent_options.model_name)
+            return
         AgentRun.objects.create(
             id=turn.run_id, session_type=self.content_type, session_id=turn.session.pk,
             status=RunStatus.RUNNING, input=turn.input, idempotency_key=turn.idempotency_key,
@@ -237,19 +254,31 @@ class SessionStore:
             "last_activity_at": now, "updated_at": now,
             **{name: F(name) + int(result.usage.get(name) or 0) for name in USAGE_KEYS},
         }
+        title = None
         if not session.title:
             # only if still untitled: a title set (REST, admin) while the turn ran wins
-            session.title = _title_from(turn.user_blocks)
-            values["title"] = Case(When(title="", then=Value(session.title)), default=F("title"))
+            title = session.title = _title_from(turn.user_blocks)
+            values["title"] = Case(When(title="", then=Value(title)), default=F("title"))
+        hot = statements_for(self.model)
         with transaction.atomic():
             # the version too: a rewind may write once the lease expired (leaving it in place)
-            base = self._claim_seq(turn, len(events), values, version=session.version)
+            base = session.event_seq
+            if hot is None or not hot.commit(
+                    session.pk, run_id=turn.run_id, context=values[self.context_field],
+                    now=now, usage=result.usage, seq=base + len(events), base=base,
+                    version=session.version, title=title):
+                base = self._claim_seq(turn, len(events), values, version=session.version)
             self._fail_stale_run(turn, now)
-            AgentRun.objects.filter(pk=turn.run_id).update(
-                status=RunStatus.COMPLETED, output=result.output, model=result.model,
-                iterations=result.iterations, ended_at=now, duration_ms=turn.elapsed_ms,
-                **{name: int(result.usage.get(name) or 0) for name in USAGE_KEYS},
-            )
+            if hot is not None:
+                hot.complete_run(turn.run_id, output=result.output, model=result.model,
+                                 iterations=result.iterations, now=now,
+                                 duration_ms=turn.elapsed_ms, usage=result.usage)
+            else:
+                AgentRun.objects.filter(pk=turn.run_id).update(
+                    status=RunStatus.COMPLETED, output=result.output, model=result.model,
+                    iterations=result.iterations, ended_at=now, duration_ms=turn.elapsed_ms,
+                    **{name: int(result.usage.get(name) or 0) for name in USAGE_KEYS},
+                )
             self._insert_events(session.pk, base, events, turn)
         session.last_turn = TurnRecord(turn.run_id, RunStatus.COMPLETED,
                                        _numbered(base, events), dict(result.usage))
@@ -313,8 +342,14 @@ class SessionStore:
 
     def _insert_events(self, session_pk: Any, base: int,
                        events: list[tuple[str, dict[str, Any]]], turn: Turn | None) -> None:
-        ct = self.content_type
         now = timezone.now()
+        hot = statements_for(self.model)
+        if hot is not None:
+            hot.insert_events(session_pk, [
+                (base + i, str(kind), _run_of(kind, data, turn), data)
+                for i, (kind, data) in enumerate(events, start=1)], now)
+            return
+        ct = self.content_type
         AgentEvent.objects.bulk_create([
             AgentEvent(session_type=ct, session_id=session_pk, seq=base + i, type=str(kind),
                        data=data, created_at=now, run_id=_run_of(kind, data, turn))

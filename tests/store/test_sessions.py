@@ -17,6 +17,7 @@ from django_agent_session import exceptions as exc
 from django_agent_session.engine.context import Context
 from django_agent_session.models import AgentEvent, AgentRun, RunStatus, SessionStatus
 from django_agent_session.store import SessionStore
+from django_agent_session.store.statements import Statements
 from django_agent_session.testing import json_reply, text_reply, tool_reply
 from tests.testapp.models import ChatAgent, Order, PlainAgent, SupportAgent
 
@@ -361,9 +362,11 @@ class TestBeginFailures:
         scripted.enqueue("first")
         session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
 
-        def broken(self, turn):
+        def broken(*args, **kwargs):
             raise RuntimeError("database went away")
         monkeypatch.setattr(SessionStore, "_insert_run", broken)
+        # the fixed-SQL path (store/statements.py) inserts its run in the same transaction
+        monkeypatch.setattr(Statements, "_insert_run", broken)
         with pytest.raises(RuntimeError):
             ChatAgent.objects.continue_session(session.pk, "Again")
         assert ChatAgent.objects.get(pk=session.pk).lease_token is None

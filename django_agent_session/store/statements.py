@@ -1,0 +1,292 @@
+"""A turn's hot path as fixed SQL, built once per session model and database.
+
+Profiling a turn (docs/performance.md) found the database running its statements in a small
+part of the time and Django's ORM *building* them in most of the rest: compiling the same three
+UPDATEs, resolving the same ``F()`` increments and preparing the same values on every turn. So
+the five statements of a turn nobody waits behind are written here once, as the ORM would
+write them, and only their parameters change:
+
+``begin``
+    ``UPDATE session SET lease ... WHERE pk AND lease_token IS NULL AND NOT EXISTS (queued run)
+    RETURNING *``: the read and the lease in one round trip (the row comes back as a model
+    instance, through the fields' own converters), then ``INSERT`` the running run, in one
+    transaction. A row that does not match (a lease held or expired, a queue, no such row)
+    falls back to the ORM path, which tells these cases apart.
+``commit``
+    ``UPDATE session`` (context, usage increments, event counter, lease release) guarded by the
+    lease token, the event counter and the version; ``UPDATE run``; one multi-row ``INSERT`` of
+    the turn's events. A guard that does not match falls back to the ORM's retry loop.
+
+The statements keep every guarantee of the ORM path (same columns, same guards, same
+transactions); the ORM stays everywhere else. Only PostgreSQL and SQLite (3.35+, for
+``RETURNING``) get them; other databases use the ORM path throughout.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+import weakref
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import connections, models, router
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from ..engine.context import USAGE_KEYS
+from ..records import AgentEvent, AgentRun, RunStatus, SessionRecord, SessionStatus
+from . import codec
+
+#: the run statuses a turn waits behind (as ``try_begin``'s queue check)
+WAITING = (RunStatus.QUEUED, RunStatus.AWAITING_APPROVAL)
+#: the columns of a run row a turn sets when it inserts the run
+RUN_INSERTED = ("id", "session_type", "session_id", "status", "input", "idempotency_key",
+                "model", "started_at")
+#: the columns of a run row a completed turn sets
+RUN_COMPLETED = ("status", "output", "model", "iterations", "ended_at", "duration_ms",
+                 *USAGE_KEYS)
+#: the columns of an event row a turn inserts
+EVENT_COLUMNS = ("session_type", "session_id", "seq", "type", "run", "data", "created_at")
+
+
+class Statements:
+    """The hot path's SQL for one session model on one database connection alias."""
+
+    def __init__(self, model: type[SessionRecord], alias: str) -> None:
+        self.model, self.alias = model, alias
+        connection = connections[alias]  # for its SQL dialect only: connections are per thread
+        q = connection.ops.quote_name
+        self._json = "%s::jsonb" if connection.vendor == "postgresql" else "%s"
+        self._native_uuid = connection.features.has_native_uuid_field
+        meta = model._meta
+        self._context = _field(model, model.agent_options.context_field)
+        context = self._context
+        table = q(meta.db_table)
+        self._fields = _fields(model)
+        self._attnames = [f.attname for f in self._fields]
+        self._converters: weakref.WeakKeyDictionary[BaseDatabaseWrapper, list[Any]] = (
+            weakref.WeakKeyDictionary())
+
+        run_table = q(AgentRun._meta.db_table)
+        run_col = {f.name: _column(q, f) for f in _fields(AgentRun)}
+        session_col = {f.name: _column(q, f) for f in self._fields}
+        returning = ", ".join(_column(q, f) for f in self._fields)
+        self.begin_sql = (
+            f"UPDATE {table} SET {session_col['lease_token']} = %s, "
+            f"{session_col['lease_expires_at']} = %s, {session_col['status']} = %s "
+            f"WHERE {session_col['id']} = %s AND {session_col['lease_token']} IS NULL "
+            f"AND NOT EXISTS (SELECT 1 FROM {run_table} WHERE "
+            f"{run_col['session_type']} = %s AND {run_col['session_id']} = %s AND "
+            f"{run_col['status']} IN (%s, %s)) RETURNING {returning}")
+
+        self._run_fields = _fields(AgentRun)
+        self.insert_run_sql = self._insert_sql(AgentRun, self._run_fields, 1)
+        self._run_defaults = {f.name: self._static_default(f, connection)
+                              for f in self._run_fields if f.name not in RUN_INSERTED}
+
+        sets = [f"{_column(q, context)} = {self._placeholder(context)}",
+                f"{session_col['status']} = %s", f"{session_col['lease_token']} = NULL",
+                f"{session_col['lease_expires_at']} = NULL",
+                f"{session_col['version']} = {session_col['version']} + 1",
+                f"{session_col['turn_count']} = {session_col['turn_count']} + 1",
+                f"{session_col['last_activity_at']} = %s", f"{session_col['updated_at']} = %s",
+                f"{session_col['event_seq']} = %s",
+                *(f"{session_col[k]} = {session_col[k]} + %s" for k in USAGE_KEYS)]
+        where = (f" WHERE {session_col['id']} = %s AND {session_col['lease_token']} = %s "
+                 f"AND {session_col['event_seq']} = %s AND {session_col['version']} = %s")
+        self.commit_sql = f"UPDATE {table} SET {', '.join(sets)}{where}"
+        title = session_col["title"]
+        self.commit_titled_sql = (
+            f"UPDATE {table} SET {', '.join(sets)}, "
+            f"{title} = CASE WHEN {title} = '' THEN %s ELSE {title} END{where}")
+
+        completed = [_field(AgentRun, name) for name in RUN_COMPLETED]
+        self.complete_run_sql = (
+            f"UPDATE {run_table} SET "
+            + ", ".join(f"{_column(q, f)} = {self._placeholder(f)}" for f in completed)
+            + f" WHERE {run_col['id']} = %s")
+
+        self._event_fields = [_field(AgentEvent, name) for name in EVENT_COLUMNS]
+        self._insert_events_sql: dict[int, str] = {}
+
+    # -- building ----------------------------------------------------------------------------
+
+    def _placeholder(self, field: models.Field) -> str:
+        return self._json if isinstance(field, models.JSONField) else "%s"
+
+    def _insert_sql(self, model: type[models.Model], fields: Sequence[models.Field],
+                    rows: int) -> str:
+        q = connections[self.alias].ops.quote_name
+        row = "(" + ", ".join(self._placeholder(f) for f in fields) + ")"
+        return (f"INSERT INTO {q(model._meta.db_table)} "
+                f"({', '.join(_column(q, f) for f in fields)}) VALUES {', '.join([row] * rows)}")
+
+    def _static_default(self, field: models.Field,
+                        connection: BaseDatabaseWrapper) -> Callable[[], Any]:
+        """The database value of ``field``'s default, prepared once unless it is callable."""
+        if isinstance(field, models.JSONField):
+            default = field.get_default()
+            text = None if default is None else codec.dumps(default)
+            return lambda: text
+        if callable(field.default):
+            return lambda: field.get_db_prep_save(field.get_default(), connections[self.alias])
+        value = field.get_db_prep_save(field.get_default(), connection)
+        return lambda: value
+
+    def _converters_of(self, connection: BaseDatabaseWrapper) -> list[Any]:
+        """Per column, the ``(converter, expression)`` pairs the ORM would apply to it."""
+        found = self._converters.get(connection)
+        if found is None:
+            table = self.model._meta.db_table
+            found = self._converters[connection] = []
+            for f in self._fields:
+                if f is self._context and getattr(f, "decoder", None) is None:
+                    found.append([(_decode_json, None)])
+                    continue
+                col = f.get_col(table)
+                found.append([(converter, col) for converter in (
+                    connection.ops.get_db_converters(col) + col.get_db_converters(connection))])
+        return found
+
+    def db_uuid(self, value: Any) -> Any:
+        """A UUID (or its text) as the database stores it."""
+        if value is None:
+            return None
+        if not isinstance(value, uuid.UUID):
+            value = uuid.UUID(str(value))
+        return value if self._native_uuid else value.hex
+
+    @property
+    def connection(self) -> BaseDatabaseWrapper:
+        """This thread's connection (Django's connections are per thread)."""
+        return connections[self.alias]
+
+    def content_type_id(self) -> int:
+        """Looked up per call: the ContentType manager caches it, and a test's flush may
+        give the model a new id."""
+        return ContentType.objects.db_manager(self.alias).get_for_model(self.model).pk
+
+    # -- executing ---------------------------------------------------------------------------
+
+    def begin(self, pk: Any, *, run_id: uuid.UUID, expires: datetime, now: datetime,
+              input: dict[str, Any], idempotency_key: str | None, model_name: str) -> Any:
+        """Take the lease of an idle session nobody is queued on and insert its running run,
+        inside the caller's transaction; the session as read, or ``None`` (the ORM path)."""
+        session_pk, connection = self.db_uuid(pk), self.connection
+        with connection.cursor() as cursor:
+            cursor.execute(self.begin_sql, [
+                self.db_uuid(run_id), connection.ops.adapt_datetimefield_value(expires),
+                SessionStatus.RUNNING, session_pk, self.content_type_id(), session_pk,
+                *WAITING])
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            self._insert_run(cursor, session_pk, run_id=run_id, now=now, input=input,
+                             idempotency_key=idempotency_key, model_name=model_name)
+        return self._instance(row, connection)
+
+    def insert_run(self, pk: Any, *, run_id: uuid.UUID, now: datetime, input: dict[str, Any],
+                   idempotency_key: str | None, model_name: str) -> None:
+        with self.connection.cursor() as cursor:
+            self._insert_run(cursor, self.db_uuid(pk), run_id=run_id, now=now, input=input,
+                             idempotency_key=idempotency_key, model_name=model_name)
+
+    def _insert_run(self, cursor: Any, session_pk: Any, *, run_id: uuid.UUID, now: datetime,
+                    input: dict[str, Any], idempotency_key: str | None,
+                    model_name: str) -> None:
+        given = {"id": self.db_uuid(run_id), "session_type": self.content_type_id(),
+                 "session_id": session_pk, "status": RunStatus.RUNNING,
+                 "input": codec.dumps(input), "idempotency_key": idempotency_key,
+                 "model": model_name,
+                 "started_at": cursor.db.ops.adapt_datetimefield_value(now)}
+        defaults = self._run_defaults
+        cursor.execute(self.insert_run_sql, [
+            given[f.name] if f.name in given else defaults[f.name]()
+            for f in self._run_fields])
+
+    def commit(self, pk: Any, *, run_id: uuid.UUID, context: dict[str, Any], now: datetime,
+               usage: dict[str, Any], seq: int, base: int, version: int,
+               title: str | None) -> bool:
+        """Write a completed turn to the session row if this turn still holds the lease and
+        the row is at ``base`` events and ``version``; whether it did."""
+        connection = self.connection
+        moment = connection.ops.adapt_datetimefield_value(now)
+        params = [codec.dumps(context), SessionStatus.IDLE, moment, moment, seq,
+                  *(int(usage.get(name) or 0) for name in USAGE_KEYS)]
+        sql = self.commit_sql
+        if title is not None:
+            params.append(title)
+            sql = self.commit_titled_sql
+        params += [self.db_uuid(pk), self.db_uuid(run_id), base, version]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return bool(cursor.rowcount)
+
+    def complete_run(self, run_id: uuid.UUID, *, output: Any, model: str, iterations: int,
+                     now: datetime, duration_ms: int, usage: dict[str, Any]) -> None:
+        connection = self.connection
+        with connection.cursor() as cursor:
+            cursor.execute(self.complete_run_sql, [
+                RunStatus.COMPLETED, None if output is None else codec.dumps(output), model,
+                iterations, connection.ops.adapt_datetimefield_value(now), duration_ms,
+                *(int(usage.get(name) or 0) for name in USAGE_KEYS), self.db_uuid(run_id)])
+
+    def insert_events(self, pk: Any, rows: list[tuple[int, str, Any, dict[str, Any]]],
+                      now: datetime) -> None:
+        """Insert ``(seq, type, run_id, data)`` rows of one session in one statement."""
+        sql = self._insert_events_sql.get(len(rows))
+        if sql is None:
+            sql = self._insert_events_sql[len(rows)] = self._insert_sql(
+                AgentEvent, self._event_fields, len(rows))
+        connection = self.connection
+        session_pk, ct = self.db_uuid(pk), self.content_type_id()
+        moment = connection.ops.adapt_datetimefield_value(now)
+        params: list[Any] = []
+        for seq, kind, run_id, data in rows:
+            params += [ct, session_pk, seq, kind, self.db_uuid(run_id), codec.dumps(data), moment]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+
+    def _instance(self, row: Sequence[Any], connection: BaseDatabaseWrapper) -> Any:
+        values = []
+        for value, converters in zip(row, self._converters_of(connection), strict=True):
+            for converter, expression in converters:
+                value = converter(value, expression, connection)
+            values.append(value)
+        return self.model.from_db(self.alias, self._attnames, values)
+
+
+def _fields(model: type[models.Model]) -> list[models.Field]:
+    return cast("list[models.Field]", list(model._meta.concrete_fields))
+
+
+def _field(model: type[models.Model], name: str) -> models.Field:
+    return cast("models.Field", model._meta.get_field(name))
+
+
+def _column(quote: Callable[[str], str], field: models.Field) -> str:
+    return quote(cast(str, field.column))
+
+
+def _decode_json(value: Any, expression: Any, connection: BaseDatabaseWrapper) -> Any:
+    return codec.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+_cache: dict[tuple[type[SessionRecord], str], Statements | None] = {}
+
+
+def statements_for(model: type[SessionRecord]) -> Statements | None:
+    """The statements of ``model`` on the database it writes to; ``None`` where that
+    database has no ``UPDATE ... RETURNING`` (the ORM path serves it)."""
+    alias = router.db_for_write(model)
+    key = (model, alias)
+    try:
+        return _cache[key]
+    except KeyError:
+        connection = connections[alias]
+        supported = connection.vendor in ("postgresql", "sqlite") and (
+            connection.vendor != "sqlite" or sqlite3.sqlite_version_info >= (3, 35))
+        found = _cache[key] = Statements(model, alias) if supported else None
+        return found
