@@ -24,6 +24,7 @@ transactions); the ORM stays everywhere else. Only PostgreSQL and SQLite (3.35+,
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import uuid
 import weakref
@@ -32,7 +33,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from django.contrib.contenttypes.models import ContentType
-from django.db import connections, models, router
+from django.db import connections, models, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ..engine.context import USAGE_KEYS
@@ -111,6 +112,19 @@ class Statements:
         self._event_fields = [_field(AgentEvent, name) for name in EVENT_COLUMNS]
         self._insert_events_sql: dict[int, str] = {}
 
+        #: PostgreSQL runs each transaction of a turn as one statement (data-modifying CTEs):
+        #: two round trips a turn, and no BEGIN/COMMIT of their own
+        self.fused = connection.vendor == "postgresql"
+        if self.fused:
+            typed = {f.name: f"%s::{f.cast_db_type(connection)}" for f in self._run_fields}
+            self.begin_fused_sql = (
+                f"WITH s AS ({self.begin_sql}), r AS (INSERT INTO {run_table} "
+                f"({', '.join(_column(q, f) for f in self._run_fields)}) SELECT "
+                f"{', '.join(typed[f.name] for f in self._run_fields)} FROM s) "
+                f"SELECT * FROM s")
+            self._commit_fused_sql: dict[tuple[bool, int], str] = {}
+            self._complete_run_where = f" WHERE {run_col['id']} = %s"
+
     # -- building ----------------------------------------------------------------------------
 
     def _placeholder(self, field: models.Field) -> str:
@@ -168,6 +182,34 @@ class Statements:
         give the model a new id."""
         return ContentType.objects.db_manager(self.alias).get_for_model(self.model).pk
 
+    def atomic(self) -> contextlib.AbstractContextManager[Any]:
+        """The transaction a hot-path step needs: none for one fused statement in autocommit
+        (it is atomic on its own), else ``atomic()`` (a savepoint inside a caller's
+        transaction, so a failed statement does not abort it)."""
+        if self.fused and not connections[self.alias].in_atomic_block:
+            return contextlib.nullcontext()
+        return transaction.atomic(using=self.alias)
+
+    def _commit_fused(self, titled: bool, events: int) -> str:
+        """The session UPDATE, the run UPDATE and the events INSERT as one statement: the
+        last two happen only if the first matched its guards."""
+        key = (titled, events)
+        sql = self._commit_fused_sql.get(key)
+        if sql is None:
+            connection = connections[self.alias]
+            q = connection.ops.quote_name
+            row = "(" + ", ".join(f"%s::{f.cast_db_type(connection)}"
+                                  for f in self._event_fields) + ")"
+            session = self.commit_titled_sql if titled else self.commit_sql
+            sql = self._commit_fused_sql[key] = (
+                f"WITH s AS ({session} RETURNING 1), "
+                f"r AS ({self.complete_run_sql} AND EXISTS (SELECT 1 FROM s)), "
+                f"e AS (INSERT INTO {q(AgentEvent._meta.db_table)} "
+                f"({', '.join(_column(q, f) for f in self._event_fields)}) "
+                f"SELECT * FROM (VALUES {', '.join([row] * events)}) AS v "
+                f"WHERE EXISTS (SELECT 1 FROM s)) SELECT count(*) FROM s")
+        return sql
+
     # -- executing ---------------------------------------------------------------------------
 
     def begin(self, pk: Any, *, run_id: uuid.UUID, expires: datetime, now: datetime,
@@ -175,6 +217,16 @@ class Statements:
         """Take the lease of an idle session nobody is queued on and insert its running run,
         inside the caller's transaction; the session as read, or ``None`` (the ORM path)."""
         session_pk, connection = self.db_uuid(pk), self.connection
+        if self.fused:
+            params = [self.db_uuid(run_id), connection.ops.adapt_datetimefield_value(expires),
+                      SessionStatus.RUNNING, session_pk, self.content_type_id(), session_pk,
+                      *WAITING, *self._run_params(session_pk, run_id=run_id, now=now,
+                                                  input=input, idempotency_key=idempotency_key,
+                                                  model_name=model_name, connection=connection)]
+            with connection.cursor() as cursor:
+                cursor.execute(self.begin_fused_sql, params)
+                row = cursor.fetchone()
+            return None if row is None else self._instance(row, connection)
         with connection.cursor() as cursor:
             cursor.execute(self.begin_sql, [
                 self.db_uuid(run_id), connection.ops.adapt_datetimefield_value(expires),
@@ -196,15 +248,20 @@ class Statements:
     def _insert_run(self, cursor: Any, session_pk: Any, *, run_id: uuid.UUID, now: datetime,
                     input: dict[str, Any], idempotency_key: str | None,
                     model_name: str) -> None:
+        cursor.execute(self.insert_run_sql, self._run_params(
+            session_pk, run_id=run_id, now=now, input=input, idempotency_key=idempotency_key,
+            model_name=model_name, connection=cursor.db))
+
+    def _run_params(self, session_pk: Any, *, run_id: uuid.UUID, now: datetime,
+                    input: dict[str, Any], idempotency_key: str | None, model_name: str,
+                    connection: BaseDatabaseWrapper) -> list[Any]:
         given = {"id": self.db_uuid(run_id), "session_type": self.content_type_id(),
                  "session_id": session_pk, "status": RunStatus.RUNNING,
                  "input": codec.dumps(input), "idempotency_key": idempotency_key,
-                 "model": model_name,
-                 "started_at": cursor.db.ops.adapt_datetimefield_value(now)}
+                 "model": model_name, "started_at": connection.ops.adapt_datetimefield_value(now)}
         defaults = self._run_defaults
-        cursor.execute(self.insert_run_sql, [
-            given[f.name] if f.name in given else defaults[f.name]()
-            for f in self._run_fields])
+        return [given[f.name] if f.name in given else defaults[f.name]()
+                for f in self._run_fields]
 
     def commit(self, pk: Any, *, run_id: uuid.UUID, context: dict[str, Any], now: datetime,
                usage: dict[str, Any], seq: int, base: int, version: int,
@@ -224,6 +281,38 @@ class Statements:
             cursor.execute(sql, params)
             return bool(cursor.rowcount)
 
+    def commit_turn(self, pk: Any, *, run_id: uuid.UUID, context: dict[str, Any],
+                    now: datetime, usage: dict[str, Any], base: int, version: int,
+                    title: str | None, output: Any, model: str, iterations: int,
+                    duration_ms: int, events: list[tuple[int, str, Any, dict[str, Any]]]
+                    ) -> bool:
+        """:meth:`commit`, :meth:`complete_run` and :meth:`insert_events` as one statement
+        (PostgreSQL): all of it if the guards of :meth:`commit` match, else nothing."""
+        connection = self.connection
+        moment = connection.ops.adapt_datetimefield_value(now)
+        tokens = [int(usage.get(name) or 0) for name in USAGE_KEYS]
+        params = [codec.dumps(context), SessionStatus.IDLE, moment, moment, base + len(events),
+                  *tokens]
+        if title is not None:
+            params.append(title)
+        params += [self.db_uuid(pk), self.db_uuid(run_id), base, version]
+        params += [RunStatus.COMPLETED, None if output is None else codec.dumps(output), model,
+                   iterations, moment, duration_ms, *tokens, self.db_uuid(run_id)]
+        params += self._event_params(pk, events, moment)
+        with connection.cursor() as cursor:
+            cursor.execute(self._commit_fused(title is not None, len(events)), params)
+            row = cursor.fetchone()
+        return bool(row and row[0])
+
+    def _event_params(self, pk: Any, rows: list[tuple[int, str, Any, dict[str, Any]]],
+                      moment: Any) -> list[Any]:
+        session_pk, ct = self.db_uuid(pk), self.content_type_id()
+        params: list[Any] = []
+        for seq, kind, run_id, data in rows:
+            params += [ct, session_pk, seq, kind, self.db_uuid(run_id), codec.dumps(data),
+                       moment]
+        return params
+
     def complete_run(self, run_id: uuid.UUID, *, output: Any, model: str, iterations: int,
                      now: datetime, duration_ms: int, usage: dict[str, Any]) -> None:
         connection = self.connection
@@ -241,11 +330,7 @@ class Statements:
             sql = self._insert_events_sql[len(rows)] = self._insert_sql(
                 AgentEvent, self._event_fields, len(rows))
         connection = self.connection
-        session_pk, ct = self.db_uuid(pk), self.content_type_id()
-        moment = connection.ops.adapt_datetimefield_value(now)
-        params: list[Any] = []
-        for seq, kind, run_id, data in rows:
-            params += [ct, session_pk, seq, kind, self.db_uuid(run_id), codec.dumps(data), moment]
+        params = self._event_params(pk, rows, connection.ops.adapt_datetimefield_value(now))
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
 

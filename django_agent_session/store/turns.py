@@ -41,7 +41,7 @@ from ..records import (
     SessionRecord,
     SessionStatus,
 )
-from .statements import statements_for
+from .statements import Statements, statements_for
 from .lease import INTERRUPTED, lease_deadline, lease_held, lease_remaining
 
 TITLE_LENGTH = 80
@@ -159,7 +159,7 @@ class SessionStore:
         if hot is not None:  # an idle session nobody waits on: one round trip (statements.py)
             now, run_id = timezone.now(), uuid.uuid4()
             expires = lease_deadline(now)
-            with transaction.atomic(using=hot.alias):
+            with hot.atomic():  # PostgreSQL: one statement; SQLite: two, in one transaction
                 session = hot.begin(pk, run_id=run_id, expires=expires, now=now, input=input,
                                     idempotency_key=None,
                                     model_name=self.model.agent_options.model_name)
@@ -260,6 +260,30 @@ class SessionStore:
             title = session.title = _title_from(turn.user_blocks)
             values["title"] = Case(When(title="", then=Value(title)), default=F("title"))
         hot = statements_for(self.model)
+        base = session.event_seq
+        if hot is not None and hot.fused and not turn.stale_runs and self._commit_fused(
+                hot, turn, values, events, result, now, title):
+            pass  # one statement wrote it all (PostgreSQL)
+        else:
+            self._commit_in_transaction(turn, hot, values, events, result, now, title)
+        self._mirror(turn, values, events, result, now)
+        return session
+
+    def _commit_fused(self, hot: Statements, turn: Turn, values: dict[str, Any],
+                      events: list[tuple[str, dict[str, Any]]], result: TurnResult,
+                      now: datetime, title: str | None) -> bool:
+        session, base = turn.session, turn.session.event_seq
+        with hot.atomic():
+            return hot.commit_turn(
+                session.pk, run_id=turn.run_id, context=values[self.context_field], now=now,
+                usage=result.usage, base=base, version=session.version, title=title,
+                output=result.output, model=result.model, iterations=result.iterations,
+                duration_ms=turn.elapsed_ms, events=self._event_rows(base, events, turn))
+
+    def _commit_in_transaction(self, turn: Turn, hot: Statements | None,
+                               values: dict[str, Any], events: list[tuple[str, dict[str, Any]]],
+                               result: TurnResult, now: datetime, title: str | None) -> None:
+        session = turn.session
         with transaction.atomic():
             # the version too: a rewind may write once the lease expired (leaving it in place)
             base = session.event_seq
@@ -280,9 +304,15 @@ class SessionStore:
                     **{name: int(result.usage.get(name) or 0) for name in USAGE_KEYS},
                 )
             self._insert_events(session.pk, base, events, turn)
+        session.event_seq = base  # as claimed: _mirror adds the turn's events
+
+    def _mirror(self, turn: Turn, values: dict[str, Any],
+                events: list[tuple[str, dict[str, Any]]], result: TurnResult,
+                now: datetime) -> None:
+        """Mirror the committed UPDATE in memory, so callers need no reload."""
+        session, base = turn.session, turn.session.event_seq
         session.last_turn = TurnRecord(turn.run_id, RunStatus.COMPLETED,
                                        _numbered(base, events), dict(result.usage))
-        # mirror the UPDATE in memory, so callers need no reload
         setattr(session, self.context_field, values[self.context_field])
         session.status = SessionStatus.IDLE
         session.lease_token = session.lease_expires_at = None
@@ -292,7 +322,6 @@ class SessionStore:
         session.last_activity_at = session.updated_at = now
         for name in USAGE_KEYS:
             setattr(session, name, getattr(session, name) + int(result.usage.get(name) or 0))
-        return session
 
     def _claim_seq(self, turn: Turn, count: int, values: dict[str, Any],
                    version: int | None = None) -> int:
@@ -340,14 +369,18 @@ class SessionStore:
         ref = ((running.get(stale) or {}).get("ref") or str(stale)) if stale else None
         return stale, ref, list(running)
 
+    @staticmethod
+    def _event_rows(base: int, events: list[tuple[str, dict[str, Any]]], turn: Turn | None
+                    ) -> list[tuple[int, str, Any, dict[str, Any]]]:
+        return [(base + i, str(kind), _run_of(kind, data, turn), data)
+                for i, (kind, data) in enumerate(events, start=1)]
+
     def _insert_events(self, session_pk: Any, base: int,
                        events: list[tuple[str, dict[str, Any]]], turn: Turn | None) -> None:
         now = timezone.now()
         hot = statements_for(self.model)
         if hot is not None:
-            hot.insert_events(session_pk, [
-                (base + i, str(kind), _run_of(kind, data, turn), data)
-                for i, (kind, data) in enumerate(events, start=1)], now)
+            hot.insert_events(session_pk, self._event_rows(base, events, turn), now)
             return
         ct = self.content_type
         AgentEvent.objects.bulk_create([

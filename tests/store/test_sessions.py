@@ -8,7 +8,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -362,15 +362,19 @@ class TestBeginFailures:
         scripted.enqueue("first")
         session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
 
-        def broken(*args, **kwargs):
-            raise RuntimeError("database went away")
-        monkeypatch.setattr(SessionStore, "_insert_run", broken)
-        # the fixed-SQL path (store/statements.py) inserts its run in the same transaction
-        monkeypatch.setattr(Statements, "_insert_run", broken)
-        with pytest.raises(RuntimeError):
+        real = Statements._run_params
+
+        def null_input(self, *args, **kwargs):
+            params = real(self, *args, **kwargs)
+            # input is NOT NULL: the run's INSERT fails in the database, after the lease's
+            # UPDATE ran (in its transaction on SQLite, in its statement on PostgreSQL)
+            params[[f.name for f in self._run_fields].index("input")] = None
+            return params
+        monkeypatch.setattr(Statements, "_run_params", null_input)
+        with pytest.raises(IntegrityError):
             ChatAgent.objects.continue_session(session.pk, "Again")
         assert ChatAgent.objects.get(pk=session.pk).lease_token is None
-        with pytest.raises(RuntimeError):
+        with pytest.raises(IntegrityError):
             ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
         assert ChatAgent.objects.count() == 1  # no session born holding an orphan lease
 
