@@ -2,8 +2,12 @@
 
 Stored in the Messages API's own message format, so it can be sent back as is, under a
 ``version`` key so a future format can migrate old rows on read. Loading also repairs a
-``tool_use`` block left without its ``tool_result`` (an interrupted tool turn), which would
-otherwise make every later call fail.
+``tool_use`` block left without its ``tool_result`` at the end of the history (a tool turn
+interrupted before this library committed turns atomically), which would otherwise make
+every later call fail. Only the tail is looked at on load: a commit stores whole turns, so a
+dangling call can only be the last thing written, and a scan of every message on every turn
+was a measurable part of a long conversation's turn. :func:`repair_dangling_tool_use` still
+repairs a whole history (an imported one, say).
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ class Context:
             metadata=data.get("metadata") or {},
             version=CONTEXT_VERSION,
         )
-        ctx.repaired = repair_dangling_tool_use(ctx.messages)
+        ctx.repaired = repair_dangling_tool_use(ctx.messages, start=len(ctx.messages) - 2)
         return ctx
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,15 +124,16 @@ def migrate(data: Any) -> dict[str, Any]:
     return data
 
 
-def repair_dangling_tool_use(messages: list[dict[str, Any]]) -> bool:
-    """Give every ``tool_use`` a ``tool_result``; returns whether anything changed.
+def repair_dangling_tool_use(messages: list[dict[str, Any]], start: int = 0) -> bool:
+    """Give every ``tool_use`` (from message ``start`` on) a ``tool_result``; returns whether
+    anything changed.
 
     The Messages API rejects a conversation whose assistant ``tool_use`` is not answered by
     a ``tool_result`` in the next user message; a turn interrupted mid-tool leaves exactly
     that. The repair answers it with an error result so the conversation stays usable.
     """
     changed = False
-    i = 0
+    i = max(start, 0)
     while i < len(messages):
         msg = messages[i]
         if msg.get("role") != "assistant" or isinstance(msg.get("content"), str):

@@ -32,7 +32,7 @@ from django.utils.dateparse import parse_datetime
 
 from .. import exceptions as exc
 from ..declaration.registry import session_models
-from ..engine.context import USAGE_KEYS
+from ..engine.context import USAGE_KEYS, repair_dangling_tool_use
 from ..records import (
     AgentEvent,
     AgentRun,
@@ -168,7 +168,7 @@ def import_session(data: dict[str, Any], *, model: type[SessionRecord] | None = 
             setattr(session, attname, _restore(field, value))
     if session.status == SessionStatus.RUNNING:
         session.status = SessionStatus.IDLE  # no lease comes with it: the turn is not running
-    setattr(session, model.agent_options.context_field, data.get("context") or {})
+    setattr(session, model.agent_options.context_field, _repaired(data.get("context") or {}))
     last_seq = max((e["seq"] for e in data["events"]), default=0)
     session.event_seq = max(int(doc.get("event_seq") or 0), last_seq)
 
@@ -193,6 +193,17 @@ def import_session(data: dict[str, Any], *, model: type[SessionRecord] | None = 
             storage.delete(name)
         raise
     return session
+
+
+def _repaired(context: Any) -> Any:
+    """An imported context with every dangling ``tool_use`` answered: turns repair only the
+    tail of a history on load (engine/context.py), and an imported one may come from
+    anywhere."""
+    if isinstance(context, dict) and isinstance(context.get("messages"), list):
+        messages = list(context["messages"])
+        if repair_dangling_tool_use(messages):
+            return {**context, "messages": messages}
+    return context
 
 
 def _target_model(data: Any, model: type[SessionRecord] | None

@@ -3,7 +3,7 @@
 The lease bounds how long a *dead* process can block a session, not how long a turn may take:
 a model call or a tool that outlasts ``TURN_LEASE_SECONDS`` must not be taken over and thrown
 away. So while the engine runs, a heartbeat renews the lease every third of the lease time,
-from its own thread (sync turns) or task (async turns), with its own database connection, so a
+from the process's one beater thread (sync turns) or a task (async turns), with its own database connection, so a
 busy turn thread cannot starve it. Only a process that really stopped, or stalled past the
 lease, loses its lease; the commit's compare-and-set still decides.
 
@@ -82,27 +82,70 @@ def _beat(store: SessionStore, turn: Turn) -> bool:
     return True
 
 
+class _Beater:
+    """One daemon thread per process that beats every sync turn in flight.
+
+    A thread per turn cost more to start than the rest of a short turn's bookkeeping
+    (docs/performance.md); registering with a thread that is already running costs a lock.
+    A beat runs outside the lock, with the beater's own database connection, which it closes
+    whenever no turn is left to watch.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[_Beat, float] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(self, beat: _Beat) -> None:
+        with self._cond:
+            self._due[beat] = time.monotonic() + tick()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="agent-lease-beater",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def discard(self, beat: _Beat) -> None:
+        with self._cond:
+            self._due.pop(beat, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._due:
+                    connections.close_all()  # nothing to watch: hold no connection
+                    self._cond.wait()
+                now = time.monotonic()
+                soonest = min(self._due.values())
+                if soonest > now:
+                    self._cond.wait(soonest - now)
+                    continue
+                ready = [beat for beat, due in self._due.items() if due <= now]
+                for beat in ready:
+                    self._due[beat] = now + tick()
+            for beat in ready:
+                try:
+                    alive = beat()
+                except Exception:  # never let one turn's beat stop the others'
+                    logger.exception("Heartbeat of run %s failed", beat.turn.run_id)
+                    alive = True
+                if not alive:
+                    self.discard(beat)
+
+
+_beater = _Beater()
+
+
 @contextlib.contextmanager
 def keep_alive(store: SessionStore, turn: Turn) -> Iterator[None]:
-    """Renew ``turn``'s lease from a daemon thread while the block runs; a requested cancel
-    sets ``turn.cancel_event`` (the sync engine stops at its next step)."""
-    stop = threading.Event()
+    """Renew ``turn``'s lease from the process's beater thread while the block runs; a
+    requested cancel sets ``turn.cancel_event`` (the sync engine stops at its next step)."""
     beat = _Beat(store, turn, lambda: None)
-
-    def loop() -> None:
-        try:
-            while not stop.wait(tick()) and beat():
-                pass
-        finally:
-            connections.close_all()  # this thread's own connection
-
-    thread = threading.Thread(target=loop, name=f"agent-lease-{turn.run_id}", daemon=True)
-    thread.start()
+    _beater.add(beat)
     try:
         yield
     finally:
-        stop.set()
-        thread.join()
+        _beater.discard(beat)
 
 
 @contextlib.asynccontextmanager

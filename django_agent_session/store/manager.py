@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from .. import exceptions as exc
 from ..conf import agent_settings
-from ..declaration.schemas import validate
+from ..declaration.schemas import field_names, validate
 from ..declaration.tools import ToolContext
 from ..engine.context import Context, storable
 from ..engine.turn import (
@@ -79,7 +79,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
 
     def _prepare_input(self, input: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         options = self._options
-        if isinstance(input, str) and "message" in options.input_serializer().fields:
+        if isinstance(input, str) and "message" in field_names(options.input_serializer):
             input = {"message": input}
         validated = validate(options.input_serializer, input)
         blocks = user_blocks_for(validated)

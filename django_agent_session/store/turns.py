@@ -245,8 +245,25 @@ class SessionStore:
                                        "iterations": result.iterations}),
         ]
         events = self._stale_events(turn) + turn.pending_events + run_events
+        stored = new_context.to_dict()
+        title = None
+        if not session.title:
+            # only if still untitled: a title set (REST, admin) while the turn ran wins
+            title = session.title = _title_from(turn.user_blocks)
+        hot = statements_for(self.model)
+        if hot is not None and hot.fused and not turn.stale_runs and self._commit_fused(
+                hot, turn, stored, events, result, now, title):
+            pass  # one statement wrote it all (PostgreSQL)
+        else:
+            self._commit_in_transaction(turn, hot, stored, events, result, now, title)
+        self._mirror(turn, stored, events, result, now)
+        return session
+
+    def _commit_values(self, stored: dict[str, Any], result: TurnResult, now: datetime,
+                       title: str | None) -> dict[str, Any]:
+        """The ORM path's UPDATE of a completed turn (``statements.commit`` is its SQL)."""
         values: dict[str, Any] = {
-            self.context_field: new_context.to_dict(),
+            self.context_field: stored,
             "status": SessionStatus.IDLE,
             "lease_token": None, "lease_expires_at": None,
             "version": F("version") + 1,
@@ -254,44 +271,35 @@ class SessionStore:
             "last_activity_at": now, "updated_at": now,
             **{name: F(name) + int(result.usage.get(name) or 0) for name in USAGE_KEYS},
         }
-        title = None
-        if not session.title:
-            # only if still untitled: a title set (REST, admin) while the turn ran wins
-            title = session.title = _title_from(turn.user_blocks)
+        if title is not None:
             values["title"] = Case(When(title="", then=Value(title)), default=F("title"))
-        hot = statements_for(self.model)
-        base = session.event_seq
-        if hot is not None and hot.fused and not turn.stale_runs and self._commit_fused(
-                hot, turn, values, events, result, now, title):
-            pass  # one statement wrote it all (PostgreSQL)
-        else:
-            self._commit_in_transaction(turn, hot, values, events, result, now, title)
-        self._mirror(turn, values, events, result, now)
-        return session
+        return values
 
-    def _commit_fused(self, hot: Statements, turn: Turn, values: dict[str, Any],
+    def _commit_fused(self, hot: Statements, turn: Turn, stored: dict[str, Any],
                       events: list[tuple[str, dict[str, Any]]], result: TurnResult,
                       now: datetime, title: str | None) -> bool:
         session, base = turn.session, turn.session.event_seq
         with hot.atomic():
             return hot.commit_turn(
-                session.pk, run_id=turn.run_id, context=values[self.context_field], now=now,
+                session.pk, run_id=turn.run_id, context=stored, now=now,
                 usage=result.usage, base=base, version=session.version, title=title,
                 output=result.output, model=result.model, iterations=result.iterations,
                 duration_ms=turn.elapsed_ms, events=self._event_rows(base, events, turn))
 
     def _commit_in_transaction(self, turn: Turn, hot: Statements | None,
-                               values: dict[str, Any], events: list[tuple[str, dict[str, Any]]],
+                               stored: dict[str, Any], events: list[tuple[str, dict[str, Any]]],
                                result: TurnResult, now: datetime, title: str | None) -> None:
         session = turn.session
         with transaction.atomic():
             # the version too: a rewind may write once the lease expired (leaving it in place)
             base = session.event_seq
             if hot is None or not hot.commit(
-                    session.pk, run_id=turn.run_id, context=values[self.context_field],
+                    session.pk, run_id=turn.run_id, context=stored,
                     now=now, usage=result.usage, seq=base + len(events), base=base,
                     version=session.version, title=title):
-                base = self._claim_seq(turn, len(events), values, version=session.version)
+                base = self._claim_seq(turn, len(events),
+                                       self._commit_values(stored, result, now, title),
+                                       version=session.version)
             self._fail_stale_run(turn, now)
             if hot is not None:
                 hot.complete_run(turn.run_id, output=result.output, model=result.model,
@@ -306,14 +314,14 @@ class SessionStore:
             self._insert_events(session.pk, base, events, turn)
         session.event_seq = base  # as claimed: _mirror adds the turn's events
 
-    def _mirror(self, turn: Turn, values: dict[str, Any],
+    def _mirror(self, turn: Turn, stored: dict[str, Any],
                 events: list[tuple[str, dict[str, Any]]], result: TurnResult,
                 now: datetime) -> None:
         """Mirror the committed UPDATE in memory, so callers need no reload."""
         session, base = turn.session, turn.session.event_seq
         session.last_turn = TurnRecord(turn.run_id, RunStatus.COMPLETED,
                                        _numbered(base, events), dict(result.usage))
-        setattr(session, self.context_field, values[self.context_field])
+        setattr(session, self.context_field, stored)
         session.status = SessionStatus.IDLE
         session.lease_token = session.lease_expires_at = None
         session.version += 1

@@ -100,3 +100,24 @@ class TestRepair:
         assert ctx.repaired
         assert data["messages"][2] == {"role": "user", "content": "next"}
         assert ctx.messages[2]["content"][0]["type"] == "tool_result"
+
+
+class TestTailRepairOnLoad:
+    def test_load_repairs_only_the_tail(self):
+        """A commit stores whole turns, so a dangling call can only be the last thing
+        written: loading looks at the last two messages, not at the whole history."""
+        middle = {"role": "assistant", "content": [tool_use("old")]}
+        data = {"version": 1, "messages": [
+            {"role": "user", "content": "a"}, middle,
+            {"role": "user", "content": "b"},
+            {"role": "assistant", "content": [tool_use("new")]}]}
+        ctx = Context.from_dict(data)
+        assert ctx.repaired
+        assert ctx.messages[4]["content"][0]["tool_use_id"] == "new"
+        assert ctx.messages[2] == {"role": "user", "content": "b"}  # left for an import
+
+    def test_start_skips_earlier_messages(self):
+        messages = [{"role": "assistant", "content": [tool_use("a")]},
+                    {"role": "user", "content": "x"}]
+        assert repair_dangling_tool_use(messages, start=1) is False
+        assert repair_dangling_tool_use(messages) is True

@@ -208,3 +208,17 @@ def test_same_id_import_refuses_an_existing_session(tool_session):
     with pytest.raises(exc.InvalidInput) as info:
         import_session(export_session(tool_session), new_id=False)
     assert "id" in info.value.errors
+
+
+def test_import_repairs_a_dangling_tool_use_anywhere_in_the_history(tool_session):
+    """Loading repairs only a history's tail, so an imported history, which may come from
+    anywhere, is repaired in full when it is imported."""
+    doc = export_session(tool_session)
+    messages = doc["context"]["messages"]
+    assert messages[1]["content"][-1]["type"] == "tool_use"
+    messages[2]["content"] = [{"type": "text", "text": "a result lost by hand"}]
+    imported = import_session(doc)
+    repaired = imported.get_context().messages[2]["content"]
+    assert repaired[0] == {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True,
+                           "content": "Tool call interrupted before it returned a result."}
+    assert repaired[1] == {"type": "text", "text": "a result lost by hand"}
