@@ -95,31 +95,43 @@ class _Beater:
         self._cond = threading.Condition()
         self._due: dict[_Beat, float] = {}
         self._thread: threading.Thread | None = None
+        #: when the thread wakes next by itself: a beat due later needs no wake-up call
+        #: (waking it on every turn cost a thread switch per turn)
+        self._wakes_at = 0.0
 
     def add(self, beat: _Beat) -> None:
         with self._cond:
-            self._due[beat] = time.monotonic() + tick()
+            due = self._due[beat] = time.monotonic() + tick()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="agent-lease-beater",
                                                 daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            elif due < self._wakes_at:
+                self._cond.notify()
 
     def discard(self, beat: _Beat) -> None:
         with self._cond:
             self._due.pop(beat, None)
 
     def _run(self) -> None:
+        idle = False
         while True:
             with self._cond:
-                while not self._due:
-                    connections.close_all()  # nothing to watch: hold no connection
-                    self._cond.wait()
                 now = time.monotonic()
+                if not self._due:
+                    if not idle:
+                        connections.close_all()  # nothing to watch: hold no connection
+                        idle = True
+                    self._wakes_at = now + tick()  # a turn registering now is due later
+                    self._cond.wait(tick())
+                    continue
+                idle = False
                 soonest = min(self._due.values())
                 if soonest > now:
+                    self._wakes_at = soonest
                     self._cond.wait(soonest - now)
                     continue
+                self._wakes_at = 0.0  # busy beating: anything due sooner gets a wake-up call
                 ready = [beat for beat, due in self._due.items() if due <= now]
                 for beat in ready:
                     self._due[beat] = now + tick()

@@ -180,7 +180,7 @@ class Statements:
     def content_type_id(self) -> int:
         """Looked up per call: the ContentType manager caches it, and a test's flush may
         give the model a new id."""
-        return ContentType.objects.db_manager(self.alias).get_for_model(self.model).pk
+        return ContentType.objects.get_for_model(self.model).pk
 
     def atomic(self) -> contextlib.AbstractContextManager[Any]:
         """The transaction a hot-path step needs: none for one fused statement in autocommit
