@@ -40,7 +40,7 @@ from django.http import HttpRequest, StreamingHttpResponse
 from rest_framework.renderers import BaseRenderer
 
 from ..records import AgentRun, RunStatus
-from ..runs.stream import buffer_for, group_name
+from ..runs.stream import buffer_for, frame_of, group_name
 from .errors import error_body
 
 CONTENT_TYPE = "text/event-stream"
@@ -177,9 +177,8 @@ async def _next_frame(layer: Any, channel: str | None, run_id: str, timeout: flo
             message = await asyncio.wait_for(layer.receive(channel), remaining)
         except TimeoutError:
             return None
-        frame = message.get("frame") or {}
-        if frame.get("run_id") == run_id:
-            return frame
+        if message.get("type") == "live.frame" and message.get("run_id") == run_id:
+            return frame_of(message)
     return None
 
 

@@ -41,6 +41,8 @@ from ..runs.stream import (
     announce_queued,
     buffer_for,
     decision_frame,
+    frame_message,
+    frame_of,
     group_name,
     partial_text,
 )
@@ -341,21 +343,23 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
     # -- group and owner messages ------------------------------------------------------------
 
     async def live_frame(self, message: dict[str, Any]) -> None:
+        """A frame for every viewer (``runs.stream.frame_message``): sent as encoded once."""
         if not self.joined:  # sent to the group before this socket left it
             return
-        frame = message["frame"]
-        if frame.get("type") == "session.stopped":
+        if "frame" in message:  # from an older version of this library during an upgrade
+            message = frame_message(message["frame"])
+        if message.get("kind") == "session.stopped":
             self.owner = None
         if self._buffer is not None:
-            self._buffer.append(frame)
+            self._buffer.append(frame_of(message))
             return
         # a progress frame sent to the group while the state was built may be delivered only
         # after it (the live.state answer was ahead of it in this channel, and messages are
         # handled one at a time): drop it if it was already sent from the run's buffer
-        n = frame.get("n")
-        if n is not None and n <= self._sent.get(frame.get("run_id") or "", 0):
+        n = message.get("n")
+        if n is not None and n <= self._sent.get(message.get("run_id") or "", 0):
             return
-        await self.send_json(frame)
+        await self.send(text_data=message["text"])
 
     async def live_state(self, message: dict[str, Any]) -> None:
         if self._awaiting_state:
@@ -479,9 +483,9 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         run = await manager.acancel_run(run.pk)
         await self._activity()
         if run.status == RunStatus.CANCELLED:  # it never started: nobody else will say so
-            await self.channel_layer.group_send(self.group, {"type": "live.frame", "frame": {
+            await self.channel_layer.group_send(self.group, frame_message({
                 "type": "run.status", "status": "cancelled", "ref": run.ref,
-                "run_id": str(run.pk), "queued": True}})
+                "run_id": str(run.pk), "queued": True}))
 
     async def frame_decide(self, data: dict[str, Any]) -> None:
         ref, tool_use_id, approved = data.get("ref"), data["tool_use_id"], data["approve"]

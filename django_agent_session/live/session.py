@@ -37,7 +37,7 @@ from .. import exceptions as exc
 from ..conf import agent_settings
 from ..records import AgentRun, EventType, RunStatus
 from ..runs.drain import stranded
-from ..runs.stream import group_name
+from ..runs.stream import frame_message, group_name
 from ..store.dispatch import dispatch
 from ..store.turns import SessionStore
 from . import ownership, registry
@@ -171,7 +171,7 @@ class LiveSession:
 
     async def broadcast(self, frame: dict[str, Any]) -> None:
         try:
-            await self.layer.group_send(self.group, {"type": "live.frame", "frame": frame})
+            await self.layer.group_send(self.group, frame_message(frame))
         except Exception:
             logger.exception("Live session %s could not fan out %r", self.key, frame.get("type"))
 

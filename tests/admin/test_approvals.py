@@ -21,7 +21,7 @@ from django_agent_session import admin as session_admin
 from django_agent_session.admin.approvals import REASON_MAX_LENGTH, staff_approvers
 from django_agent_session.clients.base import ModelResponse
 from django_agent_session.models import AgentEvent, AgentRun, EventType, RunStatus
-from django_agent_session.runs.stream import group_name
+from django_agent_session.runs.stream import frame_of, group_name
 from django_agent_session.testing import text_reply, tool_reply
 from django_agent_session.testing.scripted import Scripted
 from tests.helpers.executors import Recording
@@ -183,7 +183,7 @@ def test_approve_resumes_the_turn_and_tells_the_viewers(owner_client, scripted, 
     assert recording.calls == [(ApprovalAgent, str(session.pk))]  # handed to the executor
     # every open chat tab is told (the frame it resolves its card with)
     message = async_to_sync(layer.receive)(channel)
-    frame = message["frame"]
+    frame = frame_of(message)
     assert frame["type"] == "tool.approval_granted"
     assert frame["tool_use_id"] == "t1" and frame["approved"] is True
     assert frame["by"] == owner.pk and frame["resumed"] is True

@@ -18,7 +18,7 @@ from django.core.asgi import get_asgi_application
 from django.test import Client, override_settings
 
 from django_agent_session.models import AgentEvent, AgentRun
-from django_agent_session.runs.stream import group_name
+from django_agent_session.runs.stream import frame_of, group_name
 from django_agent_session.testing.loopback import Reply
 from tests.helpers.api import ARGS, parse_sse
 from tests.helpers.loopback import loopback_settings
@@ -240,7 +240,7 @@ def test_the_decision_is_announced_to_the_conversations_viewers(api, loopback):
     async def receive():
         return await asyncio.wait_for(layer.receive(channel), 5)
 
-    frame = async_to_sync(receive)()["frame"]
+    frame = frame_of(async_to_sync(receive)())
     event = AgentEvent.objects.get(session_id=session_id, type="tool.approval_granted")
     run = AgentRun.objects.get(session_id=session_id)
     assert frame == {"type": "tool.approval_granted", "ref": str(run.pk), "run_id": str(run.pk),
