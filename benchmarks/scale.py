@@ -101,11 +101,12 @@ async def _throughput(count: int, conversations: int, seconds: float) -> dict[st
             stop_at: float | None = None
             counting = False
 
-            async def loop(index: int, viewer: Any) -> int:
+            async def loop(phase: str, index: int, viewer: Any) -> int:
                 done = 0
                 turn = 0
                 while stop_at is None or time.monotonic() < stop_at:
-                    ref = f"v{index}-t{turn}"
+                    # a ref names a message (its idempotency key): unique across phases
+                    ref = f"{phase}-v{index}-t{turn}"
                     turn += 1
                     waiter = viewer.wait_for(finished(ref))
                     sent = time.monotonic()
@@ -125,11 +126,12 @@ async def _throughput(count: int, conversations: int, seconds: float) -> dict[st
 
             # warm-up: one turn per conversation, then the measured window
             stop_at = time.monotonic() + 0.001
-            await asyncio.gather(*(loop(i, v) for i, v in enumerate(viewers)))
+            await asyncio.gather(*(loop("warm", i, v) for i, v in enumerate(viewers)))
             counting = True
             start = time.monotonic()
             stop_at = start + seconds
-            done = sum(await asyncio.gather(*(loop(i, v) for i, v in enumerate(viewers))))
+            done = sum(await asyncio.gather(*(loop("run", i, v)
+                                              for i, v in enumerate(viewers))))
             failed = sum(1 for r in server.message_requests if r.status not in (200, None))
         finally:
             for viewer in viewers:

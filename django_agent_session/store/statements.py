@@ -66,9 +66,8 @@ class Statements:
         context = self._context
         table = q(meta.db_table)
         self._fields = _fields(model)
-        self._attnames = [f.attname for f in self._fields]
-        self._converters: weakref.WeakKeyDictionary[BaseDatabaseWrapper, list[Any]] = (
-            weakref.WeakKeyDictionary())
+        self._converters: weakref.WeakKeyDictionary[
+            BaseDatabaseWrapper, dict[type[models.Model], list[Any]]] = weakref.WeakKeyDictionary()
 
         run_table = q(AgentRun._meta.db_table)
         run_col = {f.name: _column(q, f) for f in _fields(AgentRun)}
@@ -81,6 +80,29 @@ class Statements:
             f"AND NOT EXISTS (SELECT 1 FROM {run_table} WHERE "
             f"{run_col['session_type']} = %s AND {run_col['session_id']} = %s AND "
             f"{run_col['status']} IN (%s, %s)) RETURNING {returning}")
+
+        # claiming the first queued run (RunQueue.claim): read it, then lease and start it
+        self.next_run_sql = (
+            f"SELECT {', '.join(run_col[f.name] for f in _fields(AgentRun))} FROM {run_table} "
+            f"WHERE {run_col['session_type']} = %s AND {run_col['session_id']} = %s AND "
+            f"{run_col['status']} IN (%s, %s) ORDER BY CASE WHEN {run_col['status']} = %s "
+            f"THEN 0 ELSE 1 END, {run_col['queued_seq']} LIMIT 1")
+        self.lease_sql = (
+            f"UPDATE {table} SET {session_col['lease_token']} = %s, "
+            f"{session_col['lease_expires_at']} = %s, {session_col['status']} = %s "
+            f"WHERE {session_col['id']} = %s AND {session_col['lease_token']} IS NULL "
+            f"RETURNING {returning}")
+        self.start_run_sql = (
+            f"UPDATE {run_table} SET {run_col['status']} = %s, {run_col['started_at']} = %s "
+            f"WHERE {run_col['id']} = %s AND {run_col['status']} = %s")
+        self.release_sql = (
+            f"UPDATE {table} SET {session_col['lease_token']} = NULL, "
+            f"{session_col['lease_expires_at']} = NULL, {session_col['status']} = %s "
+            f"WHERE {session_col['id']} = %s AND {session_col['lease_token']} = %s")
+        self.claim_fused_sql = (
+            f"WITH s AS ({self.lease_sql}), r AS ({self.start_run_sql} "
+            f"AND EXISTS (SELECT 1 FROM s) RETURNING 1) "
+            f"SELECT s.*, (SELECT count(*) FROM r) FROM s")
 
         self._run_fields = _fields(AgentRun)
         self.insert_run_sql = self._insert_sql(AgentRun, self._run_fields, 1)
@@ -149,13 +171,17 @@ class Statements:
         value = field.get_db_prep_save(field.get_default(), connection)
         return lambda: value
 
-    def _converters_of(self, connection: BaseDatabaseWrapper) -> list[Any]:
-        """Per column, the ``(converter, expression)`` pairs the ORM would apply to it."""
-        found = self._converters.get(connection)
+    def _converters_of(self, connection: BaseDatabaseWrapper,
+                       model: type[models.Model] | None = None) -> list[Any]:
+        """Per column of ``model`` (default: the session model), the ``(converter,
+        expression)`` pairs the ORM would apply to it."""
+        model = model or self.model
+        cache = self._converters.setdefault(connection, {})
+        found = cache.get(model)
         if found is None:
-            table = self.model._meta.db_table
-            found = self._converters[connection] = []
-            for f in self._fields:
+            table = model._meta.db_table
+            found = cache[model] = []
+            for f in _fields(model):
                 if f is self._context and getattr(f, "decoder", None) is None:
                     found.append([(_decode_json, None)])
                     continue
@@ -334,13 +360,59 @@ class Statements:
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
 
-    def _instance(self, row: Sequence[Any], connection: BaseDatabaseWrapper) -> Any:
+    def _instance(self, row: Sequence[Any], connection: BaseDatabaseWrapper,
+                  model: type[models.Model] | None = None) -> Any:
+        model = model or self.model
         values = []
-        for value, converters in zip(row, self._converters_of(connection), strict=True):
+        for value, converters in zip(row, self._converters_of(connection, model), strict=True):
             for converter, expression in converters:
                 value = converter(value, expression, connection)
             values.append(value)
-        return self.model.from_db(self.alias, self._attnames, values)
+        return model.from_db(self.alias, [f.attname for f in _fields(model)], values)
+
+    # -- claiming a queued run ---------------------------------------------------------------
+
+    def next_run(self, pk: Any) -> AgentRun | None:
+        """The run a claim would take: a paused one first (its decision goes first), else the
+        oldest queued one."""
+        connection = self.connection
+        session_pk = self.db_uuid(pk)
+        with connection.cursor() as cursor:
+            cursor.execute(self.next_run_sql, [
+                self.content_type_id(), session_pk, RunStatus.QUEUED,
+                RunStatus.AWAITING_APPROVAL, RunStatus.AWAITING_APPROVAL])
+            row = cursor.fetchone()
+        return None if row is None else self._instance(row, connection, AgentRun)
+
+    def claim(self, pk: Any, run_id: uuid.UUID, *, expires: datetime, now: datetime) -> Any:
+        """Lease a free session to queued run ``run_id`` and start the run; the session as
+        read, or ``None`` (the lease is not free, or the run is no longer queued)."""
+        connection = self.connection
+        session_pk, run = self.db_uuid(pk), self.db_uuid(run_id)
+        moment = connection.ops.adapt_datetimefield_value(now)
+        lease = [run, connection.ops.adapt_datetimefield_value(expires), SessionStatus.RUNNING,
+                 session_pk]
+        start = [RunStatus.RUNNING, moment, run, RunStatus.QUEUED]
+        if self.fused and not connection.in_atomic_block:
+            with connection.cursor() as cursor:
+                cursor.execute(self.claim_fused_sql, lease + start)
+                row = cursor.fetchone()
+                if row is None:
+                    return None
+                if not row[-1]:  # cancelled meanwhile: give the lease back
+                    cursor.execute(self.release_sql, [SessionStatus.IDLE, session_pk, run])
+                    return None
+            return self._instance(row[:-1], connection)
+        with transaction.atomic(using=self.alias), connection.cursor() as cursor:
+            cursor.execute(self.lease_sql, lease)
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            cursor.execute(self.start_run_sql, start)
+            if not cursor.rowcount:  # cancelled meanwhile: give the lease back
+                transaction.set_rollback(True, using=self.alias)
+                return None
+        return self._instance(row, connection)
 
 
 def _fields(model: type[models.Model]) -> list[models.Field]:
