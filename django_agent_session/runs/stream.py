@@ -155,6 +155,9 @@ class RunStream:
         self.base = {"ref": turn.ref, "run_id": self.run_id}
         # a resumed run goes on numbering after the frames sent before it paused
         self.n = turn.progress_frames
+        #: deltas not yet published, and the task publishing them (see ``on_progress``)
+        self._deltas: list[dict[str, Any]] = []
+        self._publisher: asyncio.Task | None = None
 
     async def send(self, frame: dict[str, Any]) -> None:
         if self.layer is None:
@@ -179,6 +182,29 @@ class RunStream:
                 frame["resumed"] = True
             await self.send(frame)
             return
+        if kind == "delta":
+            # deltas are published by a task of their own, so the model's stream is never
+            # held up by the layer; the deltas that arrived while it published one frame are
+            # merged into the next (a fast model's words become one frame, not one each)
+            self._deltas.append(data)
+            if self._publisher is None or self._publisher.done():
+                self._publisher = asyncio.create_task(self._publish_deltas())
+            return
+        await self.flush()  # every delta before it, in order
+        await self._publish(kind, data)
+
+    async def flush(self) -> None:
+        """Wait until every delta received so far is published."""
+        while self._publisher is not None and not self._publisher.done():
+            await asyncio.shield(self._publisher)
+
+    async def _publish_deltas(self) -> None:
+        while self._deltas:
+            batch, self._deltas = self._deltas, []
+            for data in merged(batch):
+                await self._publish("delta", data)
+
+    async def _publish(self, kind: str, data: dict[str, Any]) -> None:
         self.n += 1
         self.turn.progress_frames = self.n  # recorded with a pause
         frame = {"type": kind, **self.base, "n": self.n, **data}
@@ -193,6 +219,7 @@ class RunStream:
         base = {"type": "run.status", **self.base}
         paused = False
         try:
+            await self.flush()
             if error is None and record is not None and \
                     record.status == RunStatus.AWAITING_APPROVAL:
                 paused = True  # not over: its buffer is kept for the resumed run's viewers
@@ -235,6 +262,21 @@ def outcome(record: TurnRecord | None, cancelled: bool) -> dict[str, Any]:
     if "partial_text" in end or cancelled:
         info["partial_text"] = end.get("partial_text", "")  # reported, never stored in context
     return info
+
+
+def merged(deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Consecutive deltas of one content block (same ``kind``, ``index`` and ``iteration``)
+    joined into one."""
+    out: list[dict[str, Any]] = []
+    for delta in deltas:
+        last = out[-1] if out else None
+        if last is not None and all(last.get(k) == delta.get(k)
+                                    for k in ("kind", "index", "iteration")) and \
+                isinstance(last.get("text"), str) and isinstance(delta.get("text"), str):
+            out[-1] = {**last, "text": last["text"] + delta["text"]}
+        else:
+            out.append(delta)
+    return out
 
 
 def partial_text(frames: list[dict[str, Any]]) -> str:

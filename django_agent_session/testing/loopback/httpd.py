@@ -37,6 +37,9 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
     """A ``ThreadingHTTPServer`` handing each request to ``on_request`` and each answering failure to ``on_error``."""
 
     daemon_threads = True
+    #: socketserver's default listen backlog is 5: a burst of new connections (every request
+    #: is one, see LoopbackHandler) beyond it had its SYNs dropped and retried a second later
+    request_queue_size = 256
     block_on_close = False  # stop() joins the handler threads itself, with a deadline
     timeout = 0.0  # handle_request() never waits: serve() only calls it once a connection is pending
 
