@@ -59,6 +59,10 @@ class Submission:
     dropped: tuple[tuple[str, str, bool], ...] = ()
 
 
+#: what ``RunQueue._claim_fast`` found when no run is queued or paused at all
+NOTHING_QUEUED: Any = object()
+
+
 class RunQueue:
     """Submission, claiming and cancellation of the runs of one session model."""
 
@@ -83,6 +87,12 @@ class RunQueue:
         ``run.queued`` event (a new session's ``session.started``).
         """
         now = timezone.now()
+        hot = statements_for(self.model)
+        if hot is not None and events is None and multitask == Multitask.ENQUEUE:
+            fast = self._submit_fast(hot, pk, now, input=input, user_blocks=user_blocks,
+                                     idempotency_key=idempotency_key, origin=origin)
+            if fast is not None:
+                return fast
         with transaction.atomic():
             # lock the row first: concurrent submissions (same key or not) queue up behind it
             row = self._lock(pk)
@@ -146,6 +156,34 @@ class RunQueue:
             (str(run_id), (refs.get(run_id) or {}).get("ref") or str(run_id),
              run_id not in paused) for run_id in dropped))
 
+    def _submit_fast(self, hot: Statements, pk: Any, now: datetime, *, input: dict[str, Any],
+                     user_blocks: list[dict[str, Any]], idempotency_key: str | None,
+                     origin: dict[str, Any] | None) -> Submission | None:
+        """Queue a message on a session where nothing is queued or paused and the key is new
+        (the common case) in four round trips, three on PostgreSQL; ``None`` for anything else
+        (the ORM path above decides, in a transaction of its own)."""
+        origin = dict(origin or {})
+        run_id = uuid.uuid4()
+        with transaction.atomic():
+            base = hot.lock(pk)  # concurrent submissions queue up behind this row lock
+            if base is None:
+                raise exc.SessionNotFound(f"No {self.model.__name__} with id {pk}.")
+            if hot.waiting(pk, idempotency_key):
+                return None
+            seq = base + 1
+            model_name = self.model.agent_options.model_name
+            hot.enqueue(pk, run_id=run_id, seq=seq, now=now, input=input,
+                        idempotency_key=idempotency_key, origin=origin, model_name=model_name,
+                        event=(EventType.RUN_QUEUED, {
+                            "run_id": str(run_id), "content": user_blocks, "input": input,
+                            "position": 1, **origin}))
+        run = AgentRun(id=run_id, session_type=self.store.content_type, session_id=pk,
+                       status=RunStatus.QUEUED, input=input, idempotency_key=idempotency_key,
+                       origin=origin, queued_seq=seq, queued_at=now, started_at=now,
+                       model=model_name)
+        run._state.adding, run._state.db = False, hot.alias  # as if read back
+        return Submission(run, True, 1)
+
     def _lock(self, pk: Any) -> dict[str, Any]:
         """Lock the session row (an UPDATE that changes nothing, as SQLite has no row locks)
         and read what a submission decides on."""
@@ -171,7 +209,7 @@ class RunQueue:
         if hot is not None:  # a free lease and a queued run: two round trips (statements.py)
             turn = self._claim_fast(hot, pk)
             if turn is not None:
-                return turn
+                return None if turn is NOTHING_QUEUED else turn
         for _ in range(5):  # a lost race on the conditional UPDATEs: read again
             session = self.model._base_manager.filter(pk=pk).first()
             if session is None:
@@ -212,11 +250,14 @@ class RunQueue:
                 return turn
         return 0.0
 
-    def _claim_fast(self, hot: Statements, pk: Any) -> Turn | None:
+    def _claim_fast(self, hot: Statements, pk: Any) -> Any:
         """Claim the oldest queued run of a session whose lease is free and that has no
-        paused run; ``None`` for anything else (the ORM path tells the cases apart)."""
+        paused run; :data:`NOTHING_QUEUED`, or ``None`` for anything else (the ORM path tells
+        the cases apart)."""
         run = hot.next_run(pk)
-        if run is None or run.status != RunStatus.QUEUED or run.pause is not None:
+        if run is None:
+            return NOTHING_QUEUED
+        if run.status != RunStatus.QUEUED or run.pause is not None:
             return None
         now = timezone.now()
         expires = lease_deadline(now)

@@ -104,6 +104,19 @@ class Statements:
             f"AND EXISTS (SELECT 1 FROM s) RETURNING 1) "
             f"SELECT s.*, (SELECT count(*) FROM r) FROM s")
 
+        # queueing a message (RunQueue.submit) on a session nobody is queued or paused on
+        self.lock_sql = (
+            f"UPDATE {table} SET {session_col['event_seq']} = {session_col['event_seq']} "
+            f"WHERE {session_col['id']} = %s RETURNING {session_col['event_seq']}")
+        self.waiting_sql = (
+            f"SELECT 1 FROM {run_table} WHERE {run_col['session_type']} = %s AND "
+            f"{run_col['session_id']} = %s AND ({run_col['status']} IN (%s, %s) OR "
+            f"{run_col['idempotency_key']} = %s) LIMIT 1")
+        self.claim_seq_sql = (
+            f"UPDATE {table} SET {session_col['event_seq']} = %s, "
+            f"{session_col['last_activity_at']} = %s, {session_col['updated_at']} = %s "
+            f"WHERE {session_col['id']} = %s")
+
         self._run_fields = _fields(AgentRun)
         self.insert_run_sql = self._insert_sql(AgentRun, self._run_fields, 1)
         self._run_defaults = {f.name: self._static_default(f, connection)
@@ -145,6 +158,9 @@ class Statements:
                 f"{', '.join(typed[f.name] for f in self._run_fields)} FROM s) "
                 f"SELECT * FROM s")
             self._commit_fused_sql: dict[tuple[bool, int], str] = {}
+            self.enqueue_fused_sql = (
+                f"WITH s AS ({self.claim_seq_sql}), r AS ({self.insert_run_sql}) "
+                f"{self._insert_sql(AgentEvent, self._event_fields, 1)}")
             self._complete_run_where = f" WHERE {run_col['id']} = %s"
 
     # -- building ----------------------------------------------------------------------------
@@ -216,6 +232,13 @@ class Statements:
             return contextlib.nullcontext()
         return transaction.atomic(using=self.alias)
 
+    def _events_sql(self, rows: int) -> str:
+        sql = self._insert_events_sql.get(rows)
+        if sql is None:
+            sql = self._insert_events_sql[rows] = self._insert_sql(
+                AgentEvent, self._event_fields, rows)
+        return sql
+
     def _commit_fused(self, titled: bool, events: int) -> str:
         """The session UPDATE, the run UPDATE and the events INSERT as one statement: the
         last two happen only if the first matched its guards."""
@@ -280,14 +303,57 @@ class Statements:
 
     def _run_params(self, session_pk: Any, *, run_id: uuid.UUID, now: datetime,
                     input: dict[str, Any], idempotency_key: str | None, model_name: str,
-                    connection: BaseDatabaseWrapper) -> list[Any]:
+                    connection: BaseDatabaseWrapper, status: str = RunStatus.RUNNING,
+                    **more: Any) -> list[Any]:
+        """The INSERT parameters of a run row; ``more``: database values of other columns
+        (a queued run's ``origin``, ``queued_seq``, ``queued_at``)."""
         given = {"id": self.db_uuid(run_id), "session_type": self.content_type_id(),
-                 "session_id": session_pk, "status": RunStatus.RUNNING,
+                 "session_id": session_pk, "status": status,
                  "input": codec.dumps(input), "idempotency_key": idempotency_key,
-                 "model": model_name, "started_at": connection.ops.adapt_datetimefield_value(now)}
+                 "model": model_name, "started_at": connection.ops.adapt_datetimefield_value(now),
+                 **more}
         defaults = self._run_defaults
         return [given[f.name] if f.name in given else defaults[f.name]()
                 for f in self._run_fields]
+
+    # -- queueing a message ------------------------------------------------------------------
+
+    def lock(self, pk: Any) -> int | None:
+        """Lock the session row (inside the caller's transaction); its event counter, or
+        ``None`` when there is no such session."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.lock_sql, [self.db_uuid(pk)])
+            row = cursor.fetchone()
+        return None if row is None else int(row[0])
+
+    def waiting(self, pk: Any, idempotency_key: str | None) -> bool:
+        """Whether runs are queued or paused on the session, or one has ``idempotency_key``."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.waiting_sql, [
+                self.content_type_id(), self.db_uuid(pk), RunStatus.QUEUED,
+                RunStatus.AWAITING_APPROVAL, idempotency_key])
+            return cursor.fetchone() is not None
+
+    def enqueue(self, pk: Any, *, run_id: uuid.UUID, seq: int, now: datetime,
+                input: dict[str, Any], idempotency_key: str | None, origin: dict[str, Any],
+                model_name: str, event: tuple[str, dict[str, Any]]) -> None:
+        """Claim sequence number ``seq`` and insert a queued run with its ``run.queued``
+        event ``event`` (inside the caller's transaction, the row locked)."""
+        connection = self.connection
+        session_pk, moment = self.db_uuid(pk), connection.ops.adapt_datetimefield_value(now)
+        claim = [seq, moment, moment, session_pk]
+        run = self._run_params(session_pk, run_id=run_id, now=now, input=input,
+                               idempotency_key=idempotency_key, model_name=model_name,
+                               connection=connection, status=RunStatus.QUEUED,
+                               origin=codec.dumps(origin), queued_seq=seq, queued_at=moment)
+        events = self._event_params(pk, [(seq, event[0], run_id, event[1])], moment)
+        with connection.cursor() as cursor:
+            if self.fused:
+                cursor.execute(self.enqueue_fused_sql, claim + run + events)
+                return
+            cursor.execute(self.claim_seq_sql, claim)
+            cursor.execute(self.insert_run_sql, run)
+            cursor.execute(self._events_sql(1), events)
 
     def commit(self, pk: Any, *, run_id: uuid.UUID, context: dict[str, Any], now: datetime,
                usage: dict[str, Any], seq: int, base: int, version: int,
@@ -351,10 +417,7 @@ class Statements:
     def insert_events(self, pk: Any, rows: list[tuple[int, str, Any, dict[str, Any]]],
                       now: datetime) -> None:
         """Insert ``(seq, type, run_id, data)`` rows of one session in one statement."""
-        sql = self._insert_events_sql.get(len(rows))
-        if sql is None:
-            sql = self._insert_events_sql[len(rows)] = self._insert_sql(
-                AgentEvent, self._event_fields, len(rows))
+        sql = self._events_sql(len(rows))
         connection = self.connection
         params = self._event_params(pk, rows, connection.ops.adapt_datetimefield_value(now))
         with connection.cursor() as cursor:
