@@ -62,11 +62,12 @@ async def _run(viewer_counts: list[int], turns: int, warmup: int) -> list[dict[s
                     if i < warmup:
                         continue
                     (request,) = [r for r in server.message_requests if r.user_text == ref]
-                    written = [e.at for e in request.events("content_block_delta")]
+                    written = [(e.at, len(e.data["delta"]["text"]))
+                               for e in request.events("content_block_delta")]
                     for viewer in viewers:
-                        for at, frame in viewer.frames:
-                            if frame.get("type") == "delta" and frame.get("ref") == ref:
-                                latencies.append(at - written[frame["n"] - 1])
+                        latencies += delivered(written, [
+                            (at, frame) for at, frame in viewer.frames
+                            if frame.get("type") == "delta" and frame.get("ref") == ref])
                 for viewer in viewers:
                     viewer.frames.clear()
                 for viewer in viewers:
@@ -76,6 +77,24 @@ async def _run(viewer_counts: list[int], turns: int, warmup: int) -> list[dict[s
         finally:
             daphne.close()
     return rows
+
+
+def delivered(written: list[tuple[float, int]], frames: list[tuple[float, Any]]
+              ) -> list[float]:
+    """Per delta the server wrote (its time, its length), the latency until a viewer got the
+    frame holding it. Deltas that reach the live layer while it publishes the one before are
+    merged into one frame (runs.stream), so frames are matched to deltas by text offset."""
+    latencies = []
+    frames = iter(frames)
+    received_up_to, received_at = 0, 0.0
+    offset = 0
+    for at, length in written:
+        offset += length
+        while received_up_to < offset:
+            received_at, frame = next(frames)
+            received_up_to += len(frame["text"])
+        latencies.append(received_at - at)
+    return latencies
 
 
 def run_all(args: argparse.Namespace, base_env: dict[str, str]) -> dict[str, Any]:

@@ -7,7 +7,9 @@ import threading
 import time
 
 import pytest
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 
 from django_agent_session import exceptions as exc
 from django_agent_session.models import AgentEvent, AgentRun, RunStatus
@@ -301,3 +303,43 @@ def test_a_turn_that_takes_over_fails_every_run_dead_processes_left_running(loop
         assert run.status == RunStatus.FAILED and run.error["code"] == "interrupted"
         assert AgentEvent.objects.filter(session_id=session.pk, type="run.failed",
                                          data__run_id=str(run.pk)).count() == 1
+
+
+class TestRoundTrips:
+    """The common case of queueing and of running a queued run is a few fixed statements
+    (store/statements.py); anything else takes the ORM path those tests cover above."""
+
+    @staticmethod
+    def statements(captured) -> list[str]:
+        return [q["sql"] for q in captured.captured_queries
+                if q["sql"].startswith(("SELECT", "UPDATE", "INSERT", "WITH"))]
+
+    def test_queueing_on_an_idle_session_then_draining_it(self, loopback, recording):
+        session = new_session(loopback)
+        postgres = connection.vendor == "postgresql"
+        with CaptureQueriesContext(connection) as captured:
+            run = ChatAgent.objects.continue_session(session.pk, "later", wait=False,
+                                                     idempotency_key="k1")
+        # lock the row, look for queued or paused runs and the key, then claim a seq and
+        # insert the run and its event (one statement on PostgreSQL)
+        assert len(self.statements(captured)) == (3 if postgres else 5)
+        assert run.queued_seq == AgentEvent.objects.get(
+            session_id=session.pk, type="run.queued").seq
+        assert AgentRun.objects.get(pk=run.pk).idempotency_key == "k1"
+
+        loopback.enqueue("later answer")
+        with CaptureQueriesContext(connection) as captured:
+            assert ChatAgent.objects.drain(session.pk) == 1
+        # claim (read the next run, take the lease and start it), commit, look again
+        assert len(self.statements(captured)) == (4 if postgres else 7)
+        assert AgentRun.objects.get(pk=run.pk).status == RunStatus.COMPLETED
+
+    def test_a_resubmitted_key_and_a_busy_queue_take_the_orm_path(self, loopback, recording):
+        session = new_session(loopback)
+        first = ChatAgent.objects.continue_session(session.pk, "a", wait=False,
+                                                   idempotency_key="k1")
+        again = ChatAgent.objects.submit(session.pk, "a", idempotency_key="k1")
+        assert again.run.pk == first.pk and not again.created
+        second = ChatAgent.objects.submit(session.pk, "b")
+        assert second.created and second.position == 2
+        assert second.run.queued_seq > first.queued_seq

@@ -501,7 +501,9 @@ class TestQueries:
         small = self._count(scripted, self._session_with_history(10))
         large = self._count(scripted, self._session_with_history(1000))
         assert small == large
-        assert small <= 8
+        # store/statements.py: the lease taken with the row read, the run inserted; then the
+        # context, the run and the events written; PostgreSQL fuses each transaction into one
+        assert small == (2 if connection.vendor == "postgresql" else 5)
 
     def test_continue_with_instance_costs_the_same(self, scripted):
         session = self._session_with_history(10)
