@@ -25,14 +25,14 @@ def main(mode: str, pk: str) -> None:
     async def aprogress(kind: str, data: dict) -> None:
         pass
 
-    if mode == "begin":  # die after the lease UPDATE, before the run INSERT
+    if mode == "begin":  # die after the lease UPDATE, before the run INSERT (SQLite)
         import os
 
-        from django_agent_session.store.turns import SessionStore
+        from django_agent_session.store.statements import Statements
 
-        def die(self: SessionStore, turn: object) -> None:
+        def die(*args: object, **kwargs: object) -> None:
             os._exit(9)
-        SessionStore._insert_run = die  # type: ignore[method-assign]
+        Statements._insert_run = die  # type: ignore[method-assign]
     if mode == "pause":
         import time
 

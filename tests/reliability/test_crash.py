@@ -206,6 +206,9 @@ def test_kill_dash_nine_mid_turn_repeatedly(loopback, user, kind):
         assert seqs == list(range(1, row.event_seq + 1))
 
 
+@pytest.mark.skipif(connection.vendor == "postgresql", reason=(
+    "PostgreSQL takes the lease and inserts the run in one statement (store/statements.py): "
+    "there is no moment between them to die in"))
 def test_dying_between_lease_and_run_leaves_no_lease(loopback, user):
     """Regression: taking the lease and inserting the run were two autocommit statements; a
     process that died between them left a lease naming no run. They are one transaction."""
