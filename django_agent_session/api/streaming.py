@@ -177,7 +177,10 @@ async def _next_frame(layer: Any, channel: str | None, run_id: str, timeout: flo
             message = await asyncio.wait_for(layer.receive(channel), remaining)
         except TimeoutError:
             return None
-        if message.get("type") == "live.frame" and message.get("run_id") == run_id:
+        if message.get("type") != "live.frame":
+            continue
+        # "frame": from an older version of this library during a rolling upgrade
+        if (message.get("run_id") or message.get("frame", {}).get("run_id")) == run_id:
             return frame_of(message)
     return None
 

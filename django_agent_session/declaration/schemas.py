@@ -52,27 +52,11 @@ def validate(serializer_class: SerializerClass, data: Any, error: type[InvalidIn
     serializer = serializer_class(data=dict(data))
     if not serializer.is_valid():
         raise error(plain_errors(serializer.errors), message)
-    if _plain(serializer_class):  # its validated data is already what .data would give
-        return dict(serializer.validated_data)
     # .data is to_representation(validated_data): dates, decimals and UUIDs become JSON-safe
     return dict(serializer.data)
 
 
-#: DRF fields whose validated value is already JSON-safe and equal to its representation
-PLAIN_FIELDS = (f.CharField, f.EmailField, f.SlugField, f.URLField, f.RegexField,
-                f.IntegerField, f.FloatField, f.BooleanField, f.ChoiceField, f.JSONField)
-_plain_cache: dict[SerializerClass, bool] = {}
 _names_cache: dict[SerializerClass, frozenset[str]] = {}
-
-
-def _plain(serializer_class: SerializerClass) -> bool:
-    """Whether every field of the serializer is one of :data:`PLAIN_FIELDS` (exactly, not a
-    subclass, whose ``to_representation`` could differ), so ``.data`` can be skipped."""
-    plain = _plain_cache.get(serializer_class)
-    if plain is None:
-        plain = _plain_cache[serializer_class] = all(
-            type(field) in PLAIN_FIELDS for field in serializer_class().fields.values())
-    return plain
 
 
 def field_names(serializer_class: SerializerClass) -> frozenset[str]:

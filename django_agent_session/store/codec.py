@@ -6,9 +6,11 @@ time on it than the database does (docs/performance.md). orjson is several times
 hands dates, times and anything it does not know (``Decimal``, lazy strings, dataclasses) to
 ``DjangoJSONEncoder``, so a stored value is spelled as a ``JSONField`` would spell it; what it
 refuses outright (integers beyond 64 bits, lone surrogates) goes through ``json`` as before.
-The text differs in one way only: non-ASCII characters are stored as UTF-8, not as ``\\uXXXX``
-escapes, which every JSON reader and the session text search
-(:func:`~django_agent_session.store.queries.json_text_q`) accept.
+The text differs only where both spellings are valid JSON and read back the same: non-ASCII
+characters are stored as UTF-8, not as ``\\uXXXX`` escapes (the session text search,
+:func:`~django_agent_session.store.queries.json_text_q`, matches both), floats may be spelled
+differently (``1e16`` for ``1e+16``); and a NaN or infinite float is stored as ``null``, where
+``json`` wrote the non-standard ``NaN`` that PostgreSQL refuses.
 """
 
 from __future__ import annotations

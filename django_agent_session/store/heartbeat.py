@@ -53,7 +53,9 @@ class _Beat:
 
     def __call__(self) -> bool:
         """Beat once; ``False`` once there is nothing left to watch."""
-        if time.monotonic() >= self.next_renewal:
+        # half a tick early is on time: beats are scheduled a tick apart, and a renewal due
+        # just after one would otherwise wait for the next
+        if time.monotonic() >= self.next_renewal - tick() / 2:
             self.next_renewal = time.monotonic() + interval()
             if not _beat(self.store, self.turn):
                 return False
@@ -143,6 +145,11 @@ class _Beater:
                     alive = True
                 if not alive:
                     self.discard(beat)
+            # this thread never sees a request start, which is when Django replaces a broken
+            # connection: after a database error, drop it (the next beat reconnects)
+            for connection in connections.all(initialized_only=True):
+                if connection.errors_occurred:
+                    connection.close_if_unusable_or_obsolete()
 
 
 _beater = _Beater()

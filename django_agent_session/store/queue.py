@@ -88,7 +88,8 @@ class RunQueue:
         """
         now = timezone.now()
         hot = statements_for(self.model)
-        if hot is not None and events is None and multitask == Multitask.ENQUEUE:
+        if hot is not None and events is None and multitask == Multitask.ENQUEUE and \
+                agent_settings.QUEUE_MAX > 0:
             fast = self._submit_fast(hot, pk, now, input=input, user_blocks=user_blocks,
                                      idempotency_key=idempotency_key, origin=origin)
             if fast is not None:

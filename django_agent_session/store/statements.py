@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from django.contrib.contenttypes.models import ContentType
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, models, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
@@ -48,6 +49,8 @@ RUN_INSERTED = ("id", "session_type", "session_id", "status", "input", "idempote
 #: the columns of a run row a completed turn sets
 RUN_COMPLETED = ("status", "output", "model", "iterations", "ended_at", "duration_ms",
                  *USAGE_KEYS)
+#: events per INSERT statement (7 parameters each; SQLite allows 32,766 parameters)
+EVENTS_PER_INSERT = 500
 #: the columns of an event row a turn inserts
 EVENT_COLUMNS = ("session_type", "session_id", "seq", "type", "run", "data", "created_at")
 
@@ -99,8 +102,13 @@ class Statements:
             f"UPDATE {table} SET {session_col['lease_token']} = NULL, "
             f"{session_col['lease_expires_at']} = NULL, {session_col['status']} = %s "
             f"WHERE {session_col['id']} = %s AND {session_col['lease_token']} = %s")
+        # the lease is taken only while the run is still queued, so a cancel that came first
+        # leaves the session as it was; a cancel racing the statement is undone after it
+        lease_if_queued = self.lease_sql.replace(
+            " RETURNING ", f" AND EXISTS (SELECT 1 FROM {run_table} WHERE {run_col['id']} = %s "
+            f"AND {run_col['status']} = %s) RETURNING ", 1)
         self.claim_fused_sql = (
-            f"WITH s AS ({self.lease_sql}), r AS ({self.start_run_sql} "
+            f"WITH s AS ({lease_if_queued}), r AS ({self.start_run_sql} "
             f"AND EXISTS (SELECT 1 FROM s) RETURNING 1) "
             f"SELECT s.*, (SELECT count(*) FROM r) FROM s")
 
@@ -151,7 +159,7 @@ class Statements:
         #: two round trips a turn, and no BEGIN/COMMIT of their own
         self.fused = connection.vendor == "postgresql"
         if self.fused:
-            typed = {f.name: f"%s::{f.cast_db_type(connection)}" for f in self._run_fields}
+            typed = {f.name: f"%s::{_cast(f, connection)}" for f in self._run_fields}
             self.begin_fused_sql = (
                 f"WITH s AS ({self.begin_sql}), r AS (INSERT INTO {run_table} "
                 f"({', '.join(_column(q, f) for f in self._run_fields)}) SELECT "
@@ -247,7 +255,7 @@ class Statements:
         if sql is None:
             connection = connections[self.alias]
             q = connection.ops.quote_name
-            row = "(" + ", ".join(f"%s::{f.cast_db_type(connection)}"
+            row = "(" + ", ".join(f"%s::{_cast(f, connection)}"
                                   for f in self._event_fields) + ")"
             session = self.commit_titled_sql if titled else self.commit_sql
             sql = self._commit_fused_sql[key] = (
@@ -417,11 +425,12 @@ class Statements:
     def insert_events(self, pk: Any, rows: list[tuple[int, str, Any, dict[str, Any]]],
                       now: datetime) -> None:
         """Insert ``(seq, type, run_id, data)`` rows of one session in one statement."""
-        sql = self._events_sql(len(rows))
         connection = self.connection
-        params = self._event_params(pk, rows, connection.ops.adapt_datetimefield_value(now))
+        moment = connection.ops.adapt_datetimefield_value(now)
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            for start in range(0, len(rows), EVENTS_PER_INSERT):  # under SQLite's parameter cap
+                chunk = rows[start:start + EVENTS_PER_INSERT]
+                cursor.execute(self._events_sql(len(chunk)), self._event_params(pk, chunk, moment))
 
     def _instance(self, row: Sequence[Any], connection: BaseDatabaseWrapper,
                   model: type[models.Model] | None = None) -> Any:
@@ -458,7 +467,7 @@ class Statements:
         start = [RunStatus.RUNNING, moment, run, RunStatus.QUEUED]
         if self.fused and not connection.in_atomic_block:
             with connection.cursor() as cursor:
-                cursor.execute(self.claim_fused_sql, lease + start)
+                cursor.execute(self.claim_fused_sql, lease + [run, RunStatus.QUEUED] + start)
                 row = cursor.fetchone()
                 if row is None:
                     return None
@@ -476,6 +485,15 @@ class Statements:
                 transaction.set_rollback(True, using=self.alias)
                 return None
         return self._instance(row, connection)
+
+
+def _cast(field: models.Field, connection: BaseDatabaseWrapper) -> str:
+    """The type a parameter is cast to in ``INSERT … SELECT`` (PostgreSQL): text columns to
+    plain ``varchar``, so a value too long for the column is refused as the ORM's would be
+    (a cast to ``varchar(n)`` would cut it silently)."""
+    if isinstance(field, models.CharField):
+        return "varchar"
+    return str(field.cast_db_type(connection))
 
 
 def _fields(model: type[models.Model]) -> list[models.Field]:
@@ -508,5 +526,15 @@ def statements_for(model: type[SessionRecord]) -> Statements | None:
         connection = connections[alias]
         supported = connection.vendor in ("postgresql", "sqlite") and (
             connection.vendor != "sqlite" or sqlite3.sqlite_version_info >= (3, 35))
-        found = _cache[key] = Statements(model, alias) if supported else None
+        found = _cache[key] = Statements(model, alias) if supported and fits(model) else None
         return found
+
+
+def fits(model: type[SessionRecord]) -> bool:
+    """Whether the statements can stand in for the ORM on ``model``: one table (no
+    multi-table inheritance) and a context column that is a plain ``JSONField`` with the
+    encoder the codec imitates (a subclass may encrypt or compress its value)."""
+    context = model._meta.get_field(model.agent_options.context_field)
+    return (not model._meta.parents and type(context) is models.JSONField
+            and getattr(context, "encoder", None) in (None, DjangoJSONEncoder)
+            and getattr(context, "decoder", None) is None)

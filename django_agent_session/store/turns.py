@@ -41,7 +41,7 @@ from ..records import (
     SessionRecord,
     SessionStatus,
 )
-from .statements import Statements, statements_for
+from .statements import EVENTS_PER_INSERT, Statements, statements_for
 from .lease import INTERRUPTED, lease_deadline, lease_held, lease_remaining
 
 TITLE_LENGTH = 80
@@ -251,11 +251,14 @@ class SessionStore:
             # only if still untitled: a title set (REST, admin) while the turn ran wins
             title = session.title = _title_from(turn.user_blocks)
         hot = statements_for(self.model)
-        if hot is not None and hot.fused and not turn.stale_runs and self._commit_fused(
-                hot, turn, stored, events, result, now, title):
+        fused = (hot is not None and hot.fused and not turn.stale_runs
+                 and len(events) <= EVENTS_PER_INSERT)
+        if fused and hot is not None and self._commit_fused(hot, turn, stored, events, result,
+                                                            now, title):
             pass  # one statement wrote it all (PostgreSQL)
-        else:
-            self._commit_in_transaction(turn, hot, stored, events, result, now, title)
+        else:  # after a fused statement that did not match, its guards would not either
+            self._commit_in_transaction(turn, None if fused else hot, stored, events, result,
+                                        now, title)
         self._mirror(turn, stored, events, result, now)
         return session
 

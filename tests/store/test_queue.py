@@ -3,17 +3,24 @@ the multitask strategies, cancel, and who picks up a queue nobody drains."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
-from django.db import connection
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, models
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from django_agent_session import exceptions as exc
 from django_agent_session.models import AgentEvent, AgentRun, RunStatus
 from django_agent_session.runs.drain import sweep
+from django_agent_session.store.statements import fits as plain_model
+from django_agent_session.store.statements import statements_for
 from django_agent_session.testing.loopback import Reply
 from tests.helpers.loopback import loopback_settings
 from tests.helpers.threads import in_thread
@@ -343,3 +350,39 @@ class TestRoundTrips:
         second = ChatAgent.objects.submit(session.pk, "b")
         assert second.created and second.position == 2
         assert second.run.queued_seq > first.queued_seq
+
+    def test_a_claim_of_a_run_cancelled_meanwhile_leaves_the_session_as_it_was(
+            self, loopback, recording):
+        """Between reading the next run and leasing it, a cancel may win: the lease is then
+        not taken (PostgreSQL: the statement checks the run is still queued; SQLite: the
+        transaction is rolled back), and the session keeps its status."""
+        session = new_session(loopback)
+        run = ChatAgent.objects.continue_session(session.pk, "later", wait=False)
+        ChatAgent.objects.filter(pk=session.pk).update(status="failed")
+        ChatAgent.objects.cancel_run(run.pk)
+
+        hot = statements_for(ChatAgent)
+        now = timezone.now()
+        assert hot.claim(session.pk, run.pk, expires=now + timedelta(seconds=60), now=now) is None
+        row = ChatAgent.objects.get(pk=session.pk)
+        assert (row.lease_token, row.status) == (None, "failed")
+        assert AgentRun.objects.get(pk=run.pk).status == RunStatus.CANCELLED
+
+
+class TestWhereTheFixedSqlStandsIn:
+    @staticmethod
+    def model(context, parents=None):
+        meta = SimpleNamespace(get_field=lambda name: context, parents=parents or {})
+        return SimpleNamespace(_meta=meta, agent_options=SimpleNamespace(context_field="c"))
+
+    def test_a_plain_json_field_on_one_table(self):
+        assert plain_model(self.model(models.JSONField()))
+        assert plain_model(self.model(models.JSONField(encoder=DjangoJSONEncoder)))
+
+    def test_not_a_context_field_with_its_own_encoding_nor_a_child_table(self):
+        class Encrypted(models.JSONField):
+            pass
+
+        assert not plain_model(self.model(Encrypted()))
+        assert not plain_model(self.model(models.JSONField(decoder=json.JSONDecoder)))
+        assert not plain_model(self.model(models.JSONField(), parents={object(): None}))
