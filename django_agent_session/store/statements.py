@@ -25,6 +25,7 @@ transactions); the ORM stays everywhere else. Only PostgreSQL and SQLite (3.35+,
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import uuid
 import weakref
@@ -73,28 +74,31 @@ class Statements:
             BaseDatabaseWrapper, dict[type[models.Model], list[Any]]] = weakref.WeakKeyDictionary()
 
         run_table = q(AgentRun._meta.db_table)
-        run_col = {f.name: _column(q, f) for f in _fields(AgentRun)}
+        self._run_fields = _fields(AgentRun)
+        run_col = {f.name: _column(q, f) for f in self._run_fields}
         session_col = {f.name: _column(q, f) for f in self._fields}
         returning = ", ".join(_column(q, f) for f in self._fields)
-        self.begin_sql = (
-            f"UPDATE {table} SET {session_col['lease_token']} = %s, "
-            f"{session_col['lease_expires_at']} = %s, {session_col['status']} = %s "
-            f"WHERE {session_col['id']} = %s AND {session_col['lease_token']} IS NULL "
-            f"AND NOT EXISTS (SELECT 1 FROM {run_table} WHERE "
+
+        def lease(guard: str = "") -> str:
+            """Lease a session whose lease is free (and ``guard`` holds); the row back."""
+            return (f"UPDATE {table} SET {session_col['lease_token']} = %s, "
+                    f"{session_col['lease_expires_at']} = %s, {session_col['status']} = %s "
+                    f"WHERE {session_col['id']} = %s AND {session_col['lease_token']} IS NULL"
+                    f"{guard} RETURNING {returning}")
+
+        # a turn nobody waits behind (SessionStore.try_begin): no run queued or paused
+        self.begin_sql = lease(
+            f" AND NOT EXISTS (SELECT 1 FROM {run_table} WHERE "
             f"{run_col['session_type']} = %s AND {run_col['session_id']} = %s AND "
-            f"{run_col['status']} IN (%s, %s)) RETURNING {returning}")
+            f"{run_col['status']} IN (%s, %s))")
 
         # claiming the first queued run (RunQueue.claim): read it, then lease and start it
         self.next_run_sql = (
-            f"SELECT {', '.join(run_col[f.name] for f in _fields(AgentRun))} FROM {run_table} "
+            f"SELECT {', '.join(run_col[f.name] for f in self._run_fields)} FROM {run_table} "
             f"WHERE {run_col['session_type']} = %s AND {run_col['session_id']} = %s AND "
             f"{run_col['status']} IN (%s, %s) ORDER BY CASE WHEN {run_col['status']} = %s "
             f"THEN 0 ELSE 1 END, {run_col['queued_seq']} LIMIT 1")
-        self.lease_sql = (
-            f"UPDATE {table} SET {session_col['lease_token']} = %s, "
-            f"{session_col['lease_expires_at']} = %s, {session_col['status']} = %s "
-            f"WHERE {session_col['id']} = %s AND {session_col['lease_token']} IS NULL "
-            f"RETURNING {returning}")
+        self.lease_sql = lease()
         self.start_run_sql = (
             f"UPDATE {run_table} SET {run_col['status']} = %s, {run_col['started_at']} = %s "
             f"WHERE {run_col['id']} = %s AND {run_col['status']} = %s")
@@ -104,9 +108,8 @@ class Statements:
             f"WHERE {session_col['id']} = %s AND {session_col['lease_token']} = %s")
         # the lease is taken only while the run is still queued, so a cancel that came first
         # leaves the session as it was; a cancel racing the statement is undone after it
-        lease_if_queued = self.lease_sql.replace(
-            " RETURNING ", f" AND EXISTS (SELECT 1 FROM {run_table} WHERE {run_col['id']} = %s "
-            f"AND {run_col['status']} = %s) RETURNING ", 1)
+        lease_if_queued = lease(f" AND EXISTS (SELECT 1 FROM {run_table} WHERE "
+                                f"{run_col['id']} = %s AND {run_col['status']} = %s)")
         self.claim_fused_sql = (
             f"WITH s AS ({lease_if_queued}), r AS ({self.start_run_sql} "
             f"AND EXISTS (SELECT 1 FROM s) RETURNING 1) "
@@ -125,7 +128,6 @@ class Statements:
             f"{session_col['last_activity_at']} = %s, {session_col['updated_at']} = %s "
             f"WHERE {session_col['id']} = %s")
 
-        self._run_fields = _fields(AgentRun)
         self.insert_run_sql = self._insert_sql(AgentRun, self._run_fields, 1)
         self._run_defaults = {f.name: self._static_default(f, connection)
                               for f in self._run_fields if f.name not in RUN_INSERTED}
@@ -168,8 +170,7 @@ class Statements:
             self._commit_fused_sql: dict[tuple[bool, int], str] = {}
             self.enqueue_fused_sql = (
                 f"WITH s AS ({self.claim_seq_sql}), r AS ({self.insert_run_sql}) "
-                f"{self._insert_sql(AgentEvent, self._event_fields, 1)}")
-            self._complete_run_where = f" WHERE {run_col['id']} = %s"
+                f"{self._events_sql(1)}")
 
     # -- building ----------------------------------------------------------------------------
 
@@ -247,7 +248,7 @@ class Statements:
                 AgentEvent, self._event_fields, rows)
         return sql
 
-    def _commit_fused(self, titled: bool, events: int) -> str:
+    def _commit_turn_sql(self, titled: bool, events: int) -> str:
         """The session UPDATE, the run UPDATE and the events INSERT as one statement: the
         last two happen only if the first matched its guards."""
         key = (titled, events)
@@ -274,27 +275,30 @@ class Statements:
         """Take the lease of an idle session nobody is queued on and insert its running run,
         inside the caller's transaction; the session as read, or ``None`` (the ORM path)."""
         session_pk, connection = self.db_uuid(pk), self.connection
+        params = [*self._lease_params(session_pk, run_id, expires, connection),
+                  self.content_type_id(), session_pk, *WAITING]
         if self.fused:
-            params = [self.db_uuid(run_id), connection.ops.adapt_datetimefield_value(expires),
-                      SessionStatus.RUNNING, session_pk, self.content_type_id(), session_pk,
-                      *WAITING, *self._run_params(session_pk, run_id=run_id, now=now,
-                                                  input=input, idempotency_key=idempotency_key,
-                                                  model_name=model_name, connection=connection)]
+            params += self._run_params(session_pk, run_id=run_id, now=now, input=input,
+                                       idempotency_key=idempotency_key, model_name=model_name,
+                                       connection=connection)
             with connection.cursor() as cursor:
                 cursor.execute(self.begin_fused_sql, params)
                 row = cursor.fetchone()
             return None if row is None else self._instance(row, connection)
         with connection.cursor() as cursor:
-            cursor.execute(self.begin_sql, [
-                self.db_uuid(run_id), connection.ops.adapt_datetimefield_value(expires),
-                SessionStatus.RUNNING, session_pk, self.content_type_id(), session_pk,
-                *WAITING])
+            cursor.execute(self.begin_sql, params)
             row = cursor.fetchone()
             if row is None:
                 return None
             self._insert_run(cursor, session_pk, run_id=run_id, now=now, input=input,
                              idempotency_key=idempotency_key, model_name=model_name)
         return self._instance(row, connection)
+
+    def _lease_params(self, session_pk: Any, run_id: uuid.UUID, expires: datetime,
+                      connection: BaseDatabaseWrapper) -> list[Any]:
+        """The parameters of the lease UPDATE before its guard's."""
+        return [self.db_uuid(run_id), connection.ops.adapt_datetimefield_value(expires),
+                SessionStatus.RUNNING, session_pk]
 
     def insert_run(self, pk: Any, *, run_id: uuid.UUID, now: datetime, input: dict[str, Any],
                    idempotency_key: str | None, model_name: str) -> None:
@@ -369,17 +373,29 @@ class Statements:
         """Write a completed turn to the session row if this turn still holds the lease and
         the row is at ``base`` events and ``version``; whether it did."""
         connection = self.connection
-        moment = connection.ops.adapt_datetimefield_value(now)
+        params = self._commit_params(pk, run_id=run_id, context=context,
+                                     moment=connection.ops.adapt_datetimefield_value(now),
+                                     usage=usage, seq=seq, base=base, version=version,
+                                     title=title)
+        with connection.cursor() as cursor:
+            cursor.execute(self.commit_sql if title is None else self.commit_titled_sql, params)
+            return bool(cursor.rowcount)
+
+    def _commit_params(self, pk: Any, *, run_id: uuid.UUID, context: dict[str, Any],
+                       moment: Any, usage: dict[str, Any], seq: int, base: int, version: int,
+                       title: str | None) -> list[Any]:
+        """The parameters of ``commit_sql`` (``commit_titled_sql`` with a ``title``)."""
         params = [codec.dumps(context), SessionStatus.IDLE, moment, moment, seq,
-                  *(int(usage.get(name) or 0) for name in USAGE_KEYS)]
-        sql = self.commit_sql
+                  *_tokens(usage)]
         if title is not None:
             params.append(title)
-            sql = self.commit_titled_sql
-        params += [self.db_uuid(pk), self.db_uuid(run_id), base, version]
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return bool(cursor.rowcount)
+        return params + [self.db_uuid(pk), self.db_uuid(run_id), base, version]
+
+    def _complete_params(self, run_id: uuid.UUID, *, output: Any, model: str, iterations: int,
+                         moment: Any, duration_ms: int, usage: dict[str, Any]) -> list[Any]:
+        """The parameters of ``complete_run_sql``."""
+        return [RunStatus.COMPLETED, None if output is None else codec.dumps(output), model,
+                iterations, moment, duration_ms, *_tokens(usage), self.db_uuid(run_id)]
 
     def commit_turn(self, pk: Any, *, run_id: uuid.UUID, context: dict[str, Any],
                     now: datetime, usage: dict[str, Any], base: int, version: int,
@@ -390,17 +406,15 @@ class Statements:
         (PostgreSQL): all of it if the guards of :meth:`commit` match, else nothing."""
         connection = self.connection
         moment = connection.ops.adapt_datetimefield_value(now)
-        tokens = [int(usage.get(name) or 0) for name in USAGE_KEYS]
-        params = [codec.dumps(context), SessionStatus.IDLE, moment, moment, base + len(events),
-                  *tokens]
-        if title is not None:
-            params.append(title)
-        params += [self.db_uuid(pk), self.db_uuid(run_id), base, version]
-        params += [RunStatus.COMPLETED, None if output is None else codec.dumps(output), model,
-                   iterations, moment, duration_ms, *tokens, self.db_uuid(run_id)]
-        params += self._event_params(pk, events, moment)
+        params = [
+            *self._commit_params(pk, run_id=run_id, context=context, moment=moment, usage=usage,
+                                 seq=base + len(events), base=base, version=version,
+                                 title=title),
+            *self._complete_params(run_id, output=output, model=model, iterations=iterations,
+                                   moment=moment, duration_ms=duration_ms, usage=usage),
+            *self._event_params(pk, events, moment)]
         with connection.cursor() as cursor:
-            cursor.execute(self._commit_fused(title is not None, len(events)), params)
+            cursor.execute(self._commit_turn_sql(title is not None, len(events)), params)
             row = cursor.fetchone()
         return bool(row and row[0])
 
@@ -417,14 +431,15 @@ class Statements:
                      now: datetime, duration_ms: int, usage: dict[str, Any]) -> None:
         connection = self.connection
         with connection.cursor() as cursor:
-            cursor.execute(self.complete_run_sql, [
-                RunStatus.COMPLETED, None if output is None else codec.dumps(output), model,
-                iterations, connection.ops.adapt_datetimefield_value(now), duration_ms,
-                *(int(usage.get(name) or 0) for name in USAGE_KEYS), self.db_uuid(run_id)])
+            cursor.execute(self.complete_run_sql, self._complete_params(
+                run_id, output=output, model=model, iterations=iterations,
+                moment=connection.ops.adapt_datetimefield_value(now), duration_ms=duration_ms,
+                usage=usage))
 
     def insert_events(self, pk: Any, rows: list[tuple[int, str, Any, dict[str, Any]]],
                       now: datetime) -> None:
-        """Insert ``(seq, type, run_id, data)`` rows of one session in one statement."""
+        """Insert ``(seq, type, run_id, data)`` rows of one session, ``EVENTS_PER_INSERT`` a
+        statement."""
         connection = self.connection
         moment = connection.ops.adapt_datetimefield_value(now)
         with connection.cursor() as cursor:
@@ -440,7 +455,7 @@ class Statements:
             for converter, expression in converters:
                 value = converter(value, expression, connection)
             values.append(value)
-        return model.from_db(self.alias, [f.attname for f in _fields(model)], values)
+        return model.from_db(self.alias, _attnames(model), values)
 
     # -- claiming a queued run ---------------------------------------------------------------
 
@@ -462,8 +477,7 @@ class Statements:
         connection = self.connection
         session_pk, run = self.db_uuid(pk), self.db_uuid(run_id)
         moment = connection.ops.adapt_datetimefield_value(now)
-        lease = [run, connection.ops.adapt_datetimefield_value(expires), SessionStatus.RUNNING,
-                 session_pk]
+        lease = self._lease_params(session_pk, run_id, expires, connection)
         start = [RunStatus.RUNNING, moment, run, RunStatus.QUEUED]
         if self.fused and not connection.in_atomic_block:
             with connection.cursor() as cursor:
@@ -498,6 +512,16 @@ def _cast(field: models.Field, connection: BaseDatabaseWrapper) -> str:
 
 def _fields(model: type[models.Model]) -> list[models.Field]:
     return cast("list[models.Field]", list(model._meta.concrete_fields))
+
+
+@functools.cache
+def _attnames(model: type[models.Model]) -> list[str]:
+    """The attribute names ``Model.from_db`` takes a row's values in (built once)."""
+    return [f.attname for f in _fields(model)]
+
+
+def _tokens(usage: dict[str, Any]) -> list[int]:
+    return [int(usage.get(name) or 0) for name in USAGE_KEYS]
 
 
 def _field(model: type[models.Model], name: str) -> models.Field:
