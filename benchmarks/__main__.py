@@ -26,7 +26,7 @@ from .db import BENCH_DB_NAME, postgres_reachable, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_SUITES = ("overhead", "sdk", "streaming", "scale")
+DEFAULT_SUITES = ("overhead", "sdk", "streaming", "scale", "cache")
 #: ``restart`` (a few minutes of process kills) runs only when asked for
 ALL_SUITES = (*DEFAULT_SUITES, "restart")
 ALL_DATABASES = ("sqlite", "sqlite-delete", "postgres")
@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--stream-turns", type=int, default=20,
                         help="streamed turns with one viewer (fewer with 50 viewers)")
+    parser.add_argument("--cache-turns", type=int, default=20,
+                        help="turns of the prompt caching chat")
     parser.add_argument("--conversations", type=int, default=500,
                         help="idle conversations opened for the memory measurement")
     parser.add_argument("--load-conversations", type=int, default=32,
@@ -133,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                 results[suite][db] = ({"skipped": env} if isinstance(env, str) else
                                       run_worker(suite, env, ["--sizes", args.sizes, *common],
                                                  args.timeout))
+    if "cache" in args.suites:  # the same on every database: SQLite only
+        results["cache"] = run_worker("cache", _env(base, DATABASE_URL=None), [
+            "--turns", str(args.cache_turns)], args.timeout)
     if "streaming" in args.suites:
         from .streaming import run_all as run_streaming
 

@@ -221,6 +221,11 @@ def restart_table(results: dict[str, Any]) -> str:
 def targets(res: dict[str, Any]) -> list[str]:
     """One line per target of the issue: the measured value and whether it holds."""
     lines = []
+    cache_rows = (res.get("cache") or {}).get("rows") or []
+    if cache_rows and cache_rows[0]["cache"]:
+        later = cache_rows[0]["per_turn_hit_ratio"][1:]
+        lines.append(f"turns 2..N read the prefix from the cache (lowest hit ratio "
+                     f"{min(later, default=0):.2f}) -> {_target(bool(later) and min(later) > 0)}")
     for db, result in res.get("overhead", {}).items():
         rows = {row["history"]: row for row in result.get("rows", [])}
         label = DB_LABELS.get(db, db)
@@ -285,6 +290,20 @@ def targets(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cache_table(results: dict[str, Any]) -> str:
+    rows = results.get("rows") if isinstance(results, dict) else None
+    if not rows:
+        return f"  {results.get('error', 'no result')}" if isinstance(results, dict) else ""
+    lines = []
+    for row in rows:
+        ratios = " ".join(f"{r:.2f}" for r in row["per_turn_hit_ratio"])
+        lines.append(f"  cache {'on ' if row['cache'] else 'off'}: hit ratio {_fmt(row['hit_ratio'])} "
+                     f"overall, per turn: {ratios}; cost ${row['cost']}")
+    cached = rows[0]
+    lines.append(f"  cost with caching / without: {cached.get('cost_vs_uncached')}")
+    return "\n".join(lines)
+
+
 def render(data: dict[str, Any]) -> str:
     """Every table of one run, as plain text."""
     meta = data["meta"]
@@ -300,6 +319,8 @@ def render(data: dict[str, Any]) -> str:
         ("streaming", ("Streaming: loopback server writes a delta -> WebSocket client receives "
                       "it, ms"), streaming_table),
         ("scale", "Scale (Redis channel layer, PostgreSQL, model delay 50 ms)", scale_table),
+        ("cache", ("Prompt caching through the loopback server's simulated cache (a 20-turn "
+                   "chat, a ~3,000-token system prompt; cost priced as Sonnet)"), cache_table),
         ("restart", ("Restarts (Redis channel layer, PostgreSQL, daphne), seconds. Process A "
                      "streams m1 (6 s), m2 and m3 wait; A stops; the client moves to A' as soon "
                      "as it accepts connections and sends m4. Same port: A' starts once A "

@@ -60,7 +60,14 @@ def chaos(args: argparse.Namespace) -> Any:
     return run_chaos(int(args.processes), args.conversations, args.kills, args.seconds)
 
 
+def cache(args: argparse.Namespace) -> Any:
+    from .cache import run_cache
+
+    return run_cache(args.turns)
+
+
 SUITES: dict[str, Callable[[argparse.Namespace], Any]] = {
+    "cache": cache,
     "overhead": overhead,
     "sdk": sdk,
     "streaming": streaming,

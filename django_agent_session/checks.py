@@ -14,6 +14,9 @@ one registered function per concern, as django-polymorphic does.
                        model call (REST views opt out, your own views may not).
 ``W002``               The Anthropic model id is deprecated or unknown to the installed SDK.
 ``W003``               ``CHANNEL_LAYERS`` is not configured; live sessions need a layer.
+``E005``               ``Agent.cost_budget`` is set but the agent's model has no price
+                       (``AGENT_SESSION["PRICES"]``): the budget could never be counted.
+``E006``               ``AGENT_SESSION["PRICES"]`` has an entry that is not a valid price.
 =====================  ===================================================================
 """
 
@@ -31,6 +34,7 @@ from django.utils.module_loading import import_string
 
 from .conf import agent_settings
 from .declaration.options import AgentOptions
+from .engine.pricing import Price, price_of
 from .declaration.registry import session_models
 
 
@@ -88,12 +92,45 @@ def check_providers(app_configs: Iterable[AppConfig] | None = None,
     if _settings_error():
         return []
     clients = agent_settings.CLIENTS
+    errors: list[CheckMessage] = []
+    for model, options in _declared(app_configs):
+        uses = {"client": options.client, "title_model": options.title_model,
+                "compaction model": options.compaction.model if options.compaction else None}
+        for option, client in uses.items():
+            provider = (client or "").partition(":")[0]
+            if client and provider not in clients:
+                errors.append(Error(
+                    f"{model.__name__}.Agent.{option} uses provider {provider!r}, which "
+                    f"AGENT_SESSION['CLIENTS'] does not define.",
+                    hint=f"Known providers: {', '.join(sorted(clients))}.",
+                    obj=model, id="django_agent_session.E001"))
+    return errors
+
+
+@register(Tags.models)
+def check_prices(app_configs: Iterable[AppConfig] | None = None,
+                 **kwargs: Any) -> list[CheckMessage]:
+    if _settings_error():
+        return []
+    errors: list[CheckMessage] = []
+    for key, entry in (agent_settings.PRICES or {}).items():
+        if entry is None:
+            continue
+        try:
+            Price.of(entry)
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            errors.append(Error(f"AGENT_SESSION['PRICES'][{key!r}] is not a price: {exc}",
+                                hint='Give USD per million tokens: {"input": "3", "output": '
+                                     '"15"} (cache prices default to 1.25x and 0.1x input).',
+                                id="django_agent_session.E006"))
+    if errors:
+        return errors
     return [Error(
-        f"{model.__name__}.Agent.client uses provider {options.provider!r}, which "
-        f"AGENT_SESSION['CLIENTS'] does not define.",
-        hint=f"Known providers: {', '.join(sorted(clients))}.",
-        obj=model, id="django_agent_session.E001")
-        for model, options in _declared(app_configs) if options.provider not in clients]
+        f"{model.__name__}.Agent.cost_budget is set, but {options.model_name!r} has no price.",
+        hint="Add it to AGENT_SESSION['PRICES'] (USD per million tokens).",
+        obj=model, id="django_agent_session.E005")
+        for model, options in _declared(app_configs)
+        if options.cost_budget is not None and price_of(options.model_name) is None]
 
 
 @register(Tags.models)

@@ -59,6 +59,19 @@ DEFAULTS: dict[str, Any] = {
     # tool of a sync turn runs in the caller's thread (and transaction) unless one of those
     # two is declared.
     "TOOL_TIMEOUT": 300.0,
+    # Money and size (engine/pricing.py, engine/limits.py). PRICES: model id prefix ->
+    # {"input", "output", "cache_write", "cache_read"} USD per million tokens, merged over the
+    # library's dated table (``None`` removes an entry). CONTEXT_WINDOWS: model id prefix ->
+    # input tokens, merged over the library's table ("default" for any other model).
+    "PRICES": {},
+    "CONTEXT_WINDOWS": {},
+    # how each kind of token counts against Agent.token_budget (as billed, relative to input)
+    "TOKEN_BUDGET_WEIGHTS": {
+        "input_tokens": 1,
+        "output_tokens": 1,
+        "cache_creation_input_tokens": 1.25,
+        "cache_read_input_tokens": 0.1,
+    },
     # Live sessions (Channels)
     "FACTORY_ROUTER": "django_agent_session.live.routers.default_router",
     "INACTIVITY_TIMEOUT": 300.0,

@@ -124,6 +124,40 @@ class TokenBudgetExceeded(AgentSessionError):
     code = "token_budget_exceeded"
 
 
+class CostBudgetExceeded(AgentSessionError):
+    """The session's ``cost_budget`` (USD) is used up (``budget_strategy = "halt"``)."""
+
+    code = "cost_budget_exceeded"
+
+
+class ContextWindowExceeded(AgentSessionError):
+    """The conversation no longer fits the model's context window.
+
+    Turn on ``Agent.compaction`` (older turns are summarized), reset the session, or start a
+    new one; ``tokens`` and ``window`` say by how much it is over.
+    """
+
+    code = "context_window_exceeded"
+
+
+class ReplyIncomplete(AgentSessionError):
+    """The reply was cut off at ``max_tokens`` (after any continuations): not a complete
+    answer. The run is recorded ``incomplete`` with the partial text; the context is not
+    changed. Raise ``Agent.max_tokens`` or set ``Agent.on_max_tokens = "continue"``."""
+
+    code = "incomplete"
+    #: the run status a turn ending with this error is recorded with
+    run_status = "incomplete"
+
+
+class ModelRefused(AgentSessionError):
+    """The model declined to answer (``stop_reason == "refusal"``); the run is recorded
+    ``refused`` and the context is not changed (the refused exchange is not sent again)."""
+
+    code = "refused"
+    run_status = "refused"
+
+
 class MaxIterationsExceeded(AgentSessionError):
     """The tool loop reached ``max_iterations`` without a final answer."""
 

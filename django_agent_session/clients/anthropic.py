@@ -58,8 +58,7 @@ def request_params(request: ModelRequest) -> dict[str, Any]:
     if request.tools:
         params["tools"] = request.tools
     if request.cache:
-        # the API places the breakpoint on the last cacheable block by itself
-        params["cache_control"] = {"type": "ephemeral"}
+        params.update(cache_breakpoints(request))
     if request.output_schema is not None:
         params["output_config"] = {
             "format": {"type": "json_schema", "schema": request.output_schema}
@@ -71,7 +70,73 @@ def request_params(request: ModelRequest) -> dict[str, Any]:
         params["extra_body"] = {"temperature": request.temperature}
     if request.metadata.get("user_id"):
         params["metadata"] = {"user_id": str(request.metadata["user_id"])}
+    if request.compaction:
+        edit: dict[str, Any] = {"type": COMPACT_EDIT, "trigger": {
+            "type": "input_tokens", "value": int(request.compaction["trigger"])}}
+        if request.compaction.get("instructions"):
+            edit["instructions"] = request.compaction["instructions"]
+        params["context_management"] = {"edits": [edit]}
+        params["betas"] = [COMPACT_BETA]
     return params
+
+
+_EPHEMERAL = {"type": "ephemeral"}
+
+#: the Messages API's server-side compaction (a beta in the installed SDK)
+COMPACT_BETA = "compact-2026-01-12"
+COMPACT_EDIT = "compact_20260112"
+
+
+def cache_breakpoints(request: ModelRequest) -> dict[str, Any]:
+    """``system``, ``tools`` and ``messages`` with prompt-cache breakpoints for a chat.
+
+    The API caches the prefix up to each ``cache_control`` block (tools, then system, then
+    messages) and looks back at most 20 blocks from a breakpoint for an earlier cached
+    prefix. So: one on the system prompt and one on the last tool (they survive a compaction,
+    which rewrites the messages), one on the last user message (the whole conversation, read
+    back by the next call) and one on the user message before it (a tool loop may add more
+    than 20 blocks between two calls). Four is the API's maximum. The stored messages are
+    not changed: the marked ones are copies.
+    """
+    params: dict[str, Any] = {}
+    if request.system:
+        params["system"] = [{"type": "text", "text": request.system,
+                             "cache_control": _EPHEMERAL}]
+    if request.tools:
+        params["tools"] = [*request.tools[:-1],
+                           {**request.tools[-1], "cache_control": _EPHEMERAL}]
+    messages = list(request.messages)
+    marked = 0
+    for index in range(len(messages) - 1, -1, -1):
+        if marked == 2:
+            break
+        message = messages[index]
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) \
+            else list(content or [])
+        if not blocks or not _cacheable(blocks[-1]):
+            continue
+        blocks[-1] = {**blocks[-1], "cache_control": _EPHEMERAL}
+        messages[index] = {**message, "content": blocks}
+        marked += 1
+    params["messages"] = messages
+    return params
+
+
+def _cacheable(block: dict[str, Any]) -> bool:
+    """Whether a block may carry ``cache_control`` (an empty text block may not)."""
+    if block.get("type") == "text":
+        return bool(block.get("text"))
+    return block.get("type") in ("tool_result", "image", "document")
+
+
+def count_params(request: ModelRequest) -> dict[str, Any]:
+    """``ModelRequest`` -> keyword arguments of ``messages.count_tokens``."""
+    params = request_params(request)
+    return {key: params[key] for key in ("model", "messages", "system", "tools", "thinking",
+                                         "output_config") if key in params}
 
 
 def block_to_param(block: Any) -> dict[str, Any]:
@@ -79,19 +144,30 @@ def block_to_param(block: Any) -> dict[str, Any]:
     return block.model_dump(mode="json", exclude_none=True)
 
 
+def _tokens(usage: Any) -> dict[str, int]:
+    return {
+        "input_tokens": usage.input_tokens or 0,
+        "output_tokens": usage.output_tokens or 0,
+        "cache_creation_input_tokens": usage.cache_creation_input_tokens or 0,
+        "cache_read_input_tokens": usage.cache_read_input_tokens or 0,
+    }
+
+
 def to_response(message: Any, request_id: str | None) -> ModelResponse:
     usage = message.usage
+    # a server-side compaction is billed apart: its tokens are not in the top-level usage
+    compactions = [_tokens(item) for item in getattr(usage, "iterations", None) or ()
+                   if getattr(item, "type", None) == "compaction"]
+    compaction_usage = None
+    if compactions:
+        compaction_usage = {key: sum(c[key] for c in compactions) for key in compactions[0]}
     return ModelResponse(
         content=[block_to_param(b) for b in message.content],
         stop_reason=message.stop_reason,
-        usage={
-            "input_tokens": usage.input_tokens or 0,
-            "output_tokens": usage.output_tokens or 0,
-            "cache_creation_input_tokens": usage.cache_creation_input_tokens or 0,
-            "cache_read_input_tokens": usage.cache_read_input_tokens or 0,
-        },
+        usage=_tokens(usage),
         model=message.model,
         request_id=request_id,
+        compaction_usage=compaction_usage,
     )
 
 
@@ -187,14 +263,26 @@ class AnthropicClient:
             client = self._async[loop] = _checked(anthropic.AsyncAnthropic(**client_options()))
         return client
 
+    def count_tokens(self, request: ModelRequest) -> int:
+        """The exact input tokens of ``request`` (the API's token counting endpoint)."""
+        with _translated():
+            return int(self.sdk.messages.count_tokens(**count_params(request)).input_tokens)
+
+    async def acount_tokens(self, request: ModelRequest) -> int:
+        with _translated():
+            counted = await self.async_sdk.messages.count_tokens(**count_params(request))
+            return int(counted.input_tokens)
+
     def create(self, request: ModelRequest, on_delta: DeltaCallback | None = None
                ) -> ModelResponse:
         params = request_params(request)
+        # server-side compaction is a beta: the same call on the SDK's beta resource
+        messages = self.sdk.beta.messages if "betas" in params else self.sdk.messages
         with _translated():
             if on_delta is None:
-                message = self.sdk.messages.create(**params)
+                message = messages.create(**params)
                 return to_response(message, getattr(message, "_request_id", None))
-            with self.sdk.messages.stream(**params) as stream:
+            with messages.stream(**params) as stream:
                 for event in stream:
                     delta = _delta(event)
                     if delta is not None:
@@ -205,12 +293,14 @@ class AnthropicClient:
     async def acreate(self, request: ModelRequest, on_delta: AsyncDeltaCallback | None = None
                       ) -> ModelResponse:
         params = request_params(request)
+        sdk = self.async_sdk
+        messages = sdk.beta.messages if "betas" in params else sdk.messages
         with _translated():
             if on_delta is None:
-                message = await self.async_sdk.messages.create(**params)
+                message = await messages.create(**params)
                 return to_response(message, getattr(message, "_request_id", None))
             # leaving the block (also on cancellation) closes the upstream HTTP stream
-            async with self.async_sdk.messages.stream(**params) as stream:
+            async with messages.stream(**params) as stream:
                 async for event in stream:
                     delta = _delta(event)
                     if delta is not None:

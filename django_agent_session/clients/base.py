@@ -31,6 +31,8 @@ class ModelRequest:
     thinking: dict[str, Any] | None = None
     cache: bool = True
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: server-side compaction: ``{"trigger": input tokens, "instructions": str}`` (None: off)
+    compaction: dict[str, Any] | None = None
 
 
 @dataclass
@@ -42,6 +44,8 @@ class ModelResponse:
     usage: dict[str, int] = field(default_factory=dict)
     model: str = ""
     request_id: str | None = None
+    #: tokens a server-side compaction used (not part of ``usage``), None if none happened
+    compaction_usage: dict[str, int] | None = None
 
     @property
     def text(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -67,6 +68,28 @@ class Option:
         return self.parse(options, value)
 
 
+@dataclass(frozen=True)
+class Compaction:
+    """``Agent.compaction``, parsed: when and how older turns are replaced by a summary."""
+
+    #: compact once the conversation uses this share of the model's context window
+    threshold: float = 0.7
+    #: the most recent turns kept word for word (at least one is always kept)
+    keep_turns: int = 2
+    #: the ``"provider:model"`` that writes the summary (None: the agent's own client)
+    model: str | None = None
+    #: extra instructions for the summary (what to keep: names, decisions, open tasks...)
+    instructions: str = ""
+    #: ``"summarize"``: a model call of this library writes the summary (any model, any
+    #: provider); ``"server"``: the Messages API compacts by itself (its beta
+    #: ``compact_20260112`` context edit; Anthropic models that support it)
+    strategy: str = "summarize"
+
+    KEYS: ClassVar[frozenset[str]] = frozenset({"threshold", "keep_turns", "model",
+                                                "instructions", "strategy"})
+    STRATEGIES: ClassVar[tuple[str, ...]] = ("summarize", "server")
+
+
 def _positive(value: int) -> bool:
     return value > 0
 
@@ -101,7 +124,13 @@ class AgentOptions:
     tools: dict[str, Tool]
     max_iterations: int
     token_budget: int | None
+    cost_budget: Decimal | None
     budget_strategy: str
+    on_max_tokens: str
+    max_continuations: int
+    compaction: Compaction | None
+    title: str
+    title_model: str | None
     tool_errors: str
     multitask: str
     approval_timeout: float | None
@@ -250,6 +279,62 @@ class AgentOptions:
         self.token_budget = value
         return [] if value is None or value > 0 else ["token_budget must be positive"]
 
+    def _parse_cost_budget(self, value: Any) -> list[str]:
+        """USD, as a Decimal (a float is read through its string, so 0.1 is 0.1)."""
+        self.cost_budget = None
+        if value is None:
+            return []
+        try:
+            budget = Decimal(str(value))
+        except InvalidOperation:
+            return [f"cost_budget must be an amount in USD, got {value!r}"]
+        if not budget.is_finite() or budget <= 0:
+            return [f"cost_budget must be a positive amount in USD, got {value!r}"]
+        self.cost_budget = budget
+        return []
+
+    def _parse_compaction(self, value: bool | dict[str, Any] | None) -> list[str]:
+        """``True`` for the defaults of :class:`Compaction`, a dict to change some."""
+        self.compaction = None
+        if not value:
+            return []
+        spec = {} if value is True else dict(value)
+        if unknown := sorted(set(spec) - Compaction.KEYS):
+            return [f"compaction has unknown key(s) {', '.join(unknown)} "
+                    f"(known: {', '.join(sorted(Compaction.KEYS))})"]
+        problems = []
+        threshold = spec.get("threshold", Compaction.threshold)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+                or not 0 < threshold < 1:
+            problems.append(f"compaction threshold must be a share of the context window "
+                            f"between 0 and 1, got {threshold!r}")
+        keep = spec.get("keep_turns", Compaction.keep_turns)
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            problems.append(f"compaction keep_turns must be a positive int, got {keep!r}")
+        model = spec.get("model")
+        if model is not None and (not isinstance(model, str) or ":" not in model):
+            problems.append(f'compaction model must be "provider:model", got {model!r}')
+        instructions = spec.get("instructions", "")
+        if not isinstance(instructions, str):
+            problems.append("compaction instructions must be a string")
+        strategy = spec.get("strategy", Compaction.strategy)
+        if strategy not in Compaction.STRATEGIES:
+            problems.append(f'compaction strategy must be "summarize" or "server", '
+                            f"got {strategy!r}")
+        elif strategy == "server" and self.provider != "anthropic":
+            problems.append('compaction strategy "server" needs an "anthropic:" client')
+        if not problems:
+            self.compaction = Compaction(threshold=float(threshold), keep_turns=keep,
+                                         model=model, instructions=instructions,
+                                         strategy=strategy)
+        return problems
+
+    def _parse_title_model(self, value: str | None) -> list[str]:
+        self.title_model = value
+        if value is None or ":" in value:
+            return []
+        return [f'title_model must be "provider:model", got {value!r}']
+
     def _parse_thinking(self, value: str | int | dict[str, Any] | None) -> list[str]:
         """A token budget must fit under ``max_tokens`` (parsed earlier in the table)."""
         self.thinking = value
@@ -275,7 +360,16 @@ class AgentOptions:
         Option("max_iterations", 10, (int,), "a positive int", valid=_positive),
         Option("token_budget", None, (int, type(None)), "a positive int or None",
                _parse_token_budget),
+        Option("cost_budget", None, (int, float, str, Decimal, type(None)),
+               "an amount in USD (a Decimal, str or number) or None", _parse_cost_budget),
         _choice("budget_strategy", "halt", "warn"),
+        _choice("on_max_tokens", "incomplete", "continue"),
+        Option("max_continuations", 2, (int,), "a positive int", valid=_positive),
+        Option("compaction", None, (bool, dict, type(None)),
+               "True, a dict of compaction settings, or None", _parse_compaction),
+        _choice("title", "first_message", "model"),
+        Option("title_model", None, (str, type(None)), '"provider:model" or None',
+               _parse_title_model),
         _choice("tool_errors", "continue", "halt"),
         _choice("multitask", "enqueue", "reject", "interrupt", "rollback"),
         Option("approval_timeout", None, (int, float, type(None)),

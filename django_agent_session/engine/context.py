@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 CONTEXT_VERSION = 1
@@ -63,6 +64,14 @@ class Context:
     turns: int = 0
     last_output: Any = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: what this conversation's model calls cost in USD (None: some call had no price);
+    #: counted against ``Agent.cost_budget`` like ``usage`` against ``token_budget``
+    cost: Decimal | None = field(default_factory=Decimal)
+    #: the size in tokens of system, tools and messages after the last reply, as the API
+    #: counted it (None: not known, e.g. a context stored by an older version)
+    tokens: int | None = None
+    #: how many times older turns were replaced by a summary (``Agent.compaction``)
+    compactions: int = 0
     version: int = CONTEXT_VERSION
     #: True when loading changed the stored data (migration or repair)
     repaired: bool = field(default=False, compare=False)
@@ -80,6 +89,9 @@ class Context:
             turns=int(data.get("turns") or 0),
             last_output=data.get("last_output"),
             metadata=data.get("metadata") or {},
+            cost=_decimal(data.get("cost", "0")),
+            tokens=data.get("tokens"),
+            compactions=int(data.get("compactions") or 0),
             version=CONTEXT_VERSION,
         )
         ctx.repaired = repair_dangling_tool_use(ctx.messages, start=len(ctx.messages) - 2)
@@ -95,7 +107,14 @@ class Context:
             "turns": self.turns,
             "last_output": self.last_output,
             "metadata": self.metadata,
+            "cost": None if self.cost is None else str(self.cost),
+            "tokens": self.tokens,
+            "compactions": self.compactions,
         }
+
+
+def _decimal(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
 
 
 def message_text(message: dict[str, Any]) -> str:
@@ -103,6 +122,29 @@ def message_text(message: dict[str, Any]) -> str:
     if isinstance(content, str):
         return content
     return "".join(b.get("text", "") for b in content or () if b.get("type") == "text")
+
+
+def content_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """A message's content as a list of blocks (a string content is one text block)."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return list(content or [])
+
+
+def turn_starts(messages: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """``(message index, block index)`` where each turn begins: the first block of a user
+    message that is not a tool result. A cut there never separates a ``tool_use`` from its
+    ``tool_result`` (results before the block stay with the turn that called)."""
+    starts = []
+    for i, message in enumerate(messages):
+        if message.get("role") != "user":
+            continue
+        for j, block in enumerate(content_blocks(message)):
+            if block.get("type") != "tool_result":
+                starts.append((i, j))
+                break
+    return starts
 
 
 #: version -> function migrating a dict of that version to the next one
@@ -167,4 +209,5 @@ def repair_dangling_tool_use(messages: list[dict[str, Any]], start: int = 0) -> 
 
 
 __all__ = ["CONTEXT_VERSION", "INTERRUPTED_TOOL_RESULT", "USAGE_KEYS", "Context", "add_usage",
-           "empty_usage", "message_text", "migrate", "repair_dangling_tool_use", "storable"]
+           "content_blocks", "empty_usage", "message_text", "migrate",
+           "repair_dangling_tool_use", "storable", "turn_starts"]

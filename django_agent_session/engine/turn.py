@@ -15,20 +15,28 @@ import dataclasses
 import functools
 import json
 import logging
+import time
 from collections.abc import Callable, Generator
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import close_old_connections
+from django.utils import timezone
 
 from .. import exceptions as exc
 from ..clients.base import ModelRequest, ModelResponse, maybe_await
+from ..clients.registry import get_client
 from ..conf import agent_settings
 from ..declaration.options import AgentOptions
 from ..declaration.schemas import validate
 from ..declaration.tools import Halt, Tool, ToolContext
+from . import compaction
 from .context import Context, add_usage, empty_usage, message_text, storable
+from .limits import EXACT_COUNT_AT, context_window, estimate_tokens
+from .pricing import add_cost, cost_of, weighted_tokens
 
 ProgressCallback = Callable[[str, dict[str, Any]], Any]
 
@@ -65,12 +73,29 @@ def aguard_progress(on_progress: ProgressCallback | None) -> ProgressCallback | 
     return call
 
 BUDGET_WARNING_RATIO = 0.8
+_COST_WARNING_RATIO = Decimal(str(BUDGET_WARNING_RATIO))
+
+
+#: stop reasons after which the model has more to say in the same assistant message
+CONTINUE_PROMPT = ("Your previous reply was cut off by the output token limit. Continue it "
+                   "exactly where it stopped, without repeating anything.")
 
 
 @dataclasses.dataclass
 class CallModel:
     request: ModelRequest
     iteration: int
+    #: another provider's client (a compaction model); None: the agent's
+    provider: str | None = None
+    #: whether its deltas are the turn's reply (viewers see them); not for a summary
+    streamed: bool = True
+
+
+@dataclasses.dataclass
+class CountTokens:
+    """Ask the client for the exact input tokens of a request (None if it cannot count)."""
+
+    request: ModelRequest
 
 
 @dataclasses.dataclass
@@ -122,18 +147,22 @@ class ResumePoint:
     events: list[tuple[str, dict[str, Any]]]
     usage: dict[str, int]
     model: str = ""
+    cost: Decimal | None = dataclasses.field(default_factory=Decimal)
 
     def to_dict(self) -> dict[str, Any]:
         return {"messages": self.messages, "tool_uses": self.tool_uses,
                 "iteration": self.iteration, "events": [list(e) for e in self.events],
-                "usage": self.usage, "model": self.model}
+                "usage": self.usage, "model": self.model,
+                "cost": None if self.cost is None else str(self.cost)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], decisions: dict[str, Decision]) -> ResumePoint:
+        cost = data.get("cost", "0")
         return cls(messages=data["messages"], tool_uses=data["tool_uses"],
                    decisions=decisions, iteration=int(data["iteration"]),
                    events=[(kind, payload) for kind, payload in data["events"]],
-                   usage=dict(data["usage"]), model=data.get("model") or "")
+                   usage=dict(data["usage"]), model=data.get("model") or "",
+                   cost=None if cost is None else Decimal(cost))
 
 
 class TurnPaused(Exception):  # noqa: N818 (an outcome, not an error)
@@ -155,6 +184,21 @@ class ToolOutcome:
 
 
 @dataclasses.dataclass
+class SideRun:
+    """A model call the library made for the session besides the turn's own (a compaction
+    summary, a title): recorded as a run of its own, so its tokens and cost are not lost."""
+
+    kind: str
+    model: str
+    usage: dict[str, int]
+    cost: Decimal | None
+    output: dict[str, Any]
+    started_at: datetime
+    duration_ms: int
+    stop_reason: str | None = None
+
+
+@dataclasses.dataclass
 class TurnState:
     """What a turn has done so far; read by the store when a turn fails or is cancelled."""
 
@@ -162,10 +206,30 @@ class TurnState:
     usage: dict[str, int] = dataclasses.field(default_factory=empty_usage)
     partial_text: list[str] = dataclasses.field(default_factory=list)
     model: str = ""
+    #: the turn's own model calls in USD (None once a call had no price)
+    cost: Decimal | None = dataclasses.field(default_factory=Decimal)
+    #: the ``stop_reason`` of the last response
+    stop_reason: str | None = None
+    #: compaction calls made during the turn (recorded even if the turn then fails)
+    side_runs: list[SideRun] = dataclasses.field(default_factory=list)
 
     @property
     def partial(self) -> str:
         return "".join(self.partial_text)
+
+    @property
+    def side_usage(self) -> dict[str, int]:
+        usage = empty_usage()
+        for run in self.side_runs:
+            usage = add_usage(usage, run.usage)
+        return usage
+
+    @property
+    def side_cost(self) -> Decimal | None:
+        total: Decimal | None = Decimal(0)
+        for run in self.side_runs:
+            total = add_cost(total, run.cost)
+        return total
 
 
 @dataclasses.dataclass
@@ -180,11 +244,60 @@ class TurnResult:
     stop_reason: str | None
     events: list[tuple[str, dict[str, Any]]]
     halted: bool = False
+    #: the turn's own calls in USD (None: a model had no price)
+    cost: Decimal | None = dataclasses.field(default_factory=Decimal)
+    #: compaction calls made during the turn
+    side_runs: list[SideRun] = dataclasses.field(default_factory=list)
+    #: the size of system, tools and ``messages`` in tokens, as last measured (None: unknown)
+    tokens: int | None = None
+    #: how many compactions the turn made (0 or 1)
+    compactions: int = 0
+
+    @property
+    def all_usage(self) -> dict[str, int]:
+        """The turn's tokens and those of its side runs (what the session paid for)."""
+        usage = dict(self.usage)
+        for run in self.side_runs:
+            usage = add_usage(usage, run.usage)
+        return usage
+
+    @property
+    def all_cost(self) -> Decimal | None:
+        total = self.cost
+        for run in self.side_runs:
+            total = add_cost(total, run.cost)
+        return total
 
 
-def total_tokens(usage: dict[str, Any]) -> int:
-    """Tokens counted against ``token_budget``: everything the model read or wrote."""
-    return sum(int(usage.get(k) or 0) for k in empty_usage())
+def merge_content(first: list[dict[str, Any]], then: list[dict[str, Any]]
+                  ) -> list[dict[str, Any]]:
+    """One assistant message's content from a reply and its continuation (after
+    ``pause_turn`` or a continued ``max_tokens``): a text continuing a text is joined to it,
+    and the continuation's thinking is dropped (only a message's start may think)."""
+    if not first:
+        return list(then)
+    merged = list(first)
+    for block in then:
+        kind = block.get("type")
+        if kind in ("thinking", "redacted_thinking"):
+            continue
+        if kind == "text" and merged and merged[-1].get("type") == "text":
+            merged[-1] = {**merged[-1], "text": merged[-1]["text"] + block.get("text", "")}
+        else:
+            merged.append(block)
+    return merged
+
+
+def _text_of(content: list[dict[str, Any]]) -> str:
+    return "".join(b.get("text", "") for b in content if b.get("type") == "text")
+
+
+@dataclasses.dataclass
+class _Size:
+    """The measured size in tokens of system, tools and ``messages[:upto]``."""
+
+    tokens: int
+    upto: int
 
 
 def tool_result_content(value: Any) -> str:
@@ -216,6 +329,85 @@ def append_user(messages: list[dict[str, Any]], blocks: list[dict[str, Any]]) ->
         messages.append({"role": "user", "content": list(blocks)})
 
 
+def _measured(response: ModelResponse, upto: int) -> _Size | None:
+    """The size of a request and its reply as the API counted them (None: not reported)."""
+    usage = response.usage
+    read = sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens",
+                                                "cache_read_input_tokens"))
+    if not read:
+        return None
+    return _Size(read + int(usage.get("output_tokens") or 0), upto)
+
+
+class _Budgets:
+    """``token_budget`` and ``cost_budget`` of one turn: checked before it, warned about at
+    80 %, and (``budget_strategy = "halt"``) enforced between calls of the tool loop."""
+
+    def __init__(self, options: AgentOptions, context: Context) -> None:
+        self.options = options
+        self.tokens_before = weighted_tokens(context.usage)
+        self.cost_before = context.cost
+        token_budget, cost_budget = options.token_budget, options.cost_budget
+        self.token_warned = (self.tokens_before >= token_budget * BUDGET_WARNING_RATIO
+                             if token_budget else True)
+        self.cost_warned = (self.cost_before is None
+                            or self.cost_before >= cost_budget * _COST_WARNING_RATIO
+                            if cost_budget is not None else True)
+
+    def spent(self, state: TurnState) -> tuple[int, Decimal | None]:
+        tokens = self.tokens_before + weighted_tokens(add_usage(state.usage, state.side_usage))
+        return tokens, add_cost(add_cost(self.cost_before, state.cost), state.side_cost)
+
+    def check_before_turn(self) -> None:
+        opts = self.options
+        if opts.budget_strategy != "halt":
+            return
+        if opts.token_budget and self.tokens_before >= opts.token_budget:
+            raise exc.TokenBudgetExceeded(
+                f"Session used {self.tokens_before} of its {opts.token_budget} token budget.",
+                used=self.tokens_before, budget=opts.token_budget)
+        if opts.cost_budget is not None and self.cost_before is not None \
+                and self.cost_before >= opts.cost_budget:
+            raise exc.CostBudgetExceeded(
+                f"Session cost ${self.cost_before} of its ${opts.cost_budget} budget.",
+                cost=str(self.cost_before), budget=str(opts.cost_budget))
+
+    def check_in_loop(self, state: TurnState) -> None:
+        opts = self.options
+        if opts.budget_strategy != "halt":
+            return
+        tokens, cost = self.spent(state)
+        if opts.token_budget and tokens >= opts.token_budget:
+            raise exc.TokenBudgetExceeded(
+                f"Token budget of {opts.token_budget} used up inside the tool loop.",
+                used=tokens, budget=opts.token_budget)
+        if opts.cost_budget is not None and cost is not None and cost >= opts.cost_budget:
+            raise exc.CostBudgetExceeded(
+                f"Cost budget of ${opts.cost_budget} used up inside the tool loop.",
+                cost=str(cost), budget=str(opts.cost_budget))
+
+    def account(self, response: ModelResponse, state: TurnState,
+                events: list[tuple[str, dict[str, Any]]]) -> Generator[Any, Any, None]:
+        """Add a response's tokens and cost to the turn; warn once per budget at 80 %."""
+        opts = self.options
+        state.usage = add_usage(state.usage, response.usage)
+        state.model = response.model or opts.model_name
+        state.cost = add_cost(state.cost, cost_of(state.model, response.usage))
+        tokens, cost = self.spent(state)
+        if not self.token_warned and opts.token_budget and \
+                tokens >= opts.token_budget * BUDGET_WARNING_RATIO:
+            self.token_warned = True
+            warning: dict[str, Any] = {"used": tokens, "budget": opts.token_budget}
+            events.append(("budget.warning", warning))
+            yield Emit("budget.warning", warning)
+        if not self.cost_warned and opts.cost_budget is not None and cost is not None and \
+                cost >= opts.cost_budget * _COST_WARNING_RATIO:
+            self.cost_warned = True
+            warning = {"cost": str(cost), "cost_budget": str(opts.cost_budget)}
+            events.append(("budget.warning", warning))
+            yield Emit("budget.warning", warning)
+
+
 class TurnEngine:
     """Runs one turn for one agent declaration."""
 
@@ -229,19 +421,17 @@ class TurnEngine:
               metadata: dict[str, Any] | None = None, resume: ResumePoint | None = None
               ) -> Generator[Any, Any, TurnResult]:
         opts = self.options
-        budget = opts.token_budget
-        spent_before = total_tokens(context.usage)
-        if resume is None and budget and opts.budget_strategy == "halt" and \
-                spent_before >= budget:
-            raise exc.TokenBudgetExceeded(
-                f"Session used {spent_before} of its {budget} token budget.",
-                used=spent_before, budget=budget)
+        budgets = _Budgets(opts, context)
+        if resume is None:
+            budgets.check_before_turn()
 
         retried_output = False
         retry_at = 0  # where the invalid attempt and the request to retry start in messages
-        warned = spent_before >= budget * BUDGET_WARNING_RATIO if budget else True
+        size: _Size | None = None
         if resume is None:
             messages = list(context.messages)  # a new list: the stored context is never mutated
+            if context.tokens is not None:
+                size = _Size(context.tokens, len(messages))
             append_user(messages, user_blocks)
             events: list[tuple[str, dict[str, Any]]] = [
                 ("message.user", {"content": user_blocks})]
@@ -249,7 +439,7 @@ class TurnEngine:
         else:  # a paused turn goes on with the decided calls (earlier events are logged)
             messages, events = list(resume.messages), []
             state.iterations, state.usage = resume.iteration, dict(resume.usage)
-            state.model = resume.model
+            state.model, state.cost = resume.model, resume.cost
             results, halt = yield from self._run_tools(resume.tool_uses, events, messages,
                                                        resume.iteration, resume.decisions)
             append_user(messages, results)
@@ -257,52 +447,86 @@ class TurnEngine:
                 output = json.loads(json.dumps(halt.value, cls=DjangoJSONEncoder))
                 return TurnResult(messages=messages, output=output, usage=state.usage,
                                   iterations=state.iterations, model=state.model,
-                                  stop_reason="tool_use", events=events, halted=True)
+                                  stop_reason="tool_use", events=events, halted=True,
+                                  cost=state.cost)
             first = resume.iteration + 1
 
+        carry: list[dict[str, Any]] = []  # an assistant message the model goes on with
+        continue_prompt = False  # the carried reply was cut at max_tokens: ask to go on
+        continuations = 0
         for iteration in range(first, opts.max_iterations + 1):
             state.iterations = iteration
             if iteration > 1:
                 yield Heartbeat()
             state.partial_text.clear()
-            request = ModelRequest(
-                model=opts.model_name, system=context.system, messages=list(messages),
-                max_tokens=opts.max_tokens, tools=self.tool_params,
-                temperature=opts.temperature, output_schema=opts.output_json_schema,
-                thinking=opts.thinking_param, cache=opts.cache, metadata=metadata or {},
-            )
+            sent = list(messages)
+            if carry:
+                sent.append({"role": "assistant", "content": carry})
+                if continue_prompt:
+                    sent.append({"role": "user", "content": [
+                        {"type": "text", "text": CONTINUE_PROMPT}]})
+            request = self._request(context, sent, metadata)
+            if not carry:  # a continuation adds only what the model itself just wrote
+                request, messages, size = yield from self._fit(
+                    request, messages, context, size, state, events, metadata,
+                    boundary=iteration == first and resume is None)
             response: ModelResponse = yield CallModel(request, iteration)
             response.content = storable(response.content)
-            state.usage = add_usage(state.usage, response.usage)
-            state.model = response.model or opts.model_name
-            spent = spent_before + total_tokens(state.usage)
-            if budget and not warned and spent >= budget * BUDGET_WARNING_RATIO:
-                warned = True
-                warning = {"used": spent, "budget": budget}
-                events.append(("budget.warning", warning))
-                yield Emit("budget.warning", warning)
+            yield from budgets.account(response, state, events)
+            server_compacted = any(b.get("type") == "compaction" for b in response.content)
+            if server_compacted:
+                yield from self._compacted_by_server(response, state, events)
+            stop = state.stop_reason = response.stop_reason
+            content = merge_content(carry, response.content)
+            carry, continue_prompt = [], False
 
-            assistant = {"role": "assistant", "content": response.content}
-            tool_uses = response.tool_uses
-            if tool_uses and response.stop_reason == "tool_use":
+            if stop == "pause_turn":  # a server tool paused a long turn: send it back as is
+                carry = content
+                continue
+            if stop in ("max_tokens", "model_context_window_exceeded"):
+                cut_tool = any(b.get("type") == "tool_use" for b in response.content)
+                if stop == "max_tokens" and opts.on_max_tokens == "continue" and \
+                        continuations < opts.max_continuations and not cut_tool:
+                    continuations += 1
+                    carry, continue_prompt = content, True
+                    events.append(("reply.continued", {"continuation": continuations}))
+                    continue
+                state.partial_text[:] = [_text_of(content)]
+                raise exc.ReplyIncomplete(
+                    ("The reply was cut off at max_tokens"
+                     + (f" after {continuations} continuation(s)" if continuations else "")
+                     + (" inside a tool call" if cut_tool else "")
+                     + f". Raise {opts.model.__name__}.Agent.max_tokens"
+                     + ("" if opts.on_max_tokens == "continue"
+                        else ' or set on_max_tokens = "continue"') + "."
+                     if stop == "max_tokens" else
+                     "The reply was cut off at the model's context window."),
+                    stop_reason=stop, continuations=continuations)
+            if stop == "refusal":
+                state.partial_text[:] = [_text_of(content)]
+                raise exc.ModelRefused("The model declined to answer.", stop_reason=stop)
+
+            assistant = {"role": "assistant", "content": content}
+            tool_uses = [b for b in content if b.get("type") == "tool_use"]
+            if tool_uses and stop == "tool_use":
                 messages.append(assistant)
-                events.append(("message.assistant", {"content": response.content}))
-                if budget and opts.budget_strategy == "halt" and spent >= budget:
-                    raise exc.TokenBudgetExceeded(
-                        f"Token budget of {budget} used up inside the tool loop.",
-                        used=spent, budget=budget)
+                size = _measured(response, len(messages))
+                if server_compacted:
+                    messages, size = compaction.after_server_compaction(messages), None
+                events.append(("message.assistant", {"content": content}))
+                budgets.check_in_loop(state)
                 results, halt = yield from self._run_tools(tool_uses, events, messages,
                                                            iteration)
                 append_user(messages, results)
                 if halt is not None:
                     # the output as the JSON fields will store it (Decimal, datetime, UUID)
                     output = json.loads(json.dumps(halt.value, cls=DjangoJSONEncoder))
-                    return self._result(messages, output, state, response,
-                                        events, halted=True)
+                    return self._result(messages, output, state, response, events, size,
+                                        halted=True)
                 continue
 
             try:
-                output = parse_output(self.options, response.text)
+                output = parse_output(self.options, _text_of(content))
             except exc.InvalidInput as error:
                 if retried_output:
                     raise exc.InvalidModelOutput(
@@ -318,11 +542,142 @@ class TurnEngine:
                 continue
             if retried_output:  # tool calls may have followed the request to retry
                 del messages[retry_at:retry_at + 2]
-            messages.append(assistant)
-            events.append(("message.assistant", {"content": response.content}))
-            return self._result(messages, output, state, response, events)
+                size = None  # measured with the attempt that is no longer there
+                messages.append(assistant)
+            else:
+                messages.append(assistant)
+                size = _measured(response, len(messages))
+            if server_compacted:
+                messages, size = compaction.after_server_compaction(messages), None
+            events.append(("message.assistant", {"content": content}))
+            return self._result(messages, output, state, response, events, size)
         raise exc.MaxIterationsExceeded(
             f"No final answer within max_iterations={opts.max_iterations}.")
+
+    def _request(self, context: Context, messages: list[dict[str, Any]],
+                 metadata: dict[str, Any] | None) -> ModelRequest:
+        opts = self.options
+        settings, server = opts.compaction, None
+        if settings is not None and settings.strategy == "server":
+            server = {"trigger": int(settings.threshold * context_window(opts.model_name)),
+                      "instructions": settings.instructions}
+        return ModelRequest(
+            model=opts.model_name, system=context.system, messages=messages,
+            max_tokens=opts.max_tokens, tools=self.tool_params,
+            temperature=opts.temperature, output_schema=opts.output_json_schema,
+            thinking=opts.thinking_param, cache=opts.cache, metadata=metadata or {},
+            compaction=server,
+        )
+
+    # -- context limits and compaction --------------------------------------------------------
+
+    def _fit(self, request: ModelRequest, messages: list[dict[str, Any]], context: Context,
+             size: _Size | None, state: TurnState, events: list[tuple[str, dict[str, Any]]],
+             metadata: dict[str, Any] | None, *, boundary: bool
+             ) -> Generator[Any, Any, tuple[ModelRequest, list[dict[str, Any]], _Size | None]]:
+        """Make sure ``request`` fits the model's context window: compact first if the agent
+        may (past its threshold, only at a turn boundary, so the cached prefix survives
+        between compactions), else fail typed. Returns the request, messages and size."""
+        opts = self.options
+        window = context_window(opts.model_name)
+        limit = window - opts.max_tokens  # the reply needs its room in the window too
+        if size is not None and size.upto <= len(messages):
+            tokens = size.tokens + estimate_tokens(None, messages[size.upto:])
+            exact = tokens > limit
+        else:  # not measured yet: a generous estimate, checked against the API near the limit
+            tokens = estimate_tokens(context.system, messages, self.tool_params)
+            exact = tokens >= EXACT_COUNT_AT * limit
+        settings = opts.compaction
+        if settings is not None and settings.strategy == "server":
+            settings = None  # the API compacts past the trigger by itself
+        trigger = settings.threshold * window if settings is not None else None
+        if exact:
+            counted = yield CountTokens(request)
+            if counted is not None:
+                tokens = int(counted)
+                size = _Size(tokens, len(messages))
+        over = tokens > limit
+        if settings is not None and (over or (boundary and trigger is not None
+                                              and tokens >= trigger)):
+            compacted = yield from self._compact(messages, context, tokens, state, events,
+                                                 metadata)
+            if compacted is not None:
+                messages = compacted
+                request = dataclasses.replace(request, messages=list(messages))
+                tokens = estimate_tokens(context.system, messages, self.tool_params)
+                size = None
+                if tokens > limit:
+                    counted = yield CountTokens(request)
+                    if counted is not None:
+                        tokens = int(counted)
+                        size = _Size(tokens, len(messages))
+                over = tokens > limit
+        if over:
+            raise exc.ContextWindowExceeded(
+                f"The conversation needs about {tokens} input tokens, but "
+                f"{opts.model_name} takes {limit} (a {window}-token window less max_tokens "
+                f"{opts.max_tokens}). "
+                + ("Compaction could not shorten it enough; reset the session or start a "
+                   "new one." if settings is not None else
+                   f"Set {opts.model.__name__}.Agent.compaction = True, or reset the session."),
+                tokens=tokens, window=window, limit=limit)
+        return request, messages, size
+
+    def _compacted_by_server(self, response: ModelResponse, state: TurnState,
+                             events: list[tuple[str, dict[str, Any]]]
+                             ) -> Generator[Any, Any, None]:
+        """Record a compaction the API did (its own billing line) as one made here is."""
+        usage = response.compaction_usage or {}
+        used = response.model or self.options.model_name
+        block = next((b for b in response.content if b.get("type") == "compaction"), {})
+        summary = block.get("content") or ""
+        run = SideRun(kind="compaction", model=used, usage=dict(usage),
+                      cost=cost_of(used, usage),
+                      output={"summary": summary, "strategy": "server"},
+                      started_at=timezone.now(), duration_ms=0, stop_reason="compaction")
+        state.side_runs.append(run)
+        data = {"strategy": "server", "summary": summary, "model": used,
+                "cost": None if run.cost is None else str(run.cost)}
+        events.append(("context.compacted", data))
+        yield Emit("context.compacted", data)
+
+    def _compact(self, messages: list[dict[str, Any]], context: Context, tokens: int,
+                 state: TurnState, events: list[tuple[str, dict[str, Any]]],
+                 metadata: dict[str, Any] | None
+                 ) -> Generator[Any, Any, list[dict[str, Any]] | None]:
+        """Replace all but the last turns with a summary; None if there is nothing older."""
+        opts = self.options
+        settings = opts.compaction
+        assert settings is not None
+        cut = compaction.split(messages, settings.keep_turns)
+        if cut is None:
+            return None
+        provider, model_name = (settings.model.split(":", 1) if settings.model
+                                else (None, opts.model_name))
+        request = compaction.summary_request(settings, model_name, cut.old, metadata)
+        started, clock = timezone.now(), time.monotonic()
+        response: ModelResponse = yield CallModel(request, state.iterations, provider=provider,
+                                                  streamed=False)
+        summary = storable(response.text.strip())
+        used = response.model or model_name
+        run = SideRun(kind="compaction", model=used, usage=dict(response.usage),
+                      cost=cost_of(used, response.usage),
+                      output={"summary": summary, "replaced": len(cut.old),
+                              "kept": len(cut.recent), "tokens_before": tokens},
+                      started_at=started, duration_ms=int((time.monotonic() - clock) * 1000),
+                      stop_reason=response.stop_reason)
+        state.side_runs.append(run)
+        if not summary:
+            logger.warning("%s: the compaction model returned no summary; not compacted",
+                           opts.model.__name__)
+            return None
+        compacted = compaction.compacted(summary, cut.recent)
+        data = {"replaced": len(cut.old), "kept": len(cut.recent), "tokens_before": tokens,
+                "summary": summary, "model": used,
+                "cost": None if run.cost is None else str(run.cost)}
+        events.append(("context.compacted", data))
+        yield Emit("context.compacted", data)
+        return compacted
 
     @staticmethod
     def _announce(block: dict[str, Any], events: list[tuple[str, dict[str, Any]]]
@@ -421,11 +776,15 @@ class TurnEngine:
 
     def _result(self, messages: list[dict[str, Any]], output: Any, state: TurnState,
                 response: ModelResponse, events: list[tuple[str, dict[str, Any]]],
-                halted: bool = False) -> TurnResult:
+                size: _Size | None, halted: bool = False) -> TurnResult:
         return TurnResult(messages=messages, output=output, usage=state.usage,
                           iterations=state.iterations, model=state.model,
                           stop_reason=response.stop_reason, events=events,
-                          halted=halted)
+                          halted=halted, cost=state.cost, side_runs=list(state.side_runs),
+                          tokens=size.tokens if size is not None and size.upto == len(messages)
+                          else None,
+                          compactions=sum(r.kind == "compaction" for r in state.side_runs
+                                          if r.output.get("summary")))
 
     # -- drivers -----------------------------------------------------------------------------
 
@@ -471,8 +830,13 @@ class TurnEngine:
                     value = self._needs_approval(effect, tool_context)
                     continue
                 if isinstance(effect, CallModel):
-                    value = client.create(effect.request, self._delta_handler(
-                        state, on_progress, effect.iteration, cancelled))
+                    value = _client_for(effect, client).create(
+                        effect.request, self._delta_handler(
+                            state, on_progress if effect.streamed else None, effect.iteration,
+                            cancelled))
+                elif isinstance(effect, CountTokens):
+                    count = getattr(client, "count_tokens", None)
+                    value = count(effect.request) if count is not None else None
                 elif isinstance(effect, CallTool):
                     value = self._call_tool(effect, tool_context)
                 elif isinstance(effect, Emit):
@@ -505,8 +869,12 @@ class TurnEngine:
                             _in_pool_thread, self._needs_approval, effect, tool_context))
                     continue
                 if isinstance(effect, CallModel):
-                    value = await client.acreate(
-                        effect.request, self._delta_handler(state, on_progress, effect.iteration))
+                    value = await _client_for(effect, client).acreate(
+                        effect.request, self._delta_handler(
+                            state, on_progress if effect.streamed else None, effect.iteration))
+                elif isinstance(effect, CountTokens):
+                    count = getattr(client, "acount_tokens", None)
+                    value = await count(effect.request) if count is not None else None
                 elif isinstance(effect, CallTool):
                     value = await self._acall_tool(effect, tool_context)
                 elif isinstance(effect, Emit):
@@ -583,6 +951,11 @@ class TurnEngine:
             return ToolOutcome(error=error)
 
 
+def _client_for(call: CallModel, client: Any) -> Any:
+    """The client of a call: the turn's, or another provider's (a compaction model)."""
+    return client if call.provider is None else get_client(call.provider)
+
+
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 
 
@@ -611,6 +984,7 @@ def user_blocks_for(validated_input: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"type": "text", "text": json.dumps(validated_input, ensure_ascii=False)}]
 
 
-__all__ = ["Decision", "ResumePoint", "TurnEngine", "TurnPaused", "TurnResult", "TurnState",
+__all__ = ["Decision", "ResumePoint", "SideRun", "TurnEngine", "TurnPaused", "TurnResult",
+           "TurnState", "merge_content",
            "append_user", "message_text",
            "user_blocks_for"]

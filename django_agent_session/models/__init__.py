@@ -12,6 +12,7 @@ from ..records import (
     EventType,
     LiveOwnership,
     Multitask,
+    RunKind,
     RunStatus,
     SessionStatus,
     UsageMixin,
@@ -23,5 +24,5 @@ from .session import AgentSessionModel
 
 __all__ = ["AgentEvent", "AgentRun", "AgentSessionManager", "AgentSessionModel",
            "AgentSessionQuerySet", "Artifact", "EventType",
-           "LiveOwnership", "Multitask", "RunStatus", "SessionStatus", "UsageMixin", "artifact_path",
+           "LiveOwnership", "Multitask", "RunKind", "RunStatus", "SessionStatus", "UsageMixin", "artifact_path",
            "artifact_storage"]

@@ -6,12 +6,19 @@ store writes; ``models.AgentSessionModel`` adds the manager on top of it.
 """
 
 from .artifacts import Artifact, artifact_path, artifact_storage
-from .choices import TERMINAL_RUN_STATUSES, EventType, Multitask, RunStatus, SessionStatus
+from .choices import (
+    TERMINAL_RUN_STATUSES,
+    EventType,
+    Multitask,
+    RunKind,
+    RunStatus,
+    SessionStatus,
+)
 from .events import AgentEvent
 from .ownership import LiveOwnership
 from .runs import AgentRun, UsageMixin
 from .session import SessionRecord, extra_fields
 
 __all__ = ["TERMINAL_RUN_STATUSES", "AgentEvent", "AgentRun", "Artifact", "EventType",
-           "LiveOwnership", "Multitask", "RunStatus", "SessionRecord", "SessionStatus",
+           "LiveOwnership", "Multitask", "RunKind", "RunStatus", "SessionRecord", "SessionStatus",
            "UsageMixin", "artifact_path", "artifact_storage", "extra_fields"]

@@ -19,6 +19,18 @@ class RunStatus(models.TextChoices):
     COMPLETED = "completed", _("completed")
     FAILED = "failed", _("failed")
     CANCELLED = "cancelled", _("cancelled")
+    #: the reply was cut off at ``max_tokens`` (after any continuations): not a complete answer
+    INCOMPLETE = "incomplete", _("incomplete")
+    #: the model declined to answer (``stop_reason == "refusal"``)
+    REFUSED = "refused", _("refused")
+
+
+class RunKind(models.TextChoices):
+    """What a run was for: a turn of the conversation, or work the library did around one."""
+
+    TURN = "turn", _("turn")
+    COMPACTION = "compaction", _("compaction")
+    TITLE = "title", _("title")
 
 
 class EventType(models.TextChoices):
@@ -42,12 +54,15 @@ class EventType(models.TextChoices):
     OUTPUT_INVALID = "output.invalid", _("invalid output retried")
     BUDGET_WARNING = "budget.warning", _("token budget warning")
     CONTEXT_RESET = "context.reset", _("context reset")
+    CONTEXT_COMPACTED = "context.compacted", _("context compacted")
+    SESSION_TITLED = "session.titled", _("session titled")
     SESSION_FORKED = "session.forked", _("session forked")
     SESSION_REWOUND = "session.rewound", _("session rewound")
 
 
 #: run statuses a run never leaves
-TERMINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+TERMINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED,
+                                   RunStatus.INCOMPLETE, RunStatus.REFUSED})
 
 
 class Multitask(models.TextChoices):

@@ -12,7 +12,8 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from ..engine.context import USAGE_KEYS
-from .choices import TERMINAL_RUN_STATUSES, RunStatus
+from ..engine.pricing import cache_hit_ratio
+from .choices import TERMINAL_RUN_STATUSES, RunKind, RunStatus
 
 
 class UsageMixin:
@@ -21,6 +22,11 @@ class UsageMixin:
     @property
     def usage(self) -> dict[str, int]:
         return {key: getattr(self, key) for key in USAGE_KEYS}
+
+    @property
+    def cache_hit_ratio(self) -> float | None:
+        """Cache read tokens over all input tokens (None before any input)."""
+        return cache_hit_ratio(self.usage)
 
 
 class AgentRun(UsageMixin, models.Model):
@@ -31,6 +37,8 @@ class AgentRun(UsageMixin, models.Model):
     session_id = models.UUIDField()
     session = GenericForeignKey("session_type", "session_id")
     status = models.CharField(max_length=32, choices=RunStatus.choices, default=RunStatus.RUNNING)
+    #: a conversation turn, or a compaction or title call the library made for the session
+    kind = models.CharField(max_length=16, choices=RunKind.choices, default=RunKind.TURN)
     #: a caller's key (``idempotency_key=``, a WebSocket message id, an ``Idempotency-Key``
     #: header), unique per session: resubmitting it returns this run
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
@@ -53,6 +61,10 @@ class AgentRun(UsageMixin, models.Model):
     output_tokens = models.PositiveBigIntegerField(default=0)
     cache_creation_input_tokens = models.PositiveBigIntegerField(default=0)
     cache_read_input_tokens = models.PositiveBigIntegerField(default=0)
+    #: the ``stop_reason`` of the run's last model response (``end_turn``, ``max_tokens``...)
+    stop_reason = models.CharField(max_length=32, blank=True)
+    #: what the run's model calls cost in USD (engine/pricing.py); None: a model had no price
+    cost = models.DecimalField(max_digits=16, decimal_places=6, null=True, blank=True)
     started_at = models.DateTimeField(default=timezone.now)
     ended_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)

@@ -234,8 +234,11 @@ class RunStream:
                 await self.send({"type": "message", "role": "assistant", **self.base,
                                  "content": message.get("data", {}).get("content", []),
                                  "output": output, "seq": message.get("seq")})
+                completed = (record.event(EventType.RUN_COMPLETED) or {}).get("data", {})
                 await self.send({**base, "status": "completed", "output": output,
-                                 "usage": record.usage, "seq": record.seq})
+                                 "usage": record.usage, "seq": record.seq,
+                                 "stop_reason": completed.get("stop_reason"),
+                                 "cost": completed.get("cost")})
             elif record is not None and record.status == RunStatus.CANCELLED or isinstance(
                     error, (asyncio.CancelledError, exc.TurnCancelled)):
                 await self.send({**base, "status": "cancelled", **outcome(record, True)})
@@ -243,7 +246,10 @@ class RunStream:
                 payload = (error.to_dict() if isinstance(error, exc.AgentSessionError) else
                            {"code": "internal_error", "retryable": False,
                             "message": "The turn failed unexpectedly."})
-                await self.send({**base, "status": "failed", **outcome(record, False),
+                # a reply cut off or refused is an outcome of its own, not a failure
+                ended = record.status if record is not None and record.status in (
+                    RunStatus.INCOMPLETE, RunStatus.REFUSED) else "failed"
+                await self.send({**base, "status": str(ended), **outcome(record, False),
                                  "error": payload})
         finally:
             try:

@@ -30,34 +30,14 @@ from django.db.models import F
 from django.utils import timezone
 
 from .. import exceptions as exc
-from ..engine.context import Context, message_text
-from ..engine.turn import parse_output
-from ..records import EventType, SessionRecord, SessionStatus, extra_fields
+from ..engine.context import Context, content_blocks, message_text, turn_starts
+from ..engine.turn import append_user, parse_output
+from ..records import AgentEvent, EventType, SessionRecord, SessionStatus, extra_fields
 from .lease import lease_free, lease_held, session_busy
 from .turns import SessionStore
 
 #: attempts when a concurrent commit changes the version between read and write
 REWIND_ATTEMPTS = 5
-
-
-def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
-    content = message.get("content")
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    return list(content or [])
-
-
-def turn_starts(messages: list[dict[str, Any]]) -> list[tuple[int, int]]:
-    """``(message index, block index)`` where each turn begins."""
-    starts = []
-    for i, message in enumerate(messages):
-        if message.get("role") != "user":
-            continue
-        for j, block in enumerate(_blocks(message)):
-            if block.get("type") != "tool_result":
-                starts.append((i, j))
-                break
-    return starts
 
 
 def count_turns(messages: list[dict[str, Any]]) -> int:
@@ -73,7 +53,7 @@ def messages_upto(messages: list[dict[str, Any]], turns: int) -> list[dict[str, 
     kept = copy.deepcopy(messages[:index])
     if block:  # tool results of the previous turn share the message with the next question
         kept.append({**copy.deepcopy(messages[index]),
-                     "content": copy.deepcopy(_blocks(messages[index])[:block])})
+                     "content": copy.deepcopy(content_blocks(messages[index])[:block])})
     return kept
 
 
@@ -88,7 +68,7 @@ def _output_of(options: Any, messages: list[dict[str, Any]]) -> Any:
         except exc.AgentSessionError:
             return None
     # a turn a tool halted ends with its tool results; the halting value is the last one
-    results = [b for b in _blocks(last) if b.get("type") == "tool_result" and not b.get("is_error")]
+    results = [b for b in content_blocks(last) if b.get("type") == "tool_result" and not b.get("is_error")]
     if not results:
         return None
     # JSON: a string, a list of blocks, or anything a tool returned (json.loads sorts it out)
@@ -196,6 +176,30 @@ def rewind_session(session: SessionRecord, to_turn: int) -> SessionRecord:
     return session
 
 
+def logged_messages(session: SessionRecord) -> list[dict[str, Any]]:
+    """Everything the conversation ever said, rebuilt from the event log: what a compaction
+    summarized, a rewind cut or a reset emptied is there too. Messages of failed turns (never
+    stored in the context) are not."""
+    messages: list[dict[str, Any]] = []
+    events = AgentEvent.objects.filter(
+        session_type=session.content_type, session_id=session.pk,
+        type__in=(EventType.MESSAGE_USER, EventType.MESSAGE_ASSISTANT, EventType.TOOL_RESULT),
+    ).order_by("seq").values_list("type", "data")
+    for kind, data in events.iterator():
+        if kind == EventType.MESSAGE_USER:
+            if data.get("stored") is not False:
+                append_user(messages, data["content"])
+        elif kind == EventType.MESSAGE_ASSISTANT:
+            messages.append({"role": "assistant", "content": data["content"]})
+        else:
+            result = {"type": "tool_result", "tool_use_id": data["id"],
+                      "content": data["content"]}
+            if data.get("is_error"):
+                result["is_error"] = True
+            append_user(messages, [result])
+    return messages
+
+
 async def afork_session(session: SessionRecord, **kwargs: Any) -> SessionRecord:
     """Async twin of :func:`fork_session`."""
     return await database_sync_to_async(fork_session)(session, **kwargs)
@@ -206,5 +210,5 @@ async def arewind_session(session: SessionRecord, to_turn: int) -> SessionRecord
     return await database_sync_to_async(rewind_session)(session, to_turn)
 
 
-__all__ = ["afork_session", "arewind_session", "count_turns", "fork_session", "messages_upto",
-           "rewind_session", "turn_starts"]
+__all__ = ["afork_session", "arewind_session", "count_turns", "fork_session", "logged_messages",
+           "messages_upto", "rewind_session", "turn_starts"]

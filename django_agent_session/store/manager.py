@@ -41,6 +41,7 @@ from ..signals import turn_completed, turn_failed
 from . import local_runs
 from .dispatch import dispatch
 from .heartbeat import akeep_alive, keep_alive
+from .history import logged_messages
 from .lease import retry_after
 from .queries import SessionQueryMixin
 from .queue import BUSY, RunQueue, Submission
@@ -303,10 +304,15 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         """
         return async_to_sync(self.adrain)(session_or_pk)
 
-    def get_context(self, pk: Any) -> Context:
-        """The stored context of session ``pk``."""
+    def get_context(self, pk: Any, *, full_history: bool = False) -> Context:
+        """The stored context of session ``pk``: what the next turn sends. With
+        ``full_history``, its messages are everything ever said, rebuilt from the event log
+        (what compaction summarized included)."""
         session = self._get(pk)
-        return session.get_context()
+        context = session.get_context()
+        if full_history:
+            context.messages = logged_messages(session)
+        return context
 
     def _get(self, pk: Any) -> Any:
         pk = self._pk(pk)
@@ -436,6 +442,8 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             typed = error
             if isinstance(error, exc.TurnCancelled):
                 status = RunStatus.CANCELLED
+            elif isinstance(error, (exc.ReplyIncomplete, exc.ModelRefused)):
+                status = RunStatus(error.run_status)
         else:
             typed = exc.AgentSessionError(f"{type(error).__name__}: {error}")
             typed.code = "internal_error"
@@ -569,9 +577,9 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                     await observer.finished(session.last_turn, None)
         return ran
 
-    async def aget_context(self, pk: Any) -> Context:
+    async def aget_context(self, pk: Any, *, full_history: bool = False) -> Context:
         """Async twin of :meth:`get_context`."""
-        return await database_sync_to_async(self.get_context)(pk)
+        return await database_sync_to_async(self.get_context)(pk, full_history=full_history)
 
     async def _arun_claimed(self, turn: Turn, on_progress: ProgressCallback | None,
                             handoff: bool = True) -> Any:

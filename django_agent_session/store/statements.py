@@ -31,6 +31,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, cast
 
 from django.contrib.contenttypes.models import ContentType
@@ -49,7 +50,7 @@ RUN_INSERTED = ("id", "session_type", "session_id", "status", "input", "idempote
                 "model", "started_at")
 #: the columns of a run row a completed turn sets
 RUN_COMPLETED = ("status", "output", "model", "iterations", "ended_at", "duration_ms",
-                 *USAGE_KEYS)
+                 *USAGE_KEYS, "stop_reason", "cost")
 #: events per INSERT statement (7 parameters each; SQLite allows 32,766 parameters)
 EVENTS_PER_INSERT = 500
 #: the columns of an event row a turn inserts
@@ -392,16 +393,19 @@ class Statements:
         return params + [self.db_uuid(pk), self.db_uuid(run_id), base, version]
 
     def _complete_params(self, run_id: uuid.UUID, *, output: Any, model: str, iterations: int,
-                         moment: Any, duration_ms: int, usage: dict[str, Any]) -> list[Any]:
+                         moment: Any, duration_ms: int, usage: dict[str, Any],
+                         stop_reason: str | None, cost: Decimal | None) -> list[Any]:
         """The parameters of ``complete_run_sql``."""
         return [RunStatus.COMPLETED, None if output is None else codec.dumps(output), model,
-                iterations, moment, duration_ms, *_tokens(usage), self.db_uuid(run_id)]
+                iterations, moment, duration_ms, *_tokens(usage), stop_reason or "",
+                cost, self.db_uuid(run_id)]
 
     def commit_turn(self, pk: Any, *, run_id: uuid.UUID, context: dict[str, Any],
                     now: datetime, usage: dict[str, Any], base: int, version: int,
                     title: str | None, output: Any, model: str, iterations: int,
-                    duration_ms: int, events: list[tuple[int, str, Any, dict[str, Any]]]
-                    ) -> bool:
+                    duration_ms: int, events: list[tuple[int, str, Any, dict[str, Any]]],
+                    run_usage: dict[str, Any], stop_reason: str | None,
+                    cost: Decimal | None) -> bool:
         """:meth:`commit`, :meth:`complete_run` and :meth:`insert_events` as one statement
         (PostgreSQL): all of it if the guards of :meth:`commit` match, else nothing."""
         connection = self.connection
@@ -411,7 +415,8 @@ class Statements:
                                  seq=base + len(events), base=base, version=version,
                                  title=title),
             *self._complete_params(run_id, output=output, model=model, iterations=iterations,
-                                   moment=moment, duration_ms=duration_ms, usage=usage),
+                                   moment=moment, duration_ms=duration_ms, usage=run_usage,
+                                   stop_reason=stop_reason, cost=cost),
             *self._event_params(pk, events, moment)]
         with connection.cursor() as cursor:
             cursor.execute(self._commit_turn_sql(title is not None, len(events)), params)
@@ -428,13 +433,14 @@ class Statements:
         return params
 
     def complete_run(self, run_id: uuid.UUID, *, output: Any, model: str, iterations: int,
-                     now: datetime, duration_ms: int, usage: dict[str, Any]) -> None:
+                     now: datetime, duration_ms: int, usage: dict[str, Any],
+                     stop_reason: str | None, cost: Decimal | None) -> None:
         connection = self.connection
         with connection.cursor() as cursor:
             cursor.execute(self.complete_run_sql, self._complete_params(
                 run_id, output=output, model=model, iterations=iterations,
                 moment=connection.ops.adapt_datetimefield_value(now), duration_ms=duration_ms,
-                usage=usage))
+                usage=usage, stop_reason=stop_reason, cost=cost))
 
     def insert_events(self, pk: Any, rows: list[tuple[int, str, Any, dict[str, Any]]],
                       now: datetime) -> None:

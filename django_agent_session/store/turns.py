@@ -32,19 +32,21 @@ from django.utils import timezone
 from .. import exceptions as exc
 from ..conf import agent_settings
 from ..engine.context import USAGE_KEYS, Context, add_usage, storable
-from ..engine.turn import ResumePoint, TurnPaused, TurnResult, TurnState
+from ..engine.pricing import add_cost
+from ..engine.turn import ResumePoint, SideRun, TurnPaused, TurnResult, TurnState
 from ..records import (
     AgentEvent,
     AgentRun,
     EventType,
+    RunKind,
     RunStatus,
     SessionRecord,
     SessionStatus,
 )
-from .statements import EVENTS_PER_INSERT, Statements, statements_for
+from . import titles
 from .lease import INTERRUPTED, lease_deadline, lease_held, lease_remaining
-
-TITLE_LENGTH = 80
+from .statements import EVENTS_PER_INSERT, Statements, statements_for
+from .titles import TITLE_LENGTH
 
 
 @dataclass
@@ -234,15 +236,19 @@ class SessionStore:
         now = timezone.now()
         new_context = Context(
             system=context.system, instruction_args=context.instruction_args,
-            messages=result.messages, usage=add_usage(context.usage, result.usage),
+            messages=result.messages, usage=add_usage(context.usage, result.all_usage),
             turns=context.turns + 1, last_output=result.output, metadata=context.metadata,
+            cost=add_cost(context.cost, result.all_cost), tokens=result.tokens,
+            compactions=context.compactions + result.compactions,
         )
         run_events = [
             turn.opening,
             *result.events,
             (EventType.USAGE, dict(result.usage)),
             (EventType.RUN_COMPLETED, {"run_id": str(turn.run_id), "output": result.output,
-                                       "iterations": result.iterations}),
+                                       "iterations": result.iterations,
+                                       "stop_reason": result.stop_reason,
+                                       "cost": _money(result.cost)}),
         ]
         events = self._stale_events(turn) + turn.pending_events + run_events
         stored = new_context.to_dict()
@@ -252,7 +258,7 @@ class SessionStore:
             title = session.title = _title_from(turn.user_blocks)
         hot = statements_for(self.model)
         fused = (hot is not None and hot.fused and not turn.stale_runs
-                 and len(events) <= EVENTS_PER_INSERT)
+                 and not result.side_runs and len(events) <= EVENTS_PER_INSERT)
         if fused and hot is not None and self._commit_fused(hot, turn, stored, events, result,
                                                             now, title):
             pass  # one statement wrote it all (PostgreSQL)
@@ -260,6 +266,8 @@ class SessionStore:
             self._commit_in_transaction(turn, None if fused else hot, stored, events, result,
                                         now, title)
         self._mirror(turn, stored, events, result, now)
+        if title is not None and session.agent_options.title == "model":
+            titles.schedule(self, session.pk, title, result.messages)
         return session
 
     def _commit_values(self, stored: dict[str, Any], result: TurnResult, now: datetime,
@@ -272,7 +280,7 @@ class SessionStore:
             "version": F("version") + 1,
             "turn_count": F("turn_count") + 1,
             "last_activity_at": now, "updated_at": now,
-            **{name: F(name) + int(result.usage.get(name) or 0) for name in USAGE_KEYS},
+            **{name: F(name) + int(result.all_usage.get(name) or 0) for name in USAGE_KEYS},
         }
         if title is not None:
             values["title"] = Case(When(title="", then=Value(title)), default=F("title"))
@@ -285,9 +293,10 @@ class SessionStore:
         with hot.atomic():
             return hot.commit_turn(
                 session.pk, run_id=turn.run_id, context=stored, now=now,
-                usage=result.usage, base=base, version=session.version, title=title,
+                usage=result.all_usage, base=base, version=session.version, title=title,
                 output=result.output, model=result.model, iterations=result.iterations,
-                duration_ms=turn.elapsed_ms, events=self._event_rows(base, events, turn))
+                duration_ms=turn.elapsed_ms, events=self._event_rows(base, events, turn),
+                run_usage=result.usage, stop_reason=result.stop_reason, cost=result.cost)
 
     def _commit_in_transaction(self, turn: Turn, hot: Statements | None,
                                stored: dict[str, Any], events: list[tuple[str, dict[str, Any]]],
@@ -298,7 +307,7 @@ class SessionStore:
             base = session.event_seq
             if hot is None or not hot.commit(
                     session.pk, run_id=turn.run_id, context=stored,
-                    now=now, usage=result.usage, seq=base + len(events), base=base,
+                    now=now, usage=result.all_usage, seq=base + len(events), base=base,
                     version=session.version, title=title):
                 base = self._claim_seq(turn, len(events),
                                        self._commit_values(stored, result, now, title),
@@ -307,13 +316,16 @@ class SessionStore:
             if hot is not None:
                 hot.complete_run(turn.run_id, output=result.output, model=result.model,
                                  iterations=result.iterations, now=now,
-                                 duration_ms=turn.elapsed_ms, usage=result.usage)
+                                 duration_ms=turn.elapsed_ms, usage=result.usage,
+                                 stop_reason=result.stop_reason, cost=result.cost)
             else:
                 AgentRun.objects.filter(pk=turn.run_id).update(
                     status=RunStatus.COMPLETED, output=result.output, model=result.model,
                     iterations=result.iterations, ended_at=now, duration_ms=turn.elapsed_ms,
+                    stop_reason=result.stop_reason or "", cost=result.cost,
                     **{name: int(result.usage.get(name) or 0) for name in USAGE_KEYS},
                 )
+            self._insert_side_runs(turn, result.side_runs, now)
             self._insert_events(session.pk, base, events, turn)
         session.event_seq = base  # as claimed: _mirror adds the turn's events
 
@@ -331,8 +343,9 @@ class SessionStore:
         session.turn_count += 1
         session.event_seq = base + len(events)
         session.last_activity_at = session.updated_at = now
+        usage = result.all_usage
         for name in USAGE_KEYS:
-            setattr(session, name, getattr(session, name) + int(result.usage.get(name) or 0))
+            setattr(session, name, getattr(session, name) + int(usage.get(name) or 0))
 
     def _claim_seq(self, turn: Turn, count: int, values: dict[str, Any],
                    version: int | None = None) -> int:
@@ -357,6 +370,21 @@ class SessionStore:
                 raise exc.LeaseLost("The session's context was changed after the lease "
                                     "expired; this turn was not saved.")
             base = row["event_seq"]
+
+    def _insert_side_runs(self, turn: Turn, runs: list[SideRun], now: datetime) -> None:
+        """Record the compaction calls of a turn as runs of their own (completed, whatever
+        became of the turn: their tokens were spent)."""
+        if not runs:
+            return
+        ct = self.content_type
+        AgentRun.objects.bulk_create([
+            AgentRun(session_type=ct, session_id=turn.session.pk, kind=run.kind,
+                     status=RunStatus.COMPLETED, model=run.model, output=run.output,
+                     input={"run_id": str(turn.run_id)}, stop_reason=run.stop_reason or "",
+                     cost=run.cost, started_at=run.started_at, ended_at=now,
+                     duration_ms=run.duration_ms, iterations=1,
+                     **{name: int(run.usage.get(name) or 0) for name in USAGE_KEYS})
+            for run in runs])
 
     def _stale_events(self, turn: Turn) -> list[tuple[str, dict[str, Any]]]:
         return [(EventType.RUN_FAILED, {"run_id": str(run_id), "error": INTERRUPTED})
@@ -412,13 +440,17 @@ class SessionStore:
         if state.partial:
             # the partial reply is reported in the log, never stored in the context
             data["partial_text"] = state.partial
+        if state.stop_reason:
+            data["stop_reason"] = state.stop_reason
         kind = EventType.RUN_CANCELLED if status == RunStatus.CANCELLED else EventType.RUN_FAILED
         opening = [turn.opening]
         if turn.resume is None:  # a resumed turn's user message was logged when it paused
             opening.append((EventType.MESSAGE_USER, {"content": turn.user_blocks,
                                                      "stored": False}))
         events = self._stale_events(turn) + turn.pending_events + opening + [(kind, data)]
-        new_status = SessionStatus.IDLE if status == RunStatus.CANCELLED else SessionStatus.FAILED
+        # an incomplete or refused reply is an answer the session can go on from
+        new_status = SessionStatus.IDLE if status in (
+            RunStatus.CANCELLED, RunStatus.INCOMPLETE, RunStatus.REFUSED) else SessionStatus.FAILED
         with transaction.atomic():
             try:
                 base = self._claim_seq(turn, len(events), {
@@ -435,8 +467,10 @@ class SessionStore:
                 status=status, error=error_data, ended_at=now, duration_ms=turn.elapsed_ms,
                 iterations=state.iterations, model=state.model or F("model"),
                 output={"partial_text": state.partial} if state.partial else None,
+                stop_reason=state.stop_reason or "", cost=state.cost,
                 **{name: int(state.usage.get(name) or 0) for name in USAGE_KEYS},
             )
+            self._insert_side_runs(turn, state.side_runs, now)
             self._insert_events(turn.session.pk, base, events, turn)
         turn.session.status = new_status
         turn.session.lease_token = turn.session.lease_expires_at = None
@@ -450,7 +484,7 @@ class SessionStore:
         it goes on (on the run), and the lease released. The context is not touched."""
         now = timezone.now()
         point = paused.point
-        point.usage, point.model = dict(state.usage), state.model
+        point.usage, point.model, point.cost = dict(state.usage), state.model, state.cost
         version = turn.resume_version if turn.resume is not None else turn.session.version
         data = {"point": point.to_dict(), "version": version,
                 "calls": [{**call, "decision": None} for call in paused.pending],
@@ -466,8 +500,11 @@ class SessionStore:
             AgentRun.objects.filter(pk=turn.run_id).update(
                 status=RunStatus.AWAITING_APPROVAL, pause=data, iterations=state.iterations,
                 model=state.model or F("model"), duration_ms=turn.elapsed_ms,
+                stop_reason=state.stop_reason or "", cost=state.cost,
                 **{name: int(state.usage.get(name) or 0) for name in USAGE_KEYS},
             )
+            self._insert_side_runs(turn, state.side_runs, now)
+            state.side_runs.clear()  # recorded: the resumed turn must not record them again
             self._insert_events(turn.session.pk, base, events, turn)
         turn.session.status = SessionStatus.IDLE
         turn.session.lease_token = turn.session.lease_expires_at = None
@@ -496,6 +533,11 @@ class SessionStore:
                            data=data, created_at=now, run_id=run_id)
                 for i, (kind, data) in enumerate(events, start=1)
             ])
+
+
+def _money(cost: Any) -> str | None:
+    """A cost as the event log and clients get it: a decimal string (JSON has no Decimal)."""
+    return None if cost is None else str(cost)
 
 
 def _numbered(base: int, events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from django_agent_session.clients.registry import get_client
 from django_agent_session.engine.context import INTERRUPTED_TOOL_RESULT, Context
 from django_agent_session.models import RunStatus
 from django_agent_session.testing.loopback import LoopbackMessagesServer, Reply
+from tests.helpers.loopback import uncached
 from tests.testapp.models import (
     ChatAgent,
     Order,
@@ -47,10 +48,13 @@ class TestTurns:
         assert session.last_output == {"content": "Hello from Claude"}
         body = server.last_request.body
         assert body["model"] == "claude-sonnet-5-5"
-        assert body["system"] == "You are a helpful assistant for Acme."
-        assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+        # prompt caching is on by default: breakpoints on the system prompt and the last
+        # user message (tests/clients/test_caching.py has the rest)
+        assert body["system"] == [{"type": "text", "text": "You are a helpful assistant for Acme.",
+                                   "cache_control": {"type": "ephemeral"}}]
+        assert body["messages"] == [{"role": "user", "content": [
+            {"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}}]}]
         assert body["max_tokens"] == 1024
-        assert body["cache_control"] == {"type": "ephemeral"}  # prompt caching on by default
         assert "stream" not in body or body["stream"] is False
         assert server.last_request.headers["authorization"] == "Bearer test-key"
 
@@ -140,7 +144,7 @@ class TestTurns:
             session = ToolAgent.objects.start_session("1?", instruction_args=ARGS)
             stored = session.get_context().messages
             ToolAgent.objects.continue_session(session, "thanks")
-        last = server.message_requests[-1].body["messages"]
+        last = uncached(server.message_requests[-1].body["messages"])
         # the second turn's request carries the first turn's blocks exactly as stored
         assert last[:4] == stored
         thinking = stored[1]["content"][0]
@@ -232,7 +236,7 @@ class TestContextAndUsage:
         session = ToolAgent.objects.create(context=context.to_dict())
         server.enqueue(Reply.text("Sorry, that was interrupted."))
         session = ToolAgent.objects.continue_session(session, "Hello?")
-        sent = server.last_request.body["messages"]
+        sent = uncached(server.last_request.body["messages"])
         assert sent[2] == {"role": "user", "content": [
             {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True,
              "content": INTERRUPTED_TOOL_RESULT},
@@ -308,7 +312,7 @@ def test_cache_switch_thinking_and_temperature_reach_the_api(server):
     engine = engine_for([], cache=False, thinking="adaptive", temperature=0.2)
     result = engine.run(Context(system="s"), USER, AnthropicClient())
     body = server.last_request.body
-    assert "cache_control" not in body
+    assert "cache_control" not in json.dumps(body)  # no breakpoint anywhere
     assert body["thinking"] == {"type": "adaptive"}
     assert body["temperature"] == 0.2
     assert [b["type"] for b in result.messages[-1]["content"]] == ["thinking", "text"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from django_agent_session.declaration.options import AgentOptions
 from django_agent_session.engine import TurnEngine
 from tests.testapp.models import ChatAgent
@@ -18,3 +20,16 @@ def engine_for(tools, **options) -> TurnEngine:
     opts = AgentOptions.__new__(AgentOptions)
     opts.__init__(agent, ChatAgent)
     return TurnEngine(opts)
+
+
+@contextlib.contextmanager
+def declared(model, **options):
+    """``model``'s ``Agent`` declaration with ``options`` changed, for the length of a block
+    (parsed as at class time, so invalid options fail as they would there)."""
+    agent = type("Agent", (model.Agent,), options)
+    before = model.agent_options
+    model.agent_options = AgentOptions(agent, model)
+    try:
+        yield model.agent_options
+    finally:
+        model.agent_options = before

@@ -20,6 +20,7 @@ from tests.helpers.live_server import (
     viewer,
     wait_until,
 )
+from tests.helpers.loopback import system_text, uncached
 from tests.testapp.models import ChatAgent
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("live_layer")]
@@ -152,7 +153,7 @@ async def test_cancel_mid_stream_records_the_run_and_keeps_the_context_valid(use
     assert done["output"] == {"content": "Fine, next."}
     first, second = loopback.message_requests
     assert "message_stop" not in {e.event for e in first.sent_events}  # the stream was closed
-    assert second.messages == [{"role": "user",
+    assert uncached(second.messages) == [{"role": "user",
                                 "content": [{"type": "text", "text": "Something short"}]}]
     assert [r.status for r in await runs(session)] == [RunStatus.CANCELLED, RunStatus.COMPLETED]
 
@@ -296,7 +297,7 @@ async def test_a_new_conversation_is_created_by_its_first_viewer(user, loopback)
     assert state["exists"] and state["live"]
     await a.send_json_to({"type": "message", "input": "Hello", "ref": "m1"})
     await expect(a, "run.status", ref="m1", status="completed")
-    assert loopback.message_requests[0].system == "You are a helpful assistant for Initech."
+    assert system_text(loopback.message_requests[0]) == "You are a helpful assistant for Initech."
     stored = await database_sync_to_async(ChatAgent.objects.get)(pk=cid)
     assert stored.owner_id == user.pk
 
@@ -319,7 +320,7 @@ async def test_fresh_state_seeds_only_a_new_conversation(user, loopback):
         await a.send_json_to({"type": "message", "input": "More", "ref": "m1"})
         await expect(a, "run.status", ref="m1", status="completed")
         request = loopback.message_requests[0]
-        assert request.system == "You are a helpful assistant for Seeded Co."
+        assert system_text(request) == "You are a helpful assistant for Seeded Co."
         assert [text(m) for m in request.messages] == ["Seeded question", "Seeded answer", "More"]
 
         existing = await create_chat(user, company="Stored Co")
@@ -327,7 +328,7 @@ async def test_fresh_state_seeds_only_a_new_conversation(user, loopback):
         assert state["messages"] == []  # stored state is never overwritten
         await b.send_json_to({"type": "message", "input": "Hi", "ref": "m2"})
         await expect(b, "run.status", ref="m2", status="completed")
-        assert loopback.message_requests[1].system == "You are a helpful assistant for Stored Co."
+        assert system_text(loopback.message_requests[1]) == "You are a helpful assistant for Stored Co."
         assert [text(m) for m in loopback.message_requests[1].messages] == ["Hi"]
     finally:
         unregister_agent("seeded")
@@ -364,3 +365,4 @@ async def test_rollback_tells_every_viewer_which_queued_messages_were_dropped(us
                           "run_id": m2["run_id"], "queued": True}
     assert ends["m1"]["status"] == "cancelled" and ends["m3"]["status"] == "completed"
     assert [r.user_text for r in loopback.message_requests] == ["first", "instead"]
+

@@ -13,7 +13,7 @@ from django.test import override_settings
 from django_agent_session import exceptions as exc
 from django_agent_session.models import AgentEvent, AgentRun, RunStatus
 from django_agent_session.testing.loopback import Reply
-from tests.helpers.loopback import loopback_settings
+from tests.helpers.loopback import loopback_settings, uncached
 from tests.helpers.threads import in_thread
 from tests.testapp.models import REFUNDS, ApprovalAgent, Order
 
@@ -75,7 +75,7 @@ def test_approve_resumes_the_turn_and_runs_the_call(loopback, user, recording):
     assert ApprovalAgent.objects.drain(session.pk) == 1
 
     assert REFUNDS == [(7, 250.0)]
-    result = loopback.message_requests[1].tool_results
+    result = uncached(loopback.message_requests[1].tool_results)
     assert result == [{"type": "tool_result", "tool_use_id": "t1",
                        "content": "refunded 250.0 on order 7"}]
     run = AgentRun.objects.get(session_id=session.pk)

@@ -176,7 +176,7 @@ def test_session_stats(scripted):
     assert stats["turns"] == 1
     assert stats["runs"] == {"total": 2, "queued": 0, "running": 0, "awaiting_approval": 0,
                              "completed": 1, "failed": 1,
-                             "cancelled": 0}
+                             "cancelled": 0, "incomplete": 0, "refused": 0}
     assert stats["tokens"]["input_tokens"] == 18 and stats["tokens"]["output_tokens"] == 8
     assert stats["tokens"]["total"] == 26
     assert stats["run_tokens"]["total"] == 26  # the failed run spent nothing here
