@@ -49,9 +49,14 @@ REPLY = text_of(-1, "assistant")
 
 
 def prepared_context(n: int) -> dict[str, Any]:
+    """A stored context of ``n`` messages as the library stores one after a turn: with its
+    size in tokens (``tokens``), which the next turn grows instead of estimating again."""
     from django_agent_session.engine.context import Context
+    from django_agent_session.engine.limits import estimate_tokens
 
-    return Context(system=SYSTEM, instruction_args=dict(ARGS), messages=history(n)).to_dict()
+    messages = history(n)
+    return Context(system=SYSTEM, instruction_args=dict(ARGS), messages=messages,
+                   tokens=estimate_tokens(SYSTEM, messages)).to_dict()
 
 
 def measure_turns(model: Any, pk: Any, base: dict[str, Any], stopwatch: Stopwatch, *,

@@ -86,22 +86,38 @@ PRICES: dict[str, Price] = {
 }
 
 
+#: the table built for the settings dict it was built from (read every turn: built once)
+_built: tuple[Any, dict[str, Price], dict[str, Price | None]] | None = None
+
+
 def price_table() -> dict[str, Price]:
     """:data:`PRICES` with ``AGENT_SESSION["PRICES"]`` over it (a ``None`` entry removes one)."""
-    table = dict(PRICES)
-    for model, entry in (agent_settings.PRICES or {}).items():
-        if entry is None:
-            table.pop(model, None)
-        else:
-            table[model] = Price.of(entry)
-    return table
+    return _table()[0]
+
+
+def _table() -> tuple[dict[str, Price], dict[str, Price | None]]:
+    """The table and a per-model cache of lookups, rebuilt when the settings change (the
+    settings object hands out a new dict then; holding the old one keeps its identity)."""
+    global _built
+    overrides = agent_settings.PRICES
+    if _built is None or _built[0] is not overrides:
+        table = dict(PRICES)
+        for model, entry in (overrides or {}).items():
+            if entry is None:
+                table.pop(model, None)
+            else:
+                table[model] = Price.of(entry)
+        _built = (overrides, table, {})
+    return _built[1], _built[2]
 
 
 def price_of(model: str) -> Price | None:
     """The price of ``model`` (the longest table key it starts with), or None if unknown."""
-    table = price_table()
-    best = max((key for key in table if model.startswith(key)), key=len, default=None)
-    return table[best] if best is not None else None
+    table, found = _table()
+    if model not in found:
+        best = max((key for key in table if model.startswith(key)), key=len, default=None)
+        found[model] = table[best] if best is not None else None
+    return found[model]
 
 
 def cost_of(model: str, usage: Mapping[str, Any]) -> Decimal | None:

@@ -339,6 +339,14 @@ def _measured(response: ModelResponse, upto: int) -> _Size | None:
     return _Size(read + int(usage.get("output_tokens") or 0), upto)
 
 
+def _grown(size: _Size | None, messages: list[dict[str, Any]]) -> _Size | None:
+    """``size`` grown by an estimate of the messages added after it (a client that reports
+    no usage, like the offline ones): the history is never estimated twice."""
+    if size is None or size.upto > len(messages):
+        return None
+    return _Size(size.tokens + estimate_tokens(None, messages[size.upto:]), len(messages))
+
+
 class _Budgets:
     """``token_budget`` and ``cost_budget`` of one turn: checked before it, warned about at
     80 %, and (``budget_strategy = "halt"``) enforced between calls of the tool loop."""
@@ -510,7 +518,7 @@ class TurnEngine:
             tool_uses = [b for b in content if b.get("type") == "tool_use"]
             if tool_uses and stop == "tool_use":
                 messages.append(assistant)
-                size = _measured(response, len(messages))
+                size = _measured(response, len(messages)) or _grown(size, messages)
                 if server_compacted:
                     messages, size = compaction.after_server_compaction(messages), None
                 events.append(("message.assistant", {"content": content}))
@@ -546,7 +554,7 @@ class TurnEngine:
                 messages.append(assistant)
             else:
                 messages.append(assistant)
-                size = _measured(response, len(messages))
+                size = _measured(response, len(messages)) or _grown(size, messages)
             if server_compacted:
                 messages, size = compaction.after_server_compaction(messages), None
             events.append(("message.assistant", {"content": content}))
@@ -612,6 +620,8 @@ class TurnEngine:
                         tokens = int(counted)
                         size = _Size(tokens, len(messages))
                 over = tokens > limit
+        if size is None or size.upto != len(messages):
+            size = _Size(tokens, len(messages))  # estimated: grown turn by turn from here
         if over:
             raise exc.ContextWindowExceeded(
                 f"The conversation needs about {tokens} input tokens, but "
