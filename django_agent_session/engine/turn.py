@@ -439,7 +439,10 @@ class TurnEngine:
         if resume is None:
             messages = list(context.messages)  # a new list: the stored context is never mutated
             if context.tokens is not None:
-                size = _Size(context.tokens, len(messages))
+                # a trailing user message (a halted turn's results) takes the new blocks in:
+                # it is estimated again, whole
+                trailing = bool(messages) and messages[-1].get("role") == "user"
+                size = _Size(context.tokens, len(messages) - trailing)
             append_user(messages, user_blocks)
             events: list[tuple[str, dict[str, Any]]] = [
                 ("message.user", {"content": user_blocks})]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from django.core.checks import run_checks
 from django.test import override_settings
 from django.test.utils import isolate_apps
 from rest_framework import serializers
 
+from django_agent_session.declaration.options import Compaction
 from django_agent_session.exceptions import AgentDeclarationError
 from django_agent_session.models import AgentSessionModel
 from django_agent_session.tools import Tool
+from tests.helpers.engine import declared
 from tests.testapp.models import (
     ChatAgent,
     PlainAgent,
@@ -215,3 +219,69 @@ class TestChecks:
     def test_missing_channel_layers(self):
         with override_settings(CHANNEL_LAYERS={}):
             assert [e.id for e in self._checks()] == ["django_agent_session.W003"]
+
+    def test_a_cost_budget_on_a_model_without_a_price(self):
+        with declared(ChatAgent, cost_budget="1.00"):
+            errors = self._checks()
+            assert [e.id for e in errors] == ["django_agent_session.E005"]
+            assert "ChatAgent.Agent.cost_budget" in errors[0].msg
+            with override_settings(AGENT_SESSION={"PRICES": {
+                    "claude-sonnet-5-5": {"input": "3", "output": "15"}}}):
+                assert self._checks() == []
+
+    def test_an_invalid_price(self):
+        with override_settings(AGENT_SESSION={"PRICES": {"claude-x": {"input": "3"}}}):
+            errors = self._checks()
+        assert [e.id for e in errors] == ["django_agent_session.E006"]
+        assert "'output'" in errors[0].msg
+
+    def test_a_title_or_compaction_model_of_an_unknown_provider(self):
+        with declared(ChatAgent, title_model="openai:gpt", compaction={"model": "acme:x"}):
+            messages = sorted(e.msg for e in self._checks())
+        assert messages == [
+            "ChatAgent.Agent.compaction model uses provider 'acme', which "
+            "AGENT_SESSION['CLIENTS'] does not define.",
+            "ChatAgent.Agent.title_model uses provider 'openai', which "
+            "AGENT_SESSION['CLIENTS'] does not define."]
+
+
+class TestLongConversationOptions:
+    def test_defaults(self):
+        opts = ChatAgent.agent_options
+        assert opts.cost_budget is None and opts.compaction is None
+        assert opts.on_max_tokens == "incomplete" and opts.max_continuations == 2
+        assert opts.title == "first_message" and opts.title_model is None
+
+    def test_cost_budget_is_a_decimal(self):
+        with declared(ChatAgent, cost_budget=0.1) as opts:
+            assert opts.cost_budget == Decimal("0.1")  # read through its string
+        with declared(ChatAgent, cost_budget="2.50") as opts:
+            assert opts.cost_budget == Decimal("2.50")
+
+    def test_compaction_true_takes_the_defaults(self):
+        with declared(ChatAgent, compaction=True) as opts:
+            assert opts.compaction == Compaction()
+        with declared(ChatAgent, compaction={"threshold": 0.5, "strategy": "server"}) as opts:
+            assert opts.compaction.threshold == 0.5 and opts.compaction.strategy == "server"
+
+    @pytest.mark.parametrize("options, problem", [
+        ({"cost_budget": "abc"}, "ChatAgent.Agent.cost_budget must be an amount in USD"),
+        ({"cost_budget": -1}, "ChatAgent.Agent.cost_budget must be a positive amount"),
+        ({"compaction": {"threshold": 1.5}}, "compaction threshold must be a share"),
+        ({"compaction": {"keep_turns": 0}}, "compaction keep_turns must be a positive int"),
+        ({"compaction": {"every": 3}}, "compaction has unknown key(s) every"),
+        ({"compaction": {"model": "haiku"}}, 'compaction model must be "provider:model"'),
+        ({"compaction": {"strategy": "magic"}}, "compaction strategy must be"),
+        ({"on_max_tokens": "truncate"}, 'on_max_tokens must be "incomplete" or "continue"'),
+        ({"title": "ai"}, 'title must be "first_message" or "model"'),
+        ({"title_model": "haiku"}, 'title_model must be "provider:model"'),
+    ])
+    def test_problems_name_the_model_and_option(self, options, problem):
+        with pytest.raises(AgentDeclarationError) as caught, declared(ChatAgent, **options):
+            pass
+        assert problem in str(caught.value)
+
+    def test_server_compaction_needs_the_anthropic_client(self):
+        with pytest.raises(AgentDeclarationError, match='"server" needs an "anthropic:"'), \
+                declared(ChatAgent, client="demo:x", compaction={"strategy": "server"}):
+            pass
