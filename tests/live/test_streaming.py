@@ -366,3 +366,25 @@ async def test_rollback_tells_every_viewer_which_queued_messages_were_dropped(us
     assert ends["m1"]["status"] == "cancelled" and ends["m3"]["status"] == "completed"
     assert [r.user_text for r in loopback.message_requests] == ["first", "instead"]
 
+
+
+async def test_a_cut_off_or_refused_reply_is_its_own_outcome_for_every_viewer(user, loopback):
+    loopback.enqueue(Reply.max_tokens("Half an ans"), Reply.refusal(), Reply.text("Fine."))
+    session = await create_chat(user)
+    a, _ = await viewer(user, session.pk)
+    b, _ = await viewer(user, session.pk)
+    await a.send_json_to({"type": "message", "input": "Long please", "ref": "m1"})
+    for c in (a, b):
+        cut = await expect(c, "run.status", ref="m1", status="incomplete")
+        assert cut["partial_text"] == "Half an ans"
+        assert cut["error"]["code"] == "incomplete"
+    await a.send_json_to({"type": "message", "input": "Something bad", "ref": "m2"})
+    refused = await expect(b, "run.status", ref="m2", status="refused")
+    assert refused["error"]["code"] == "refused"
+    await a.send_json_to({"type": "message", "input": "Short please", "ref": "m3"})
+    done = await expect(a, "run.status", ref="m3", status="completed")
+    assert done["stop_reason"] == "end_turn"
+    assert [r.status for r in await runs(session)] == [
+        RunStatus.INCOMPLETE, RunStatus.REFUSED, RunStatus.COMPLETED]
+    ctx = await context(session)
+    assert [text(m) for m in ctx.messages] == ["Short please", "Fine."]

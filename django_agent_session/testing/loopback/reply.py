@@ -266,8 +266,10 @@ class Reply:
         drop_after: int | None = None,
         error_after: int | None = None,
         headers: Mapping[str, str] | None = None,
+        stop_reason: str | None = "tool_use",
     ) -> Reply:
-        """A reply calling tool ``name`` with ``input``; ``stop_reason`` is ``"tool_use"``.
+        """A reply calling tool ``name`` with ``input``; ``stop_reason`` is ``"tool_use"``
+        (``"max_tokens"`` scripts a call cut off by the output limit).
 
         Optional leading blocks: ``thinking`` (with ``signature``), then
         ``text``.  ``id`` defaults to ``toolu_loopback_<n>``.  When streamed,
@@ -280,7 +282,7 @@ class Reply:
                 *_leading_blocks(thinking, signature, text),
                 {"type": "tool_use", "id": id, "name": name, "input": dict(input)},
             ],
-            stop_reason="tool_use",
+            stop_reason=stop_reason,
             usage=usage,
             model=model,
             chunk_size=chunk_size,
@@ -318,6 +320,31 @@ class Reply:
             error_after=error_after,
             headers=headers,
         )
+
+    # -- stop reasons --------------------------------------------------------
+
+    @classmethod
+    def max_tokens(cls, text: str, **knobs: Any) -> Reply:
+        """A text reply cut off by the request's ``max_tokens``: ``stop_reason`` ``"max_tokens"``.
+
+        ``knobs`` are those of :meth:`text` (``usage``, ``chunk_size``, ``delay``...).
+        """
+        return cls.text(text, stop_reason="max_tokens", **knobs)
+
+    @classmethod
+    def refusal(cls, text: str = "", **knobs: Any) -> Reply:
+        """The model declining to answer: ``stop_reason`` ``"refusal"``, with the text it
+        wrote before it stopped (none by default)."""
+        content = [{"type": "text", "text": text}] if text else []
+        return cls.message(content, stop_reason="refusal", **knobs)
+
+    @classmethod
+    def pause_turn(cls, content: str | Sequence[Mapping[str, Any]], **knobs: Any) -> Reply:
+        """A long turn paused by the server (``stop_reason`` ``"pause_turn"``), e.g. in a
+        server tool loop: the client sends the paused message back for the model to go on.
+        ``content`` is a text or raw content blocks."""
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        return cls.message(blocks, stop_reason="pause_turn", **knobs)
 
     # -- errors ------------------------------------------------------------
 
