@@ -106,22 +106,21 @@ def compacted(summary: str, recent: list[dict[str, Any]]) -> list[dict[str, Any]
     return [{**first, "content": [opening, *content_blocks(first)]}, *recent[1:]]
 
 
+#: the user message that opens a context the API compacted (it drops it with the rest)
+COMPACTED_OPENING = "(The earlier conversation was compacted.)"
+
+
 def after_server_compaction(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The messages worth sending once the API returned a ``compaction`` block: the API
-    drops everything before that block itself, so the context keeps only the turn it came
-    in (from its user message, which keeps roles alternating), not the history it replaced."""
+    """The messages worth keeping once the API returned a ``compaction`` block: the API
+    drops everything before that block itself, so the context keeps the assistant message
+    holding it and what follows, behind a short user message that keeps roles alternating.
+    (A ``tool_result`` only ever answers the message right before it, so none is orphaned.)"""
     last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant" and any(
         b.get("type") == "compaction" for b in content_blocks(m))), default=None)
-    if last is None:
+    if last is None or last == 0:
         return messages
-    start = max(((i, j) for i, j in turn_starts(messages) if i < last), default=None)
-    if start is None:
-        return messages
-    index, block = start
-    kept = list(messages[index:])
-    if block:  # tool results of an earlier turn share the message: they go with it
-        kept[0] = {**messages[index], "content": content_blocks(messages[index])[block:]}
-    return kept
+    opening = {"role": "user", "content": [{"type": "text", "text": COMPACTED_OPENING}]}
+    return [opening, *messages[last:]]
 
 
 def _clip(text: str) -> str:

@@ -7,7 +7,12 @@ import pytest
 from django.test import override_settings
 
 from django_agent_session import exceptions as exc
-from django_agent_session.engine.compaction import SUMMARY_PREFIX, SUMMARY_SYSTEM, split
+from django_agent_session.engine.compaction import (
+    COMPACTED_OPENING,
+    SUMMARY_PREFIX,
+    SUMMARY_SYSTEM,
+    split,
+)
 from django_agent_session.models import AgentEvent, AgentRun, RunKind, RunStatus
 from django_agent_session.testing.loopback import COUNT_TOKENS_PATH, Reply
 from django_agent_session.testing.loopback.tokens import estimate_input_tokens
@@ -182,3 +187,38 @@ class TestContextWindow:
         assert messages[0]["content"][0]["text"].startswith(SUMMARY_PREFIX)
         assert messages[0]["content"][1]["text"] == "Short one"
         assert len(messages) == 2
+
+
+@pytest.mark.django_db
+class TestServerSideCompaction:
+    def test_the_api_compacts_and_the_context_keeps_only_what_it_reads(self, loopback):
+        loopback.compaction_summary = "The user asked about anvils at length."
+        loopback.enqueue(Reply.text("Anvils are heavy."), Reply.text("Yes, heavy."))
+        with declared(ChatAgent, compaction={"strategy": "server", "threshold": 0.5}), \
+                override_settings(AGENT_SESSION=loopback_settings(
+                    loopback, CONTEXT_WINDOWS={"claude-sonnet-5-5": 4000})):
+            session = ChatAgent.objects.start_session("Tell me about anvils. " * 400,
+                                                      instruction_args=ARGS)
+            sent = loopback.message_requests[0]
+            assert sent.path == "/v1/messages"
+            assert "compact-2026-01-12" in sent.headers["anthropic-beta"]
+            assert sent.body["context_management"] == {"edits": [{
+                "type": "compact_20260112", "trigger": {"type": "input_tokens", "value": 2000}}]}
+            context = session.get_context()
+            assert context.messages[0]["content"][0]["text"] == COMPACTED_OPENING
+            assert context.messages[1]["content"] == [
+                {"type": "compaction", "content": "The user asked about anvils at length."},
+                {"type": "text", "text": "Anvils are heavy."}]
+            assert context.compactions == 1
+            session = ChatAgent.objects.continue_session(session, "Heavy?")
+        # the compaction block is sent back as the API asks; the long question is not
+        second = uncached(loopback.message_requests[1].messages)
+        assert second[1]["content"][0]["type"] == "compaction"
+        assert "anvils" not in second[0]["content"][0]["text"]
+        assert len(second) == 3
+        run = AgentRun.objects.get(kind=RunKind.COMPACTION)
+        assert run.output["strategy"] == "server" and run.input_tokens >= 2000
+        event = AgentEvent.objects.get(type="context.compacted")
+        assert event.data["summary"] == "The user asked about anvils at length."
+        full = ChatAgent.objects.get_context(session.pk, full_history=True).messages
+        assert full[0]["content"][0]["text"].startswith("Tell me about anvils.")

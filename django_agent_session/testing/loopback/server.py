@@ -10,6 +10,7 @@ back except the package ``__init__``.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -18,11 +19,19 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from .cache import (
+    MIN_CACHE_TOKENS,
+    PromptCache,
+    compacted_body,
+    compaction_edit,
+    compaction_trigger,
+    input_tokens,
+)
 from .httpd import LoopbackHandler, LoopbackHTTPServer
 from .recording import RecordedRequest, Responder, decode_json_body, lowercase_headers
 from .reply import Reply, ReplyLike, coerce_reply
 from .responses import answer, send_error, send_json
-from .tokens import estimate_input_tokens
+from .tokens import estimate_output_tokens
 from .wire import render_message
 
 logger = logging.getLogger(__package__)  # "django_agent_session.testing.loopback", one logger for the package
@@ -64,8 +73,16 @@ class LoopbackMessagesServer:
         host: str = "127.0.0.1",
         port: int = 0,
         default_model: str = DEFAULT_MODEL,
+        context_window: int | None = None,
+        cache_min_tokens: int = MIN_CACHE_TOKENS,
     ) -> None:
         self._host = host
+        #: input tokens a request may have with its ``max_tokens`` (None: no limit)
+        self.context_window = context_window
+        #: the simulated prompt cache (:mod:`.cache`); ``clear()`` empties it
+        self.cache = PromptCache(cache_min_tokens)
+        #: the text of the ``compaction`` blocks of server-side compaction (None: a default)
+        self.compaction_summary: str | None = None
         self._requested_port = port
         self.default_model = default_model
         self._lock = threading.Lock()
@@ -268,9 +285,48 @@ class LoopbackMessagesServer:
         elif not isinstance(body, dict):
             send_error(h, record, Reply.bad_request("Request body must be a JSON object."))
         elif path == MESSAGES_PATH:
-            answer(h, record, self._next_reply(record), render=self._render_message, stopping=self._stopping)
+            too_long = self._too_long(body)
+            if too_long is not None:  # refused before the script is consulted
+                send_error(h, record, Reply.bad_request(too_long))
+                return
+            answer(h, record, self._compacting(body, record), render=self._render_message,
+                   stopping=self._stopping)
         else:  # COUNT_TOKENS_PATH; does not consume the script
-            send_json(h, record, 200, {"input_tokens": estimate_input_tokens(body)})
+            send_json(h, record, 200, {"input_tokens": input_tokens(body)})
+
+    def _too_long(self, body: dict[str, Any]) -> str | None:
+        """The API's error message for a request over :attr:`context_window`, or None."""
+        if self.context_window is None:
+            return None
+        tokens = input_tokens(body)
+        max_tokens = body.get("max_tokens")
+        needed = tokens + (max_tokens if isinstance(max_tokens, int) else 0)
+        if needed <= self.context_window:
+            return None
+        return f"prompt is too long: {needed} tokens > {self.context_window} maximum"
+
+    def _compacting(self, body: dict[str, Any], record: RecordedRequest) -> Reply:
+        """The reply to a request, preceded by a ``compaction`` block when the request asks
+        for server-side compaction and its input reached the trigger."""
+        edit = compaction_edit(body)
+        tokens = input_tokens(body)
+        if edit is None or tokens < compaction_trigger(edit):
+            return self._next_reply(record)
+        messages = compacted_body(body).get("messages") or []
+        summary = self.compaction_summary or (
+            f"Summary of the {max(0, len(messages) - 1)} earlier messages (loopback).")
+        block = {"type": "compaction", "content": summary}
+        usage = {"type": "compaction", "input_tokens": tokens,
+                 "output_tokens": estimate_output_tokens([{"type": "text", "text": summary}]),
+                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        if edit.get("pause_after_compaction"):
+            reply = Reply.message([block], stop_reason="compaction")
+        else:
+            reply = self._next_reply(record)
+            if reply.is_error:
+                return reply
+            reply = dataclasses.replace(reply, content=(block, *reply.content))
+        return dataclasses.replace(reply, usage={**(reply.usage or {}), "iterations": [usage]})
 
     def _next_reply(self, record: RecordedRequest) -> Reply:
         with self._lock:
@@ -297,13 +353,20 @@ class LoopbackMessagesServer:
             self._errors.append(exc)
 
     def _render_message(self, reply: Reply, record: RecordedRequest) -> dict[str, Any]:
+        read, written = self.cache.usage(record.body)
         return render_message(
             reply,
             record,
             message_id=self._next_id("msg_loopback_", self._message_ids),
             new_tool_id=lambda: self._next_id("toolu_loopback_", self._tool_ids),
             default_model=self.default_model,
+            input_total=input_tokens(record.body),
+            cache=(read, written),
         )
+
+    def clear_cache(self) -> None:
+        """Forget every cached prompt prefix."""
+        self.cache.clear()
 
     def _next_id(self, prefix: str, counter: Iterator[int]) -> str:
         with self._lock:

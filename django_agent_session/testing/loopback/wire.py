@@ -28,12 +28,16 @@ def render_message(
     message_id: str,
     new_tool_id: Callable[[], str],
     default_model: str,
+    input_total: int | None = None,
+    cache: tuple[int, int] = (0, 0),
 ) -> dict[str, Any]:
     """The API's ``Message`` for ``reply`` answering ``record``.
 
     ``tool_use`` blocks without an id get ``new_tool_id()``; usage keys the
-    reply does not set are estimated; ``model`` is the reply's, else the
-    request's, else ``default_model``.
+    reply does not set are estimated (``input_total`` is the request's input,
+    ``cache`` the tokens of it read from and written to the prompt cache, which
+    the API does not count in ``input_tokens``); ``model`` is the reply's, else
+    the request's, else ``default_model``.
     """
     content: list[dict[str, Any]] = []
     for block in reply.content:
@@ -41,10 +45,12 @@ def render_message(
         if block["type"] == "tool_use" and not block.get("id"):
             block["id"] = new_tool_id()
         content.append(block)
+    total = estimate_input_tokens(record.body) if input_total is None else input_total
+    read, written = cache
     usage: dict[str, Any] = {
-        "input_tokens": estimate_input_tokens(record.body),
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "input_tokens": max(0, total - read - written),
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": read,
         "output_tokens": estimate_output_tokens(content),
     }
     usage.update(reply.usage or {})
