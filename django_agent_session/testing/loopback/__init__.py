@@ -28,8 +28,16 @@ What it serves, on ``127.0.0.1`` and a free port:
     ``content_block_stop``, then ``message_delta`` and ``message_stop``).  Every
     event is written and flushed on its own, in its own HTTP chunk, so the
     client really receives them one by one.
+    Like the API, it reports prompt-cache reads and writes for requests with
+    ``cache_control`` breakpoints (:mod:`.cache` simulates the cache), answers
+    ``400 prompt is too long`` past ``context_window=`` (when set), and, for a
+    request with the beta ``compact_20260112`` context edit past its trigger,
+    puts a ``compaction`` block before the reply (``stop_reason`` ``"compaction"``
+    alone with ``pause_after_compaction``). Stop reasons are scripted with
+    :meth:`Reply.max_tokens`, :meth:`Reply.refusal` and :meth:`Reply.pause_turn`.
 ``POST /v1/messages/count_tokens``
-    ``{"input_tokens": <rough estimate>}``; does not consume the script.
+    ``{"input_tokens": <rough estimate>}``, counted as the API would (from the
+    last ``compaction`` block on); does not consume the script.
 Anything else
     A 404 ``not_found_error`` in the API's error shape.
 
@@ -50,7 +58,8 @@ Only the standard library is used; nothing here needs Django or the SDK.
 
 The package is split by concern, each module importing only those above it:
 :mod:`.reply` (what to answer), :mod:`.recording` (what was received),
-:mod:`.tokens` (usage estimates), :mod:`.wire` (messages, SSE events and
+:mod:`.tokens` (usage estimates), :mod:`.cache` (the prompt cache, context
+window and compaction rules), :mod:`.wire` (messages, SSE events and
 errors as data), :mod:`.httpd` (the threaded HTTP listener), :mod:`.responses`
 (writing an answer, with its scripted faults) and :mod:`.server` (the
 :class:`LoopbackMessagesServer` tests hold).
