@@ -21,8 +21,10 @@ from .rendering import (
     _admin_url,
     _duration,
     _error_text,
+    _money,
     _pre,
     _preview,
+    _ratio,
     _status_badge,
 )
 from .search import _parse_uuid, _search_bits
@@ -73,15 +75,17 @@ class SessionLogAdmin(admin.ModelAdmin):
 
 
 class AgentRunAdmin(SessionLogAdmin):
-    list_display = ["started_at", "session_link", "status_badge", "model", "duration",
-                    "iterations", "tokens", "error_summary"]
-    list_filter = ["status", SessionModelFilter, "model", "started_at"]
+    list_display = ["started_at", "session_link", "kind", "status_badge", "model", "duration",
+                    "iterations", "tokens", "cost_usd", "cache_ratio", "stop_reason",
+                    "error_summary"]
+    list_filter = ["status", "kind", SessionModelFilter, "model", "stop_reason", "started_at"]
     search_fields = ["model"]
     search_help_text = _("Model name, run id or session id.")
     ordering = ["-started_at"]
     fields = readonly_fields = (
-        "id", "session_link", "status_badge", "model", "started_at", "ended_at", "duration",
-        "iterations", "usage_table", "input_json", "output_json", "error_json", "run_events")
+        "id", "session_link", "kind", "status_badge", "stop_reason", "model", "started_at",
+        "ended_at", "duration", "iterations", "usage_table", "cost_usd", "cache_ratio",
+        "input_json", "output_json", "error_json", "run_events")
 
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, obj: AgentRun) -> str:
@@ -94,6 +98,14 @@ class AgentRunAdmin(SessionLogAdmin):
     @admin.display(description=_("tokens"))
     def tokens(self, obj: AgentRun) -> int:
         return sum(obj.usage.values())
+
+    @admin.display(description=_("cost"), ordering="cost")
+    def cost_usd(self, obj: AgentRun) -> str:
+        return _money(obj.cost)
+
+    @admin.display(description=_("cache hit ratio"))
+    def cache_ratio(self, obj: AgentRun) -> str:
+        return _ratio(obj.cache_hit_ratio)
 
     @admin.display(description=_("error"))
     def error_summary(self, obj: AgentRun) -> str:

@@ -53,6 +53,17 @@ def _status_badge(obj: Any) -> str:
                        obj.get_status_display())
 
 
+def _money(cost: Any) -> str:
+    """A cost in USD for a table cell; an unknown cost (a model with no price) says so."""
+    if cost is None:
+        return str(_("unknown"))
+    return f"${cost:,.6f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
 def _duration(ms: int | None) -> str:
     if ms is None:
         return "—"

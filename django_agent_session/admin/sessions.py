@@ -38,7 +38,9 @@ from .rendering import (
     _duration,
     _error_text,
     _input_text,
+    _money,
     _pre,
+    _ratio,
     _status_badge,
     _when,
     transcript_entries,
@@ -82,8 +84,8 @@ class AgentSessionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
     :mod:`.approvals`: ``has_decide_permission``).
     """
 
-    list_display = ["__str__", "owner", "status", "turns", "tokens", "last_activity_at",
-                    "created_at"]
+    list_display = ["__str__", "owner", "status", "turns", "tokens", "cost",
+                    "last_activity_at", "created_at"]
     list_filter = ["status", ("owner", admin.RelatedOnlyFieldListFilter), "pinned",
                    "created_at", "last_activity_at"]
     list_select_related = ["owner"]
@@ -105,7 +107,7 @@ class AgentSessionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
         total = sum((F(name) for name in USAGE_KEYS[1:]), F(USAGE_KEYS[0]))
-        return super().get_queryset(request).annotate(admin_total_tokens=total)
+        return super().get_queryset(request).annotate(admin_total_tokens=total).with_cost()
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return SessionChangeList
@@ -179,6 +181,10 @@ class AgentSessionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
         total = getattr(obj, "admin_total_tokens", None)
         return total if total is not None else sum(getattr(obj, n) for n in USAGE_KEYS)
 
+    @admin.display(description=_("cost"), ordering="runs_cost")
+    def cost(self, obj: Any) -> str:
+        return _money(obj.total_cost)
+
     # -- change page -----------------------------------------------------------------------
 
     @admin.display(description=_("session"))
@@ -201,14 +207,17 @@ class AgentSessionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
 
     @admin.display(description=_("token totals"))
     def usage_totals(self, obj: Any) -> str:
-        labels = [_("input"), _("output"), _("cache creation"), _("cache read"), _("total")]
-        values = [getattr(obj, name) for name in USAGE_KEYS]
+        labels = [_("input"), _("output"), _("cache creation"), _("cache read"), _("total"),
+                  _("cache hit ratio"), _("cost")]
+        values: list[Any] = [getattr(obj, name) for name in USAGE_KEYS]
         values.append(sum(values))
+        cells = [f"{value:,}" for value in values]
+        cells += [_ratio(obj.cache_hit_ratio), _money(obj.total_cost)]
         return format_html(
             '<table class="agent-usage"><thead><tr>{}</tr></thead><tbody><tr>{}</tr></tbody>'
             "</table>",
             format_html_join("", "<th>{}</th>", ((label,) for label in labels)),
-            format_html_join("", "<td>{}</td>", ((f"{value:,}",) for value in values)))
+            format_html_join("", "<td>{}</td>", ((cell,) for cell in cells)))
 
     @admin.display(description=_("system prompt"))
     def system_prompt(self, obj: Any) -> str:
@@ -229,7 +238,8 @@ class AgentSessionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
         for run in reversed(self._runs(obj)):
             if run.status == RunStatus.COMPLETED:
                 break
-            if run.status in (RunStatus.FAILED, RunStatus.CANCELLED):
+            if run.status in (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INCOMPLETE,
+                              RunStatus.REFUSED):
                 trailing.append({"run": run, "input": _input_text(run.input),
                                  "error": _error_text(run.error),
                                  "partial": (run.output or {}).get("partial_text", "")})

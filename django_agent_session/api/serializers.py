@@ -60,15 +60,30 @@ def _run_status_field() -> serializers.Field:
     return field_class(read_only=True)
 
 
+def _cost_field(**kwargs: Any) -> serializers.DecimalField:
+    return serializers.DecimalField(
+        max_digits=16, decimal_places=6, read_only=True, allow_null=True, **kwargs,
+        help_text="USD, as a decimal string; null when a model it used has no price.")
+
+
+def _cache_ratio_field() -> serializers.FloatField:
+    return serializers.FloatField(
+        read_only=True, allow_null=True,
+        help_text="Cache read tokens over all input tokens; null before any input.")
+
+
 class AgentRunSerializer(serializers.ModelSerializer):
     status = _run_status_field()
     usage = UsageSerializer(read_only=True)
+    cost = _cost_field()
+    cache_hit_ratio = _cache_ratio_field()
 
     class Meta:
         model = AgentRun
         ref_name = "AgentRun"
-        fields = ["id", "status", "input", "output", "error", "model", "iterations", "usage",
-                  "queued_at", "started_at", "ended_at", "duration_ms", "cancel_requested"]
+        fields = ["id", "kind", "status", "stop_reason", "input", "output", "error", "model",
+                  "iterations", "usage", "cost", "cache_hit_ratio", "queued_at", "started_at",
+                  "ended_at", "duration_ms", "cancel_requested"]
         read_only_fields = fields
 
 
@@ -147,12 +162,14 @@ class AgentSessionSerializer(serializers.ModelSerializer):
     """A session as clients see it; only ``title`` is writable."""
 
     usage = UsageSerializer(read_only=True)
+    cost = _cost_field(source="total_cost")
+    cache_hit_ratio = _cache_ratio_field()
     last_output = serializers.JSONField(read_only=True, allow_null=True)
 
     class Meta:
         model: Any = None
-        fields = ["id", "title", "status", "turn_count", "usage", "last_output",
-                  "created_at", "updated_at", "last_activity_at"]
+        fields = ["id", "title", "status", "turn_count", "usage", "cost", "cache_hit_ratio",
+                  "last_output", "created_at", "updated_at", "last_activity_at"]
         read_only_fields = [name for name in fields if name != "title"]
 
     def update(self, instance: Any, validated_data: dict[str, Any]) -> Any:

@@ -139,7 +139,8 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         return self.model._default_manager
 
     def get_queryset(self) -> QuerySet:
-        queryset = self.manager.all().order_by("-last_activity_at", "-pk")
+        # the cost is one correlated subquery per row, not one query per session
+        queryset = self.manager.all().with_cost().order_by("-last_activity_at", "-pk")
         return self.scope_queryset(queryset)
 
     def scope_queryset(self, queryset: QuerySet) -> QuerySet:

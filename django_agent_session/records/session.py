@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -10,6 +11,7 @@ from django.contrib.contenttypes.fields import GenericRelation
 from django.contrib.contenttypes.models import ContentType
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from ..declaration.options import AgentOptions
@@ -89,6 +91,21 @@ class SessionRecord(UsageMixin, models.Model):
     @property
     def content_type(self) -> ContentType:
         return ContentType.objects.get_for_model(type(self))
+
+    @property
+    def total_cost(self) -> Decimal | None:
+        """What the session's runs cost in USD (turns, compactions, titles), or None when a
+        run that used tokens has no price. The ``runs_cost`` annotation of ``with_cost()``
+        when present, else one query."""
+        if "runs_cost" in self.__dict__:
+            return self.__dict__["runs_cost"]
+        totals = AgentRun.objects.filter(
+            session_type=self.content_type, session_id=self.pk).aggregate(
+            known=Sum("cost"), unpriced=Count("pk", filter=Q(cost__isnull=True,
+                                                             input_tokens__gt=0)))
+        if totals["unpriced"]:
+            return None
+        return totals["known"] if totals["known"] is not None else Decimal(0)
 
 
 def extra_fields(model: type[SessionRecord]) -> list[models.Field]:

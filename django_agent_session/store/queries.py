@@ -23,14 +23,18 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Self, cast
 
+from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.db.models import (
     Avg,
     BooleanField,
+    Case,
     Count,
+    Exists,
     Expression,
     F,
     Max,
@@ -40,6 +44,8 @@ from django.db.models import (
     Q,
     Subquery,
     Sum,
+    Value,
+    When,
 )
 from django.db.models.fields.json import KT
 from django.db.models.functions import Coalesce, TruncDate
@@ -48,6 +54,7 @@ from django.utils.dateparse import parse_datetime
 from .. import exceptions as exc
 from ..declaration.registry import resolve_session_models, session_models
 from ..engine.context import USAGE_KEYS
+from ..engine.pricing import cache_hit_ratio
 from ..records import AgentEvent, AgentRun, Artifact, RunStatus, SessionRecord
 
 if TYPE_CHECKING:
@@ -226,6 +233,22 @@ class SessionQueryMixin(_SessionQuerySetBase):
             total_tokens=sum((F(name) for name in USAGE_KEYS[1:]), F(USAGE_KEYS[0])),
         )
 
+    def with_cost(self) -> Self:
+        """Annotate ``runs_cost``: what each session's runs cost in USD (correlated
+        subqueries; ``None`` when a run that used tokens has no price), which
+        ``total_cost`` then reads without a query."""
+        opts = self.model._meta  # joined, not looked up: no query while building the queryset
+        runs = AgentRun.objects.filter(
+            session_type__app_label=opts.app_label, session_type__model=opts.model_name,
+            session_id=OuterRef("pk")).order_by()
+        unpriced = runs.filter(cost__isnull=True, **_USED_TOKENS)
+        total = runs.values("session_id").annotate(value=Sum("cost")).values("value")
+        money = models.DecimalField(max_digits=16, decimal_places=6)
+        return self.annotate(runs_cost=Case(
+            When(Exists(unpriced), then=Value(None)),
+            default=Coalesce(Subquery(total), Value(Decimal(0)), output_field=money),
+            output_field=money))
+
     def page(self, cursor: str | None = None, *, size: int = DEFAULT_PAGE_SIZE,
              order: str = DEFAULT_ORDERING) -> SessionPage:
         """One page of this queryset after ``cursor`` (see :func:`search_sessions`)."""
@@ -257,6 +280,10 @@ def _range(name: str, start: datetime | None, end: datetime | None) -> dict[str,
     if end is not None:
         bounds[f"{name}__lt"] = end
     return bounds
+
+
+#: a run that spent tokens (one that never called the model has no cost to know)
+_USED_TOKENS = {"input_tokens__gt": 0}
 
 
 def _run_aggregate(ct: ContentType, aggregate: Any, **filters: Any) -> Coalesce:
@@ -372,6 +399,8 @@ def session_stats(session: SessionRecord) -> dict[str, Any]:
         sum_iterations=Coalesce(Sum("iterations"), 0),
         first_run_at=Min("started_at"), last_run_at=Max("started_at"),
         **{f"tok_{name}": Coalesce(Sum(name), 0) for name in USAGE_KEYS},
+        known_cost=Sum("cost"),
+        unpriced_runs=Count("pk", filter=Q(cost__isnull=True, **_USED_TOKENS)),
     )
     artifacts = Artifact.objects.filter(**where).aggregate(
         count=Count("pk"), bytes=Coalesce(Sum("size"), 0))
@@ -391,7 +420,15 @@ def session_stats(session: SessionRecord) -> dict[str, Any]:
         "events": AgentEvent.objects.filter(**where).count(),
         "artifacts": artifacts["count"],
         "artifact_bytes": artifacts["bytes"],
+        # what the known prices add up to; unpriced_runs says how many runs it leaves out
+        "cost": runs["known_cost"] if runs["known_cost"] is not None else Decimal(0),
+        "unpriced_runs": runs["unpriced_runs"],
+        "cache_hit_ratio": cache_hit_ratio(run_tokens),
     }
+
+
+#: what ``usage_summary`` may group runs by
+USAGE_GROUPS = ("model", "owner", "day", "kind")
 
 
 def usage_summary(*, by: Iterable[str] = ("model",), runs: Any = None,
@@ -399,17 +436,21 @@ def usage_summary(*, by: Iterable[str] = ("model",), runs: Any = None,
                   since: datetime | None = None, until: datetime | None = None,
                   status: str | Iterable[str] | None = None,
                   tzinfo: tzinfo | None = None) -> list[dict[str, Any]]:
-    """Token usage of runs grouped by ``"model"`` and/or ``"day"`` (``TruncDate``).
+    """Token usage and cost of runs grouped by any of ``"model"``, ``"owner"`` (the
+    session owner's id), ``"day"`` (``TruncDate``) and ``"kind"`` (turn, compaction, title).
 
     Each row has the group keys plus ``runs``, ``sessions``, the four token counts,
-    ``total_tokens`` and ``duration_ms``, ordered by the keys. ``runs`` narrows the
-    ``AgentRun`` queryset; ``models``/``owner`` narrow by session; ``since <= started_at <
-    until``; days are counted in ``tzinfo`` (default: the current time zone).
+    ``total_tokens``, ``duration_ms``, ``cost`` (USD, the sum of the known costs),
+    ``unpriced_runs`` (runs that used tokens of a model with no price: the cost leaves them
+    out) and ``cache_hit_ratio``, ordered by the keys. ``runs`` narrows the ``AgentRun``
+    queryset; ``models``/``owner`` narrow by session; ``since <= started_at < until``; days
+    are counted in ``tzinfo`` (default: the current time zone).
     """
     by = tuple(by)
-    unknown = set(by) - {"model", "day"}
+    unknown = set(by) - set(USAGE_GROUPS)
     if unknown or not by:
-        raise ValueError(f"group by 'model' and/or 'day', not {sorted(unknown) or 'nothing'}")
+        raise ValueError(f"group by {', '.join(map(repr, USAGE_GROUPS))}, not "
+                         f"{sorted(unknown) or 'nothing'}")
     qs = AgentRun.objects.all() if runs is None else runs
     if models is not None or owner is not None:
         owner_pk = owner.pk if isinstance(owner, Model) else owner
@@ -427,14 +468,32 @@ def usage_summary(*, by: Iterable[str] = ("model",), runs: Any = None,
     qs = qs.filter(**_range("started_at", since, until))
     if status:
         qs = qs.filter(status__in=_flat([status]))
-    rows = (qs.order_by()
-            .annotate(day=TruncDate("started_at", tzinfo=tzinfo))
-            .values(*by)
+    qs = qs.order_by().annotate(day=TruncDate("started_at", tzinfo=tzinfo))
+    if "owner" in by:
+        qs = qs.annotate(owner=_owner_of_session(models))
+    rows = (qs.values(*by)
+            # first: its filter reads the token columns, which the sums below rename
+            .annotate(unpriced_runs=Count("pk", filter=Q(cost__isnull=True, **_USED_TOKENS)))
             .annotate(runs=Count("pk"), sessions=Count("session_id", distinct=True),
                       **{name: Coalesce(Sum(name), 0) for name in USAGE_KEYS},
-                      duration_ms=Coalesce(Sum("duration_ms"), 0))
+                      duration_ms=Coalesce(Sum("duration_ms"), 0),
+                      known_cost=Sum("cost"))
             .order_by(*by))
-    return [{**row, "total_tokens": sum(row[name] for name in USAGE_KEYS)} for row in rows]
+    return [{**{k: v for k, v in row.items() if k != "known_cost"},
+             "cost": row["known_cost"] if row["known_cost"] is not None else Decimal(0),
+             "total_tokens": sum(row[name] for name in USAGE_KEYS),
+             "cache_hit_ratio": cache_hit_ratio(row)} for row in rows]
+
+
+def _owner_of_session(models: Iterable[Any] | None) -> Case:
+    """The owner id of a run's session: runs name their session generically, and each
+    session model has its own table, so one correlated subquery per model."""
+    whens = []
+    for model in resolve_session_models(models):
+        ct = ContentType.objects.get_for_model(model)
+        owner = model._base_manager.filter(pk=OuterRef("session_id")).values("owner_id")[:1]
+        whens.append(When(session_type=ct, then=Subquery(owner)))
+    return Case(*whens, default=Value(None), output_field=get_user_model()._meta.pk)
 
 
 def usage_by_model(**kwargs: Any) -> list[dict[str, Any]]:

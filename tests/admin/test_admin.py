@@ -11,6 +11,7 @@ import json
 import sys
 import uuid
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.contrib import admin
@@ -532,3 +533,43 @@ def test_register_session_admins_registers_each_concrete_model_once():
     assert type(fresh.get_model_admin(ChatAgent)) is admin.ModelAdmin
     assert isinstance(fresh.get_model_admin(ToolAgent), session_admin.AgentSessionAdmin)
     assert session_admin.register_session_admins(fresh) == []
+
+
+# -- cost, cache and stop reasons -------------------------------------------------------------
+
+def priced_runs(session):
+    ct = ContentType.objects.get_for_model(type(session))
+    return AgentRun.objects.bulk_create([
+        AgentRun(session_type=ct, session_id=session.pk, status="completed", model="sonnet",
+                 cost=Decimal("0.030750"), stop_reason="end_turn", input_tokens=1000,
+                 output_tokens=200, cache_creation_input_tokens=5000,
+                 cache_read_input_tokens=20000, started_at=timezone.now()),
+        AgentRun(session_type=ct, session_id=session.pk, status="incomplete", kind="title",
+                 model="mystery", cost=None, stop_reason="max_tokens", input_tokens=10,
+                 started_at=timezone.now()),
+    ])
+
+
+def test_runs_show_kind_stop_reason_cost_and_cache_ratio(admin_client, user):
+    session = ChatAgent.objects.create(owner=user, input_tokens=1000,
+                                       cache_read_input_tokens=3000)
+    priced, unpriced = priced_runs(session)
+    listing = admin_client.get(url(AgentRun, "changelist")).content.decode()
+    assert '<td class="field-cost_usd">$0.030750</td>' in listing
+    assert '<td class="field-cost_usd">unknown</td>' in listing
+    assert '<td class="field-cache_ratio">77%</td>' in listing  # 20,000 of 26,000 read
+    assert '<td class="field-stop_reason">max_tokens</td>' in listing
+    assert "agent-status-incomplete" in listing
+    filtered = admin_client.get(url(AgentRun, "changelist"), {"kind__exact": "title"})
+    assert filtered.content.decode().count('<td class="field-kind">') == 1
+    page = admin_client.get(url(AgentRun, "change", priced.pk)).content.decode()
+    assert "$0.030750" in page and "end_turn" in page and "77%" in page
+    # the session: unknown cost once a run has no price, the ratio from its token columns
+    listing = admin_client.get(url(ChatAgent, "changelist")).content.decode()
+    assert '<td class="field-cost">unknown</td>' in listing
+    unpriced.delete()
+    listing = admin_client.get(url(ChatAgent, "changelist")).content.decode()
+    assert '<td class="field-cost">$0.030750</td>' in listing
+    assert admin_client.get(url(ChatAgent, "changelist"), {"o": "6"}).status_code == 200
+    page = admin_client.get(url(ChatAgent, "change", session.pk)).content.decode()
+    assert "<td>$0.030750</td>" in page and "<td>75%</td>" in page  # 3,000 of 4,000

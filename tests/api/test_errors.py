@@ -211,3 +211,29 @@ def test_a_body_over_djangos_upload_limit_is_a_json_413(api, loopback):
     assert response.status_code == 413
     assert response.json() == {"detail": "The request body is too large."}
     assert loopback.message_requests == []
+
+
+@pytest.mark.parametrize("reply, status, code", [
+    (Reply.max_tokens("Half an"), 502, "incomplete"),
+    (Reply.refusal(), 422, "refused"),
+])
+def test_a_cut_off_or_refused_reply_is_its_own_error(api, loopback, reply, status, code):
+    loopback.enqueue(reply)
+    response = start(api, "Hello")
+    assert response.status_code == status
+    body = response.json()
+    assert body["code"] == code and body["stop_reason"] == reply.stop_reason
+    run = AgentRun.objects.get()
+    assert run.status == code and run.stop_reason == reply.stop_reason
+
+
+def test_a_context_that_cannot_fit_is_409(api, loopback):
+    loopback.enqueue(Reply.text("first"))
+    session_id = start(api, "Hello").json()["session"]["id"]
+    with override_settings(AGENT_SESSION=loopback_settings(
+            loopback, CONTEXT_WINDOWS={"claude-sonnet-5-5": 1200})):
+        response = api.post(f"{CHAT}{session_id}/continue/",
+                            {"input": {"message": "x" * 3000}}, format="json")
+    assert response.status_code == 409
+    assert response.json()["code"] == "context_window_exceeded"
+    assert response.json()["window"] == 1200

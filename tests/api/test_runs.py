@@ -7,9 +7,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from django.test import override_settings
 
 from django_agent_session.models import AgentEvent, AgentRun, RunStatus
+from django_agent_session.testing.loopback import Reply
 from tests.helpers.api import CHAT, start
+from tests.helpers.loopback import loopback_settings
 
 pytestmark = pytest.mark.django_db(transaction=True)  # dispatch happens on commit
 
@@ -116,3 +119,23 @@ def test_the_inline_executor_runs_a_202_turn_in_the_background(api, session_id, 
         assert time.monotonic() < deadline, run
         time.sleep(0.05)
     assert run["output"] == {"content": "background answer"}
+
+
+def test_runs_and_sessions_carry_cost_stop_reason_and_cache_ratio(api, loopback):
+    loopback.enqueue(Reply.text("ok", usage={
+        "input_tokens": 1000, "output_tokens": 200, "cache_creation_input_tokens": 5000,
+        "cache_read_input_tokens": 20000}))
+    with override_settings(AGENT_SESSION=loopback_settings(loopback, PRICES={
+            "claude-sonnet-5-5": {"input": "3", "output": "15"}})):
+        session = start(api, "Hi").json()["session"]
+        assert session["cost"] == "0.030750"
+        assert session["cache_hit_ratio"] == round(20000 / 26000, 4)
+        (run,) = api.get(f"{CHAT}{session['id']}/runs/").json()["results"]
+        assert run["kind"] == "turn" and run["stop_reason"] == "end_turn"
+        assert run["cost"] == "0.030750" and run["cache_hit_ratio"] == session["cache_hit_ratio"]
+        listed = api.get(CHAT).json()["results"][0]
+        assert listed["cost"] == "0.030750"
+    loopback.enqueue(Reply.text("again"))
+    api.post(f"{CHAT}{session['id']}/continue/", {"input": {"message": "x"}}, format="json")
+    # a turn of a model with no price: the session's cost is unknown from then on
+    assert api.get(f"{CHAT}{session['id']}/").json()["cost"] is None

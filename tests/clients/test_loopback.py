@@ -588,6 +588,281 @@ def test_beta_messages_are_served_too(server: LoopbackMessagesServer, client: an
     assert server.requests[0].path == "/v1/messages"
 
 
+# -- stop reasons ----------------------------------------------------------------------
+
+
+def _answer(client: anthropic.Anthropic, streamed: bool) -> anthropic.types.Message:
+    """One reply, as a JSON message or as the stream helper's final message."""
+    if not streamed:
+        return create(client)
+    with stream(client) as s:
+        return s.get_final_message()
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "stream"])
+def test_stop_reason_constructors(server: LoopbackMessagesServer, client: anthropic.Anthropic, streamed: bool) -> None:
+    search = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "anvils"}}
+    server.enqueue(
+        Reply.max_tokens("Cut off in the mid", chunk_size=4),
+        Reply.refusal(),
+        Reply.refusal("I can't help with"),
+        Reply.pause_turn("Still searching"),
+        Reply.pause_turn([search]),
+        Reply.tool_use("write", {"path": "a.txt"}, text="Writing", stop_reason="max_tokens"),
+    )
+
+    cut, refused, refused_text, paused, paused_blocks, cut_call = [_answer(client, streamed) for _ in range(6)]
+
+    assert (cut.stop_reason, cut.content[0].text) == ("max_tokens", "Cut off in the mid")
+    assert (refused.stop_reason, refused.content) == ("refusal", [])
+    assert (refused_text.stop_reason, refused_text.content[0].text) == ("refusal", "I can't help with")
+    assert (paused.stop_reason, paused.content[0].text) == ("pause_turn", "Still searching")
+    assert paused_blocks.stop_reason == "pause_turn"
+    assert paused_blocks.content[0].model_dump(exclude_none=True) == {**search, "caller": {"type": "direct"}} or (
+        paused_blocks.content[0].type == "server_tool_use" and paused_blocks.content[0].input == search["input"]
+    )
+    assert cut_call.stop_reason == "max_tokens"
+    assert [b.type for b in cut_call.content] == ["text", "tool_use"]
+    assert cut_call.content[1].input == {"path": "a.txt"}
+    if streamed:  # the stop reason arrives in message_delta, after the content
+        deltas = [r.events("message_delta")[0].data["delta"]["stop_reason"] for r in server.requests]
+        assert deltas == ["max_tokens", "refusal", "refusal", "pause_turn", "pause_turn", "max_tokens"]
+        assert [e.data["delta"]["text"] for e in server.requests[0].events("content_block_delta")] == [
+            "Cut ", "off ", "in t", "he m", "id"
+        ]
+
+
+def test_stop_reason_constructors_take_the_message_knobs() -> None:
+    usage = {"output_tokens": 4096}
+    assert Reply.max_tokens("x", usage=usage, delay=0.5).usage == usage
+    assert Reply.refusal(model="claude-other").model == "claude-other"
+    assert Reply.pause_turn("x", headers={"x-a": "1"}).headers == (("x-a", "1"),)
+    assert Reply.tool_use("t", {}).stop_reason == "tool_use"
+
+
+# -- context window --------------------------------------------------------------------
+
+
+def test_context_window_refuses_like_the_api_without_consuming_the_script() -> None:
+    long = [{"role": "user", "content": "x" * 2000}]
+    with LoopbackMessagesServer(["fits"], context_window=600) as server, anthropic.Anthropic(
+        **server.client_kwargs(max_retries=0)
+    ) as client:
+        counted = client.messages.count_tokens(model=MODEL, messages=long).input_tokens
+        with pytest.raises(anthropic.BadRequestError) as excinfo:
+            create(client, messages=long, max_tokens=100)
+        message = f"prompt is too long: {counted + 100} tokens > 600 maximum"
+        assert excinfo.value.type == "invalid_request_error"
+        assert excinfo.value.body["error"]["message"] == message  # type: ignore[index]
+        assert server.pending == 1 and server.exhausted == []
+
+        # the request's max_tokens counts too: one token over the window is refused, not the window itself
+        with pytest.raises(anthropic.BadRequestError):
+            create(client, max_tokens=600 - client.messages.count_tokens(model=MODEL, messages=USER).input_tokens + 1)
+        assert server.pending == 1
+        fits = create(client, max_tokens=600 - client.messages.count_tokens(model=MODEL, messages=USER).input_tokens)
+        assert fits.content[0].text == "fits"
+
+    refused = server.message_requests[0]
+    assert refused.status == 400 and refused.body["messages"] == long
+    assert refused.reply is not None and refused.reply.error_message == message
+    assert [r.status for r in server.message_requests] == [400, 400, 200]
+
+
+def test_context_window_counts_from_the_last_compaction_block() -> None:
+    history = [
+        {"role": "user", "content": "x" * 4000},
+        {"role": "assistant", "content": [{"type": "compaction", "content": "Talk of x."}, {"type": "text", "text": "ok"}]},
+        {"role": "user", "content": "next"},
+    ]
+    with LoopbackMessagesServer(["still fits"], context_window=200) as server, anthropic.Anthropic(
+        **server.client_kwargs(max_retries=0)
+    ) as client:
+        counted = client.messages.count_tokens(model=MODEL, messages=history).input_tokens
+        message = create(client, messages=history, max_tokens=100)
+    assert counted < 50  # the 1,000 tokens before the block are not read
+    assert message.content[0].text == "still fits"
+    assert message.usage.input_tokens == counted
+
+
+# -- prompt cache ------------------------------------------------------------------------
+
+EPHEMERAL = {"type": "ephemeral"}
+CACHED_TOOLS = [
+    {
+        "name": "lookup",
+        "description": "Look a word up in the dictionary. " * 150,  # ~1,300 tokens
+        "input_schema": {"type": "object", "properties": {"word": {"type": "string"}}},
+        "cache_control": EPHEMERAL,
+    }
+]
+
+
+def test_prompt_cache_turns_read_the_conversation_prefix(
+    server: LoopbackMessagesServer, client: anthropic.Anthropic
+) -> None:
+    server.responder = lambda request: Reply.text(f"Answer {request.index}: " + "words " * 50)
+    messages: list[dict[str, Any]] = []
+    usages = []
+    for turn in range(5):
+        messages.append({"role": "user", "content": [{"type": "text", "text": f"Question {turn}?"}]})
+        params: dict[str, Any] = {"tools": CACHED_TOOLS, "messages": messages, "cache_control": EPHEMERAL}
+        message = _cached_call(client, streamed=turn % 2 == 1, **params)
+        total = client.messages.count_tokens(model=MODEL, tools=CACHED_TOOLS, messages=messages).input_tokens
+        usage = message.usage
+        assert usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens == total
+        usages.append(usage)
+        messages.append({"role": "assistant", "content": [b.model_dump() for b in message.content]})
+
+    first, *later = usages
+    assert first.cache_read_input_tokens == 0 and first.cache_creation_input_tokens > 1024
+    for previous, usage in zip(usages, later):
+        # turn n reads all of turn n-1's prompt and writes only what was added since
+        assert usage.cache_read_input_tokens == previous.cache_read_input_tokens + previous.cache_creation_input_tokens
+        assert 0 < usage.cache_creation_input_tokens < 150
+        assert usage.input_tokens < 20  # only the breakpoints' own bytes are left over
+    assert server.message_requests[1].events("message_start")[0].data["message"]["usage"][
+        "cache_read_input_tokens"
+    ] == later[0].cache_read_input_tokens
+
+    server.clear_cache()
+    cold = _cached_call(client, streamed=False, tools=CACHED_TOOLS, messages=messages[:-1], cache_control=EPHEMERAL)
+    assert cold.usage.cache_read_input_tokens == 0 and cold.usage.cache_creation_input_tokens > 1024
+
+
+def _cached_call(client: anthropic.Anthropic, *, streamed: bool, **params: Any) -> anthropic.types.Message:
+    if streamed:
+        with stream(client, **params) as s:
+            return s.get_final_message()
+    return create(client, **params)
+
+
+def test_prompt_cache_breakpoints_in_system_and_messages_and_the_minimum() -> None:
+    system = [{"type": "text", "text": "You are terse. " * 10, "cache_control": EPHEMERAL}]  # ~40 tokens
+    turn = [{"role": "user", "content": [{"type": "text", "text": "Hi " * 40, "cache_control": EPHEMERAL}]}]
+    with LoopbackMessagesServer(lambda r: Reply.text("ok"), cache_min_tokens=30) as server, anthropic.Anthropic(
+        **server.client_kwargs(max_retries=0)
+    ) as client:
+        first = create(client, system=system, messages=turn).usage
+        again = create(client, system=system, messages=turn).usage
+        other = create(client, system=system, messages=[{"role": "user", "content": "Bye"}]).usage
+        server.enqueue(Reply.text("scripted", usage={"cache_read_input_tokens": 7}))
+        scripted = create(client, system=system, messages=turn).usage
+
+    assert first.cache_read_input_tokens == 0 and first.cache_creation_input_tokens > 30
+    assert (again.cache_read_input_tokens, again.cache_creation_input_tokens) == (first.cache_creation_input_tokens, 0)
+    # the system prompt's own breakpoint is read; nothing new is marked, so nothing is written
+    assert 30 <= other.cache_read_input_tokens < first.cache_creation_input_tokens
+    assert other.cache_creation_input_tokens == 0
+    assert scripted.cache_read_input_tokens == 7  # a key the reply sets wins over the simulation
+    assert scripted.cache_creation_input_tokens == 0
+
+    with LoopbackMessagesServer(lambda r: Reply.text("ok")) as server, anthropic.Anthropic(
+        **server.client_kwargs(max_retries=0)
+    ) as client:
+        short = [create(client, system=system, messages=turn).usage for _ in range(2)]
+    assert [(u.cache_read_input_tokens, u.cache_creation_input_tokens) for u in short] == [(0, 0), (0, 0)]
+
+
+# -- server-side compaction ------------------------------------------------------------
+
+COMPACT_BETA = ["compact-2026-01-12"]
+COMPACT_EDIT = {"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": 500}}
+LONG = [{"role": "user", "content": "Tell me about anvils. " * 200}]  # ~1,100 tokens
+
+
+def test_compaction_block_streams_as_the_api_streams_it(
+    server: LoopbackMessagesServer, client: anthropic.Anthropic
+) -> None:
+    server.compaction_summary = "We discussed anvils."
+    server.enqueue(Reply.text("Anvils are heavy."))
+
+    with client.beta.messages.stream(
+        model=MODEL, max_tokens=100, messages=LONG, betas=COMPACT_BETA, context_management={"edits": [COMPACT_EDIT]}
+    ) as s:
+        events = list(s)
+        final = s.get_final_message()
+
+    assert [b.type for b in final.content] == ["compaction", "text"]
+    assert final.content[0].content == "We discussed anvils."
+    assert [e.content for e in events if e.type == "compaction"] == ["We discussed anvils."]
+    assert final.stop_reason == "end_turn"
+    (iteration,) = final.usage.iterations or []
+    assert iteration.type == "compaction"
+    assert iteration.input_tokens == client.messages.count_tokens(model=MODEL, messages=LONG).input_tokens
+    (request,) = server.requests[:1]
+    assert request.headers["anthropic-beta"] == "compact-2026-01-12"
+    first = [e.data for e in request.sent_events if e.data.get("index") == 0]
+    assert first == [
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "compaction", "content": None}},
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "compaction_delta", "content": "We discussed anvils."},
+        },
+        {"type": "content_block_stop", "index": 0},
+    ]
+
+
+def test_a_scripted_compaction_block_keeps_its_encrypted_content(
+    server: LoopbackMessagesServer, client: anthropic.Anthropic
+) -> None:
+    block = {"type": "compaction", "content": "S", "encrypted_content": "opaque"}
+    server.enqueue(Reply.message([block], stop_reason="compaction"))
+
+    with client.beta.messages.stream(model=MODEL, max_tokens=100, messages=USER) as s:
+        final = s.get_final_message()
+
+    assert final.content[0].model_dump(exclude_none=True) == block
+    assert final.stop_reason == "compaction"
+
+
+def test_pause_after_compaction_keeps_the_reply_for_the_next_request(
+    server: LoopbackMessagesServer, client: anthropic.Anthropic
+) -> None:
+    server.enqueue("After the pause.")
+    edit = {**COMPACT_EDIT, "pause_after_compaction": True, "instructions": "Keep the names."}
+
+    with client.beta.messages.stream(
+        model=MODEL, max_tokens=100, messages=LONG, betas=COMPACT_BETA, context_management={"edits": [edit]}
+    ) as s:
+        paused = s.get_final_message()
+
+    assert paused.stop_reason == "compaction"
+    assert [b.type for b in paused.content] == ["compaction"]
+    assert paused.content[0].content == "Summary of the 1 earlier messages (loopback)."
+    assert server.pending == 1 and server.exhausted == []
+
+    # sent back, the block replaces what it summarised: under the trigger, the turn goes on
+    resumed_messages = [*LONG, {"role": "assistant", "content": [paused.content[0].model_dump(exclude_none=True)]}]
+    resumed = client.beta.messages.create(
+        model=MODEL,
+        max_tokens=100,
+        messages=resumed_messages,  # type: ignore[arg-type]
+        betas=COMPACT_BETA,
+        context_management={"edits": [edit]},
+    )
+    assert [b.type for b in resumed.content] == ["text"]
+    assert resumed.content[0].text == "After the pause."
+    assert resumed.usage.iterations is None
+    assert resumed.usage.input_tokens < 50
+    assert server.pending == 0
+
+
+def test_no_compaction_below_the_trigger_or_without_the_edit(
+    server: LoopbackMessagesServer, client: anthropic.Anthropic
+) -> None:
+    server.enqueue("short", "long but not asked")
+
+    short = client.beta.messages.create(
+        model=MODEL, max_tokens=100, messages=USER, betas=COMPACT_BETA, context_management={"edits": [COMPACT_EDIT]}
+    )
+    plain = client.beta.messages.create(model=MODEL, max_tokens=100, messages=LONG)
+
+    assert [b.type for b in short.content] == [b.type for b in plain.content] == ["text"]
+    assert short.usage.iterations is None and plain.usage.iterations is None
+
+
 # -- async client ---------------------------------------------------------------
 
 

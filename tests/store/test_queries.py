@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 import zoneinfo
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from django.contrib.contenttypes.models import ContentType
@@ -221,7 +222,7 @@ def test_usage_by_day_and_time_zone(usage_data):
     assert [(r["day"].day, r["model"], r["runs"]) for r in both] == [
         (10, "m1", 1), (11, "m1", 2), (11, "m2", 1)]
     with pytest.raises(ValueError):
-        usage_summary(by=("owner",))
+        usage_summary(by=("colour",))  # "owner" became a group (issue #16)
 
 
 def test_usage_scoped_by_owner_models_time_and_queryset(usage_data, user, other_user):
@@ -355,3 +356,66 @@ def test_bad_cursors_and_arguments_are_rejected():
         ChatAgent.objects.page(order="title")
     with pytest.raises(ValueError):
         ChatAgent.objects.page(size=0)
+
+
+# -- cost and cache --------------------------------------------------------------------------
+
+#: a run priced at $0.030750 (tests/engine/test_pricing.py)
+PRICED = {"input_tokens": 1000, "output_tokens": 200, "cache_creation_input_tokens": 5000,
+          "cache_read_input_tokens": 20000}
+
+
+@pytest.fixture
+def costed(user, other_user):
+    """Two sessions of two owners: priced runs, one unpriced run, a run with no tokens."""
+    a, b = make(owner=user), make(owner=other_user)
+    ct = ContentType.objects.get_for_model(ChatAgent)
+
+    def run(session, model, cost, kind="turn", **usage):
+        return AgentRun(session_type=ct, session_id=session.pk, status="completed",
+                        model=model, kind=kind, cost=cost, started_at=T0, **usage)
+
+    AgentRun.objects.bulk_create([
+        run(a, "sonnet", Decimal("0.030750"), **PRICED),
+        run(a, "haiku", Decimal("0.001000"), kind="title", input_tokens=30, output_tokens=5),
+        run(b, "sonnet", Decimal("0.030750"), **PRICED),
+        run(b, "mystery", None, input_tokens=10, output_tokens=2),
+        run(b, "sonnet", None),  # never called the model: nothing to price
+    ])
+    return a, b
+
+
+def test_usage_summary_reports_cost_and_the_cache_hit_ratio_by_owner(costed, user, other_user):
+    rows = {r["owner"]: r for r in usage_summary(by=("owner",))}
+    mine, theirs = rows[user.pk], rows[other_user.pk]
+    assert mine["cost"] == Decimal("0.031750") and mine["unpriced_runs"] == 0
+    assert theirs["cost"] == Decimal("0.030750") and theirs["unpriced_runs"] == 1
+    assert mine["cache_hit_ratio"] == round(20000 / 26030, 4)
+    by_model = {r["model"]: r for r in usage_summary(by=("model",))}
+    assert by_model["sonnet"]["cost"] == Decimal("0.061500")
+    assert by_model["mystery"]["cost"] == Decimal(0) and by_model["mystery"]["unpriced_runs"] == 1
+    by_kind = {r["kind"]: r["runs"] for r in usage_summary(by=("kind",))}
+    assert by_kind == {"title": 1, "turn": 4}
+    both = usage_summary(by=("owner", "model"), owner=user)
+    assert [(r["owner"], r["model"]) for r in both] == [(user.pk, "haiku"), (user.pk, "sonnet")]
+
+
+def test_a_sessions_cost_is_its_runs_and_unknown_when_one_is_unpriced(costed,
+                                                                       django_assert_num_queries):
+    a, b = costed
+    assert a.total_cost == Decimal("0.031750") and b.total_cost is None
+    annotated = {s.pk: s for s in ChatAgent.objects.with_cost()}
+    with django_assert_num_queries(0):  # read from the annotation
+        assert annotated[a.pk].total_cost == Decimal("0.031750")
+        assert annotated[b.pk].total_cost is None
+    empty = make()
+    assert empty.total_cost == Decimal(0)
+    assert ChatAgent.objects.with_cost().get(pk=empty.pk).total_cost == Decimal(0)
+
+
+def test_session_stats_cost(costed):
+    a, b = costed
+    stats = session_stats(a)
+    assert stats["cost"] == Decimal("0.031750") and stats["unpriced_runs"] == 0
+    assert stats["cache_hit_ratio"] == round(20000 / 26030, 4)
+    assert session_stats(b)["unpriced_runs"] == 1

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from .tokens import _tokens_for_chars, estimate_input_tokens
+from .tokens import estimate_input_tokens, estimate_prefix_tokens
 
 #: blocks the API looks back from a breakpoint for an earlier cached prefix
 LOOKBACK = 20
@@ -110,18 +110,15 @@ class PromptCache:
         breakpoints = [i for i, (_, marked) in enumerate(blocks) if marked]
         if not breakpoints:
             return 0, 0
+        texts = [json.dumps(_plain(block), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+                 for block, _ in blocks]
         digest = hashlib.sha256()
         hashes: list[str] = []
-        sizes: list[int] = []
-        chars = 0
-        for block, _ in blocks:
-            text = json.dumps(_plain(block), sort_keys=True, separators=(",", ":"),
-                              ensure_ascii=False)
+        for text in texts:
             digest.update(text.encode())
             digest.update(b"\x1e")
             hashes.append(digest.hexdigest())
-            chars += len(text)
-            sizes.append(_tokens_for_chars(chars))
+        sizes = estimate_prefix_tokens(texts)
         total = input_tokens(body)
         with self._lock:
             read_at = -1

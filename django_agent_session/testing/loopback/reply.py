@@ -56,8 +56,9 @@ class Reply:
     """A canned answer to one ``POST /v1/messages`` request.
 
     Build replies with the classmethods (:meth:`text`, :meth:`json`,
-    :meth:`tool_use`, :meth:`thinking`, :meth:`message`, :meth:`error` and its
-    helpers, :meth:`stall`) rather than the constructor.  A reply is an
+    :meth:`tool_use`, :meth:`thinking`, :meth:`message`, the stop-reason
+    constructors :meth:`max_tokens`, :meth:`refusal` and :meth:`pause_turn`,
+    :meth:`error` and its helpers, :meth:`stall`) rather than the constructor.  A reply is an
     immutable value: the same instance may be queued several times, and ids
     (tool-use ids included, unless given) are assigned afresh on each use.
 
@@ -85,15 +86,25 @@ class Reply:
         stream, as the real API does when it fails mid-stream.  Only
         affects streaming requests.
     ``usage``
-        Token counts.  Missing keys default to deterministic non-zero
-        estimates (``input_tokens`` from the size of the request's
-        ``system``/``messages``/``tools``, ``output_tokens`` from the size of
-        the reply) and ``0`` for ``cache_creation_input_tokens`` and
-        ``cache_read_input_tokens``; extra keys are passed through.  The full
-        usage appears in the JSON message and in the streamed
-        ``message_delta`` (the API's counts there are cumulative totals);
-        ``message_start`` carries the same usage with ``output_tokens``
-        capped at 1.
+        Token counts.  Missing keys default to deterministic estimates, the
+        same ones ``count_tokens`` gives: ``output_tokens`` from the size of
+        the reply, and the request's input (its ``system``/``messages``/
+        ``tools``, from the last ``compaction`` block on) split the way the
+        API splits it between ``cache_read_input_tokens`` (the longest prefix
+        an earlier request wrote to the server's simulated prompt cache),
+        ``cache_creation_input_tokens`` (what this request's ``cache_control``
+        breakpoints add to it) and ``input_tokens`` (the rest).  Without
+        breakpoints both cache counts are ``0``.  Keys set here win over the
+        estimates; extra keys are passed through.  The full usage appears in
+        the JSON message and in the streamed ``message_delta`` (the API's
+        counts there are cumulative totals); ``message_start`` carries the
+        same usage with ``output_tokens`` capped at 1.
+
+    The server may answer differently from the script: a request over its
+    ``context_window`` gets a ``400 prompt is too long`` without consuming a
+    reply, and a request past its server-side compaction trigger gets a
+    ``compaction`` block before the reply's content (or, with
+    ``pause_after_compaction``, instead of the reply, which stays queued).
     """
 
     content: tuple[Mapping[str, Any], ...] = ()
@@ -164,8 +175,9 @@ class Reply:
 
         ``text``, ``thinking`` and ``tool_use`` blocks are streamed with their
         proper deltas (a ``tool_use`` block without an ``id`` gets
-        ``toolu_loopback_<n>``); any other block type is sent whole in its
-        ``content_block_start`` event.
+        ``toolu_loopback_<n>``); a ``compaction`` block starts empty and gets
+        its whole summary in one ``compaction_delta``, as the API streams it;
+        any other block type is sent whole in its ``content_block_start`` event.
         """
         blocks = tuple(dict(block) for block in content)
         for block in blocks:

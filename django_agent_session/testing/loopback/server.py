@@ -286,11 +286,9 @@ class LoopbackMessagesServer:
             send_error(h, record, Reply.bad_request("Request body must be a JSON object."))
         elif path == MESSAGES_PATH:
             too_long = self._too_long(body)
-            if too_long is not None:  # refused before the script is consulted
-                send_error(h, record, Reply.bad_request(too_long))
-                return
-            answer(h, record, self._compacting(body, record), render=self._render_message,
-                   stopping=self._stopping)
+            # refused before the script is consulted; the refusal is kept as the record's reply
+            reply = Reply.bad_request(too_long) if too_long is not None else self._compacting(body, record)
+            answer(h, record, reply, render=self._render_message, stopping=self._stopping)
         else:  # COUNT_TOKENS_PATH; does not consume the script
             send_json(h, record, 200, {"input_tokens": input_tokens(body)})
 
@@ -313,8 +311,8 @@ class LoopbackMessagesServer:
         if edit is None or tokens < compaction_trigger(edit):
             return self._next_reply(record)
         messages = compacted_body(body).get("messages") or []
-        summary = self.compaction_summary or (
-            f"Summary of the {max(0, len(messages) - 1)} earlier messages (loopback).")
+        # everything before the block is summarised: the API reads nothing of it again
+        summary = self.compaction_summary or f"Summary of the {len(messages)} earlier messages (loopback)."
         block = {"type": "compaction", "content": summary}
         usage = {"type": "compaction", "input_tokens": tokens,
                  "output_tokens": estimate_output_tokens([{"type": "text", "text": summary}]),

@@ -2,15 +2,16 @@
 
 The real API counts tokens with the model's tokenizer; a test double only needs
 numbers that are non-zero, stable from run to run and grow with the size of
-what was sent or scripted.  Both ``/v1/messages/count_tokens`` and the default
-``usage`` of a reply use these estimates, so they live apart from either.
+what was sent or scripted.  ``/v1/messages/count_tokens``, the default
+``usage`` of a reply and the simulated prompt cache all use these estimates, so
+their numbers agree and live apart from any of them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 
@@ -29,6 +30,20 @@ def estimate_input_tokens(body: Any) -> int:
         return 1
     relevant = [body.get("system"), body.get("messages"), body.get("tools")]
     return _estimate_tokens(json.dumps(relevant, separators=(",", ":"), ensure_ascii=False))
+
+
+def estimate_prefix_tokens(block_texts: Iterable[str]) -> list[int]:
+    """Tokens of every prefix of a prompt given as its blocks' texts: entry ``i`` counts blocks ``0..i``.
+
+    The prompt cache (:mod:`.cache`) sizes what it reads and writes with this,
+    at the same four characters a token as :func:`estimate_input_tokens`.
+    """
+    sizes: list[int] = []
+    chars = 0
+    for text in block_texts:
+        chars += len(text)
+        sizes.append(_tokens_for_chars(chars))
+    return sizes
 
 
 def estimate_output_tokens(content: Sequence[Mapping[str, Any]]) -> int:

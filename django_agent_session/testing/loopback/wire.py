@@ -113,6 +113,8 @@ def sse_events(message: Mapping[str, Any], chunk_size: int | None) -> Iterator[t
                 {"type": "input_json_delta", "partial_json": piece}
                 for piece in ["", *_split_json(json.dumps(block.get("input", {})), chunk_size)]
             ]
+        elif kind == "compaction":
+            start, deltas = _compaction_events(block)
         else:
             start, deltas = dict(block), []
         yield "content_block_start", {"type": "content_block_start", "index": index, "content_block": start}, False
@@ -129,6 +131,22 @@ def sse_events(message: Mapping[str, Any], chunk_size: int | None) -> Iterator[t
         False,
     )
     yield "message_stop", {"type": "message_stop"}, False
+
+
+def _compaction_events(block: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A ``compaction`` block as the API streams it: started empty, then its whole summary in one delta.
+
+    The summary is not split (whatever ``chunk_size`` says): the SDK's beta
+    accumulator *replaces* the block's ``content`` and ``encrypted_content``
+    with each ``compaction_delta``'s rather than appending, so only a single
+    delta carrying both rebuilds the block.
+    """
+    start = {**block, "content": None}
+    delta: dict[str, Any] = {"type": "compaction_delta", "content": block.get("content")}
+    if "encrypted_content" in block:
+        start["encrypted_content"] = None
+        delta["encrypted_content"] = block["encrypted_content"]
+    return start, [delta]
 
 
 def _split_text(text: str, chunk_size: int | None) -> list[str]:
