@@ -618,8 +618,9 @@ def test_stop_reason_constructors(server: LoopbackMessagesServer, client: anthro
     assert (refused_text.stop_reason, refused_text.content[0].text) == ("refusal", "I can't help with")
     assert (paused.stop_reason, paused.content[0].text) == ("pause_turn", "Still searching")
     assert paused_blocks.stop_reason == "pause_turn"
-    assert paused_blocks.content[0].model_dump(exclude_none=True) == {**search, "caller": {"type": "direct"}} or (
-        paused_blocks.content[0].type == "server_tool_use" and paused_blocks.content[0].input == search["input"]
+    block = paused_blocks.content[0]
+    assert (block.type, getattr(block, "id", None), getattr(block, "input", None)) == (
+        "server_tool_use", "srvtoolu_1", {"query": "anvils"}
     )
     assert cut_call.stop_reason == "max_tokens"
     assert [b.type for b in cut_call.content] == ["text", "tool_use"]
@@ -653,15 +654,15 @@ def test_context_window_refuses_like_the_api_without_consuming_the_script() -> N
             create(client, messages=long, max_tokens=100)
         message = f"prompt is too long: {counted + 100} tokens > 600 maximum"
         assert excinfo.value.type == "invalid_request_error"
-        assert excinfo.value.body["error"]["message"] == message  # type: ignore[index]
+        assert excinfo.value.body["error"]["message"] == message
         assert server.pending == 1 and server.exhausted == []
 
-        # the request's max_tokens counts too: one token over the window is refused, not the window itself
+        # the request's max_tokens counts too: one token over the window is refused, the window itself is not
+        room = 600 - client.messages.count_tokens(model=MODEL, messages=USER).input_tokens
         with pytest.raises(anthropic.BadRequestError):
-            create(client, max_tokens=600 - client.messages.count_tokens(model=MODEL, messages=USER).input_tokens + 1)
+            create(client, max_tokens=room + 1)
         assert server.pending == 1
-        fits = create(client, max_tokens=600 - client.messages.count_tokens(model=MODEL, messages=USER).input_tokens)
-        assert fits.content[0].text == "fits"
+        assert create(client, max_tokens=room).content[0].text == "fits"
 
     refused = server.message_requests[0]
     assert refused.status == 400 and refused.body["messages"] == long
@@ -720,7 +721,7 @@ def test_prompt_cache_turns_read_the_conversation_prefix(
         # turn n reads all of turn n-1's prompt and writes only what was added since
         assert usage.cache_read_input_tokens == previous.cache_read_input_tokens + previous.cache_creation_input_tokens
         assert 0 < usage.cache_creation_input_tokens < 150
-        assert usage.input_tokens < 20  # only the breakpoints' own bytes are left over
+        assert usage.input_tokens <= first.input_tokens + 1 < 15  # only the cache_control markers are left over
     assert server.message_requests[1].events("message_start")[0].data["message"]["usage"][
         "cache_read_input_tokens"
     ] == later[0].cache_read_input_tokens
@@ -838,7 +839,7 @@ def test_pause_after_compaction_keeps_the_reply_for_the_next_request(
     resumed = client.beta.messages.create(
         model=MODEL,
         max_tokens=100,
-        messages=resumed_messages,  # type: ignore[arg-type]
+        messages=resumed_messages,
         betas=COMPACT_BETA,
         context_management={"edits": [edit]},
     )

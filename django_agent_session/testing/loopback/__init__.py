@@ -29,11 +29,13 @@ What it serves, on ``127.0.0.1`` and a free port:
     event is written and flushed on its own, in its own HTTP chunk, so the
     client really receives them one by one.
     Like the API, it reports prompt-cache reads and writes for requests with
-    ``cache_control`` breakpoints (:mod:`.cache` simulates the cache), answers
+    ``cache_control`` breakpoints (:mod:`.cache` simulates the cache, per
+    server; ``server.clear_cache()`` empties it), answers
     ``400 prompt is too long`` past ``context_window=`` (when set), and, for a
     request with the beta ``compact_20260112`` context edit past its trigger,
     puts a ``compaction`` block before the reply (``stop_reason`` ``"compaction"``
-    alone with ``pause_after_compaction``). Stop reasons are scripted with
+    alone with ``pause_after_compaction``; streamed, its summary arrives in one
+    ``compaction_delta``). Stop reasons are scripted with
     :meth:`Reply.max_tokens`, :meth:`Reply.refusal` and :meth:`Reply.pause_turn`.
 ``POST /v1/messages/count_tokens``
     ``{"input_tokens": <rough estimate>}``, counted as the API would (from the

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from .tokens import estimate_input_tokens, estimate_prefix_tokens
+from .tokens import estimate_input_tokens
 
 #: blocks the API looks back from a breakpoint for an earlier cached prefix
 LOOKBACK = 20
@@ -66,28 +66,59 @@ def input_tokens(body: Any) -> int:
     return estimate_input_tokens(compacted_body(body))
 
 
-def _blocks(body: Mapping[str, Any]) -> list[tuple[Any, bool]]:
-    """``(block, is breakpoint)`` for every block of the prompt, in the API's prefix order."""
-    out: list[tuple[Any, bool]] = []
-    for tool in body.get("tools") or []:
-        out.append((tool, isinstance(tool, dict) and "cache_control" in tool))
+Where = tuple[str, int, int]
+"""Where a block sits in a request: ``("tools", i, 0)``, ``("system", i, 0)`` or ``("messages", i, j)``."""
+
+
+def _blocks(body: Mapping[str, Any]) -> list[tuple[Any, bool, Where]]:
+    """``(block, is breakpoint, where)`` for every block of the prompt, in the API's prefix order."""
+    out: list[tuple[Any, bool, Where]] = []
+    for i, tool in enumerate(body.get("tools") or []):
+        out.append((tool, _marked(tool), ("tools", i, 0)))
     system = body.get("system")
     if isinstance(system, list):
-        out += [(b, isinstance(b, dict) and "cache_control" in b) for b in system]
+        out += [(b, _marked(b), ("system", i, 0)) for i, b in enumerate(system)]
     elif system:
-        out.append((system, False))
-    for message in body.get("messages") or []:
+        out.append((system, False, ("system", 0, 0)))
+    for i, message in enumerate(body.get("messages") or []):
         if not isinstance(message, dict):
             continue
         content = message.get("content")
         blocks = content if isinstance(content, list) else [content]
-        for i, block in enumerate(blocks):
+        for j, block in enumerate(blocks):
             # the role is part of the prefix: the same text said by the other side differs
-            key = {"role": message.get("role"), "block": block} if i == 0 else block
-            out.append((key, isinstance(block, dict) and "cache_control" in block))
+            key = {"role": message.get("role"), "block": block} if j == 0 else block
+            out.append((key, _marked(block), ("messages", i, j)))
     if body.get("cache_control") and out:
-        out[-1] = (out[-1][0], True)  # automatic caching: the last block of the prompt
+        out[-1] = (out[-1][0], True, out[-1][2])  # automatic caching: the last block of the prompt
     return out
+
+
+def _marked(block: Any) -> bool:
+    return isinstance(block, dict) and "cache_control" in block
+
+
+def _prefix_tokens(body: Mapping[str, Any], where: Where) -> int:
+    """Tokens of the prompt up to and including the block at ``where``, without its ``cache_control`` markers.
+
+    Counted with the estimate ``count_tokens`` uses, on the request cut after
+    that block, so a prefix that runs to the end of the prompt is the whole
+    request's count less only the markers' own characters, and the same
+    prefix has the same size whichever request (and breakpoint) it is read in.
+    """
+    section, i, j = where
+    prefix: dict[str, Any] = {"tools": body.get("tools"), "system": body.get("system")}
+    if section == "tools":
+        prefix = {"tools": prefix["tools"][: i + 1]}
+    elif section == "system":
+        system = prefix["system"]
+        prefix["system"] = system[: i + 1] if isinstance(system, list) else system
+    else:
+        messages = body["messages"]
+        content = messages[i].get("content")
+        last = {**messages[i], "content": content[: j + 1]} if isinstance(content, list) else messages[i]
+        prefix["messages"] = [*messages[:i], last]
+    return estimate_input_tokens(_plain(prefix))
 
 
 class PromptCache:
@@ -106,20 +137,19 @@ class PromptCache:
         """``(cache read tokens, cache write tokens)`` of a request, which is then cached."""
         if not isinstance(body, dict):
             return 0, 0
-        blocks = _blocks(compacted_body(body))
-        breakpoints = [i for i, (_, marked) in enumerate(blocks) if marked]
+        read_body = compacted_body(body)
+        blocks = _blocks(read_body)
+        breakpoints = [i for i, (_, marked, _) in enumerate(blocks) if marked]
         if not breakpoints:
             return 0, 0
-        texts = [json.dumps(_plain(block), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-                 for block, _ in blocks]
         digest = hashlib.sha256()
         hashes: list[str] = []
-        for text in texts:
-            digest.update(text.encode())
+        for block, _, _ in blocks:
+            digest.update(json.dumps(_plain(block), sort_keys=True, separators=(",", ":"),
+                                     ensure_ascii=False).encode())
             digest.update(b"\x1e")
             hashes.append(digest.hexdigest())
-        sizes = estimate_prefix_tokens(texts)
-        total = input_tokens(body)
+        sizes = {point: _prefix_tokens(read_body, blocks[point][2]) for point in breakpoints}
         with self._lock:
             read_at = -1
             for point in breakpoints:
@@ -127,11 +157,15 @@ class PromptCache:
                     if hashes[j] in self._written:
                         read_at = max(read_at, j)
                         break
-            last = breakpoints[-1]
             for point in breakpoints:
                 if sizes[point] >= self.min_tokens:
                     self._written.add(hashes[point])
-        read = min(sizes[read_at], total) if read_at >= 0 else 0
+        total = input_tokens(body)
+        read = 0
+        if read_at >= 0:
+            size = sizes[read_at] if read_at in sizes else _prefix_tokens(read_body, blocks[read_at][2])
+            read = min(size, total)
+        last = breakpoints[-1]
         written = 0
         if last > read_at and sizes[last] >= self.min_tokens:
             written = max(0, min(sizes[last], total) - read)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -30,20 +30,6 @@ def estimate_input_tokens(body: Any) -> int:
         return 1
     relevant = [body.get("system"), body.get("messages"), body.get("tools")]
     return _estimate_tokens(json.dumps(relevant, separators=(",", ":"), ensure_ascii=False))
-
-
-def estimate_prefix_tokens(block_texts: Iterable[str]) -> list[int]:
-    """Tokens of every prefix of a prompt given as its blocks' texts: entry ``i`` counts blocks ``0..i``.
-
-    The prompt cache (:mod:`.cache`) sizes what it reads and writes with this,
-    at the same four characters a token as :func:`estimate_input_tokens`.
-    """
-    sizes: list[int] = []
-    chars = 0
-    for text in block_texts:
-        chars += len(text)
-        sizes.append(_tokens_for_chars(chars))
-    return sizes
 
 
 def estimate_output_tokens(content: Sequence[Mapping[str, Any]]) -> int:
