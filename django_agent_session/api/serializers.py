@@ -18,7 +18,7 @@ from typing import Any
 from rest_framework import serializers
 
 from ..declaration.schemas import SerializerClass
-from ..models import AgentEvent, AgentRun, Multitask, RunStatus
+from ..models import AgentEvent, AgentRun, Multitask, RunKind, RunStatus
 from ..records import SessionRecord
 from ..store.sessions import update_fields
 
@@ -49,15 +49,16 @@ class UsageSerializer(serializers.Serializer):
         ref_name = "AgentUsage"
 
 
-def _run_status_field() -> serializers.Field:
-    # Documented inline, wrapped in allOf so drf-spectacular does not lift it into a "Status"
-    # enum component, which would collide with the session status (a schema warning).
-    choices = [value for value, _ in RunStatus.choices]
-    field_class = type("RunStatusField", (serializers.CharField,), {"__module__": __name__})
+def _inline_enum_field(name: str, values: list[str], **kwargs: Any) -> serializers.Field:
+    """A read-only string documented with its enum inline, wrapped in allOf: drf-spectacular
+    would otherwise lift it into a component named after the field ("StatusEnum",
+    "KindEnum"), which collides with the session status or a project's own enum (a schema
+    warning)."""
+    field_class = type(name, (serializers.CharField,), {"__module__": __name__})
     if extend_schema_field is not None:
-        schema = {"allOf": [{"type": "string", "enum": choices}]}
+        schema = {"allOf": [{"type": "string", "enum": values}]}
         field_class = extend_schema_field(schema)(field_class)
-    return field_class(read_only=True)
+    return field_class(read_only=True, **kwargs)
 
 
 def _cost_field(**kwargs: Any) -> serializers.DecimalField:
@@ -73,7 +74,9 @@ def _cache_ratio_field() -> serializers.FloatField:
 
 
 class AgentRunSerializer(serializers.ModelSerializer):
-    status = _run_status_field()
+    status = _inline_enum_field("RunStatusField", RunStatus.values)
+    kind = _inline_enum_field("RunKindField", RunKind.values, help_text=(
+        "`turn`, or a model call the library made for the session: `compaction`, `title`."))
     usage = UsageSerializer(read_only=True)
     cost = _cost_field()
     cache_hit_ratio = _cache_ratio_field()
@@ -273,12 +276,7 @@ class ToolCallDecisionSerializer(serializers.Serializer):
 
 
 def _turn_status_field() -> serializers.Field:
-    # inline (see _run_status_field): a lifted "Status" enum would collide with the others
-    field_class = type("TurnStatusField", (serializers.CharField,), {"__module__": __name__})
-    if extend_schema_field is not None:
-        schema = {"allOf": [{"type": "string", "enum": TURN_STATUSES}]}
-        field_class = extend_schema_field(schema)(field_class)
-    return field_class(read_only=True, help_text=(
+    return _inline_enum_field("TurnStatusField", TURN_STATUSES, help_text=(
         "`completed`, or `awaiting_approval`: the turn paused on the `pending` tool calls "
         "(`output` is then null)."))
 

@@ -15,7 +15,7 @@ from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from ..declaration.options import AgentOptions
-from ..engine.context import Context
+from ..engine.context import USAGE_KEYS, Context
 from .artifacts import Artifact
 from .choices import SessionStatus
 from .events import AgentEvent
@@ -101,8 +101,8 @@ class SessionRecord(UsageMixin, models.Model):
             return self.__dict__["runs_cost"]
         totals = AgentRun.objects.filter(
             session_type=self.content_type, session_id=self.pk).aggregate(
-            known=Sum("cost"), unpriced=Count("pk", filter=Q(cost__isnull=True,
-                                                             input_tokens__gt=0)))
+            known=Sum("cost"), unpriced=Count("pk", filter=Q(cost__isnull=True) & Q.create(
+                [(f"{name}__gt", 0) for name in USAGE_KEYS], connector=Q.OR)))
         if totals["unpriced"]:
             return None
         return totals["known"] if totals["known"] is not None else Decimal(0)

@@ -237,11 +237,13 @@ class SessionQueryMixin(_SessionQuerySetBase):
         """Annotate ``runs_cost``: what each session's runs cost in USD (correlated
         subqueries; ``None`` when a run that used tokens has no price), which
         ``total_cost`` then reads without a query."""
-        opts = self.model._meta  # joined, not looked up: no query while building the queryset
+        # joined, not looked up: no query while building the queryset; runs name the concrete
+        # model, as ContentType.get_for_model does
+        opts = (self.model._meta.concrete_model or self.model)._meta
         runs = AgentRun.objects.filter(
             session_type__app_label=opts.app_label, session_type__model=opts.model_name,
             session_id=OuterRef("pk")).order_by()
-        unpriced = runs.filter(cost__isnull=True, **_USED_TOKENS)
+        unpriced = runs.filter(_USED_TOKENS, cost__isnull=True)
         total = runs.values("session_id").annotate(value=Sum("cost")).values("value")
         money = models.DecimalField(max_digits=16, decimal_places=6)
         return self.annotate(runs_cost=Case(
@@ -283,7 +285,7 @@ def _range(name: str, start: datetime | None, end: datetime | None) -> dict[str,
 
 
 #: a run that spent tokens (one that never called the model has no cost to know)
-_USED_TOKENS = {"input_tokens__gt": 0}
+_USED_TOKENS = Q.create([(f"{name}__gt", 0) for name in USAGE_KEYS], connector=Q.OR)
 
 
 def _run_aggregate(ct: ContentType, aggregate: Any, **filters: Any) -> Coalesce:
@@ -400,7 +402,7 @@ def session_stats(session: SessionRecord) -> dict[str, Any]:
         first_run_at=Min("started_at"), last_run_at=Max("started_at"),
         **{f"tok_{name}": Coalesce(Sum(name), 0) for name in USAGE_KEYS},
         known_cost=Sum("cost"),
-        unpriced_runs=Count("pk", filter=Q(cost__isnull=True, **_USED_TOKENS)),
+        unpriced_runs=Count("pk", filter=Q(cost__isnull=True) & _USED_TOKENS),
     )
     artifacts = Artifact.objects.filter(**where).aggregate(
         count=Count("pk"), bytes=Coalesce(Sum("size"), 0))
@@ -473,7 +475,7 @@ def usage_summary(*, by: Iterable[str] = ("model",), runs: Any = None,
         qs = qs.annotate(owner=_owner_of_session(models))
     rows = (qs.values(*by)
             # first: its filter reads the token columns, which the sums below rename
-            .annotate(unpriced_runs=Count("pk", filter=Q(cost__isnull=True, **_USED_TOKENS)))
+            .annotate(unpriced_runs=Count("pk", filter=Q(cost__isnull=True) & _USED_TOKENS))
             .annotate(runs=Count("pk"), sessions=Count("session_id", distinct=True),
                       **{name: Coalesce(Sum(name), 0) for name in USAGE_KEYS},
                       duration_ms=Coalesce(Sum("duration_ms"), 0),

@@ -98,6 +98,21 @@ def test_each_agent_has_typed_bodies(schema_json):
     assert "put" not in paths["/api/chat-agents/{id}/"]
 
 
+def test_runs_and_sessions_document_cost_kind_and_cache_ratio(schema_json):
+    components = schema_json["components"]["schemas"]
+    run = components["AgentRun"]["properties"]
+    # enums inline, never a generic "KindEnum" component a project's own enum would clash with
+    assert run["kind"]["allOf"] == [{"type": "string", "enum": ["turn", "compaction", "title"]}]
+    assert {"incomplete", "refused"} <= set(run["status"]["allOf"][0]["enum"])
+    assert "KindEnum" not in components
+    assert run["cost"]["type"] == "string" and run["cost"]["format"] == "decimal"
+    assert run["cost"]["nullable"] and run["cache_hit_ratio"]["nullable"]
+    assert run["stop_reason"]["type"] == "string"
+    session = components["ChatAgentSession"]["properties"]
+    assert session["cost"]["format"] == "decimal" and session["cost"]["nullable"]
+    assert session["cache_hit_ratio"]["type"] == "number"
+
+
 @pytest.fixture
 def wsgi_app():
     """Django's WSGI application, keeping the test's connection open between requests (as

@@ -419,3 +419,18 @@ def test_session_stats_cost(costed):
     assert stats["cost"] == Decimal("0.031750") and stats["unpriced_runs"] == 0
     assert stats["cache_hit_ratio"] == round(20000 / 26030, 4)
     assert session_stats(b)["unpriced_runs"] == 1
+
+
+def test_a_run_with_only_cached_tokens_and_no_price_is_unpriced(user):
+    """Every input read from the cache (input_tokens 0) is still a model call to pay for."""
+    session = make(owner=user)
+    ct = ContentType.objects.get_for_model(ChatAgent)
+    AgentRun.objects.create(session_type=ct, session_id=session.pk, status="completed",
+                            model="mystery", cost=None, started_at=T0,
+                            cache_read_input_tokens=5000, output_tokens=20)
+    assert session.total_cost is None
+    assert ChatAgent.objects.with_cost().get(pk=session.pk).total_cost is None
+    assert session_stats(session)["unpriced_runs"] == 1
+    (row,) = usage_summary(by=("owner",), owner=user)
+    assert row["unpriced_runs"] == 1 and row["cost"] == Decimal(0)
+    assert row["cache_hit_ratio"] == 1.0
