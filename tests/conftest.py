@@ -15,6 +15,16 @@ def _fresh_clients():
     clear_client_cache()
 
 
+@pytest.fixture(autouse=True)
+def _drains_end():
+    """No background drain outlives its test: one reaching a database being flushed would
+    recreate rows there (a content type) and fail the teardown."""
+    yield
+    from django_agent_session.runs.executors import inline_executor
+
+    assert inline_executor().join(30), "a background drain is still running"
+
+
 @pytest.fixture
 def scripted():
     """A ScriptedClient routed for the ``anthropic`` provider: ``scripted.enqueue(...)``."""

@@ -61,6 +61,8 @@ class InlineExecutor:
         self._drains: dict[tuple[Any, str], asyncio.Task] = {}
         self._again: set[tuple[Any, str]] = set()
         self._retries: dict[tuple[Any, str], asyncio.TimerHandle] = {}
+        self._threads: set[threading.Thread] = set()
+        self._threads_lock = threading.Lock()
 
     def dispatch(self, model: Any, session_pk: Any, *, after: float | None = None) -> None:
         if self.closed:  # shutting down: the run stays queued for the next process
@@ -72,8 +74,11 @@ class InlineExecutor:
                 timer.daemon = True
                 timer.start()
                 return
-            threading.Thread(target=self._drain_in_thread, args=(model, session_pk),
-                             name=f"agent-drain-{session_pk}", daemon=True).start()
+            thread = threading.Thread(target=self._drain_in_thread, args=(model, session_pk),
+                                      name=f"agent-drain-{session_pk}", daemon=True)
+            with self._threads_lock:
+                self._threads.add(thread)
+            thread.start()
             return
         if after is not None:  # a deadline (approvals): look then
             loop.call_soon_threadsafe(self._later, model, session_pk, after,
@@ -147,6 +152,8 @@ class InlineExecutor:
             logger.exception("Draining the queue of %s %s failed", model.__name__, session_pk)
         finally:
             close_old_connections()
+            with self._threads_lock:
+                self._threads.discard(threading.current_thread())
 
     @property
     def draining(self) -> list[asyncio.Task]:
@@ -163,6 +170,22 @@ class InlineExecutor:
     def reopen(self) -> None:
         """Take runs again after :meth:`close` (an embedded server restarting; tests)."""
         self.closed = False
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the drains running in threads (outside an ASGI
+        server: a shell, a management command, a test). Whether all ended; a test waits here
+        so that no drain reaches a database being torn down."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._threads_lock:
+                threads = list(self._threads)
+            if not threads:
+                return True
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
+            if time.monotonic() >= deadline:
+                with self._threads_lock:
+                    return not any(thread.is_alive() for thread in self._threads)
 
     async def wait_closed(self, grace: float) -> bool:
         """Wait up to ``grace`` seconds for the running drains (each ends after its current

@@ -272,6 +272,15 @@ class TestPickup:
         assert ChatAgent.objects.get(pk=session.pk).last_output == {
             "content": "background answer"}
 
+    def test_join_waits_for_the_drain_threads(self, loopback):
+        from django_agent_session.runs.executors import inline_executor
+
+        session = new_session(loopback)
+        loopback.enqueue(Reply.stall(0.5, then="slow answer"))
+        run = ChatAgent.objects.continue_session(session.pk, "go", wait=False)
+        assert inline_executor().join(10)
+        assert AgentRun.objects.get(pk=run.pk).status == RunStatus.COMPLETED
+
     def test_a_stranded_queue_is_picked_up_by_the_sweep_and_by_the_next_submission(
             self, loopback, recording):
         session = new_session(loopback)
