@@ -317,6 +317,24 @@ def parse_output(options: AgentOptions, text: str) -> Any:
     return validate(options.output_serializer, data)
 
 
+def _without(messages: list[dict[str, Any]], attempt: dict[str, Any], ask: dict[str, Any]
+             ) -> list[dict[str, Any]]:
+    """``messages`` less an invalid attempt and the block that asked to retry (wherever a
+    compaction left them; a message left empty goes too)."""
+    kept = []
+    for message in messages:
+        if message is attempt:
+            continue
+        blocks = message.get("content")
+        if isinstance(blocks, list) and any(block is ask for block in blocks):
+            blocks = [block for block in blocks if block is not ask]
+            if not blocks:
+                continue
+            message = {**message, "content": blocks}
+        kept.append(message)
+    return kept
+
+
 def append_user(messages: list[dict[str, Any]], blocks: list[dict[str, Any]]) -> None:
     """Append a user message, merging into a trailing user message (keeps roles alternating)."""
     if messages and messages[-1].get("role") == "user":
@@ -434,7 +452,9 @@ class TurnEngine:
             budgets.check_before_turn()
 
         retried_output = False
-        retry_at = 0  # where the invalid attempt and the request to retry start in messages
+        # the invalid attempt and the request to retry (by identity: a compaction during the
+        # retry moves them, and may fold the request into the summary's message)
+        retry_marks: tuple[dict[str, Any], dict[str, Any]] | None = None
         size: _Size | None = None
         if resume is None:
             messages = list(context.messages)  # a new list: the stored context is never mutated
@@ -543,16 +563,17 @@ class TurnEngine:
                     raise exc.InvalidModelOutput(
                         "The model's reply did not match output_schema after a retry.",
                         errors=error.errors) from None
-                retried_output, retry_at = True, len(messages)
+                retried_output = True
                 events.append(("output.invalid", {"errors": error.errors}))
                 # ask once more; the invalid attempt is not kept in the stored context
-                messages = [*messages, assistant]
-                append_user(messages, [{"type": "text", "text": (
+                ask = {"type": "text", "text": (
                     "Your reply did not match the required JSON schema. Errors: "
-                    f"{json.dumps(error.errors)}. Reply again with valid JSON only.")}])
+                    f"{json.dumps(error.errors)}. Reply again with valid JSON only.")}
+                retry_marks = (assistant, ask)
+                messages = [*messages, assistant, {"role": "user", "content": [ask]}]
                 continue
-            if retried_output:  # tool calls may have followed the request to retry
-                del messages[retry_at:retry_at + 2]
+            if retry_marks is not None:  # tool calls may have followed the request to retry
+                messages = _without(messages, *retry_marks)
                 size = None  # measured with the attempt that is no longer there
                 messages.append(assistant)
             else:

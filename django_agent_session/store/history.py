@@ -21,6 +21,7 @@ lease, and raises :class:`~django_agent_session.exceptions.SessionBusy` while a 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from typing import Any
 
@@ -97,9 +98,13 @@ def _truncated(session: SessionRecord, turns: int | None, argument: str
     else:
         kept = messages_upto(context.messages, turns)
         output = _output_of(session.agent_options, kept)
-    new = Context(system=context.system, instruction_args=copy.deepcopy(context.instruction_args),
-                  messages=kept, usage=dict(context.usage), turns=turns, last_output=output,
-                  metadata=copy.deepcopy(context.metadata))
+    # what the conversation spent stays with it (budgets count it), and so does how often
+    # it was compacted; only its size is unknown until the next reply measures it
+    new = dataclasses.replace(
+        context, instruction_args=copy.deepcopy(context.instruction_args), messages=kept,
+        usage=dict(context.usage), turns=turns, last_output=output,
+        metadata=copy.deepcopy(context.metadata),
+        tokens=context.tokens if turns == total else None)
     return new, total, turns
 
 

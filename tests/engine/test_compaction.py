@@ -222,3 +222,32 @@ class TestServerSideCompaction:
         assert event.data["summary"] == "The user asked about anvils at length."
         full = ChatAgent.objects.get_context(session.pk, full_history=True).messages
         assert full[0]["content"][0]["text"].startswith("Tell me about anvils.")
+
+
+@pytest.mark.django_db
+class TestCompactionDuringARetry:
+    def test_the_invalid_attempt_and_the_request_to_retry_are_not_stored(self, loopback):
+        from tests.testapp.models import StructuredAgent
+
+        first_question = "Tell me about anvils. " * 60
+        loopback.enqueue(Reply.text('{"content": "Anvils.", "mood": "happy"}'))
+        with declared(StructuredAgent, compaction={"keep_turns": 2, "threshold": 0.95}):
+            session = StructuredAgent.objects.start_session(first_question,
+                                                            instruction_args=ARGS)
+            # the invalid attempt makes the request to retry too long for the window: the
+            # engine compacts the first turn away in the middle of the retry
+            loopback.enqueue(Reply.text("Not JSON at all. " * 60),
+                             Reply.text("The user asked about anvils."),
+                             Reply.text('{"content": "Still anvils.", "mood": "neutral"}'))
+            with override_settings(AGENT_SESSION=loopback_settings(
+                    loopback, CONTEXT_WINDOWS={"claude-sonnet-5-5": 1024 + 700})):
+                session = StructuredAgent.objects.continue_session(session, "And now?")
+        assert AgentEvent.objects.filter(type="context.compacted").count() == 1
+        assert session.last_output == {"content": "Still anvils.", "mood": "neutral"}
+        messages = session.get_context().messages
+        assert [m["role"] for m in messages] == ["user", "assistant"]
+        opening = messages[0]["content"]
+        assert opening[0]["text"] == SUMMARY_PREFIX + "The user asked about anvils."
+        assert [b["text"] for b in opening[1:]] == ["And now?"]
+        assert messages[1]["content"][0]["text"] == (
+            '{"content": "Still anvils.", "mood": "neutral"}')

@@ -140,6 +140,30 @@ def test_fork_recovers_structured_output(scripted):
     assert fork_session(s, upto_turn=1).last_output == {"content": "one", "mood": "happy"}
 
 
+def test_fork_and_rewind_keep_what_the_conversation_spent(three_turns, scripted):
+    from decimal import Decimal
+
+    from tests.helpers.engine import declared
+
+    context = three_turns.get_context()
+    context.cost, context.compactions = Decimal("0.75"), 2
+    ChatAgent.objects.filter(pk=three_turns.pk).update(context=context.to_dict())
+    three_turns.refresh_from_db()
+
+    fork = fork_session(three_turns, upto_turn=1)
+    rewound = rewind_session(three_turns, 2)
+    for session in (fork, rewound):
+        kept = session.get_context()
+        assert (kept.cost, kept.compactions, kept.usage) == (
+            Decimal("0.75"), 2, context.usage)
+        assert kept.tokens is None  # shorter now: measured again by the next reply
+    # so neither is a way around the budget
+    with declared(ChatAgent, cost_budget=Decimal("0.50"), budget_strategy="halt"):
+        for session in (fork, rewound):
+            with pytest.raises(exc.CostBudgetExceeded):
+                ChatAgent.objects.continue_session(session, "more")
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_async_twins(three_turns):
     fork = await afork_session(three_turns, upto_turn=1)
