@@ -136,6 +136,29 @@ class Decision:
 
 
 @dataclasses.dataclass
+class SideTotals:
+    """What a turn's side calls (compactions) spent before it paused for approval. They are
+    recorded as runs when it pauses; the conversation's totals take them when it ends."""
+
+    usage: dict[str, int] = dataclasses.field(default_factory=empty_usage)
+    cost: Decimal | None = dataclasses.field(default_factory=Decimal)
+    compactions: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"usage": self.usage, "cost": None if self.cost is None else str(self.cost),
+                "compactions": self.compactions}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> SideTotals:
+        if not data:  # paused before side calls were carried over
+            return cls()
+        cost = data.get("cost", "0")
+        return cls(usage=add_usage(empty_usage(), data.get("usage") or {}),
+                   cost=None if cost is None else Decimal(cost),
+                   compactions=int(data.get("compactions") or 0))
+
+
+@dataclasses.dataclass
 class ResumePoint:
     """Where a paused turn goes on: the messages so far (ending with the assistant's tool
     calls), those calls, the decisions, and what the turn did before it paused."""
@@ -148,12 +171,15 @@ class ResumePoint:
     usage: dict[str, int]
     model: str = ""
     cost: Decimal | None = dataclasses.field(default_factory=Decimal)
+    #: the side calls made before the pause (the turn's totals take them when it ends)
+    side: SideTotals = dataclasses.field(default_factory=SideTotals)
 
     def to_dict(self) -> dict[str, Any]:
         return {"messages": self.messages, "tool_uses": self.tool_uses,
                 "iteration": self.iteration, "events": [list(e) for e in self.events],
                 "usage": self.usage, "model": self.model,
-                "cost": None if self.cost is None else str(self.cost)}
+                "cost": None if self.cost is None else str(self.cost),
+                "side": self.side.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], decisions: dict[str, Decision]) -> ResumePoint:
@@ -162,7 +188,8 @@ class ResumePoint:
                    decisions=decisions, iteration=int(data["iteration"]),
                    events=[(kind, payload) for kind, payload in data["events"]],
                    usage=dict(data["usage"]), model=data.get("model") or "",
-                   cost=None if cost is None else Decimal(cost))
+                   cost=None if cost is None else Decimal(cost),
+                   side=SideTotals.from_dict(data.get("side")))
 
 
 class TurnPaused(Exception):  # noqa: N818 (an outcome, not an error)
@@ -212,24 +239,17 @@ class TurnState:
     stop_reason: str | None = None
     #: compaction calls made during the turn (recorded even if the turn then fails)
     side_runs: list[SideRun] = dataclasses.field(default_factory=list)
+    #: side calls made before the turn paused for approval (recorded then)
+    earlier: SideTotals = dataclasses.field(default_factory=SideTotals)
 
     @property
     def partial(self) -> str:
         return "".join(self.partial_text)
 
     @property
-    def side_usage(self) -> dict[str, int]:
-        usage = empty_usage()
-        for run in self.side_runs:
-            usage = add_usage(usage, run.usage)
-        return usage
-
-    @property
-    def side_cost(self) -> Decimal | None:
-        total: Decimal | None = Decimal(0)
-        for run in self.side_runs:
-            total = add_cost(total, run.cost)
-        return total
+    def side(self) -> SideTotals:
+        """Every side call of the turn, before a pause and since."""
+        return _with_side_runs(self.earlier, self.side_runs)
 
 
 @dataclasses.dataclass
@@ -246,27 +266,34 @@ class TurnResult:
     halted: bool = False
     #: the turn's own calls in USD (None: a model had no price)
     cost: Decimal | None = dataclasses.field(default_factory=Decimal)
-    #: compaction calls made during the turn
+    #: compaction calls made during the turn (since a pause: those before it are recorded)
     side_runs: list[SideRun] = dataclasses.field(default_factory=list)
     #: the size of system, tools and ``messages`` in tokens, as last measured (None: unknown)
     tokens: int | None = None
-    #: how many compactions the turn made (0 or 1)
-    compactions: int = 0
+    #: every side call of the turn, before a pause and since
+    side: SideTotals = dataclasses.field(default_factory=SideTotals)
+
+    @property
+    def compactions(self) -> int:
+        """How many compactions the turn made."""
+        return self.side.compactions
 
     @property
     def all_usage(self) -> dict[str, int]:
-        """The turn's tokens and those of its side runs (what the session paid for)."""
-        usage = dict(self.usage)
-        for run in self.side_runs:
-            usage = add_usage(usage, run.usage)
-        return usage
+        """The turn's tokens and those of its side calls (what the session paid for)."""
+        return add_usage(dict(self.usage), self.side.usage)
 
     @property
     def all_cost(self) -> Decimal | None:
-        total = self.cost
-        for run in self.side_runs:
-            total = add_cost(total, run.cost)
-        return total
+        return add_cost(self.cost, self.side.cost)
+
+
+def _with_side_runs(totals: SideTotals, runs: list[SideRun]) -> SideTotals:
+    usage, cost, compactions = dict(totals.usage), totals.cost, totals.compactions
+    for run in runs:
+        usage, cost = add_usage(usage, run.usage), add_cost(cost, run.cost)
+        compactions += run.kind == "compaction" and bool(run.output.get("summary"))
+    return SideTotals(usage=usage, cost=cost, compactions=compactions)
 
 
 def merge_content(first: list[dict[str, Any]], then: list[dict[str, Any]]
@@ -381,8 +408,9 @@ class _Budgets:
                             if cost_budget is not None else True)
 
     def spent(self, state: TurnState) -> tuple[int, Decimal | None]:
-        tokens = self.tokens_before + weighted_tokens(add_usage(state.usage, state.side_usage))
-        return tokens, add_cost(add_cost(self.cost_before, state.cost), state.side_cost)
+        side = state.side
+        tokens = self.tokens_before + weighted_tokens(add_usage(state.usage, side.usage))
+        return tokens, add_cost(add_cost(self.cost_before, state.cost), side.cost)
 
     def check_before_turn(self) -> None:
         opts = self.options
@@ -470,7 +498,7 @@ class TurnEngine:
         else:  # a paused turn goes on with the decided calls (earlier events are logged)
             messages, events = list(resume.messages), []
             state.iterations, state.usage = resume.iteration, dict(resume.usage)
-            state.model, state.cost = resume.model, resume.cost
+            state.model, state.cost, state.earlier = resume.model, resume.cost, resume.side
             results, halt = yield from self._run_tools(resume.tool_uses, events, messages,
                                                        resume.iteration, resume.decisions)
             append_user(messages, results)
@@ -479,7 +507,7 @@ class TurnEngine:
                 return TurnResult(messages=messages, output=output, usage=state.usage,
                                   iterations=state.iterations, model=state.model,
                                   stop_reason="tool_use", events=events, halted=True,
-                                  cost=state.cost)
+                                  cost=state.cost, side=state.side)
             first = resume.iteration + 1
 
         carry: list[dict[str, Any]] = []  # an assistant message the model goes on with
@@ -816,9 +844,7 @@ class TurnEngine:
                           stop_reason=response.stop_reason, events=events,
                           halted=halted, cost=state.cost, side_runs=list(state.side_runs),
                           tokens=size.tokens if size is not None and size.upto == len(messages)
-                          else None,
-                          compactions=sum(r.kind == "compaction" for r in state.side_runs
-                                          if r.output.get("summary")))
+                          else None, side=state.side)
 
     # -- drivers -----------------------------------------------------------------------------
 

@@ -485,6 +485,7 @@ class SessionStore:
         now = timezone.now()
         point = paused.point
         point.usage, point.model, point.cost = dict(state.usage), state.model, state.cost
+        point.side = state.side  # its side calls are recorded below; the totals come later
         version = turn.resume_version if turn.resume is not None else turn.session.version
         data = {"point": point.to_dict(), "version": version,
                 "calls": [{**call, "decision": None} for call in paused.pending],

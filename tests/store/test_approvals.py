@@ -251,3 +251,34 @@ def test_messages_wait_behind_a_paused_turn_and_interrupt_cancels_it(loopback, u
     assert ApprovalAgent.objects.drain(session.pk) == 2
     queued.refresh_from_db()
     assert queued.status == RunStatus.COMPLETED and REFUNDS == []
+
+
+def test_a_compaction_before_the_pause_counts_in_the_conversation_s_totals(loopback, user):
+    from tests.helpers.engine import declared
+
+    loopback.enqueue(Reply.text("Anvils are heavy."))
+    with declared(ApprovalAgent, compaction={"keep_turns": 1, "threshold": 0.5}):
+        session = ApprovalAgent.objects.start_session("Tell me about anvils. " * 100,
+                                                      instruction_args=ARGS, owner=user)
+        measured = session.get_context().tokens
+        loopback.enqueue(Reply.text("The user asked about anvils.",
+                                    usage={"input_tokens": 40, "output_tokens": 12}),
+                         Reply.tool_use("refund", {"order": 7, "amount": 250}, id="t1"))
+        with override_settings(AGENT_SESSION=loopback_settings(
+                loopback, EXECUTOR="tests.helpers.executors.Recording",
+                CONTEXT_WINDOWS={"claude-sonnet-5-5": 2 * measured})):
+            session = ApprovalAgent.objects.continue_session(session, "Refund order 7")
+            assert session.last_turn.status == RunStatus.AWAITING_APPROVAL
+            ApprovalAgent.objects.approve_tool_call(session.pk, "t1", by=user)
+            loopback.enqueue("Refunded.")
+            assert ApprovalAgent.objects.drain(session.pk) == 1
+
+    context = ApprovalAgent.objects.get_context(session.pk)
+    assert context.compactions == 1
+    runs = AgentRun.objects.filter(session_id=session.pk)
+    assert runs.filter(kind="compaction").count() == 1
+    # every run the conversation paid for is in its totals, the summary's included
+    for name in ("input_tokens", "output_tokens"):
+        assert context.usage[name] == sum(getattr(run, name) for run in runs)
+    row = ApprovalAgent.objects.get(pk=session.pk)
+    assert row.input_tokens == context.usage["input_tokens"]
