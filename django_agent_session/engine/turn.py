@@ -241,6 +241,9 @@ class TurnState:
     side_runs: list[SideRun] = dataclasses.field(default_factory=list)
     #: side calls made before the turn paused for approval (recorded then)
     earlier: SideTotals = dataclasses.field(default_factory=SideTotals)
+    #: what the session spent that its context does not count (failed turns, titles): set
+    #: by the store for an agent with a budget, which counts it
+    outside: SideTotals = dataclasses.field(default_factory=SideTotals)
 
     @property
     def partial(self) -> str:
@@ -396,10 +399,10 @@ class _Budgets:
     """``token_budget`` and ``cost_budget`` of one turn: checked before it, warned about at
     80 %, and (``budget_strategy = "halt"``) enforced between calls of the tool loop."""
 
-    def __init__(self, options: AgentOptions, context: Context) -> None:
+    def __init__(self, options: AgentOptions, context: Context, outside: SideTotals) -> None:
         self.options = options
-        self.tokens_before = weighted_tokens(context.usage)
-        self.cost_before = context.cost
+        self.tokens_before = weighted_tokens(add_usage(dict(context.usage), outside.usage))
+        self.cost_before = add_cost(context.cost, outside.cost)
         token_budget, cost_budget = options.token_budget, options.cost_budget
         self.token_warned = (self.tokens_before >= token_budget * BUDGET_WARNING_RATIO
                              if token_budget else True)
@@ -475,7 +478,7 @@ class TurnEngine:
               metadata: dict[str, Any] | None = None, resume: ResumePoint | None = None
               ) -> Generator[Any, Any, TurnResult]:
         opts = self.options
-        budgets = _Budgets(opts, context)
+        budgets = _Budgets(opts, context, state.outside)
         if resume is None:
             budgets.check_before_turn()
 

@@ -397,7 +397,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
     def _run(self, turn: Turn, context: Context, on_progress: ProgressCallback | None) -> Any:
         on_progress = guard_progress(on_progress)
 
-        store, state = self._store(), TurnState()
+        store, state = self._store(), self._state(turn)
         local_runs.add(turn.run_id, turn.cancel_event)
         try:
             if on_progress is not None:
@@ -417,6 +417,16 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             local_runs.discard(turn.run_id)
         self._completed(session, turn, result)
         return session
+
+    def _budgeted(self) -> bool:
+        return bool(self._options.token_budget) or self._options.cost_budget is not None
+
+    def _state(self, turn: Turn) -> TurnState:
+        """A turn's state to start from: with a budget, what the session spent outside its
+        context (one query; an agent without a budget does not pay for it)."""
+        if not self._budgeted():
+            return TurnState()
+        return TurnState(outside=self._store().spent_outside_context(turn.session.pk))
 
     def _paused(self, turn: Turn, paused: TurnPaused, state: TurnState) -> Any:
         """Record a turn paused for approvals; the session, whose ``last_turn`` says so."""
@@ -658,7 +668,9 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                     on_progress: ProgressCallback | None) -> Any:
         on_progress = aguard_progress(on_progress)
 
-        store, state = self._store(), TurnState()
+        store = self._store()
+        state = (await database_sync_to_async(self._state)(turn) if self._budgeted()
+                 else TurnState())
         try:
             if on_progress is not None:
                 await on_progress("run.started", {"run_id": str(turn.run_id)})

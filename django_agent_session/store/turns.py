@@ -26,14 +26,14 @@ from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
-from django.db.models import Case, Exists, F, OuterRef, Value, When
+from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
 from django.utils import timezone
 
 from .. import exceptions as exc
 from ..conf import agent_settings
 from ..engine.context import USAGE_KEYS, Context, add_usage, storable
 from ..engine.pricing import add_cost
-from ..engine.turn import ResumePoint, SideRun, TurnPaused, TurnResult, TurnState
+from ..engine.turn import ResumePoint, SideRun, SideTotals, TurnPaused, TurnResult, TurnState
 from ..records import (
     AgentEvent,
     AgentRun,
@@ -47,6 +47,9 @@ from . import titles
 from .lease import INTERRUPTED, lease_deadline, lease_held, lease_remaining
 from .statements import EVENTS_PER_INSERT, Statements, statements_for
 from .titles import TITLE_LENGTH
+
+#: turns whose spend never reached the context
+LOST = (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INCOMPLETE, RunStatus.REFUSED)
 
 
 @dataclass
@@ -512,6 +515,32 @@ class SessionStore:
         turn.session.event_seq = base + len(events)
         return TurnRecord(turn.run_id, RunStatus.AWAITING_APPROVAL, _numbered(base, events),
                           dict(state.usage))
+
+    # -- what budgets count ------------------------------------------------------------------
+
+    def spent_outside_context(self, session_pk: Any) -> SideTotals:
+        """What the session's model calls spent that its context does not count: turns that
+        failed, were cancelled, cut off or refused (the context stays as it was), the side
+        calls those made, and titles. A budget counts it, so failing is no way around one."""
+        rows = AgentRun.objects.filter(
+            Q(kind=RunKind.TURN, status__in=LOST) | Q(kind__in=(RunKind.COMPACTION,
+                                                                  RunKind.TITLE)),
+            session_type=self.content_type, session_id=session_pk,
+        ).values_list("id", "kind", "input", "cost", *USAGE_KEYS)
+        lost, side = set(), []
+        for pk, kind, input, cost, *tokens in rows:
+            if kind == RunKind.TURN:
+                lost.add(str(pk))
+            side.append((kind, input, cost, tokens))
+        totals = SideTotals()
+        for kind, input, cost, tokens in side:
+            if kind == RunKind.COMPACTION and (input or {}).get("run_id") not in lost:
+                continue  # a completed turn's: its context counted it
+            if cost is None and not any(tokens):
+                continue  # no call was made
+            totals.usage = add_usage(totals.usage, dict(zip(USAGE_KEYS, tokens, strict=True)))
+            totals.cost = add_cost(totals.cost, cost)
+        return totals
 
     # -- events outside turns ----------------------------------------------------------------
 

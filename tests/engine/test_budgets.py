@@ -86,6 +86,22 @@ class TestCostBudget:
         assert AgentRun.objects.filter(status=RunStatus.FAILED).get().error["code"] == \
             "cost_budget_exceeded"
 
+    def test_what_failed_and_cut_off_turns_spent_counts_too(self, priced):
+        # each turn fails, so the context never counts its spend: the budget still does
+        priced.enqueue(Reply.max_tokens("A long answer that", usage=USAGE),
+                       Reply.refusal("No.", usage=USAGE), Reply.server_error())
+        with declared(ChatAgent, cost_budget="0.05"):
+            session = ChatAgent.objects.create(context={})
+            with pytest.raises(exc.ReplyIncomplete):
+                ChatAgent.objects.continue_session(session, "Hi")
+            with pytest.raises(exc.ModelRefused):  # $0.03075 spent: under the budget
+                ChatAgent.objects.continue_session(session, "Hi again")
+            with pytest.raises(exc.CostBudgetExceeded) as caught:  # $0.0615
+                ChatAgent.objects.continue_session(session, "Once more")
+        assert caught.value.details["cost"] == "0.061500"
+        assert len(priced.message_requests) == 2  # refused before the model was called
+        assert session.get_context().cost == 0  # the context is as it was
+
     def test_halt_stops_a_tool_loop_that_spends_it(self, priced):
         priced.enqueue(Reply.tool_use("lookup_order", {"number": 1}, usage=USAGE))
         with declared(ToolAgent, cost_budget=Decimal("0.02")), \
