@@ -1,16 +1,21 @@
 """The ``AGENT_SESSION`` settings dict, read through one lazily-built settings object.
 
-Shaped after DRF's ``APISettings``: every module reads ``agent_settings.NAME``; unknown names
-raise; dotted paths listed in ``IMPORT_STRINGS`` are imported on first access; the cache is
-dropped on ``setting_changed`` so ``override_settings`` works in tests.
+Shaped after DRF's ``APISettings``: every module reads ``agent_settings.NAME``; a name not in
+``DEFAULTS`` raises ``AttributeError`` (a bug in the reader); dotted paths listed in
+``IMPORT_STRINGS`` are imported on first access; the cache is dropped on ``setting_changed`` so
+``override_settings`` works in tests.
+
+Reading never fails on the project's dict itself: settings are read while models are imported,
+before any system check can run, so an unknown key (a typo) is left out here and a dict that is
+not a dict reads as empty; the system checks report both (``checks.py``: E004, E007).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
@@ -103,7 +108,15 @@ DEFAULTS: dict[str, Any] = {
     "API_PAGE_SIZE": 20,
 }
 
-IMPORT_STRINGS = {"FACTORY_ROUTER", "API_PERMISSION_CLASSES", "APPROVERS"}
+IMPORT_STRINGS = {"FACTORY_ROUTER", "API_PERMISSION_CLASSES", "API_THROTTLE_CLASSES",
+                  "APPROVERS"}
+
+#: settings whose default is not None but that accept None (see the comments above)
+NULLABLE = {"TOOL_TIMEOUT", "INACTIVITY_TIMEOUT", "PRICES", "CONTEXT_WINDOWS"}
+
+#: dict settings with a fixed set of keys (the others map names of the project's own: providers,
+#: model ids); a key these do not have is reported like an unknown setting
+NESTED_SETTINGS = {"ANTHROPIC", "RETENTION", "TOKEN_BUDGET_WEIGHTS"}
 
 
 def perform_import(value: Any, name: str) -> Any:
@@ -131,15 +144,10 @@ class AgentSessionSettings:
 
     @property
     def user_settings(self) -> dict[str, Any]:
+        """The known keys of ``settings.AGENT_SESSION`` (see :func:`unknown_settings`)."""
         if self._user is None:
-            user = getattr(settings, SETTING_NAME, {}) or {}
-            unknown = sorted(set(user) - set(self.defaults))
-            if unknown:  # not cached: every read raises until the setting is fixed
-                raise ImproperlyConfigured(
-                    f"Unknown {SETTING_NAME} setting(s): {', '.join(unknown)}. "
-                    f"Known: {', '.join(sorted(self.defaults))}."
-                )
-            self._user = user
+            user = project_settings()
+            self._user = {name: value for name, value in user.items() if name in self.defaults}
         return self._user
 
     def __getattr__(self, name: str) -> Any:
@@ -164,6 +172,25 @@ class AgentSessionSettings:
 
 
 agent_settings = AgentSessionSettings(DEFAULTS)
+
+
+def project_settings() -> Mapping[str, Any]:
+    """``settings.AGENT_SESSION`` as the project wrote it (empty if unset or not a dict)."""
+    user = getattr(settings, SETTING_NAME, None) or {}
+    return user if isinstance(user, Mapping) else {}
+
+
+def unknown_settings() -> list[tuple[tuple[str, ...], list[str]]]:
+    """Each key of ``settings.AGENT_SESSION`` that is not a setting: its path (``("EXECUTR",)``,
+    ``("RETENTION", "MAX_AGE")``) and the names it could have meant, in order."""
+    user = project_settings()
+    found: list[tuple[tuple[str, ...], list[str]]] = [
+        ((str(name),), list(DEFAULTS)) for name in user if name not in DEFAULTS]
+    for name in sorted(NESTED_SETTINGS & set(user)):
+        value, known = user[name], DEFAULTS[name]
+        if isinstance(value, Mapping) and isinstance(known, Mapping):
+            found += [((name, str(key)), list(known)) for key in value if key not in known]
+    return found
 
 
 def _reload(*, setting: str, **kwargs: Any) -> None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.db.models import Q
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
+from ..declaration.registry import session_models
 from ..models import AgentEvent, AgentRun, Artifact
 from .filters import SessionModelFilter
 from .rendering import (
@@ -34,7 +36,9 @@ class SessionLogAdmin(admin.ModelAdmin):
     """Read-only admin of a log row of some session (runs, events, artifacts).
 
     The row's session is linked through its content type (one ``select_related``), and a pasted
-    UUID finds rows by their own id or their session's.
+    UUID finds rows by their own id or their session's. A row shows only to users who may see
+    its session in that session model's admin on the same site (``owner_scoped``; rows of
+    models the site has no session admin for are not narrowed).
     """
 
     list_select_related = ["session_type"]
@@ -42,6 +46,32 @@ class SessionLogAdmin(admin.ModelAdmin):
 
     class Media:
         css = {"all": ["django_agent_session/admin.css"]}
+
+    def get_queryset(self, request: HttpRequest) -> models.QuerySet:
+        rows = super().get_queryset(request)
+        scope = self.session_scope(request)
+        return rows if scope is None else rows.filter(scope)
+
+    def session_scope(self, request: HttpRequest) -> Q | None:
+        """The rows whose sessions ``request.user`` may see, or None for all of them.
+
+        Each session model's admin on this site decides for its rows (``scope_sessions``, a
+        subquery: the row count does not change the query count).
+        """
+        models_ = session_models()
+        types = ContentType.objects.get_for_models(*models_)
+        scope, narrowed = Q(), False
+        for model in models_:
+            model_admin = self.admin_site._registry.get(model)
+            sees_all = getattr(model_admin, "sees_all_sessions", None)
+            if sees_all is None or sees_all(request):
+                scope |= Q(session_type=types[model])
+            else:
+                narrowed = True
+                visible = model_admin.scope_sessions(  # type: ignore[union-attr]
+                    request, model._default_manager.all())
+                scope |= Q(session_type=types[model], session_id__in=visible.values("pk"))
+        return scope if narrowed else None
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -50,6 +50,16 @@ from .search import _parse_uuid, _search_bits, _search_lookup
 #: what transcript() finds on a session render_change_form did not prepare
 _UNSET = object()
 
+#: longest title and owner text of a changelist cell (CSS then cuts it to the column's width)
+TITLE_CHARS = 60
+OWNER_CHARS = 30
+
+
+def _cell(text: str, limit: int, kind: str) -> str:
+    """``text`` cut to ``limit`` characters, on one line with a CSS ellipsis; whole as tooltip."""
+    shown = text if len(text) <= limit else text[: limit - 1] + "…"
+    return format_html('<span class="agent-cell {}" title="{}">{}</span>', kind, text, shown)
+
 
 def _live_stop() -> Callable[..., bool] | None:
     """``django_agent_session.live.api.stop_session``, or ``None`` without live sessions."""
@@ -82,10 +92,21 @@ class AgentSessionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
     commits meanwhile is not overwritten. Tool calls awaiting approval are shown at the end of
     the transcript, with Approve and Reject for users who may decide them (see
     :mod:`.approvals`: ``has_decide_permission``).
+
+    With ``owner_scoped = True`` users who are not superusers see, and act on, only the
+    sessions they own: the changelist, change page, actions and approvals all read
+    :meth:`get_queryset`, and the run, event and artifact admins of the same site show only
+    those sessions' rows (:meth:`scope_sessions`; override :meth:`sees_all_sessions` to let a
+    support group see everything).
     """
 
-    list_display = ["__str__", "owner", "status", "turns", "tokens", "cost",
-                    "last_activity_at", "created_at"]
+    #: non-superusers see only the sessions they own (and only their runs, events, artifacts)
+    owner_scoped = False
+
+    #: fits a 1280 px screen beside the admin's sidebars: titles and owners are cut short
+    #: (:data:`TITLE_CHARS`, :data:`OWNER_CHARS`, then a CSS ellipsis; the whole text is the
+    #: cell's tooltip); add ``"cost"`` or ``"created_at"`` in a subclass for more columns
+    list_display = ["session", "owner_name", "status", "turns", "tokens", "last_activity_at"]
     list_filter = ["status", ("owner", admin.RelatedOnlyFieldListFilter), "pinned",
                    "created_at", "last_activity_at"]
     list_select_related = ["owner"]
@@ -107,7 +128,21 @@ class AgentSessionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> models.QuerySet:
         total = sum((F(name) for name in USAGE_KEYS[1:]), F(USAGE_KEYS[0]))
-        return super().get_queryset(request).annotate(admin_total_tokens=total).with_cost()
+        sessions = self.scope_sessions(request, super().get_queryset(request))
+        return sessions.annotate(admin_total_tokens=total).with_cost()
+
+    def sees_all_sessions(self, request: HttpRequest) -> bool:
+        """Whether ``request.user`` sees every session here: always, unless ``owner_scoped``;
+        then superusers only."""
+        return not self.owner_scoped or bool(getattr(request.user, "is_superuser", False))
+
+    def scope_sessions(self, request: HttpRequest, queryset: models.QuerySet
+                       ) -> models.QuerySet:
+        """``queryset`` narrowed to the sessions ``request.user`` may see here (the log admins
+        of the site call it too)."""
+        if self.sees_all_sessions(request):
+            return queryset
+        return queryset.filter(owner_id=getattr(request.user, "pk", None))
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return SessionChangeList
@@ -171,6 +206,17 @@ class AgentSessionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
             update_fields(obj, changed)
 
     # -- changelist columns ----------------------------------------------------------------
+
+    @admin.display(description=_("session"), ordering="title")
+    def session(self, obj: Any) -> str:
+        if not obj.title:  # the model name and the full id would be as wide as a title
+            return format_html('<span class="agent-quiet" title="{}">{} · {}</span>',
+                               obj.pk, _("untitled"), str(obj.pk)[:8])
+        return _cell(obj.title, TITLE_CHARS, "agent-cell-title")
+
+    @admin.display(description=_("owner"), ordering="owner")
+    def owner_name(self, obj: Any) -> str:
+        return _cell(str(obj.owner), OWNER_CHARS, "agent-cell-owner") if obj.owner_id else "—"
 
     @admin.display(description=_("turns"), ordering="turn_count")
     def turns(self, obj: Any) -> int:

@@ -550,7 +550,10 @@ def priced_runs(session):
     ])
 
 
-def test_runs_show_kind_stop_reason_cost_and_cache_ratio(admin_client, user):
+def test_runs_show_kind_stop_reason_cost_and_cache_ratio(admin_client, user, monkeypatch):
+    # the session cost column is opt-in (the default columns fit a 1280 px screen)
+    monkeypatch.setattr(site._registry[ChatAgent], "list_display",
+                        [*session_admin.AgentSessionAdmin.list_display, "cost"])
     session = ChatAgent.objects.create(owner=user, input_tokens=1000,
                                        cache_read_input_tokens=3000)
     priced, unpriced = priced_runs(session)
@@ -570,6 +573,6 @@ def test_runs_show_kind_stop_reason_cost_and_cache_ratio(admin_client, user):
     unpriced.delete()
     listing = admin_client.get(url(ChatAgent, "changelist")).content.decode()
     assert '<td class="field-cost">$0.030750</td>' in listing
-    assert admin_client.get(url(ChatAgent, "changelist"), {"o": "6"}).status_code == 200
+    assert admin_client.get(url(ChatAgent, "changelist"), {"o": "7"}).status_code == 200
     page = admin_client.get(url(ChatAgent, "change", session.pk)).content.decode()
     assert "<td>$0.030750</td>" in page and "<td>75%</td>" in page  # 3,000 of 4,000

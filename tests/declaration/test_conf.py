@@ -31,9 +31,16 @@ def test_dict_settings_merge_with_defaults():
 def test_unknown_names():
     with pytest.raises(AttributeError, match="Invalid AGENT_SESSION setting"):
         agent_settings.NOPE  # noqa: B018
-    with override_settings(AGENT_SESSION={"NOPE": 1}):
-        with pytest.raises(ImproperlyConfigured, match="Unknown AGENT_SESSION setting"):
-            agent_settings.QUEUE_MAX  # noqa: B018
+
+
+def test_an_unknown_key_does_not_break_reading():
+    """Settings are read while models import, before checks run: a typo is left out (and
+    reported by check E004, tests/test_checks.py), the keys around it still apply."""
+    with override_settings(AGENT_SESSION={"NOPE": 1, "QUEUE_MAX": 3}):
+        assert agent_settings.QUEUE_MAX == 3
+        assert "NOPE" not in agent_settings.user_settings
+    with override_settings(AGENT_SESSION=["not", "a", "dict"]):
+        assert agent_settings.QUEUE_MAX == DEFAULTS["QUEUE_MAX"]
 
 
 def test_import_strings():
