@@ -329,6 +329,15 @@ class AgentOptions:
                                          strategy=strategy)
         return problems
 
+    def _parse_on_max_tokens(self, value: str) -> list[str]:
+        """A structured reply cannot be continued: the model would start a new JSON document
+        after the cut one (``output_schema`` is parsed earlier in the table)."""
+        self.on_max_tokens = value
+        if value == "continue" and self.structured_output:
+            return ['on_max_tokens = "continue" cannot be used with output_schema (a JSON reply '
+                    "cut at max_tokens cannot be continued); raise max_tokens instead"]
+        return []
+
     def _parse_title_model(self, value: str | None) -> list[str]:
         self.title_model = value
         if value is None or ":" in value:
@@ -363,7 +372,8 @@ class AgentOptions:
         Option("cost_budget", None, (int, float, str, Decimal, type(None)),
                "an amount in USD (a Decimal, str or number) or None", _parse_cost_budget),
         _choice("budget_strategy", "halt", "warn"),
-        _choice("on_max_tokens", "incomplete", "continue"),
+        Option("on_max_tokens", "incomplete", (str,), '"incomplete" or "continue"',
+               _parse_on_max_tokens, valid=frozenset(("incomplete", "continue")).__contains__),
         Option("max_continuations", 2, (int,), "a positive int", valid=_positive),
         Option("compaction", None, (bool, dict, type(None)),
                "True, a dict of compaction settings, or None", _parse_compaction),

@@ -51,8 +51,8 @@ SESSION_FIELDS = (
     "turn_count", "version", "event_seq", *USAGE_KEYS,
 )
 RUN_FIELDS = (
-    "status", "input", "output", "error", "model", "iterations", *USAGE_KEYS, "started_at",
-    "ended_at", "duration_ms",
+    "kind", "status", "input", "output", "error", "model", "iterations", *USAGE_KEYS, "cost",
+    "stop_reason", "origin", "started_at", "ended_at", "duration_ms",
 )
 ARTIFACT_FIELDS = ("key", "size", "checksum", "content_type", "metadata", "created_at")
 #: columns that are bookkeeping of a live turn, not part of the conversation
@@ -268,7 +268,8 @@ def _restore(field: models.Field, value: Any) -> Any:
 
 def _restore_fields(model: type[models.Model], names: tuple[str, ...], doc: dict[str, Any]
                     ) -> dict[str, Any]:
-    return {name: _restore(_column(model, name), doc.get(name)) for name in names}
+    # a key an older document does not have takes the column's default
+    return {name: _restore(_column(model, name), doc[name]) for name in names if name in doc}
 
 
 def _remap(value: Any, run_ids: dict[str, uuid.UUID]) -> Any:

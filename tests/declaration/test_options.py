@@ -273,6 +273,8 @@ class TestLongConversationOptions:
         ({"compaction": {"model": "haiku"}}, 'compaction model must be "provider:model"'),
         ({"compaction": {"strategy": "magic"}}, "compaction strategy must be"),
         ({"on_max_tokens": "truncate"}, 'on_max_tokens must be "incomplete" or "continue"'),
+        ({"on_max_tokens": "continue", "output_schema": {"type": "object"}},
+         'ChatAgent.Agent.on_max_tokens = "continue" cannot be used with output_schema'),
         ({"title": "ai"}, 'title must be "first_message" or "model"'),
         ({"title_model": "haiku"}, 'title_model must be "provider:model"'),
     ])

@@ -222,3 +222,29 @@ def test_import_repairs_a_dangling_tool_use_anywhere_in_the_history(tool_session
     assert repaired[0] == {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True,
                            "content": "Tool call interrupted before it returned a result."}
     assert repaired[1] == {"type": "text", "text": "a result lost by hand"}
+
+
+def test_runs_keep_their_kind_stop_reason_cost_and_origin(tool_session):
+    from decimal import Decimal
+
+    from django_agent_session.models import AgentRun
+
+    first = tool_session.runs.order_by("started_at").first()
+    AgentRun.objects.filter(pk=first.pk).update(cost=Decimal("0.012345"))
+    doc = export_session(tool_session)
+    assert [(r["kind"], r["stop_reason"]) for r in doc["runs"]] == [
+        ("turn", "end_turn"), ("turn", "end_turn")]
+    assert doc["runs"][0]["cost"] == "0.012345"
+    assert doc["runs"][0]["origin"] == first.origin
+
+    imported = import_session(doc)
+    restored = imported.runs.order_by("started_at").first()
+    assert (restored.kind, restored.stop_reason, restored.cost) == (
+        "turn", "end_turn", Decimal("0.012345"))
+
+    # a document written before these were exported imports with their defaults
+    for run in doc["runs"]:
+        for name in ("kind", "stop_reason", "cost", "origin"):
+            del run[name]
+    older = import_session(doc)
+    assert {(r.kind, r.stop_reason, r.cost) for r in older.runs.all()} == {("turn", "", None)}
