@@ -143,6 +143,14 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         queryset = self.manager.all().with_cost().order_by("-last_activity_at", "-pk")
         return self.scope_queryset(queryset)
 
+    def get_object(self) -> Any:
+        """DRF's lookup, with one 404 body for every missing id (Django's names the model
+        class, which a client has no business knowing)."""
+        try:
+            return super().get_object()
+        except Http404:
+            raise NotFound() from None
+
     def scope_queryset(self, queryset: QuerySet) -> QuerySet:
         """Limit ``queryset`` to what the caller may see, before any lookup.
 
@@ -265,7 +273,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         for anything else. Deciding itself is checked by the manager (``may_decide``)."""
         try:
             return self.get_object()
-        except Http404:
+        except NotFound:
             pass
         if agent_settings.APPROVERS is None:
             return None

@@ -170,6 +170,8 @@ def test_unknown_session_is_404_for_every_detail_endpoint(api):
         response = getattr(api, method)(f"{CHAT}{missing}/{suffix}",
                                         {"input": {"message": "x"}}, format="json")
         assert response.status_code == 404, (method, suffix)
+        # one body for every missing id: the model class is not named
+        assert response.json() == {"detail": "Not found."}, (method, suffix)
     malformed = api.get(f"{CHAT}not-a-uuid/")
     assert malformed.status_code == 404 and malformed.json() == {"detail": "Not found."}
 
