@@ -283,6 +283,8 @@ def test_a_refund_waits_for_approval_on_every_tab(
         expect(other_card.locator(".approval-status")).to_have_text(
             "Approved with an edited input by you.")
         remote = last_reply(other)
+        # the decided call's result replaces "waiting for approval…" first (not a stream)
+        expect(remote.locator(".tool-result")).to_contain_text('"refunded": true')
         watch_stream(remote, samples=2)  # the resumed turn streams in the other tab
         expect(remote).to_have_attribute("data-status", "completed")
         answer = ('[offline demo] The tool answered: {"refunded": true, "number": 1001, '
