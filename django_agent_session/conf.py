@@ -83,7 +83,13 @@ DEFAULTS: dict[str, Any] = {
     "NO_VIEWER_GRACE_SECONDS": 15.0,
     "OWNER_LEASE_SECONDS": 30.0,
     "QUEUE_MAX": 10,
+    # largest accepted client frame (UTF-8 bytes); a bigger one gets an ``error`` frame
+    # ``frame_too_large`` and the socket stays open. Keep it below the ASGI server's own limit
+    # (daphne: --websocket-max-message-size, default 1 MiB), which drops the socket instead.
     "MAX_FRAME_BYTES": 256 * 1024,
+    # ``Origin`` patterns a WebSocket handshake may come from (Channels' ``OriginValidator``
+    # syntax; ``["*"]`` allows any, a missing one too); ``None``: the hosts in ALLOWED_HOSTS
+    "WEBSOCKET_ALLOWED_ORIGINS": None,
     # Artifacts: a STORAGES alias, or None for default_storage
     "ARTIFACT_STORAGE": None,
     # Retention (``prune_agent_sessions``): nothing is pruned until a limit is set.

@@ -1,6 +1,7 @@
 """The WebSocket consumer: one per browser tab, a viewer of one conversation.
 
-It authenticates (the scope's user, set by ``AuthMiddlewareStack``), resolves the session model
+It checks the handshake's ``Origin`` (:meth:`AgentSessionConsumer.origin_allowed`), authenticates
+(the scope's user, set by ``AuthMiddlewareStack``), resolves the session model
 through the factory router, checks that the user may view the conversation (:mod:`.access`),
 joins the conversation's group and makes sure a live session runs somewhere in the cluster.
 Client frames are validated (:mod:`.protocol`) and handled by the ``frame_<type>`` methods. A
@@ -20,11 +21,13 @@ import json
 import logging
 import uuid
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlparse
 
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.security.websocket import OriginValidator
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError
@@ -57,13 +60,17 @@ def _json_id(value: Any) -> Any:
 
 class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
     """A viewer of one conversation. Per-route options go through ``as_asgi(**options)``:
-    ``conversation_kwarg`` and ``state_timeout``. Who may view a conversation
-    is decided by :meth:`can_view`."""
+    ``conversation_kwarg``, ``state_timeout`` and ``allowed_origins``. Who may view a
+    conversation is decided by :meth:`can_view`."""
 
     #: the URL kwarg holding the conversation id
     conversation_kwarg = "conversation_id"
     #: seconds to wait for the live session's state before sending ``session.state`` without it
     state_timeout = 2.0
+    #: the ``Origin`` patterns a handshake may come from, as Channels' ``OriginValidator`` reads
+    #: them (``"*"``: any, a missing ``Origin`` too); ``None``:
+    #: ``AGENT_SESSION["WEBSOCKET_ALLOWED_ORIGINS"]``, whose ``None`` means ``ALLOWED_HOSTS``
+    allowed_origins: list[str] | None = None
 
     @classmethod
     def as_asgi(cls, **initkwargs: Any) -> Any:
@@ -78,6 +85,8 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         for name, value in kwargs.items():  # checked by as_asgi
             setattr(self, name, value)
         super().__init__(*args)
+        #: the socket was accepted (a close before it refuses the handshake instead)
+        self.accepted = False
         self.user: Any = None
         self.spec: SessionSpec | None = None
         self.conversation_id: uuid.UUID | None = None
@@ -115,7 +124,8 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         except Exception:
             logger.exception("Live consumer failed on %r", message.get("type"))
             if message.get("type") == "websocket.connect":
-                await self.close(protocol.CLOSE_SERVER_ERROR)
+                await self._fail(error_frame(protocol.INTERNAL_ERROR,
+                                             "The connection could not be opened."))
             elif message.get("type") == "websocket.receive":
                 await self._send_safe(error_frame(protocol.INTERNAL_ERROR,
                                                   "The frame could not be handled."))
@@ -126,21 +136,39 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         except Exception:
             logger.info("Could not send a %r frame", frame.get("type"))
 
+    @staticmethod
+    def _error_frame(error: Exception, ref: str | None = None) -> dict[str, Any]:
+        """The ``error`` frame of a library error; any other (a ``DatabaseError``) reads as
+        ``ownership_unavailable``."""
+        if not isinstance(error, exc.AgentSessionError):
+            error = ownership.OwnershipUnavailable("The database could not be reached.")
+        data = error.to_dict()
+        code, message = data.pop("code"), data.pop("message")
+        errors = data.pop("errors", None)
+        return error_frame(code, message, errors=errors, ref=ref, **data)
+
     async def _send_error(self, error: Exception, ref: str | None = None) -> None:
-        if isinstance(error, exc.AgentSessionError):
-            data = error.to_dict()
-            code, message = data.pop("code"), data.pop("message")
-            errors = data.pop("errors", None)
-            await self._send_safe(error_frame(code, message, errors=errors, ref=ref, **data))
-        else:
-            await self._send_safe(error_frame(
-                ownership.OwnershipUnavailable.code, "The database could not be reached.",
-                ref=ref))
+        await self._send_safe(self._error_frame(error, ref))
+
+    async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        await super().accept(subprotocol, headers)
+        self.accepted = True
 
     async def _refuse(self, code: int) -> None:
         """Accept, then close with ``code`` and no data, so browsers can read the code."""
         await self.accept()
         await self.close(code)
+
+    async def _fail(self, frame: dict[str, Any]) -> None:
+        """The server failed: send ``frame`` (accepting first, if need be), then close with
+        4500. Never raises: the failure is logged already."""
+        try:
+            if not self.accepted:
+                await self.accept()
+            await self.send_json(frame)
+            await self.close(protocol.CLOSE_SERVER_ERROR)
+        except Exception:
+            logger.info("Could not report a server error to the client", exc_info=True)
 
     @property
     def _user_id(self) -> Any:
@@ -152,6 +180,37 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         """Whether the connected user may view and drive a conversation owned by ``owner_id``."""
         return owner_id is not None and owner_id == self.user.pk
 
+    def origin_patterns(self) -> list[str]:
+        """The allowed ``Origin`` patterns: :attr:`allowed_origins`, else the setting, else
+        ``ALLOWED_HOSTS`` (with Channels' fallback when ``DEBUG`` leaves it empty)."""
+        patterns = self.allowed_origins
+        if patterns is None:
+            patterns = agent_settings.WEBSOCKET_ALLOWED_ORIGINS
+        if patterns is None:
+            patterns = settings.ALLOWED_HOSTS
+            if settings.DEBUG and not patterns:
+                patterns = ["localhost", "127.0.0.1", "[::1]"]
+        return [patterns] if isinstance(patterns, str) else list(patterns)
+
+    def origin_allowed(self) -> bool:
+        """Whether the handshake's ``Origin`` header matches :meth:`origin_patterns`, as
+        Channels' ``OriginValidator`` matches it. A missing or malformed one does not (unless
+        ``"*"`` is allowed): cookies authenticate the socket, so another site must not open
+        one."""
+        origin = None
+        for name, value in self.scope.get("headers", []):
+            if name == b"origin":
+                origin = value.decode("latin1")
+        patterns = self.origin_patterns()
+        if "*" in patterns:
+            return True
+        if origin is None:
+            return False
+        try:  # urlparse and .port raise ValueError on a malformed host or port
+            return OriginValidator(None, patterns).valid_origin(urlparse(origin))
+        except ValueError:
+            return False
+
     async def _access(self) -> str:
         assert self.spec is not None
         return await database_sync_to_async(access.check_access)(
@@ -160,6 +219,9 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
     # -- connect / disconnect ----------------------------------------------------------------
 
     async def connect(self) -> None:
+        if not self.origin_allowed():
+            await self.close()  # before accepting: the handshake is refused (HTTP 403)
+            return
         self.user = self.scope.get("user")
         if self.user is None or not self.user.is_authenticated:
             await self._refuse(protocol.CLOSE_UNAUTHENTICATED)
@@ -168,7 +230,7 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         try:
             self.conversation_id = uuid.UUID(str(kwargs.pop(self.conversation_kwarg, "")))
         except ValueError:
-            await self._refuse(protocol.CLOSE_NOT_FOUND)
+            await self._refuse(protocol.CLOSE_INVALID_ID)
             return
         query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
         request_opts = {**kwargs, "query": {k: v[-1] for k, v in query.items()}}
@@ -183,9 +245,9 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
             return
         try:
             answer = await self._access()
-        except DatabaseError:
+        except DatabaseError as error:
             logger.exception("Could not check access to %s", self.conversation_id)
-            await self._refuse(protocol.CLOSE_SERVER_ERROR)
+            await self._fail(self._error_frame(error))
             return
         if answer == access.FORBIDDEN:
             await self._refuse(protocol.CLOSE_FORBIDDEN)

@@ -17,11 +17,25 @@ from rest_framework import serializers
 from ..declaration.schemas import plain_errors
 from ..records import Multitask
 
-# -- close codes (sent after accepting, so browsers can read them; no data frame precedes) --
+# -- close codes ----------------------------------------------------------------------------
+# Application codes only: ASGI servers may refuse others (daphne's autobahn sends only 1000 and
+# 3000-4999, and raises on 1011). A refusal is sent right after accepting, so browsers can read
+# the code; only 4500 follows a data frame (its ``error`` frame). A foreign ``Origin`` is
+# refused before accepting instead (HTTP 403, as Channels' ``OriginValidator`` does).
+CLOSE_INVALID_ID = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
-CLOSE_SERVER_ERROR = 1011
+CLOSE_SERVER_ERROR = 4500
+
+#: every close code the consumer sends, and what it means
+CLOSE_CODES: dict[int, str] = {
+    CLOSE_INVALID_ID: "The conversation id in the URL is not a UUID.",
+    CLOSE_UNAUTHENTICATED: "No authenticated user.",
+    CLOSE_FORBIDDEN: "Another user's conversation, or the router raised PermissionDenied.",
+    CLOSE_NOT_FOUND: "The router knows no such agent.",
+    CLOSE_SERVER_ERROR: "The server failed while connecting; an error frame says why.",
+}
 
 # -- error codes of ``error`` frames -------------------------------------------------------
 INVALID_JSON = "invalid_json"

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 from channels.db import database_sync_to_async
+from django.test import override_settings
 
 from django_agent_session.live import api as live_api
 from django_agent_session.models import AgentRun, LiveOwnership
@@ -49,6 +50,63 @@ async def test_a_foreign_or_missing_origin_is_refused(user, origin):
     comm = await communicator(user, session.pk, origin=origin)
     connected, _ = await comm.connect(timeout=5)
     assert not connected
+
+
+async def test_a_conversation_id_that_is_not_a_uuid_is_refused_with_4400(user):
+    for cid in ("not-a-uuid", "42", "0" * 33):
+        await assert_refused(await communicator(user, cid), 4400)
+
+
+def bare_app(**options):
+    """The library's URL patterns with no origin validator of the project's around them."""
+    from channels.auth import AuthMiddlewareStack
+    from channels.routing import URLRouter
+    from django.urls import path
+
+    from django_agent_session.live.consumers import AgentSessionConsumer
+    from django_agent_session.live.routing import websocket_urlpatterns
+
+    if not options:
+        return AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+    return AuthMiddlewareStack(URLRouter([path(
+        "ws/agent-sessions/<str:agent>/<str:conversation_id>/",
+        AgentSessionConsumer.as_asgi(**options))]))
+
+
+async def connects(user, session, origin, application) -> bool:
+    comm = await communicator(user, session.pk, origin=origin, application=application)
+    connected, _ = await comm.connect(timeout=5)
+    if connected:
+        await expect(comm, "session.state", exists=True)
+        await comm.disconnect()
+    return connected
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", None, "http://[::1",
+                                    "https://testserver.evil.example"])
+async def test_the_bare_urlpatterns_refuse_a_foreign_missing_or_malformed_origin(user, origin):
+    session = await create_chat(user)
+    assert not await connects(user, session, origin, bare_app())
+    assert await connects(user, session, "http://testserver", bare_app())  # in ALLOWED_HOSTS
+
+
+async def test_the_allowed_origins_setting_replaces_allowed_hosts_or_allows_any(user):
+    session = await create_chat(user)
+    with override_settings(AGENT_SESSION={"WEBSOCKET_ALLOWED_ORIGINS": ["https://.app.example"]}):
+        assert await connects(user, session, "https://chat.app.example", bare_app())
+        assert not await connects(user, session, "http://chat.app.example", bare_app())
+        assert not await connects(user, session, "http://testserver", bare_app())
+    with override_settings(AGENT_SESSION={"WEBSOCKET_ALLOWED_ORIGINS": ["*"]}):  # opted out
+        for origin in ("http://evil.example", None):
+            assert await connects(user, session, origin, bare_app())
+
+
+async def test_allowed_origins_per_route_wins_over_the_setting(user):
+    session = await create_chat(user)
+    app = bare_app(allowed_origins=["https://app.example"])
+    with override_settings(AGENT_SESSION={"WEBSOCKET_ALLOWED_ORIGINS": ["*"]}):
+        assert await connects(user, session, "https://app.example", app)
+        assert not await connects(user, session, "http://testserver", app)
 
 
 async def test_a_foreign_user_cannot_watch_or_drive_a_conversation_created_later(
