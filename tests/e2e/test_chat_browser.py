@@ -5,7 +5,9 @@ in, start a conversation and watch the reply stream in, open a second tab on it 
 reply (with a tool call) there too, lose the WebSocket mid-reply and get the rest after
 reconnecting from the last seq, and press Stop mid-stream. Then a tool call that waits for a
 person (``refund 1002``): its card on every tab, approved in one and resolved in the other, a
-second one rejected from the admin. Screenshots go to artifacts/e2e/.
+second one rejected from the admin. Then a reply in Markdown (rendered while it streams, its
+markup shown as text), and the page on a 390 px wide phone (no sideways scrolling; the list, New
+conversation and Log out in a drawer). Screenshots go to artifacts/e2e/.
 """
 
 from __future__ import annotations
@@ -342,3 +344,213 @@ def test_a_refund_waits_for_approval_on_every_tab(
             open_page.screenshot(path=artifacts / f"19-approval-final-tab{number}.png")
         context.close()
     assert time.monotonic() - started < 60
+
+
+#: what the model "writes" (the example's demo client answers ``/markdown <text>`` with
+#: <text>): Markdown, and markup that must stay text
+MARKDOWN = """## Order summary
+
+Here is **bold text** and *some emphasis*, then a list:
+
+- first item with `inline code`
+- second item, see [the docs](https://example.com/docs)
+- third item: [bad](javascript:window.injected=3)
+
+<script>window.injected=1</script>
+<img src=x onerror="window.injected=2">
+
+```python
+print("<b>not bold</b>")
+```
+
+That is all, thank you for waiting while this reply streams in word by word."""
+
+
+def markdown_state(reply: Locator) -> dict[str, Any]:
+    return reply.evaluate("""n => ({
+        streaming: n.classList.contains('streaming'),
+        items: n.querySelectorAll('.text li').length,
+        strong: n.querySelectorAll('.text strong').length,
+        code: n.querySelectorAll('.text pre > code').length,
+    })""")
+
+
+def assert_markdown_rendered(page: Page, reply: Locator) -> None:
+    text = reply.locator(".text")
+    expect(text.locator("h2")).to_have_text("Order summary")
+    expect(text.locator("strong")).to_have_text("bold text")
+    expect(text.locator("em")).to_have_text("some emphasis")
+    expect(text.locator("ul > li")).to_have_count(3)
+    expect(text.locator("li code")).to_have_text("inline code")
+    docs = text.locator('a[href="https://example.com/docs"]')
+    expect(docs).to_have_text("the docs")
+    expect(docs).to_have_attribute("rel", "noopener noreferrer")
+    expect(docs).to_have_attribute("target", "_blank")
+    assert text.locator("a").count() == 1  # javascript: is no link, only text
+    expect(text.locator("li").nth(2)).to_have_text("third item: [bad](javascript:window.injected=3)")
+    expect(text.locator("pre > code.language-python")).to_have_text('print("<b>not bold</b>")')
+    expect(text).to_contain_text("<script>window.injected=1</script>")
+    expect(text).to_contain_text('<img src=x onerror="window.injected=2">')
+    assert page.locator("#messages script, #messages img, #messages b, #messages iframe"
+                        ).count() == 0
+    assert page.locator('#messages a[href^="javascript"]').count() == 0
+    assert page.evaluate("window.injected") is None
+
+
+def test_a_markdown_reply_renders_progressively_and_safely(
+        browser: Any, example_server: ExampleServer, artifacts: Path) -> None:
+    """The model's reply is Markdown: rendered (headings, emphasis, lists, code, links) while it
+    streams, with the markup in it shown as text; the user's own message stays plain text, and
+    a reload draws the same from the stored events."""
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        login(page, example_server)
+        expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+        message = f"/markdown {MARKDOWN}"
+        reply = send(page, message)
+        user = page.locator("li.message.user .bubble").last
+        expect(user).to_have_text(message)
+        assert user.evaluate("n => n.textContent") == message  # as typed: no Markdown there
+        assert user.locator("*").count() == 0
+
+        # the list is drawn as a list while the code block after it has not arrived yet
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            state = markdown_state(reply)
+            assert state["streaming"], f"the reply stopped streaming after {seen!r}"
+            if not seen or state != seen[-1]:
+                seen.append(state)
+            if state["items"] >= 2 and state["code"] == 0:
+                break
+            page.wait_for_timeout(25)
+        else:
+            raise AssertionError(f"no list while streaming: {seen!r}")
+        assert any(s["strong"] == 1 and s["items"] == 0 for s in seen), seen  # grew in steps
+        page.screenshot(path=artifacts / "20-markdown-streaming.png")
+        expect(reply).to_have_attribute("data-status", "completed")
+        expect(reply.locator(".text").first).to_contain_text(
+            "[offline demo] Your Markdown, as a model's reply:")
+        assert_markdown_rendered(page, reply)
+        page.screenshot(path=artifacts / "21-markdown-reply.png", full_page=True)
+
+        page.reload()  # drawn again from the stored events
+        expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+        assert_markdown_rendered(page, last_reply(page))
+        expect(page.locator("li.message.user .bubble")).to_have_text([message])
+        assert errors == []
+    finally:
+        context.close()
+
+
+PHONE = {"width": 390, "height": 844}
+
+#: a reply wider than a phone: a long code line, a long URL, a table
+WIDE = ("Wide things:\n\n```text\n" + "x = " + "1234567890" * 12 + "\n```\n\n"
+        "https://example.com/" + "a-very-long-path" * 6 + "\n\n"
+        "| column one | column two | column three | column four | column five |\n"
+        "|---|---|---|---|---|\n"
+        "| some value | another value | yet another one | and one more | the last |")
+
+
+def assert_fits(page: Page, what: str) -> None:
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"{what}: the page is {width}px wide (scrolls sideways)"
+
+
+def toggle_drawer(page: Page) -> None:
+    """Open or close the conversation drawer with the header's ☰ button; waits for its slide."""
+    page.get_by_role("button", name="Conversations").click()
+    page.locator("#sidebar").evaluate(
+        "n => Promise.all(n.getAnimations().map((a) => a.finished))")
+
+
+def assert_on_screen(locator: Locator) -> None:
+    expect(locator).to_be_visible()
+    box = locator.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box
+
+
+def test_the_chat_page_works_on_a_phone(
+        browser: Any, example_server: ExampleServer, artifacts: Path) -> None:
+    """390 px wide: no sideways scrolling (also with a wide reply); the conversation list,
+    New conversation and Log out are in a drawer the header's ☰ button opens."""
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(example_server.url("/login/"))
+        assert_fits(page, "the login page")
+        login(page, example_server, "/login/")
+        expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+        toggle = page.get_by_role("button", name="Conversations")
+        assert_on_screen(toggle)
+        expect(toggle).to_have_attribute("aria-expanded", "false")
+        for hidden in ("#conversations", "#new-conversation", "form.logout button"):
+            expect(page.locator(hidden)).to_be_hidden()  # in the closed drawer
+        assert_fits(page, "the chat page")
+
+        # -- a conversation: the composer and a wide Markdown reply fit -----------------------
+        reply = send(page, f"/markdown {WIDE}")
+        for control in ("#input", "#send", "#stop", "#connection", "#chat-title"):
+            assert_on_screen(page.locator(control))
+        expect(reply).to_have_attribute("data-status", "completed")
+        expect(reply.locator(".text table td")).to_have_count(5)
+        assert_fits(page, "a wide reply")
+        code = reply.locator(".text pre")
+        assert code.evaluate("n => n.scrollWidth > n.clientWidth")  # scrolls on its own
+        assert_on_screen(reply)
+        page.screenshot(path=artifacts / "30-phone-chat.png")
+        conversation = page.url
+        expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
+
+        # -- the drawer: the list, New conversation and Log out; Escape and a tap close it ----
+        toggle_drawer(page)
+        expect(toggle).to_have_attribute("aria-expanded", "true")
+        current = page.locator("#conversations li.current a")
+        assert_on_screen(current)
+        expect(current).to_contain_text("/markdown Wide things:")
+        assert_on_screen(page.locator("#new-conversation"))
+        assert_on_screen(page.get_by_role("button", name="Log out"))
+        assert_fits(page, "the open drawer")
+        page.screenshot(path=artifacts / "31-phone-drawer.png")
+        page.keyboard.press("Escape")
+        expect(page.locator("#conversations")).to_be_hidden()
+        expect(toggle).to_have_attribute("aria-expanded", "false")
+        toggle_drawer(page)
+        expect(page.locator("#conversations")).to_be_visible()
+        page.locator("#sidebar-backdrop").click(position={"x": 370, "y": 400})  # beside it
+        expect(page.locator("#conversations")).to_be_hidden()
+        toggle_drawer(page)
+        page.locator("#sidebar-close").click()
+        expect(page.locator("#conversations")).to_be_hidden()
+
+        # -- New conversation, then back to the first one from the list -----------------------
+        toggle_drawer(page)
+        page.locator("#new-conversation").click()
+        expect(page).to_have_url(example_server.url("/"))
+        expect(page.locator("#chat-title")).to_have_text("New conversation")
+        expect(page.locator("li.message")).to_have_count(0)
+        assert_fits(page, "a new conversation")
+        toggle_drawer(page)
+        listed = page.locator("#conversations li a", has_text="/markdown Wide things:")
+        assert_on_screen(listed)
+        listed.click()
+        expect(page).to_have_url(conversation)
+        expect(last_reply(page).locator(".text table td")).to_have_count(5)  # from history
+        assert_fits(page, "the stored conversation")
+
+        # -- Log out from the drawer -------------------------------------------------------------
+        toggle_drawer(page)
+        page.get_by_role("button", name="Log out").click()
+        expect(page).to_have_url(re.compile(r"/login/$"))
+        assert_fits(page, "the login page after logging out")
+        assert errors == []
+    finally:
+        context.close()

@@ -1,6 +1,8 @@
 // The example's chat page: one conversation over django-agent-session's WebSocket protocol
-// (README: "Live sessions over WebSockets"). No framework, no build step. Everything the page shows is written with
-// textContent, never innerHTML, so a message can never inject markup.
+// (README: "Live sessions over WebSockets"). No framework, no build step. Nothing is ever written with
+// innerHTML: the user's messages, tool calls and everything else are set as textContent, and the
+// model's replies are Markdown that markdown.js turns into DOM nodes it creates one by one (no raw
+// HTML, only http/https/mailto links), so a message can never inject markup.
 "use strict";
 
 (() => {
@@ -11,7 +13,10 @@
     form: $("composer"), presence: $("presence"), connection: $("connection"),
     indicator: $("run-indicator"), error: $("error"), title: $("chat-title"),
     conversations: $("conversations"), emptyHint: $("empty-hint"),
+    sidebarToggle: $("sidebar-toggle"), sidebarClose: $("sidebar-close"),
+    backdrop: $("sidebar-backdrop"),
   };
+  const sources = new WeakMap();  // a reply's text part -> its Markdown source so far
 
   // -- state ----------------------------------------------------------------------------------
   let socket = null;
@@ -113,7 +118,8 @@
     keep() {
       const parts = this.reply();
       this.stored = Array.from(parts.children);
-      this.storedText = Array.from(parts.querySelectorAll(".text"), (n) => n.textContent).join("");
+      this.storedText = Array.from(parts.querySelectorAll(".text"), (n) => sources.get(n) || "")
+        .join("");
     }
 
     trim() {  // on reconnect: unfinished turns are redrawn from the replay and the state
@@ -151,10 +157,14 @@
       if (!text) return;
       const parts = this.reply();
       if (!this.text || parts.lastChild !== this.text) {
-        this.text = el("p", "text");
+        this.text = el("div", "text markdown");
         parts.append(this.text);
       }
-      this.text.textContent += text;
+      // Streaming: the whole part is rendered again from its source so far, so a construct
+      // completed by this delta (a closing ** or ```) takes effect at once.
+      const source = (sources.get(this.text) || "") + text;
+      sources.set(this.text, source);
+      this.text.replaceChildren(window.renderMarkdown(source));
       scrollDown();
     }
 
@@ -784,6 +794,32 @@
 
   ui.stop.addEventListener("click", () => {
     if (running) send({ type: "cancel", ref: running });
+  });
+
+  // -- the conversation list as a drawer on narrow screens (chat.css: max-width 700px) -------
+  function setSidebar(open) {
+    document.body.classList.toggle("sidebar-open", open);
+    ui.sidebarToggle.setAttribute("aria-expanded", String(open));
+    ui.backdrop.hidden = !open;
+    if (open) ui.sidebarClose.focus();
+    else if (document.activeElement && document.activeElement.closest(".sidebar")) {
+      ui.sidebarToggle.focus();
+    }
+  }
+
+  ui.sidebarToggle.addEventListener("click", () => {
+    setSidebar(!document.body.classList.contains("sidebar-open"));
+  });
+  ui.sidebarClose.addEventListener("click", () => setSidebar(false));
+  ui.backdrop.addEventListener("click", () => setSidebar(false));
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && document.body.classList.contains("sidebar-open")) {
+      setSidebar(false);
+    }
+  });
+  window.matchMedia("(min-width: 701px)").addEventListener("change", (event) => {
+    // wide again: the sidebar is a column, not a drawer
+    if (event.matches && document.body.classList.contains("sidebar-open")) setSidebar(false);
   });
 
   // A conversation that did not exist when this tab connected is joined once someone creates it.
