@@ -388,3 +388,32 @@ def check_rest_framework_installed(app_configs: Iterable[AppConfig] | None = Non
                   hint="Add 'rest_framework' to INSTALLED_APPS (or leave BrowsableAPIRenderer "
                        "out of REST_FRAMEWORK['DEFAULT_RENDERER_CLASSES']).",
                   id="django_agent_session.E009")]
+
+
+@register(Tags.urls, Tags.compatibility)
+def check_openapi_schema_class(app_configs: Iterable[AppConfig] | None = None,
+                               **kwargs: Any) -> list[CheckMessage]:
+    """drf-spectacular's schema view documents itself with ``DEFAULT_SCHEMA_CLASS``: DRF's
+    default makes every request to it a server error."""
+    try:
+        from drf_spectacular.openapi import AutoSchema
+        from drf_spectacular.views import SpectacularAPIView
+    except ImportError:  # drf-spectacular is optional
+        return []
+    from rest_framework.settings import api_settings
+
+    schema_class = api_settings.DEFAULT_SCHEMA_CLASS
+    if isinstance(schema_class, type) and issubclass(schema_class, AutoSchema):
+        return []
+    try:
+        views = list(_routed_views(get_resolver().url_patterns))
+    except Exception:  # noqa: BLE001 (a broken URLconf is reported by Django's checks)
+        return []
+    if not _routed_api_views() or not any(issubclass(v, SpectacularAPIView) for v in views):
+        return []
+    return [Warning("The URLconf routes drf-spectacular's schema view, but "
+                    "REST_FRAMEWORK['DEFAULT_SCHEMA_CLASS'] is not drf-spectacular's "
+                    "AutoSchema: the schema endpoint answers every request with a server error.",
+                    hint='Set REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": '
+                         '"drf_spectacular.openapi.AutoSchema"}.',
+                    id="django_agent_session.W004")]

@@ -7,6 +7,7 @@ client without string matching.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -39,13 +40,27 @@ class AgentSessionError(Exception):
 
 
 class InvalidInput(AgentSessionError):
-    """The input does not match the agent's ``input_schema``."""
+    """The input does not match the agent's ``input_schema``.
+
+    ``errors`` keeps DRF's structured field errors (what the REST and WebSocket surfaces send)
+    and ``message`` a fixed summary; ``str()`` names what was validated (``label``, e.g.
+    ``"ChatAgent input"``, set by the schema) and every failing field with its messages:
+    ``"ChatAgent input: message: This field is required."``.
+    """
 
     code = "invalid_input"
 
-    def __init__(self, errors: Any, message: str = "Invalid input.") -> None:
+    def __init__(self, errors: Any, message: str = "Invalid input.", *,
+                 label: str | None = None) -> None:
         super().__init__(message, errors=errors)
         self.errors = errors
+        #: what was validated ("ChatAgent input"), or None: ``str()`` starts with the message
+        self.label = label
+
+    def __str__(self) -> str:
+        label = getattr(self, "label", None)  # a run's stored error (from_dict) has none
+        return describe_errors(getattr(self, "errors", None), label or self.message,
+                               labelled=bool(label))
 
 
 class InvalidInstructionArgs(InvalidInput):
@@ -233,6 +248,47 @@ class ModelBadRequest(ModelError):
     """The provider rejected the request as invalid."""
 
     code = "model_bad_request"
+
+
+#: the failing fields ``str()`` of an :class:`InvalidInput` lists before "(and N more)"
+MAX_LISTED_ERRORS = 10
+#: the longest field path it quotes (names may come from the client)
+MAX_PATH = 80
+
+
+def describe_errors(errors: Any, head: str, *, labelled: bool = True) -> str:
+    """``"<head>: field: message; other.0.field: message"``: DRF-style errors in one line.
+
+    ``non_field_errors`` are listed without a field name; nested fields and list items are
+    joined with dots. Without ``labelled``, ``head`` is a sentence and the fields follow it
+    after a space.
+    """
+    found = list(_field_messages(errors, ()))
+    if not found:
+        return head
+    listed = [f"{path}: {text}" if path else text for path, text in found[:MAX_LISTED_ERRORS]]
+    if len(found) > MAX_LISTED_ERRORS:
+        listed.append(f"(and {len(found) - MAX_LISTED_ERRORS} more)")
+    return f"{head}{':' if labelled else ''} {'; '.join(listed)}"
+
+
+def _field_messages(errors: Any, path: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+    if isinstance(errors, Mapping):
+        for key, value in errors.items():
+            name = () if key == "non_field_errors" else (str(key),)
+            yield from _field_messages(value, path + name)
+    elif isinstance(errors, (list, tuple)):
+        texts = [str(item) for item in errors if not isinstance(item, (Mapping, list, tuple))]
+        if texts:
+            joined = ".".join(path)
+            if len(joined) > MAX_PATH:
+                joined = joined[:MAX_PATH - 1] + "…"
+            yield joined, " ".join(texts)
+        for index, item in enumerate(errors):
+            if isinstance(item, (Mapping, list, tuple)) and item:
+                yield from _field_messages(item, (*path, str(index)))
+    elif errors is not None and errors != "":
+        yield from _field_messages([errors], path)
 
 
 def _subclasses(cls: type[AgentSessionError]) -> list[type[AgentSessionError]]:

@@ -1,5 +1,5 @@
 """System checks of the project's setup: the ``AGENT_SESSION`` dict (E004, E007, E008) and the
-apps the REST and live surfaces need (E009, W003, I001).
+apps the REST and live surfaces need (E009, W003, I001) and the OpenAPI schema class (W004).
 
 The checks of ``Agent`` declarations (E001-E003, E005, E006, W001, W002) are in
 ``tests/declaration/test_options.py``.
@@ -146,6 +146,29 @@ def test_an_artifact_storage_that_is_no_storages_alias():
     assert ids(AGENT_SESSION={"ARTIFACT_STORAGE": "artifacts"}, STORAGES=storages) == []
 
 
+def test_an_unknown_artifact_storage_at_startup_is_reported_by_check(tmp_path):
+    """The Artifact model's FileField takes its storage at import: an unknown alias must not
+    stop Django from starting, and using the storage says what is wrong."""
+    (tmp_path / "storage_settings.py").write_text(
+        "from tests.settings import *  # noqa\n"
+        "AGENT_SESSION = {**AGENT_SESSION, 'ARTIFACT_STORAGE': 'nope'}\n")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "storage_settings",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    result = subprocess.run([sys.executable, "-m", "django", "check"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert ("?: (django_agent_session.E007) AGENT_SESSION['ARTIFACT_STORAGE'] = 'nope' is not "
+            "an alias of settings.STORAGES.") in result.stderr.splitlines()
+    use = ("import django; django.setup()\n"
+           "from django_agent_session.models import Artifact\n"
+           "Artifact._meta.get_field('file').storage.exists('x')\n")
+    result = subprocess.run([sys.executable, "-c", use], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.stderr.splitlines()[-1] == (
+        "django.core.exceptions.ImproperlyConfigured: AGENT_SESSION['ARTIFACT_STORAGE'] = "
+        "'nope' is not an alias of STORAGES.")
+
+
 # -- E008: dotted paths ---------------------------------------------------------------------
 
 
@@ -220,3 +243,43 @@ def test_runserver_without_daphne_is_a_hint_in_development(monkeypatch):
     installed = apps.is_installed
     monkeypatch.setattr(apps, "is_installed", lambda name: name == "daphne" or installed(name))
     assert ids(DEBUG=True) == []
+
+
+# -- W004: drf-spectacular's schema view without its schema class ---------------------------
+
+
+def _no_schema_class():
+    return {k: v for k, v in settings.REST_FRAMEWORK.items() if k != "DEFAULT_SCHEMA_CLASS"}
+
+
+SCHEMA_REQUEST = """
+import django
+django.setup()
+from django.test import Client
+print(Client(raise_request_exception=False).get("/api/schema/").status_code)
+"""
+
+
+def test_the_schema_view_fails_without_drf_spectacular_s_schema_class(tmp_path):
+    """What W004 is about. In a new process: the viewsets take their schema class when the
+    URLconf builds them."""
+    (tmp_path / "no_schema_settings.py").write_text(
+        "from tests.settings import *  # noqa\n"
+        "REST_FRAMEWORK = {k: v for k, v in REST_FRAMEWORK.items()\n"
+        "                  if k != 'DEFAULT_SCHEMA_CLASS'}\n")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "no_schema_settings",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    result = subprocess.run([sys.executable, "-c", SCHEMA_REQUEST], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.stdout.split() == ["500"], result.stderr[-2000:]
+    result = subprocess.run([sys.executable, "-m", "django", "check"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert "(django_agent_session.W004)" in result.stderr
+
+
+def test_schema_view_routed_without_drf_spectacular_s_schema_class():
+    assert ids(REST_FRAMEWORK=_no_schema_class()) == ["django_agent_session.W004"]
+    found = dict(findings(REST_FRAMEWORK=_no_schema_class()))["django_agent_session.W004"]
+    assert "DEFAULT_SCHEMA_CLASS" in found
+    # no schema view routed: nothing to warn about
+    assert ids(REST_FRAMEWORK=_no_schema_class(), ROOT_URLCONF=__name__) == []

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
+from datetime import datetime
 from typing import Any, TypeVar
 
 from django.core.exceptions import RequestDataTooBig
+from django.utils import timezone
 from rest_framework import exceptions as drf
 from rest_framework import status
 
 from .. import exceptions as exc
 from ..declaration.schemas import plain_errors
+from ..records import RunKind, RunStatus
 
 logger = logging.getLogger("django_agent_session.api")
 
@@ -42,6 +46,44 @@ STATUS_BY_ERROR: list[tuple[type[exc.AgentSessionError], int]] = [
 
 #: keys of ``AgentSessionError.details`` that are not repeated in the response body
 HIDDEN_DETAILS = {"status_code"}
+
+
+#: what a busy caller is told to wait (``retry_after``, ``Retry-After``), in seconds
+RETRY_AFTER_MIN = 1.0
+RETRY_AFTER_MAX = 30.0
+#: how many of the session's latest completed turns make its typical turn duration
+TYPICAL_TURNS = 10
+
+
+def busy_retry_after(session: Any, now: datetime | None = None) -> float:
+    """How long a caller refused with ``session_busy`` should wait before trying again.
+
+    From what the session's runs say: ``typical`` is the median duration of its last
+    :data:`TYPICAL_TURNS` completed turns. The running turn, ``elapsed`` seconds in, needs
+    ``typical - elapsed`` more (at least a quarter of ``typical`` once it runs longer than
+    usual), or, with no completed turn yet, as long again as it has run so far; each queued
+    turn ahead adds ``typical`` (or that same guess). Nothing running: the minimum. Bounded to
+    :data:`RETRY_AFTER_MIN`..:data:`RETRY_AFTER_MAX` (never the lease's length), rounded to
+    0.1 s; the ``Retry-After`` header is that, rounded up.
+    """
+    now = now or timezone.now()
+    turns = session.runs.filter(kind=RunKind.TURN)
+    durations = list(turns.filter(status=RunStatus.COMPLETED, duration_ms__isnull=False)
+                     .order_by("-started_at").values_list("duration_ms", flat=True)
+                     [:TYPICAL_TURNS])
+    typical = statistics.median(durations) / 1000 if durations else None
+    started = (turns.filter(status=RunStatus.RUNNING).order_by("-started_at")
+               .values_list("started_at", flat=True).first())
+    queued = turns.filter(status=RunStatus.QUEUED).count()
+    wait, per_turn = 0.0, typical
+    if started is not None:
+        elapsed = max((now - started).total_seconds(), 0.0)
+        if typical is None:
+            wait = per_turn = elapsed
+        else:
+            wait = max(typical - elapsed, typical / 4)
+    wait += queued * (per_turn or RETRY_AFTER_MIN)
+    return round(min(max(wait, RETRY_AFTER_MIN), RETRY_AFTER_MAX), 1)
 
 
 class PayloadTooLarge(drf.APIException):

@@ -40,7 +40,11 @@ STREAM_DESCRIPTION = (
 
 
 def annotate(viewset: _ViewSet, s: AgentSerializers) -> _ViewSet:
-    """Attach the per-model schema to ``viewset``; a no-op without drf-spectacular."""
+    """Attach the per-model schema to ``viewset``; a no-op without drf-spectacular.
+
+    A start's request body is ``get_serializer_class()``'s: without ``instruction_args`` when
+    the viewset (or a subclass) chooses them itself.
+    """
     try:
         from drf_spectacular.types import OpenApiTypes
         from drf_spectacular.utils import (
@@ -116,14 +120,14 @@ def annotate(viewset: _ViewSet, s: AgentSerializers) -> _ViewSet:
         OpenApiParameter("after_seq", int, description="Only events after this seq (default 0)."),
         OpenApiParameter("limit", int, description="Events per page (1..1000)."),
     ]
-    return extend_schema_view(
+    operations = dict(
         list=extend_schema(
             tags=tag, summary=f"List your {name} sessions",
             description="Newest activity first; filter by status, creation time and title.",
             responses={200: s.session(many=True), 400: invalid, **auth, **throttled,
                        404: OpenApiResponse(DetailSerializer, description="Invalid page.")}),
         create=extend_schema(
-            tags=tag, summary=f"Start a {name} session", request=s.start,
+            tags=tag, summary=f"Start a {name} session",
             parameters=idempotency, responses={201: s.turn, **accepted, **turn_errors}),
         retrieve=extend_schema(tags=tag, parameters=session_id, summary=f"A {name} session",
                                responses={200: s.session, **auth, **missing, **throttled}),
@@ -184,11 +188,13 @@ def annotate(viewset: _ViewSet, s: AgentSerializers) -> _ViewSet:
             tags=tag, summary="The runs (turns) with their usage", parameters=[*session_id, *page_params],
             responses={200: AgentRunPageSerializer, **auth, **missing, **throttled}),
         stream_start=extend_schema(
-            tags=tag, summary=f"Start a {name} session, streamed (SSE)", request=s.start,
+            tags=tag, summary=f"Start a {name} session, streamed (SSE)",
             parameters=[*no_format, *idempotency],
             responses=stream_responses({})),
         stream_continue=extend_schema(
             tags=tag, parameters=[*session_id, *no_format, *idempotency],
             summary=f"Run one turn on a {name} session, streamed (SSE)",
             request=s.continue_, responses=stream_responses(missing)),
-    )(viewset)
+    )
+    return extend_schema_view(**operations)(viewset)
+

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
+from django.urls import re_path
 from django.utils.text import slugify
 from rest_framework.routers import SimpleRouter
 
@@ -24,7 +25,15 @@ class AgentSessionRouter(SimpleRouter):
 
     A duplicate basename or prefix raises ``ImproperlyConfigured``; pass ``prefix=`` and
     ``basename=`` to ``register_model`` to resolve it.
+
+    After each session viewset's routes comes one more: any other path under its prefix
+    (an id holding a ``/``, ``%2F`` included, an unknown sub-path) reaches the viewset and
+    answers its JSON 404, never Django's HTML page. Routes of your own below a registered
+    prefix must come before the router's URLs; ``json_404 = False`` leaves them out.
     """
+
+    #: add the catch-all JSON 404 route after each session viewset's routes
+    json_404 = True
 
     def register_model(self, model: type[SessionRecord], prefix: str | None = None,
                        basename: str | None = None) -> type[AgentSessionViewSet]:
@@ -44,6 +53,21 @@ class AgentSessionRouter(SimpleRouter):
         done = {getattr(viewset, "model", None) for _, viewset, _ in self.registry}
         return [self.register_model(model) for model in session_models()
                 if model not in done and not model._meta.proxy]
+
+    def get_urls(self) -> list[Any]:
+        urls = list(super().get_urls())
+        if not self.json_404:
+            return urls
+        for prefix, viewset, basename in self.registry:
+            if not prefix or not issubclass(viewset, AgentSessionViewSet):
+                continue  # an empty prefix would catch the project's other URLs too
+            # after every real route: only what none of them matched gets here
+            actions: dict[str, Any] = {m: "unmatched" for m in viewset.http_method_names}
+            # schema=None: left out of the OpenAPI schema
+            view = viewset.as_view(actions, basename=basename, detail=True, schema=None)
+            urls.append(re_path(rf"^{prefix}/.*{self.trailing_slash}$", view,
+                                name=f"{basename}-unmatched"))
+        return urls
 
     def get_default_basename(self, viewset: Any) -> str:
         return viewset.model._meta.model_name

@@ -287,6 +287,9 @@ class AgentSerializers:
 
     session: type[serializers.ModelSerializer]
     start: type[serializers.Serializer]
+    #: ``start`` without ``instruction_args``: a viewset that chooses them itself
+    #: (``AgentSessionViewSet.get_instruction_args``)
+    pinned_start: type[serializers.Serializer]
     continue_: type[serializers.Serializer]
     turn: type[serializers.Serializer]
     context: type[serializers.Serializer]
@@ -335,6 +338,10 @@ def _build(model: type[SessionRecord]) -> AgentSerializers:
         **module, "input": input_field(), "instruction_args": args, "wait": wait_field(),
         "Meta": type("Meta", (), {"ref_name": f"{name}Start"}),
     })
+    pinned_start = type(f"{name}PinnedStartSerializer", (start,), {
+        **module, "instruction_args": None,  # None removes the inherited field (DRF)
+        "Meta": type("Meta", (), {"ref_name": f"{name}PinnedStart"}),
+    })
     continue_ = type(f"{name}ContinueSerializer", (serializers.Serializer,), {
         **module, "input": input_field(), "wait": wait_field(),
         "multitask": serializers.ChoiceField(
@@ -371,5 +378,6 @@ def _build(model: type[SessionRecord]) -> AgentSerializers:
         "metadata": serializers.DictField(read_only=True),
         "Meta": type("Meta", (), {"ref_name": f"{name}Context"}),
     })
-    return AgentSerializers(session=session, start=start, continue_=continue_, turn=turn,
-                            context=context)
+    return AgentSerializers(session=session, start=start, pinned_start=pinned_start,
+                            continue_=continue_, turn=turn, context=context)
+

@@ -33,7 +33,7 @@ from ..conf import agent_settings, perform_import
 from ..records import RunStatus, SessionRecord
 from ..runs.stream import announce, decision_frame
 from ..store.sessions import delete_session
-from .errors import api_exception, error_body
+from .errors import api_exception, busy_retry_after, error_body
 from .filters import SessionFilterBackend
 from .openapi import annotate
 from .pagination import SeqCursorPagination, SessionPagination
@@ -98,6 +98,9 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
     #: seconds of silence after which a stream sends an SSE comment
     sse_keepalive = 15.0
+    #: instruction args the server gives every session this viewset starts (``None``: the
+    #: client sends them); :meth:`get_instruction_args` may choose them per request instead
+    instruction_args: dict[str, Any] | None = None
 
     @classmethod
     def as_view(cls, actions: dict[str, str | ViewSetAction[Any]] | None = None,
@@ -129,8 +132,21 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     def throttle_scope(self) -> str:
         return self.turn_throttle_scope if self.action in TURN_ACTIONS else self.read_throttle_scope
 
-    def handle_exception(self, exc: Exception) -> Response:
-        return super().handle_exception(api_exception(exc))
+    def handle_exception(self, error: Exception) -> Response:
+        if isinstance(error, exc.SessionBusy):
+            error = self.estimate_busy(error)
+        return super().handle_exception(api_exception(error))
+
+    def estimate_busy(self, error: exc.SessionBusy) -> exc.SessionBusy:
+        """``error`` with the ``retry_after`` of :func:`~.errors.busy_retry_after` for the
+        URL's session (what the store knows is only the lease, far longer than a turn)."""
+        try:
+            session = self.model._base_manager.filter(pk=self.kwargs.get("pk")).first()
+        except (DjangoValidationError, ValueError, TypeError):  # not a valid id
+            session = None
+        if session is not None:
+            error.retry_after = error.details["retry_after"] = busy_retry_after(session)
+        return error
 
     # -- querysets -------------------------------------------------------------------------
 
@@ -164,6 +180,24 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
                 queryset, scoped = scope(self.request, self, queryset), True
         return queryset if scoped else owned_by(self.request, queryset)
 
+    def get_instruction_args(self) -> dict[str, Any] | None:
+        """The instruction args of the session this request starts, chosen by the server
+        (from ``self.request.user``, a tenant, a setting...), or ``None``: the client sends
+        them in the start body.
+
+        When it returns a dict, the start body has no ``instruction_args`` (sending them is a
+        400) and the args are validated against the agent's ``instruction_schema`` as a
+        client's would be. Defaults to :attr:`instruction_args`.
+        """
+        return None if self.instruction_args is None else dict(self.instruction_args)
+
+    @classmethod
+    def pins_instruction_args(cls) -> bool:
+        """Whether the server chooses the instruction args (:attr:`instruction_args` is set or
+        :meth:`get_instruction_args` overridden): what the OpenAPI start body shows."""
+        return (cls.instruction_args is not None
+                or cls.get_instruction_args is not AgentSessionViewSet.get_instruction_args)
+
     @property
     def _agent_serializers(self) -> AgentSerializers:
         """``serializers``: never None on a viewset built by :func:`viewset_factory`."""
@@ -172,8 +206,9 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
     def get_serializer_class(self) -> Any:
         s = self._agent_serializers
+        start = s.pinned_start if self.pins_instruction_args() else s.start
         return {
-            "create": s.start, "stream_start": s.start,
+            "create": start, "stream_start": start,
             "continue_turn": s.continue_, "stream_continue": s.continue_,
             "context": s.context, "events": AgentEventSerializer, "runs": AgentRunSerializer,
             "run": AgentRunSerializer, "cancel_run": AgentRunSerializer,
@@ -193,6 +228,19 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         body = serializer_class(data=self.request.data, context=self.get_serializer_context())
         body.is_valid(raise_exception=True)
         return body.validated_data
+
+    def read_start(self) -> tuple[dict[str, Any], Any]:
+        """The start body checked for shape, and the session's instruction args: the
+        server's (:meth:`get_instruction_args`) or else the client's."""
+        args = self.get_instruction_args()
+        if args is None:
+            body = self.read_body(self._agent_serializers.start)
+            return body, body.get("instruction_args")
+        body = self.read_body(self._agent_serializers.pinned_start)
+        if "instruction_args" in self.request.data:  # a dict: the body validated
+            raise ValidationError({"instruction_args": [
+                "The server sets the instruction args of this endpoint; leave them out."]})
+        return body, args
 
     def turn_data(self, session: Any) -> Any:
         """The body answering a turn: the session, the turn's output, its run and status (from
@@ -264,6 +312,15 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             return [sse("message", self.turn_data(session))]
         return [sse("error", error_body(exc.from_dict(run.error)))]
 
+    def estimating(self, turn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``turn(*args, **kwargs)``; a ``SessionBusy`` it raises carries the estimate of
+        :meth:`estimate_busy` (a stream's ``error`` event, like the JSON 409)."""
+        try:
+            return turn(*args, **kwargs)
+        except exc.SessionBusy as error:
+            self.estimate_busy(error)
+            raise
+
     def is_asgi(self) -> bool:
         return isinstance(self.request._request, ASGIRequest)
 
@@ -325,15 +382,14 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Start a session: its first turn runs now; 201 with the session and the output
         (``"wait": false``: 202 with the queued run)."""
-        body = self.read_body(self._agent_serializers.start)
+        body, args = self.read_start()
         if not body["wait"]:
             run = self.manager.start_session(
-                body["input"], instruction_args=body.get("instruction_args"),
-                owner=self.owner(), wait=False, **self.submission())
+                body["input"], instruction_args=args, owner=self.owner(), wait=False,
+                **self.submission())
             return self.accepted(run)
         session = self.manager.start_session(
-            body["input"], instruction_args=body.get("instruction_args"), owner=self.owner(),
-            **self.submission())
+            body["input"], instruction_args=args, owner=self.owner(), **self.submission())
         return Response(self.turn_data(session), status=status.HTTP_201_CREATED)
 
     @action(detail=True, methods=["post"], url_path="continue", url_name="continue")
@@ -431,8 +487,8 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             renderer_classes=[JSONRenderer, EventStreamRenderer])
     def stream_start(self, request: Request) -> Any:
         """``create`` as Server-Sent Events: deltas as they arrive, then ``message``."""
-        body = self.read_body(self._agent_serializers.start)
-        input, args, owner = body["input"], body.get("instruction_args"), self.owner()
+        body, args = self.read_start()
+        input, owner = body["input"], self.owner()
         self.prevalidate(input, args, start=True)
         manager = self.manager
         if self.is_asgi():  # queued and run by the executor; this response only follows it
@@ -464,9 +520,15 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             request._request,
             aturn=lambda progress: manager.acontinue_session(
                 session, input, on_progress=progress, multitask=multitask),
-            turn=lambda progress: manager.continue_session(
-                session, input, on_progress=progress, multitask=multitask),
+            turn=lambda progress: self.estimating(
+                manager.continue_session, session, input, on_progress=progress,
+                multitask=multitask),
             finish=self.turn_data, keepalive=self.sse_keepalive)
+
+    def unmatched(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """A path under the prefix that no route matched (``AgentSessionRouter``): the same
+        JSON 404 as a missing session, after the same authentication and permissions."""
+        raise NotFound()
 
     def perform_destroy(self, instance: Any) -> None:
         delete_session(instance)

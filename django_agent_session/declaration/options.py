@@ -31,6 +31,9 @@ _REQUIRED: Any = object()  # the "default" of an option the declaration must giv
 DEFAULT_INPUT = {"message": f.CharField(trim_whitespace=False)}
 DEFAULT_OUTPUT = {"content": f.CharField(allow_blank=True, trim_whitespace=False)}
 SCHEMA = "a Serializer class or dict of fields"
+#: what a schema option validates, as its errors name it ("ChatAgent input: ...")
+SCHEMA_LABELS = {"instruction_schema": "instruction args", "input_schema": "input",
+                 "output_schema": "output"}
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,10 @@ class AgentOptions:
             return {"type": "enabled", "budget_tokens": self.thinking}
         return dict(self.thinking)
 
+    def error_label(self, option: str) -> str:
+        """What the validation errors of schema ``option`` name: ``"ChatAgent input"``."""
+        return f"{self.model.__name__} {SCHEMA_LABELS[option]}"
+
     def get_client(self) -> Client:
         return get_client(self.provider)
 
@@ -204,7 +211,7 @@ class AgentOptions:
         """Compiled now so that template code fails at import, not at the first turn."""
         self.instruction, self.template = value, None
         try:
-            self.template = InstructionTemplate(value)
+            self.template = InstructionTemplate(value, label=self.error_label("instruction_schema"))
         except ValueError as exc:
             return [f"instruction: {exc}"]
         return []

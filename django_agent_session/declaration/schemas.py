@@ -43,15 +43,17 @@ def _clone(field: f.Field) -> f.Field:
 
 
 def validate(serializer_class: SerializerClass, data: Any, error: type[InvalidInput] = InvalidInput,
-             message: str = "Invalid input.") -> dict[str, Any]:
-    """Validate ``data``; return DRF's ``validated_data`` made JSON-safe, or raise ``error``."""
+             message: str = "Invalid input.", *, label: str | None = None) -> dict[str, Any]:
+    """Validate ``data``; return DRF's ``validated_data`` made JSON-safe, or raise ``error``,
+    whose ``str()`` names ``label`` ("ChatAgent input") and the failing fields."""
     if not isinstance(data, Mapping):
-        raise error({"non_field_errors": ["Expected an object."]}, message)
+        raise error({"non_field_errors": ["Expected an object."]}, message, label=label)
     if too_deep(data, MAX_DEPTH):  # DRF (str(), json.dumps) would recurse past the stack
-        raise error({"non_field_errors": [f"Nested deeper than {MAX_DEPTH} levels."]}, message)
+        raise error({"non_field_errors": [f"Nested deeper than {MAX_DEPTH} levels."]}, message,
+                    label=label)
     serializer = serializer_class(data=dict(data))
     if not serializer.is_valid():
-        raise error(plain_errors(serializer.errors), message)
+        raise error(plain_errors(serializer.errors), message, label=label)
     # .data is to_representation(validated_data): dates, decimals and UUIDs become JSON-safe
     return dict(serializer.data)
 

@@ -19,8 +19,10 @@ _ANY_BRACES = re.compile(r"\{\{(.*?)\}\}", re.S)
 class InstructionTemplate:
     """A parsed instruction; ``variables`` is the set of slot names it uses."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, label: str | None = None) -> None:
         self.source = source
+        #: what its errors name ("ChatAgent instruction args"); None: none
+        self.label = label
         bad = [m.group(0) for m in _ANY_BRACES.finditer(source) if not _VAR.fullmatch(m.group(0))]
         if bad:
             raise ValueError(
@@ -37,7 +39,8 @@ class InstructionTemplate:
         for name in extra:
             errors[name] = ["The instruction template has no such variable."]
         if errors:
-            raise InvalidInstructionArgs(errors, "Instruction args do not match the template.")
+            raise InvalidInstructionArgs(errors, "Instruction args do not match the template.",
+                                        label=self.label)
         return _VAR.sub(lambda m: _to_text(args[m.group(1)]), self.source)
 
 

@@ -342,9 +342,10 @@ def parse_output(options: AgentOptions, text: str) -> Any:
     try:
         data = json.loads(text)
     except ValueError:
-        raise exc.InvalidInput({"non_field_errors": ["The reply is not valid JSON."]}) from None
+        raise exc.InvalidInput({"non_field_errors": ["The reply is not valid JSON."]},
+                               label=options.error_label("output_schema")) from None
     assert options.output_serializer is not None  # structured_output: output_schema is set
-    return validate(options.output_serializer, data)
+    return validate(options.output_serializer, data, label=options.error_label("output_schema"))
 
 
 def _without(messages: list[dict[str, Any]], attempt: dict[str, Any], ask: dict[str, Any]

@@ -7,7 +7,8 @@ from typing import Any
 
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
-from django.core.files.storage import default_storage, storages
+from django.core.exceptions import ImproperlyConfigured
+from django.core.files.storage import InvalidStorageError, Storage, default_storage, storages
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.signals import setting_changed
 from django.db import models
@@ -31,7 +32,25 @@ class _ArtifactStorage(LazyObject):
 
     def _setup(self) -> None:
         alias = agent_settings.ARTIFACT_STORAGE
-        self._wrapped = storages[alias] if alias else default_storage
+        try:
+            self._wrapped = storages[alias] if alias else default_storage
+        except InvalidStorageError:  # E007 reports it; Django must still start to run checks
+            self._wrapped = _UnknownStorage(alias)
+
+
+class _UnknownStorage(Storage):
+    """Stands in for an ``ARTIFACT_STORAGE`` alias missing from ``STORAGES``: a ``Storage``
+    (so the model still loads and ``check`` reports E007) that fails on any use."""
+
+    def __init__(self, alias: str) -> None:
+        object.__setattr__(self, "_alias", alias)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "__class__":  # isinstance() (FileField checks its storage at import)
+            return object.__getattribute__(self, name)
+        alias = object.__getattribute__(self, "_alias")
+        raise ImproperlyConfigured(
+            f"AGENT_SESSION['ARTIFACT_STORAGE'] = {alias!r} is not an alias of STORAGES.")
 
 
 _artifact_storage = _ArtifactStorage()

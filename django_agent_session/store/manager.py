@@ -82,14 +82,15 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         options = self._options
         if isinstance(input, str) and "message" in field_names(options.input_serializer):
             input = {"message": input}
-        validated = validate(options.input_serializer, input)
+        label = options.error_label("input_schema")
+        validated = validate(options.input_serializer, input, label=label)
         blocks = user_blocks_for(validated)
         size = sum(len(b.get("text", "")) for b in blocks)
         limit = agent_settings.MAX_INPUT_CHARS
         if size > limit:
             raise exc.InvalidInput(
                 {"non_field_errors": [f"Input is {size} characters; the limit is {limit}."]},
-                "Input too large.")
+                "Input too large.", label=label)
         return validated, blocks
 
     def validate_input(self, input: Any) -> dict[str, Any]:
@@ -104,12 +105,13 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         """The context a new session starts with: validated args, rendered system prompt."""
         options = self._options
         args = instruction_args or {}
+        label = options.error_label("instruction_schema")
         if options.instruction_serializer is not None:
             args = validate(options.instruction_serializer, args, exc.InvalidInstructionArgs,
-                            "Invalid instruction args.")
+                            "Invalid instruction args.", label=label)
         elif not isinstance(args, Mapping):  # the template reads args as a mapping
             raise exc.InvalidInstructionArgs({"non_field_errors": ["Expected an object."]},
-                                             "Invalid instruction args.")
+                                             "Invalid instruction args.", label=label)
         system = options.template.render(args)
         return Context(system=system, instruction_args=args)
 

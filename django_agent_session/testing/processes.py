@@ -1,12 +1,17 @@
-"""Helpers for tests that run ASGI servers (daphne, uvicorn) as subprocesses on loopback."""
+"""Helpers for tests that run servers and workers (daphne, uvicorn, ``db_worker``) as
+subprocesses on loopback."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -36,3 +41,37 @@ async def wait_listening(port: int, proc: subprocess.Popen | None = None, *,
         writer.close()
         return
     raise RuntimeError(f"{name} did not listen on port {port} within {timeout}s:\n{output()}")
+
+
+class LoggedProcess:
+    """A subprocess whose stdout and stderr go to a log file, read back by :meth:`output`
+    (what a test reports when the process misbehaves); :meth:`stop` ends it and removes it."""
+
+    def __init__(self, args: Sequence[str], *, name: str, cwd: str | Path,
+                 env: Mapping[str, str]) -> None:
+        self.log = Path(f"/tmp/agent-{name}-{os.getpid()}-{time.monotonic_ns()}.log")
+        self._log_file = self.log.open("wb")
+        self.proc = subprocess.Popen(list(args), cwd=cwd, env=dict(env),
+                                     stdout=self._log_file, stderr=subprocess.STDOUT)
+
+    def output(self, tail: int | None = None) -> str:
+        """What the process wrote so far (its last ``tail`` characters)."""
+        self._log_file.flush()
+        text = self.log.read_text(errors="replace")
+        return text if tail is None else text[-tail:]
+
+    def stop(self, *, grace: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within ``grace`` seconds (``grace=0``:
+        SIGKILL at once); then close and delete the log."""
+        if self.proc.poll() is None:
+            if grace:
+                self.proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=grace)
+            if self.proc.poll() is None:
+                self.proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=5)
+        self._log_file.close()
+        with contextlib.suppress(OSError):
+            self.log.unlink()

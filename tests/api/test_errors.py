@@ -11,8 +11,15 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from django_agent_session import exceptions as exc
-from django_agent_session.api.errors import api_exception, error_body, status_for
-from django_agent_session.models import AgentRun, SessionStatus
+from django_agent_session.api.errors import (
+    RETRY_AFTER_MAX,
+    RETRY_AFTER_MIN,
+    api_exception,
+    busy_retry_after,
+    error_body,
+    status_for,
+)
+from django_agent_session.models import AgentRun, RunStatus, SessionStatus
 from django_agent_session.testing.loopback import Reply
 from tests.helpers.api import ARGS, CHAT, parse_sse, start, streamed
 from tests.helpers.loopback import loopback_settings
@@ -126,10 +133,28 @@ def no_wait(server) -> dict:
     return {**loopback_settings(server), "TURN_WAIT_SECONDS": 0.0}
 
 
-def test_busy_session_is_409_with_retry_after(api, loopback):
+def turn_running(session_id, *, for_seconds: float, took_ms=(), queued: int = 0,
+                 now=None) -> None:
+    """The session as a turn ``for_seconds`` into its run leaves it: the lease held (for
+    60 s more), a running run; ``took_ms``: its completed turns' durations."""
+    now = now or timezone.now()
+    hold_lease(session_id)
+    session = ChatAgent.objects.get(pk=session_id)
+    session.runs.all().delete()
+    for index, duration in enumerate(took_ms):
+        session.runs.create(status=RunStatus.COMPLETED, duration_ms=duration,
+                            started_at=now - timedelta(minutes=10 - index))
+    session.runs.create(status=RunStatus.RUNNING,
+                        started_at=now - timedelta(seconds=for_seconds))
+    for _ in range(queued):
+        session.runs.create(status=RunStatus.QUEUED, started_at=now)
+
+
+def test_busy_session_is_409_with_a_realistic_retry_after(api, loopback):
     loopback.enqueue("a")
     session_id = start(api).json()["session"]["id"]
-    hold_lease(session_id, 7.2)
+    # its turns took 10 s (median), the running one started 4 s ago, its lease ends in 60 s
+    turn_running(session_id, for_seconds=4.0, took_ms=[9_000, 10_000, 14_000])
 
     with override_settings(AGENT_SESSION=no_wait(loopback)):
         response = api.post(f"{CHAT}{session_id}/continue/", {"input": {"message": "b"}},
@@ -139,15 +164,38 @@ def test_busy_session_is_409_with_retry_after(api, loopback):
         deleted = api.delete(f"{CHAT}{session_id}/")
 
     assert response.status_code == 409
-    assert response["Retry-After"] == "8"
+    assert response["Retry-After"] == "6"  # about 6 s left, not the lease's 60
     body = response.json()
     assert body["code"] == "session_busy" and body["retryable"] is True
-    assert 1 <= body["retry_after"] <= 8
+    assert 5.0 <= body["retry_after"] <= 6.0
     name, error = stream_events[-1]
     assert name == "error" and error["status"] == 409 and error["code"] == "session_busy"
+    assert 5.0 <= error["retry_after"] <= 6.0
     assert deleted.status_code == 409 and deleted.json()["code"] == "session_busy"
+    assert deleted["Retry-After"] == "6" and 5.0 <= deleted.json()["retry_after"] <= 6.0
     assert ChatAgent.objects.filter(pk=session_id).exists()
     assert len(loopback.message_requests) == 1
+
+
+@pytest.mark.parametrize(("running_for", "took_ms", "queued", "expected"), [
+    (None, [], 0, 1.0),  # nothing runs (the lease is about to be free): the minimum
+    (3.0, [], 0, 3.0),  # no history: as long again as it has run
+    (2.0, [8_000, 10_000, 30_000], 0, 8.0),  # the median turn (10 s), 2 s in
+    (25.0, [10_000], 0, 2.5),  # longer than usual: a quarter of a turn
+    (2.0, [10_000], 2, 28.0),  # and each queued turn ahead takes a typical turn
+    (0.0, [600_000], 0, 30.0),  # never more than RETRY_AFTER_MAX
+])
+def test_retry_after_is_the_expected_rest_of_the_running_turn(loopback, running_for, took_ms,
+                                                              queued, expected):
+    loopback.enqueue("hello")
+    session = ChatAgent.objects.start_session("hi", instruction_args=ARGS)
+    now = timezone.now()
+    turn_running(session.pk, for_seconds=running_for or 0.0, took_ms=took_ms, queued=queued,
+                 now=now)
+    if running_for is None:
+        session.runs.filter(status=RunStatus.RUNNING).delete()
+    assert busy_retry_after(session, now=now) == expected
+    assert RETRY_AFTER_MIN <= expected <= RETRY_AFTER_MAX
 
 
 def test_token_budget_exhausted_is_409(api, loopback):
@@ -174,6 +222,29 @@ def test_unknown_session_is_404_for_every_detail_endpoint(api):
         assert response.json() == {"detail": "Not found."}, (method, suffix)
     malformed = api.get(f"{CHAT}not-a-uuid/")
     assert malformed.status_code == 404 and malformed.json() == {"detail": "Not found."}
+
+
+@pytest.mark.parametrize("path", [
+    "a%2Fb/", "a.b/", "%20/", "/", "a%2Fb/continue/", "a%2F/events/", "{id}/runs/a%2Fb/",
+    "{id}/runs/a.b/", "{id}/runs/a%2Fb/cancel/", "{id}/runs/x%2Fy/stream/",
+    "{id}/no-such-route/", "{id}/continue/a%2Fb/", "{id}/tool-calls/a%2Fb/approve/",
+])
+def test_every_id_is_the_json_404_on_sessions_and_runs(api, loopback, path):
+    """Ids the routes' patterns refuse (a ``/``, ``%2F`` included, or none) reach the viewset
+    too: its JSON 404, never Django's HTML page (what schemathesis found)."""
+    loopback.enqueue("a")
+    session_id = start(api).json()["session"]["id"]
+    url = f"{CHAT}{path.format(id=session_id)}"
+    response = api.get(url)
+    assert response.status_code == 404, (url, response.content)
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "Not found."}
+    for method in ("post", "patch", "delete"):
+        response = getattr(api, method)(url, {"input": {"message": "x"}}, format="json")
+        assert response.status_code in (404, 405), (method, url)  # 405: a GET-only route
+        assert response["Content-Type"] == "application/json", (method, url)
+    assert APIClient().get(url).status_code == 403  # after authentication, like the others
+    assert len(loopback.message_requests) == 1
 
 
 def test_error_mapping_table():

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import schemathesis
 from django.core.management import call_command
@@ -31,6 +37,7 @@ pytestmark = pytest.mark.django_db
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, response_headers_conformance]
 CSRF = "c" * 32
+ROOT = Path(__file__).resolve().parents[2]
 #: examples per operation and mode: the whole run stays at a few seconds
 MAX_EXAMPLES = 6
 
@@ -124,13 +131,11 @@ def wsgi_app():
     request_finished.connect(close_old_connections)
 
 
-def test_schemathesis_finds_no_server_error_and_no_schema_violation(user, scripted, wsgi_app):
-    """Stateless, a bounded number of examples per operation (acceptance 3).
-
-    Positive data for three agents (one with instruction args, one with structured output,
-    one with the default schemas), and schema-violating data for one of them, which must
-    all be answered with documented 4xx responses.
-    """
+def fuzz(user, scripted, wsgi_app, *, models: dict, negative: set, max_examples: int,
+         derandomize: bool, keep_going: bool = False) -> tuple[int, list[str]]:
+    """Run schemathesis over the operations of ``models`` (URL prefix -> session model);
+    returns how many strategies ran and, with ``keep_going``, every failure found (else the
+    first failure raises)."""
     # the model always answers, validly: any 5xx is then the API's fault
     scripted.default = lambda request: (
         json_reply({"content": "Fine.", "mood": "happy"}) if request.output_schema
@@ -140,15 +145,12 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(user, script
     cookies = {"sessionid": browser.cookies["sessionid"].value, "csrftoken": CSRF}
     headers = {"X-CSRFToken": CSRF}
     schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", wsgi_app)
-    models = {"chat-agents": ChatAgent, "structured-agents": StructuredAgent,
-              "plain-agents": PlainAgent}
-    modes = {"chat-agents": [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]}
-    exercised = 0
+    exercised, failures = 0, []
 
     for result in schema.get_all_operations():
         operation = result.ok()
         prefix = operation.path.split("/")[2]
-        if prefix not in models:  # the other agents are declared like these; keep it short
+        if prefix not in models:
             continue
         owned = None
         if "{id}" in operation.path:
@@ -158,19 +160,64 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(user, script
                 "hello", owner=user,
                 instruction_args=ARGS if model.agent_options.instruction_serializer else None)
             owned = {"id": str(session.pk)}
-        for mode in modes.get(prefix, [GenerationMode.POSITIVE]):
+        modes = [GenerationMode.POSITIVE]
+        if prefix in negative:
+            modes.append(GenerationMode.NEGATIVE)
+        for mode in modes:
             strategies = [operation.as_strategy(generation_mode=mode)]
             if owned:
                 strategies.append(operation.as_strategy(generation_mode=mode,
                                                         path_parameters=owned))
-            for strategy in strategies:
+            for index, strategy in enumerate(strategies):
                 @given(case=strategy)
-                @hypothesis_settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-                                     derandomize=True, suppress_health_check=list(HealthCheck))
+                @hypothesis_settings(max_examples=max_examples, deadline=None, database=None,
+                                     derandomize=derandomize,
+                                     suppress_health_check=list(HealthCheck))
                 def check(case):
                     response = case.call(headers=headers, cookies=cookies)
                     case.validate_response(response, checks=CHECKS)
 
-                check()
+                try:
+                    check()
+                except Exception as error:
+                    if not keep_going:
+                        raise
+                    ids = "an owned session's id" if index else "any id"
+                    failures.append(f"{operation.label} ({mode.value}, {ids}):\n{error}")
                 exercised += 1
+    return exercised, failures
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(user, scripted, wsgi_app):
+    """Stateless, a bounded number of examples per operation (acceptance 3).
+
+    Positive data for three agents (one with instruction args, one with structured output,
+    one with the default schemas), and schema-violating data for one of them, which must
+    all be answered with documented 4xx responses. ``scripts/fuzz`` is the long run.
+    """
+    models = {"chat-agents": ChatAgent, "structured-agents": StructuredAgent,
+              "plain-agents": PlainAgent}
+    exercised, _ = fuzz(user, scripted, wsgi_app, models=models, negative={"chat-agents"},
+                        max_examples=MAX_EXAMPLES, derandomize=True)
     assert exercised >= 45
+
+
+#: examples per operation, mode and id of the long run (``scripts/fuzz`` sets it); unset: skipped
+FUZZ_EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES") or 0)
+
+
+@pytest.mark.skipif(not FUZZ_EXAMPLES, reason="the long run: scripts/fuzz "
+                                              "(SCHEMATHESIS_EXAMPLES=50)")
+def test_schemathesis_long_run(user, scripted, wsgi_app):
+    """Every operation of every agent the test project routes, positive and negative data,
+    ``SCHEMATHESIS_EXAMPLES`` examples each (with any id and with an owned session's id), not
+    derandomized: each run tries new data. Every failure is collected, then reported."""
+    from tests.api_urls import router
+
+    models = {prefix: viewset.model for prefix, viewset, _ in router.registry}
+    exercised, failures = fuzz(user, scripted, wsgi_app, models=models, negative=set(models),
+                               max_examples=FUZZ_EXAMPLES, derandomize=False, keep_going=True)
+    print(f"schemathesis: {exercised} strategies x {FUZZ_EXAMPLES} examples, "
+          f"{len(models)} agents, {len(failures)} failing")
+    assert exercised >= 6 * 30
+    assert not failures, "\n\n".join(failures)

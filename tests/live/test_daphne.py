@@ -9,7 +9,6 @@ import contextlib
 import inspect
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from django.db import connection
 
 from django_agent_session.conf import DEFAULTS
 from django_agent_session.live import protocol
-from django_agent_session.testing.processes import free_port, wait_listening
+from django_agent_session.testing.processes import LoggedProcess, free_port, wait_listening
 from tests.helpers.live_server import create_chat, session_cookie, ws_path
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fast_passwords")]
@@ -31,17 +30,15 @@ ROOT = Path(__file__).resolve().parents[2]
 DAPHNE_MAX_MESSAGE = inspect.signature(Server).parameters["websocket_max_message_size"].default
 
 
-class Daphne:
+class Daphne(LoggedProcess):
     """One daphne process serving ``tests.live.daphne_app`` on the test database."""
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.log = Path(f"/tmp/agent-daphne-{os.getpid()}-{self.port}.log")
-        self._log_file = self.log.open("wb")
-        self.proc = subprocess.Popen(
+        super().__init__(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
              "tests.live.daphne_app:application"],
-            cwd=ROOT, stdout=self._log_file, stderr=subprocess.STDOUT,
+            name="daphne", cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT),
                  "DJANGO_SETTINGS_MODULE": "tests.live.daphne_settings",
                  "AGENT_LIVE_DB_NAME": str(connection.settings_dict["NAME"])})
@@ -50,24 +47,12 @@ class Daphne:
     def origin(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def output(self) -> str:
-        self._log_file.flush()
-        return self.log.read_text(errors="replace")
-
     def connect(self, path: str, cookie: str | None, origin: str | None = "same") -> Any:
         return websockets.connect(
             f"ws://127.0.0.1:{self.port}{path}",
             origin=self.origin if origin == "same" else origin,
             additional_headers={"Cookie": cookie} if cookie else None,
             open_timeout=10, close_timeout=2)
-
-    def close(self) -> None:
-        self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-        self._log_file.close()
-        with contextlib.suppress(OSError):
-            self.log.unlink()
 
 
 @pytest.fixture
@@ -77,7 +62,7 @@ async def daphne():
         await wait_listening(server.port, server.proc, name="daphne", output=server.output)
         yield server
     finally:
-        server.close()
+        server.stop(grace=0)
 
 
 async def closed_after(socket: Any, timeout: float = 10.0) -> tuple[list[dict], Any]:

@@ -12,13 +12,10 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +30,7 @@ from django_tasks_db.models import DBTaskResult
 
 from django_agent_session.models import AgentRun, RunStatus
 from django_agent_session.testing.loopback import LoopbackMessagesServer, Reply
+from django_agent_session.testing.processes import LoggedProcess
 from tests.helpers.live_server import (
     ROOT,
     create_chat,
@@ -70,26 +68,22 @@ def process_env(server: LoopbackMessagesServer, prefix: str, api_key: str) -> di
             "AGENT_LIVE_TASK_BACKEND": BACKEND, "AGENT_LIVE_TASK_QUEUE": QUEUE}
 
 
-class WorkerProcess:
+class WorkerProcess(LoggedProcess):
     """``manage.py db_worker`` (django-tasks-db) with tests/live_settings.py, polling
     ``QUEUE`` of the ``BACKEND`` backend."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.worker_id = f"agent-test-{uuid.uuid4().hex[:12]}"
-        self.log = Path(f"/tmp/agent-worker-{os.getpid()}-{self.worker_id}.log")
-        self._log_file = self.log.open("wb")
-        self.proc = subprocess.Popen(
+        super().__init__(
             [sys.executable, "-m", "django", "db_worker", "--backend", BACKEND,
              "--queue-name", QUEUE, "--interval", "0.05", "--no-startup-delay", "--no-reload",
              "--worker-id", self.worker_id],
-            cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
-                           "DJANGO_SETTINGS_MODULE": "tests.live_settings"},
-            stdout=self._log_file, stderr=subprocess.STDOUT,
-        )
+            name="worker", cwd=ROOT,
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+                 "DJANGO_SETTINGS_MODULE": "tests.live_settings"})
 
-    def output(self) -> str:
-        self._log_file.flush()
-        return self.log.read_text(errors="replace")[-4000:]
+    def output(self, tail: int | None = 4000) -> str:
+        return super().output(tail)
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Until the worker has started polling."""
@@ -102,20 +96,6 @@ class WorkerProcess:
                 raise AssertionError(f"db_worker did not start:\n{self.output()}")
             await asyncio.sleep(0.05)
 
-    def close(self) -> None:
-        """SIGTERM (the worker exits at once when idle), SIGKILL if it does not."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(timeout=5)
-        self._log_file.close()
-        with contextlib.suppress(OSError):
-            self.log.unlink()
-
 
 @contextlib.contextmanager
 def worker_process(env: dict[str, str]) -> Iterator[WorkerProcess]:
@@ -123,7 +103,7 @@ def worker_process(env: dict[str, str]) -> Iterator[WorkerProcess]:
     try:
         yield worker
     finally:
-        worker.close()
+        worker.stop()  # SIGTERM: the worker exits at once when idle
 
 
 async def receive_until(socket: Any, until: Any, timeout: float = 15.0) -> list[dict]:
