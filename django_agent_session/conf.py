@@ -64,6 +64,9 @@ DEFAULTS: dict[str, Any] = {
     # tool of a sync turn runs in the caller's thread (and transaction) unless one of those
     # two is declared.
     "TOOL_TIMEOUT": 300.0,
+    # OpenTelemetry (docs/telemetry.md): whether spans carry message content (the system
+    # prompt, messages, replies, tool arguments and results); off, as it is the users' data
+    "TELEMETRY_CAPTURE_CONTENT": False,
     # Money and size (engine/pricing.py, engine/limits.py). PRICES: model id prefix ->
     # {"input", "output", "cache_write", "cache_read"} USD per million tokens, merged over the
     # library's dated table (``None`` removes an entry). CONTEXT_WINDOWS: model id prefix ->
@@ -92,6 +95,13 @@ DEFAULTS: dict[str, Any] = {
     "WEBSOCKET_ALLOWED_ORIGINS": None,
     # Artifacts: a STORAGES alias, or None for default_storage
     "ARTIFACT_STORAGE": None,
+    # Files as turn input (docs/files.md): the media types a file may be, as sniffed from its
+    # bytes (the client's Content-Type and filename are never trusted); the largest file in
+    # bytes; the most files one message may attach
+    "ATTACHMENT_TYPES": ["image/png", "image/jpeg", "image/gif", "image/webp",
+                         "application/pdf"],
+    "ATTACHMENT_MAX_BYTES": 5 * 1024 * 1024,
+    "ATTACHMENT_MAX_COUNT": 10,
     # Retention (``prune_agent_sessions``): nothing is pruned until a limit is set.
     "RETENTION": {
         # delete sessions whose last activity is older than this many days (None: never)
@@ -112,6 +122,11 @@ DEFAULTS: dict[str, Any] = {
     "API_PERMISSION_CLASSES": ["django_agent_session.api.permissions.IsSessionOwner"],
     "API_THROTTLE_CLASSES": None,  # None: DRF's DEFAULT_THROTTLE_CLASSES
     "API_PAGE_SIZE": 20,
+    # Events from outside a turn (docs/events.md): the largest ``data`` of an appended event
+    # (bytes of its JSON), and the longest a long-poll of the event log
+    # (``GET .../events/?wait=``) waits; a larger ``wait`` waits this long
+    "EVENT_MAX_BYTES": 64 * 1024,
+    "EVENTS_MAX_WAIT_SECONDS": 30.0,
 }
 
 IMPORT_STRINGS = {"FACTORY_ROUTER", "API_PERMISSION_CLASSES", "API_THROTTLE_CLASSES",

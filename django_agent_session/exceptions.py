@@ -63,10 +63,31 @@ class InvalidInput(AgentSessionError):
                                labelled=bool(label))
 
 
+class InvalidAttachment(InvalidInput):
+    """A file refused as a turn's attachment: its sniffed type is not allowed
+    (``reason="type"``), it is too large (``"too_large"``) or empty (``"empty"``), or the
+    attachment named is not one of the session's (``"not_found"``)."""
+
+    code = "invalid_attachment"
+
+    def __init__(self, errors: Any, message: str = "Invalid attachment.", *,
+                 reason: str = "invalid", label: str | None = None) -> None:
+        super().__init__(errors, message, label=label)
+        self.reason = self.details["reason"] = reason
+
+
 class InvalidInstructionArgs(InvalidInput):
     """The instruction args do not match ``instruction_schema`` or the template."""
 
     code = "invalid_instruction_args"
+
+
+class InvalidConfig(InvalidInput):
+    """A conversation's configuration (``start_session(config=)``, a factory's ``config``)
+    names an unknown key, a tool the agent does not have, or a bad value. ``errors`` maps
+    each key to its messages."""
+
+    code = "invalid_config"
 
 
 class SessionNotFound(AgentSessionError):
@@ -183,6 +204,13 @@ class ToolFailed(AgentSessionError):
     """A tool raised and the agent's ``tool_errors`` policy is ``"halt"``."""
 
     code = "tool_failed"
+
+
+class HookFailed(AgentSessionError):
+    """One of ``Agent.hooks`` raised something other than an ``AgentSessionError`` (which
+    would be the turn's error as it is); the original is the ``__cause__``."""
+
+    code = "hook_failed"
 
 
 class InvalidModelOutput(AgentSessionError):

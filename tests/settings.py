@@ -75,6 +75,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"]["TEST"] = {"NAME": f"test_agent_session_{_RUN}"}
 
+# files a test stores without the ``tmp_storage`` fixture land here, never in the checkout
+MEDIA_ROOT = f"/tmp/agent-session-media-{_RUN}"
+
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 if os.environ.get("REDIS_URL"):
     CHANNEL_LAYERS = {"default": redis_channel_layer(os.environ["REDIS_URL"])}

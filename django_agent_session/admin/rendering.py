@@ -7,7 +7,7 @@ template, never as markup.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.contrib import admin
@@ -17,6 +17,8 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
+
+from ..engine.attachments import is_reference
 
 #: how many runs the change page lists inline (the runs changelist has them all)
 TIMELINE_LIMIT = 200
@@ -113,7 +115,8 @@ def _result_text(content: Any) -> str:
     return content
 
 
-def _transcript_block(block: Any, tool_names: dict[str, str]) -> dict[str, Any]:
+def _transcript_block(block: Any, tool_names: dict[str, str],
+                      attachment_url: Callable[[str], str] | None = None) -> dict[str, Any]:
     if not isinstance(block, dict):
         return {"kind": "text", "text": str(block)}
     kind = block.get("type")
@@ -132,6 +135,10 @@ def _transcript_block(block: Any, tool_names: dict[str, str]) -> dict[str, Any]:
         return {"kind": "tool_result", "id": tool_id, "name": tool_names.get(tool_id, ""),
                 "is_error": bool(block.get("is_error")),
                 "text": _result_text(block.get("content", ""))}
+    if is_reference(block) and attachment_url is not None:  # a file the user attached
+        source = block["source"]
+        return {"kind": "attachment", "media": kind, "url": attachment_url(source["artifact_id"]),
+                "text": source.get("media_type", "")}
     if kind in ("image", "document"):
         source = block.get("source") or {}
         described = source.get("media_type") or source.get("type", "")
@@ -139,8 +146,11 @@ def _transcript_block(block: Any, tool_names: dict[str, str]) -> dict[str, Any]:
     return {"kind": "other", "type": kind or "?", "text": pretty_json(block)}
 
 
-def transcript_entries(messages: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The context's messages as display entries: role, label and typed blocks.
+def transcript_entries(messages: Iterable[dict[str, Any]],
+                       attachment_url: Callable[[str], str] | None = None
+                       ) -> list[dict[str, Any]]:
+    """The context's messages as display entries: role, label and typed blocks
+    (``attachment_url(artifact id)`` links the files the user attached).
 
     A user message that only answers tool calls is shown as "tool results", not as the user.
     """
@@ -151,7 +161,7 @@ def transcript_entries(messages: Iterable[dict[str, Any]]) -> list[dict[str, Any
         content = message.get("content")
         if isinstance(content, str):
             content = [{"type": "text", "text": content}]
-        blocks = [_transcript_block(b, tool_names) for b in content or ()]
+        blocks = [_transcript_block(b, tool_names, attachment_url) for b in content or ()]
         kind = role if role in ("user", "assistant") else "other"
         if role == "user" and blocks and all(b["kind"] == "tool_result" for b in blocks):
             kind = "tool"

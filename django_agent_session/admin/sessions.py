@@ -32,6 +32,7 @@ from ..store.export import export_session
 from ..store.queries import json_text_q
 from ..store.sessions import reset_context, update_fields
 from .approvals import ApprovalAdminMixin
+from .attachments import AttachmentAdminMixin
 from .rendering import (
     TIMELINE_LIMIT,
     _admin_url,
@@ -83,7 +84,7 @@ class SessionChangeList(ChangeList):
         return qs.defer(cast(type[SessionRecord], self.model).agent_options.context_field)
 
 
-class AgentSessionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
+class AgentSessionAdmin(AttachmentAdminMixin, ApprovalAdminMixin, admin.ModelAdmin):
     """The admin of a concrete session model: a transcript change page and session actions.
 
     Register it for your models (``admin.site.register(ChatAgent, AgentSessionAdmin)``) or
@@ -294,7 +295,7 @@ class AgentSessionAdmin(ApprovalAdminMixin, admin.ModelAdmin):
         if approvals is _UNSET:
             approvals = self.approvals(None, obj)
         return render_to_string("admin/django_agent_session/transcript.html", {
-            "entries": transcript_entries(context.messages),
+            "entries": transcript_entries(context.messages, self.attachment_url(obj)),
             "failures": list(reversed(trailing)),
             "repaired": context.repaired,
             "approvals": approvals,

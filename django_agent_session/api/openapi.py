@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .serializers import (
     AgentErrorSerializer,
     AgentEventPageSerializer,
+    AgentEventSerializer,
     AgentRunPageSerializer,
     AgentRunSerializer,
     AgentSerializers,
+    AppendEventSerializer,
     ApproveToolCallSerializer,
     DetailSerializer,
     PendingToolCallSerializer,
@@ -39,6 +41,46 @@ STREAM_DESCRIPTION = (
     "`status: awaiting_approval`) or `error` (`{status, code, detail, retryable}`).")
 
 
+def _attachment_operations(tag: list[str], name: str, session_id: list[Any],
+                           auth: dict[Any, Any], missing: dict[Any, Any],
+                           throttled: dict[Any, Any]) -> dict[str, Any]:
+    """The upload and file endpoints (api/uploads.py)."""
+    from drf_spectacular.types import OpenApiTypes
+    from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+
+    from .uploads import AttachmentErrorSerializer, AttachmentSerializer
+
+    refused = OpenApiResponse(AttachmentErrorSerializer, description=(
+        "`invalid_attachment`: 413 too large (`ATTACHMENT_MAX_BYTES`), 415 a type not in "
+        "`ATTACHMENT_TYPES` (read from the bytes), 400 empty or no `file`."))
+    form = {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}},
+            "required": ["file"]}
+    artifact_id = OpenApiParameter("artifact_id", OpenApiTypes.UUID, OpenApiParameter.PATH,
+                                   description="The attachment's id.")
+    files = {(200, media): OpenApiResponse(OpenApiTypes.BINARY, description="The file.")
+             for media in ("image/png", "image/jpeg", "image/gif", "image/webp",
+                           "application/pdf")}
+    return {
+        "upload_attachment": extend_schema(
+            tags=tag, parameters=session_id, request={"multipart/form-data": form},
+            summary=f"Upload an image or PDF to a {name} session",
+            description="Its id goes in a message's `attachments` (REST or WebSocket). The "
+                        "type is read from the file's bytes, never from its name or "
+                        "Content-Type.",
+            responses={201: AttachmentSerializer, **auth, **missing,
+                       400: OpenApiResponse(OpenApiTypes.OBJECT, description=(
+                           "No `file` (`{\"file\": [...]}`), or an empty one "
+                           "(`invalid_attachment`).")),
+                       413: refused, 415: refused, **throttled}),
+        "attachment": extend_schema(
+            tags=tag, parameters=[*session_id, artifact_id,
+                                  OpenApiParameter("format", exclude=True)],
+            summary="The file of an attachment",
+            responses={**files, **{(code, "application/json"): response for code, response
+                                   in {**auth, **missing, **throttled}.items()}}),
+    }
+
+
 def annotate(viewset: _ViewSet, s: AgentSerializers) -> _ViewSet:
     """Attach the per-model schema to ``viewset``; a no-op without drf-spectacular.
 
@@ -53,6 +95,7 @@ def annotate(viewset: _ViewSet, s: AgentSerializers) -> _ViewSet:
             extend_schema,
             extend_schema_view,
         )
+        from drf_spectacular.drainage import isolate_view_method
     except ImportError:  # pragma: no cover - drf-spectacular is optional
         return viewset
 
@@ -96,6 +139,12 @@ def annotate(viewset: _ViewSet, s: AgentSerializers) -> _ViewSet:
                                                        "As one `error` event.")
         return responses
 
+    protocol = [OpenApiParameter(
+        "protocol", str, OpenApiParameter.QUERY, enum=["ai-sdk", "ag-ui"],
+        description="The stream's protocol: absent, this library's events; `ai-sdk`, the "
+                    "Vercel AI SDK UI message stream (header `x-vercel-ai-ui-message-stream: "
+                    "v1`, ends with `data: [DONE]`); `ag-ui`, AG-UI events. Any other value "
+                    "is a 400. See docs/streaming-protocols.md.")]
     tool_call = [*session_id, OpenApiParameter("tool_use_id", str, OpenApiParameter.PATH,
                                                description="The pending call's id.")]
     decision_errors = {
@@ -119,6 +168,10 @@ def annotate(viewset: _ViewSet, s: AgentSerializers) -> _ViewSet:
     seq_params = [
         OpenApiParameter("after_seq", int, description="Only events after this seq (default 0)."),
         OpenApiParameter("limit", int, description="Events per page (1..1000)."),
+        OpenApiParameter("wait", float, description=(
+            "Long-poll: with no event after `after_seq`, wait up to this many seconds for one "
+            "(at most EVENTS_MAX_WAIT_SECONDS, 30 by default; a larger value waits that long), "
+            "then answer; an empty page when none came. Default 0: answer at once.")),
     ]
     operations = dict(
         list=extend_schema(
@@ -155,7 +208,7 @@ def annotate(viewset: _ViewSet, s: AgentSerializers) -> _ViewSet:
             responses={200: AgentRunSerializer, **auth, **missing, **throttled}),
         run_stream=extend_schema(
             tags=tag, summary="Follow a run (SSE)",
-            parameters=[*run_id, *no_format, OpenApiParameter(
+            parameters=[*run_id, *no_format, *protocol, OpenApiParameter(
                 "Last-Event-ID", int, OpenApiParameter.HEADER,
                 description="Resume after this event id (a progress event's per-run index).")],
             responses=stream_responses(missing)),
@@ -184,17 +237,37 @@ def annotate(viewset: _ViewSet, s: AgentSerializers) -> _ViewSet:
             tags=tag, summary="The event log, cursor-paginated by seq", parameters=[*session_id, *seq_params],
             responses={200: AgentEventPageSerializer, 400: invalid, **auth, **missing,
                        **throttled}),
+        append_event=extend_schema(  # mapped onto the events route: see the end
+            tags=tag, parameters=session_id, summary="Append an event from outside a turn",
+            request=AppendEventSerializer,
+            description="Records a fact of your own (a `custom.*` type) in the event log with "
+                        "the session's next seq; the conversation's WebSocket viewers get it "
+                        "as an `event` frame. An `id` makes it safe to retry: an id stored "
+                        "before answers 200 with that event, and nothing is appended.",
+            responses={201: OpenApiResponse(AgentEventSerializer, description="Appended."),
+                       200: OpenApiResponse(AgentEventSerializer, description=(
+                           "An event with this `id` was stored before: that event.")),
+                       400: OpenApiResponse(OpenApiTypes.OBJECT, description=(
+                           "Field errors: a type outside `custom.*`, `data` that is not a "
+                           "JSON object or larger than EVENT_MAX_BYTES, an invalid `id`.")),
+                       **auth, **missing, **too_large, **throttled}),
         runs=extend_schema(
             tags=tag, summary="The runs (turns) with their usage", parameters=[*session_id, *page_params],
             responses={200: AgentRunPageSerializer, **auth, **missing, **throttled}),
         stream_start=extend_schema(
             tags=tag, summary=f"Start a {name} session, streamed (SSE)",
-            parameters=[*no_format, *idempotency],
+            parameters=[*no_format, *protocol, *idempotency],
             responses=stream_responses({})),
         stream_continue=extend_schema(
-            tags=tag, parameters=[*session_id, *no_format, *idempotency],
+            tags=tag, parameters=[*session_id, *no_format, *protocol, *idempotency],
             summary=f"Run one turn on a {name} session, streamed (SSE)",
             request=s.continue_, responses=stream_responses(missing)),
     )
+    # a method mapped onto another action's route (``@events.mapping.post``) is no action
+    # extend_schema_view knows of: annotate this class's own copy of it
+    mapped = {name: operations.pop(name) for name in ("append_event",)}
+    for name, decorator in mapped.items():
+        decorator(isolate_view_method(viewset, name))
+    operations.update(_attachment_operations(tag, name, session_id, auth, missing, throttled))
     return extend_schema_view(**operations)(viewset)
 

@@ -11,6 +11,7 @@ carry the agent's schema for the documentation (``schema_field``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from ..declaration.schemas import SerializerClass
 from ..models import AgentEvent, AgentRun, Multitask, RunKind, RunStatus
 from ..records import SessionRecord
 from ..store.sessions import update_fields
+from .pagination import EventQuery
 
 #: drf-spectacular's decorator, or None without it
 extend_schema_field: Callable[..., Callable[[Any], Any]] | None
@@ -92,12 +94,45 @@ class AgentRunSerializer(serializers.ModelSerializer):
 
 class AgentEventSerializer(serializers.ModelSerializer):
     run_id = serializers.UUIDField(read_only=True, allow_null=True)
+    id = serializers.CharField(source="key", read_only=True, allow_null=True, help_text=(
+        "The caller's id of an event appended from outside a turn; null for the library's."))
 
     class Meta:
         model = AgentEvent
         ref_name = "AgentEvent"
-        fields = ["seq", "type", "run_id", "data", "created_at"]
+        fields = ["seq", "type", "run_id", "data", "created_at", "id"]
         read_only_fields = fields
+
+
+class AppendEventSerializer(serializers.Serializer):
+    """The body of ``POST .../events/``: its shape; the manager checks the rules (the
+    ``custom.`` namespace, the size of ``data``: store/events.py)."""
+
+    type = serializers.CharField(max_length=64, trim_whitespace=False,
+                                 help_text="`custom.<name>`: the other types are the library's.")
+    # DRF pops declared fields from the class, so ``Serializer.data`` is not shadowed
+    data = serializers.JSONField(  # type: ignore[assignment]
+        required=False, default=dict,
+        help_text="A JSON object (at most EVENT_MAX_BYTES of JSON).")
+    id = serializers.CharField(max_length=255, required=False, allow_null=True,
+                               trim_whitespace=False, help_text=(
+        "Your id for the event, unique per session: appending it again returns the stored "
+        "event (200) and appends nothing."))
+
+    class Meta:
+        ref_name = "AgentAppendEvent"
+
+
+class EventWaitQuery(EventQuery):
+    """The event log's query with ``?wait=``: seconds a read may wait for an event after
+    ``after_seq`` (checked, with the others, before it waits)."""
+
+    wait = serializers.FloatField(min_value=0, required=False, default=0.0)
+
+    def validate_wait(self, value: float) -> float:
+        if not math.isfinite(value):
+            raise serializers.ValidationError("A finite number of seconds is required.")
+        return value
 
 
 class AgentEventPageSerializer(serializers.Serializer):

@@ -22,26 +22,32 @@ The events::
                          "pending"}); last event on success, or when the turn paused for
                          approvals (``status: "awaiting_approval"``)
     event: error         {"status", "code", "detail", "retryable", ...}; last event on failure
+
+Those are the native frames. With ``?protocol=ai-sdk`` or ``?protocol=ag-ui`` the same events
+go through a :class:`~.protocols.StreamProtocol` that writes that protocol's frames instead
+(see :mod:`.protocols`); every function here takes the response's ``protocol`` instance.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.core.handlers.asgi import ASGIRequest
-from django.core.serializers.json import DjangoJSONEncoder
 from django.http import HttpRequest, StreamingHttpResponse
 from rest_framework.renderers import BaseRenderer
 
 from ..records import AgentRun, RunStatus
 from ..runs.stream import buffer_for, frame_of, group_name
 from .errors import error_body
+from .protocols import NativeStream, StreamProtocol, sse
+
+__all__ = ["CONTENT_TYPE", "KEEPALIVE", "EventStreamRenderer", "afollow", "astream",
+           "event_stream", "event_stream_response", "sse", "stream"]
 
 CONTENT_TYPE = "text/event-stream"
 
@@ -53,22 +59,17 @@ SyncTurn = Callable[[Progress], Any]
 Finish = Callable[[Any], Any]
 
 
-def sse(event: str, data: Any, id: int | None = None) -> bytes:
-    """One SSE frame (``json.dumps`` never emits a newline, so one ``data:`` line suffices)."""
-    payload = json.dumps(data, cls=DjangoJSONEncoder, ensure_ascii=False, separators=(",", ":"))
-    head = f"id: {id}\n" if id is not None else ""
-    return f"{head}event: {event}\ndata: {payload}\n\n".encode()
-
-
 KEEPALIVE = b": keep-alive\n\n"
 
 
-async def astream(turn: AsyncTurn, finish: Finish, keepalive: float) -> AsyncIterator[bytes]:
+async def astream(turn: AsyncTurn, finish: Finish, keepalive: float,
+                  protocol: StreamProtocol | None = None) -> AsyncIterator[bytes]:
     """Run ``turn`` on the event loop and yield its events as they happen."""
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+    encode = protocol or NativeStream()
+    queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
 
     async def on_progress(kind: str, data: dict[str, Any]) -> None:
-        queue.put_nowait(sse(kind, data))
+        queue.put_nowait((kind, data))
 
     task = asyncio.ensure_future(turn(on_progress))
     task.add_done_callback(lambda _: queue.put_nowait(None))
@@ -81,14 +82,17 @@ async def astream(turn: AsyncTurn, finish: Finish, keepalive: float) -> AsyncIte
                 continue
             if frame is None:
                 break
-            yield frame
+            yield encode.event(*frame)
         try:
             session = task.result()
         except Exception as error:
-            yield sse("error", error_body(error))
+            yield encode.event("error", error_body(error))
         else:
+            encode.bind(thread_id=getattr(session, "pk", None))
             # the body's serializer may be a project's, reading related rows
-            yield sse("message", await database_sync_to_async(finish)(session))
+            yield encode.event("message", await database_sync_to_async(finish)(session))
+        if tail := encode.close():
+            yield tail
     finally:
         if not task.done():  # the client went away: cancel the turn (recorded as cancelled)
             task.cancel()
@@ -96,27 +100,39 @@ async def astream(turn: AsyncTurn, finish: Finish, keepalive: float) -> AsyncIte
                 await task
 
 
-def stream(turn: SyncTurn, finish: Finish) -> Iterator[bytes]:
+def stream(turn: SyncTurn, finish: Finish,
+           protocol: StreamProtocol | None = None) -> Iterator[bytes]:
     """Run ``turn`` synchronously, then yield its events (the WSGI fallback)."""
-    frames: list[bytes] = []
+    encode = protocol or NativeStream()
+    events: list[tuple[str, Any]] = []
     try:
-        session = turn(lambda kind, data: frames.append(sse(kind, data)))
+        session = turn(lambda kind, data: events.append((kind, data)))
     except Exception as error:
-        yield from frames
-        yield sse("error", error_body(error))
-        return
-    yield from frames
-    yield sse("message", finish(session))
+        body = error_body(error)
+        encode.bind(thread_id=body.get("session_id"))
+        events.append(("error", body))
+    else:
+        # encoded once the turn is over, when a new session's id (a thread's) is known
+        encode.bind(thread_id=getattr(session, "pk", None))
+        events.append(("message", finish(session)))
+    for kind, data in events:
+        yield encode.event(kind, data)
+    if tail := encode.close():
+        yield tail
 
 
-#: the outcome of a followed run: its events after the progress ("message" or "error")
-Outcome = Callable[[Any], list[bytes]]
+#: the outcome of a followed run: its events after the progress, ``[(name, data)]``
+#: (``"message"`` or ``"error"``)
+Outcome = Callable[[Any], list[tuple[str, Any]]]
 
 
 async def afollow(model: Any, run: Any, outcome: Outcome, keepalive: float,
-                  after: int = 0) -> AsyncIterator[bytes]:
+                  after: int = 0, protocol: StreamProtocol | None = None
+                  ) -> AsyncIterator[bytes]:
     """Follow ``run`` (an ``AgentRun``) to its end: its buffered progress after index
     ``after``, then the live frames, then ``outcome(run)``. Never cancels the run."""
+    encode = protocol or NativeStream()
+    encode.bind(thread_id=run.session_id, run_id=run.pk)
     layer = get_channel_layer()
     run_id = str(run.pk)
     channel = None
@@ -129,11 +145,11 @@ async def afollow(model: Any, run: Any, outcome: Outcome, keepalive: float,
         if not run.finished:  # (a paused run's frames so far, too)
             if run.status == RunStatus.RUNNING and not started:
                 started = True
-                yield sse("run.started", {"run_id": run_id})
+                yield encode.event("run.started", {"run_id": run_id})
             for frame in await buffer_for(layer).read(run_id) if layer is not None else []:
                 if frame["n"] > last:
                     last = frame["n"]
-                    yield _progress(frame)
+                    yield encode.event(*_progress(frame))
         while not _settled(run):
             got = await _next_frame(layer, channel, run_id, keepalive)
             if got is None:  # quiet: keep the connection open, and look at the row
@@ -144,14 +160,16 @@ async def afollow(model: Any, run: Any, outcome: Outcome, keepalive: float,
             if frame["type"] == "run.status":
                 if frame["status"] == "started" and not started:
                     started = True
-                    yield sse("run.started", {"run_id": run_id})
+                    yield encode.event("run.started", {"run_id": run_id})
                 elif frame["status"] != "started":
                     run = await AgentRun.objects.aget(pk=run.pk)
             elif frame.get("n") is not None and frame["n"] > last:
                 last = frame["n"]
-                yield _progress(frame)
-        for event in await database_sync_to_async(outcome)(run):
-            yield event
+                yield encode.event(*_progress(frame))
+        for name, data in await database_sync_to_async(outcome)(run):
+            yield encode.event(name, data)
+        if tail := encode.close():
+            yield tail
     finally:
         if channel is not None:
             with contextlib.suppress(Exception):
@@ -185,30 +203,32 @@ async def _next_frame(layer: Any, channel: str | None, run_id: str, timeout: flo
     return None
 
 
-def _progress(frame: dict[str, Any]) -> bytes:
+def _progress(frame: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
+    """A buffered or live progress frame as an event: its name, its data and its ``id``."""
     data = {k: v for k, v in frame.items() if k not in ("type", "ref", "run_id", "n")}
-    return sse(frame["type"], data, id=frame["n"])
+    return frame["type"], data, frame["n"]
 
 
-def event_stream(body: Any) -> StreamingHttpResponse:
-    """A ``text/event-stream`` response with ``body`` (proxies told not to buffer it)."""
+def event_stream(body: Any, protocol: StreamProtocol | None = None) -> StreamingHttpResponse:
+    """A ``text/event-stream`` response with ``body`` (proxies told not to buffer it), with
+    the ``protocol``'s headers."""
     response = StreamingHttpResponse(body, content_type=CONTENT_TYPE)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: do not buffer this response
+    for name, value in (protocol.headers if protocol is not None else {}).items():
+        response[name] = value
     return response
 
 
 def event_stream_response(request: HttpRequest, *, aturn: AsyncTurn, turn: SyncTurn,
-                          finish: Finish, keepalive: float = 15.0) -> StreamingHttpResponse:
+                          finish: Finish, keepalive: float = 15.0,
+                          protocol: StreamProtocol | None = None) -> StreamingHttpResponse:
     """A ``text/event-stream`` response running the turn the way the server can stream it."""
     if isinstance(request, ASGIRequest):
-        body: Any = astream(aturn, finish, keepalive)
+        body: Any = astream(aturn, finish, keepalive, protocol)
     else:
-        body = stream(turn, finish)
-    response = StreamingHttpResponse(body, content_type=CONTENT_TYPE)
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # nginx: do not buffer this response
-    return response
+        body = stream(turn, finish, protocol)
+    return event_stream(body, protocol)
 
 
 class EventStreamRenderer(BaseRenderer):

@@ -32,6 +32,7 @@ from .. import exceptions as exc
 from ..conf import agent_settings, perform_import
 from ..records import RunStatus, SessionRecord
 from ..runs.stream import announce, decision_frame
+from ..store.events import wait_for_events
 from ..store.sessions import delete_session
 from .errors import api_exception, busy_retry_after, error_body
 from .filters import SessionFilterBackend
@@ -39,11 +40,14 @@ from .openapi import annotate
 from .pagination import SeqCursorPagination, SessionPagination
 from .parsers import SessionJSONParser
 from .permissions import owned_by
+from .protocols import QUERY_PARAM, StreamProtocol, protocol_for
 from .serializers import (
     AgentEventSerializer,
     AgentRunSerializer,
     AgentSerializers,
+    AppendEventSerializer,
     ApproveToolCallSerializer,
+    EventWaitQuery,
     PendingToolCallSerializer,
     RejectToolCallSerializer,
     ToolCallDecisionSerializer,
@@ -54,8 +58,8 @@ from .streaming import (
     afollow,
     event_stream,
     event_stream_response,
-    sse,
 )
+from .uploads import AttachmentsMixin
 
 if TYPE_CHECKING:
     from rest_framework.decorators import ViewSetAction
@@ -68,7 +72,7 @@ TURN_ACTIONS = frozenset({"create", "continue_turn", "stream_start", "stream_con
 IDEMPOTENCY_KEY_MAX = 255
 
 
-class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
+class AgentSessionViewSet(AttachmentsMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
                           mixins.UpdateModelMixin, mixins.DestroyModelMixin,
                           viewsets.GenericViewSet):
     """Start, continue, read, rename and delete the caller's sessions of one agent model.
@@ -98,6 +102,9 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
     #: seconds of silence after which a stream sends an SSE comment
     sse_keepalive = 15.0
+    #: seconds between two looks of a long-poll of the event log (``?wait=``) for events
+    #: another process appended (one in this process wakes it at once)
+    events_poll_interval = 0.5
     #: instruction args the server gives every session this viewset starts (``None``: the
     #: client sends them); :meth:`get_instruction_args` may choose them per request instead
     instruction_args: dict[str, Any] | None = None
@@ -211,6 +218,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             "create": start, "stream_start": start,
             "continue_turn": s.continue_, "stream_continue": s.continue_,
             "context": s.context, "events": AgentEventSerializer, "runs": AgentRunSerializer,
+            "append_event": AppendEventSerializer,
             "run": AgentRunSerializer, "cancel_run": AgentRunSerializer,
             "tool_calls": PendingToolCallSerializer,
             "approve_tool_call": ApproveToolCallSerializer,
@@ -225,7 +233,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
     def read_body(self, serializer_class: Any) -> dict[str, Any]:
         """The request body checked for shape; the agent's serializers validate the values."""
-        body = serializer_class(data=self.request.data, context=self.get_serializer_context())
+        body = serializer_class(data=self.request_body(), context=self.get_serializer_context())
         body.is_valid(raise_exception=True)
         return body.validated_data
 
@@ -299,18 +307,25 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             raise NotFound()
         return run
 
-    def follow(self, run: Any, after: int = 0) -> Any:
+    def follow(self, run: Any, after: int = 0, protocol: StreamProtocol | None = None) -> Any:
         """An SSE response following ``run`` to its end (ASGI), never cancelling it."""
-        return event_stream(afollow(self.model, run, self.outcome, self.sse_keepalive, after))
+        protocol = protocol or self.stream_protocol()
+        return event_stream(afollow(self.model, run, self.outcome, self.sse_keepalive, after,
+                                    protocol), protocol)
 
-    def outcome(self, run: Any) -> list[bytes]:
+    def stream_protocol(self) -> StreamProtocol:
+        """A fresh encoder of the protocol ``?protocol=`` names (400 for an unknown one),
+        made before a streaming action does anything else."""
+        return protocol_for(self.request.query_params.get(QUERY_PARAM))()
+
+    def outcome(self, run: Any) -> list[tuple[str, Any]]:
         """The last event of a followed run: ``message`` (the turn body, also when it paused
-        for approvals) or ``error``."""
+        for approvals) or ``error``, as ``[(name, data)]``."""
         if run.status in (RunStatus.COMPLETED, RunStatus.AWAITING_APPROVAL):
             # the session with its ``last_turn``, as a caller waiting for the run gets it
             session = self.manager.get_queryset()._outcome(run)
-            return [sse("message", self.turn_data(session))]
-        return [sse("error", error_body(exc.from_dict(run.error)))]
+            return [("message", self.turn_data(session))]
+        return [("error", error_body(exc.from_dict(run.error)))]
 
     def estimating(self, turn: Any, *args: Any, **kwargs: Any) -> Any:
         """``turn(*args, **kwargs)``; a ``SessionBusy`` it raises carries the estimate of
@@ -383,6 +398,8 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         """Start a session: its first turn runs now; 201 with the session and the output
         (``"wait": false``: 202 with the queued run)."""
         body, args = self.read_start()
+        if self.uploads():  # multipart with files: they need the session first
+            return self.start_with_files(body, args)
         if not body["wait"]:
             run = self.manager.start_session(
                 body["input"], instruction_args=args, owner=self.owner(), wait=False,
@@ -397,6 +414,8 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         """Run one turn on the session (``"wait": false``: 202 with the queued run)."""
         session = self.get_object()
         body = self.read_body(self._agent_serializers.continue_)
+        if self.uploads():  # multipart with files: stored, then named in the input
+            return self.run_with_files(session, self.with_uploads(session, body))
         if not body["wait"]:
             submitted = self.manager.submit(session, body["input"],
                                             multitask=body.get("multitask"),
@@ -424,6 +443,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             url_name="run-stream", renderer_classes=[JSONRenderer, EventStreamRenderer])
     def run_stream(self, request: Request, pk: Any = None, run_id: Any = None) -> Any:
         """Follow a run as Server-Sent Events; ``Last-Event-ID`` resumes after that event."""
+        protocol = self.stream_protocol()  # an unknown protocol is a 400 before anything else
         run = self.get_run(run_id)
         try:
             after = max(int(request.headers.get("Last-Event-ID") or 0), 0)
@@ -432,7 +452,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
                 from None
         if not self.is_asgi():
             raise NotAcceptable("Following a run needs an ASGI server.")
-        return self.follow(run, after)
+        return self.follow(run, after, protocol)
 
     @action(detail=True, methods=["get"], url_path="tool-calls", url_name="tool-calls",
             pagination_class=None, filter_backends=[])
@@ -471,10 +491,54 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
     @action(detail=True, methods=["get"], pagination_class=SeqCursorPagination)
     def events(self, request: Request, pk: Any = None) -> Response:
-        """The session's event log, oldest first, from ``?after_seq=``."""
+        """The session's event log, oldest first, from ``?after_seq=``; with ``?wait=S``, a
+        read that finds nothing after ``after_seq`` waits up to S seconds for an event."""
         session = self.get_object()
+        self.long_poll(session)
         page = self.paginate_queryset(session.events.all())
         return self.get_paginated_response(AgentEventSerializer(page, many=True).data)
+
+    def long_poll(self, session: Any) -> None:
+        """Wait until the session has an event after ``?after_seq=`` or ``?wait=`` seconds
+        pass (at most ``EVENTS_MAX_WAIT_SECONDS``). The query is checked first (a 400 never
+        waits). No transaction is held while it waits: this viewset's requests are never
+        atomic (:meth:`as_view`)."""
+        query = EventWaitQuery(data=self.request.query_params)
+        if not query.is_valid():
+            raise ValidationError(query.errors)
+        wait = min(query.validated_data["wait"], float(agent_settings.EVENTS_MAX_WAIT_SECONDS))
+        if wait > 0:
+            wait_for_events(self.model, session.pk, query.validated_data["after_seq"], wait,
+                            self.events_poll_interval)
+
+    @events.mapping.post
+    def append_event(self, request: Request, pk: Any = None) -> Response:
+        """Append an event from outside a turn (a ``custom.*`` type): 201 with the stored
+        event, or 200 with the one stored before under the same ``id`` (nothing appended)."""
+        session = self.get_object()
+        body = self.read_body(AppendEventSerializer)
+        try:
+            event = self.manager.append_event(session, body["type"], body["data"],
+                                              event_id=body.get("id"))
+        except exc.InvalidInput as error:  # the rules, as field errors of the body
+            raise ValidationError(error.errors) from None
+        data = AgentEventSerializer(event).data
+        if not event.created:
+            return Response(data)
+        self.announce_event(event)
+        return Response(data, status=status.HTTP_201_CREATED)
+
+    def announce_event(self, event: Any) -> None:
+        """Send an appended event to the conversation's WebSocket viewers as the ``event``
+        frame a replay would send them; a layer that fails does not fail the append."""
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        try:
+            async_to_sync(announce)(layer, self.model, event.session_id, event.as_frame())
+        except Exception:
+            logger.warning("Could not announce event %s of %s", event.seq, event.session_id,
+                           exc_info=True)
 
     @action(detail=True, methods=["get"])
     def runs(self, request: Request, pk: Any = None) -> Response:
@@ -487,6 +551,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             renderer_classes=[JSONRenderer, EventStreamRenderer])
     def stream_start(self, request: Request) -> Any:
         """``create`` as Server-Sent Events: deltas as they arrive, then ``message``."""
+        protocol = self.stream_protocol()  # an unknown protocol is a 400 before any turn
         body, args = self.read_start()
         input, owner = body["input"], self.owner()
         self.prevalidate(input, args, start=True)
@@ -494,20 +559,22 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         if self.is_asgi():  # queued and run by the executor; this response only follows it
             run = manager.start_session(input, instruction_args=args, owner=owner, wait=False,
                                         **self.submission())
-            return self.follow(run)
+            return self.follow(run, protocol=protocol)
         return event_stream_response(
             request._request,
             aturn=lambda progress: manager.astart_session(
                 input, instruction_args=args, owner=owner, on_progress=progress),
             turn=lambda progress: manager.start_session(
                 input, instruction_args=args, owner=owner, on_progress=progress),
-            finish=self.turn_data, keepalive=self.sse_keepalive)
+            finish=self.turn_data, keepalive=self.sse_keepalive, protocol=protocol)
 
     @action(detail=True, methods=["post"], url_path="continue/stream",
             url_name="continue-stream", renderer_classes=[JSONRenderer, EventStreamRenderer])
     def stream_continue(self, request: Request, pk: Any = None) -> Any:
         """``continue`` as Server-Sent Events."""
+        protocol = self.stream_protocol()
         session = self.get_object()
+        protocol.bind(thread_id=session.pk)
         body = self.read_body(self._agent_serializers.continue_)
         input, multitask = body["input"], body.get("multitask")
         self.prevalidate(input, start=False)
@@ -515,7 +582,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         if self.is_asgi():
             submitted = manager.submit(session, input, multitask=multitask,
                                        **self.submission())
-            return self.follow(submitted.run)
+            return self.follow(submitted.run, protocol=protocol)
         return event_stream_response(
             request._request,
             aturn=lambda progress: manager.acontinue_session(
@@ -523,7 +590,7 @@ class AgentSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             turn=lambda progress: self.estimating(
                 manager.continue_session, session, input, on_progress=progress,
                 multitask=multitask),
-            finish=self.turn_data, keepalive=self.sse_keepalive)
+            finish=self.turn_data, keepalive=self.sse_keepalive, protocol=protocol)
 
     def unmatched(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """A path under the prefix that no route matched (``AgentSessionRouter``): the same

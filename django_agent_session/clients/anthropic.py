@@ -9,6 +9,7 @@ directly (no thread hop for the network call). Streaming uses the SDK's own
 from __future__ import annotations
 
 import asyncio
+import json
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -219,7 +220,10 @@ _BY_ERROR_TYPE: dict[str, type[exc.ModelError]] = {
     "timeout_error": exc.ModelTimeout,
 }
 
-_SDK_ERRORS = (anthropic.AnthropicError, httpx2.HTTPError)
+#: a 200 whose body is neither the API's JSON nor its SSE (a garbled answer, a broken proxy)
+#: fails while the SDK decodes it: a model error like any other, not an internal one
+_UNDECODABLE = (json.JSONDecodeError, UnicodeDecodeError)
+_SDK_ERRORS = (anthropic.AnthropicError, httpx2.HTTPError, *_UNDECODABLE)
 
 
 @contextmanager
@@ -230,6 +234,22 @@ def _translated() -> Iterator[None]:
         raise
     except _SDK_ERRORS as error:
         raise translate_error(error) from error
+
+
+def _final(get: Any) -> Any:
+    """The stream's final message; a stream that carried no message at all (a 200 of garbage)
+    makes the SDK fail an ``assert``: a model error."""
+    try:
+        return get()
+    except AssertionError as error:
+        raise exc.ModelError("The model's stream ended without a message.") from error
+
+
+async def _afinal(get: Any) -> Any:
+    try:
+        return await get()
+    except AssertionError as error:
+        raise exc.ModelError("The model's stream ended without a message.") from error
 
 
 def _checked(sdk: Any) -> Any:
@@ -287,7 +307,7 @@ class AnthropicClient:
                     delta = _delta(event)
                     if delta is not None:
                         on_delta(delta)
-                message = stream.get_final_message()
+                message = _final(stream.get_final_message)
                 return to_response(message, stream.request_id)
 
     async def acreate(self, request: ModelRequest, on_delta: AsyncDeltaCallback | None = None
@@ -305,5 +325,5 @@ class AnthropicClient:
                     delta = _delta(event)
                     if delta is not None:
                         await maybe_await(on_delta(delta))
-                message = await stream.get_final_message()
+                message = await _afinal(stream.get_final_message)
                 return to_response(message, stream.request_id)

@@ -9,7 +9,8 @@ is collected and raised once, naming ``Model.Agent.option``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import copy
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
@@ -20,20 +21,33 @@ from django.db import models
 from rest_framework import fields as f
 
 from ..clients.base import Client
-from ..clients.registry import get_client
-from ..exceptions import AgentDeclarationError
+from ..clients.registry import get_client, get_client_class
+from ..exceptions import AgentDeclarationError, InvalidConfig
+from .attachments import AttachmentsField
+from .mcp import MCPToolset
 from .schemas import SerializerClass, json_schema, to_serializer
 from .template import InstructionTemplate
-from .tools import Tool, as_tool
+from .tools import Tool, ToolSet, as_tool
 
 _REQUIRED: Any = object()  # the "default" of an option the declaration must give
 
-DEFAULT_INPUT = {"message": f.CharField(trim_whitespace=False)}
+DEFAULT_INPUT = {"message": f.CharField(trim_whitespace=False),
+                 "attachments": AttachmentsField()}
 DEFAULT_OUTPUT = {"content": f.CharField(allow_blank=True, trim_whitespace=False)}
 SCHEMA = "a Serializer class or dict of fields"
 #: what a schema option validates, as its errors name it ("ChatAgent input: ...")
 SCHEMA_LABELS = {"instruction_schema": "instruction args", "input_schema": "input",
                  "output_schema": "output"}
+
+#: the points ``Agent.hooks`` may name (engine/hooks.py says what each may change)
+HOOK_NAMES = ("before_call", "after_render", "after_call", "on_error")
+
+#: what a conversation's configuration may set (``start_session(config=)``, a factory's
+#: ``config``): the model, instruction args, a subset of the tools, and these limits, each
+#: checked as the ``Agent`` option of the same name
+CONFIG_LIMITS = ("max_tokens", "max_iterations", "max_continuations", "temperature",
+                 "token_budget", "cost_budget", "tool_timeout")
+CONFIG_KEYS = ("model", "instruction_args", "tools", *CONFIG_LIMITS)
 
 
 @dataclass(frozen=True)
@@ -124,7 +138,7 @@ class AgentOptions:
     context_field: str
     max_tokens: int
     temperature: float | None
-    tools: dict[str, Tool]
+    tools: ToolSet
     max_iterations: int
     token_budget: int | None
     cost_budget: Decimal | None
@@ -141,6 +155,9 @@ class AgentOptions:
     cache: bool
     thinking: Any
     viewset: Any
+    hooks: dict[str, tuple[Callable[..., Any], ...]]
+    #: the conversation's configuration these options were made for ({}: the declaration's)
+    config: dict[str, Any] = {}
 
     def __init__(self, declaration: type | None, model: type[models.Model]) -> None:
         if declaration is None:
@@ -268,18 +285,25 @@ class AgentOptions:
         return [f"temperature must be between 0 and 1, got {value}"]
 
     def _parse_tools(self, value: list[Any] | tuple[Any, ...]) -> list[str]:
-        """Functions become :class:`Tool` objects, keyed by the name the model calls them by."""
-        self.tools = {}
+        """Functions become :class:`Tool` objects, keyed by the name the model calls them by;
+        an :class:`MCPToolset`'s tools join them when first listed (before a turn)."""
+        tools: dict[str, Tool] = {}
+        toolsets: list[MCPToolset] = []
         problems: list[str] = []
         for item in value:
+            if isinstance(item, MCPToolset):
+                problems.extend(f"tools: {problem}" for problem in item.problems())
+                toolsets.append(item)
+                continue
             try:
                 tool = as_tool(item)
             except (TypeError, ValueError) as exc:
                 problems.append(f"tools: {exc}")
                 continue
-            if tool.name in self.tools:
+            if tool.name in tools:
                 problems.append(f"tools has two tools named {tool.name!r}")
-            self.tools[tool.name] = tool
+            tools[tool.name] = tool
+        self.tools = ToolSet(tools, toolsets)
         return problems
 
     def _parse_token_budget(self, value: int | None) -> list[str]:
@@ -360,6 +384,110 @@ class AgentOptions:
             return ["thinking budget must be >= 1024 and less than max_tokens"]
         return []
 
+    def _parse_hooks(self, value: dict[str, Any] | None) -> list[str]:
+        """Each hook point's callables, as a tuple (a single callable is a tuple of one)."""
+        self.hooks = {}
+        if not value:
+            return []
+        problems = []
+        if unknown := sorted(str(name) for name in set(value) - set(HOOK_NAMES)):
+            problems.append(f"hooks has unknown hook(s) {', '.join(unknown)} "
+                            f"(known: {', '.join(HOOK_NAMES)})")
+        for name in HOOK_NAMES:
+            given = value.get(name)
+            if given is None:
+                continue
+            fns = tuple(given) if isinstance(given, (list, tuple)) else (given,)
+            if bad := [fn for fn in fns if not callable(fn)]:
+                problems.append(f"hooks {name} must be a callable or a list of callables, "
+                                f"got {bad[0]!r}")
+                continue
+            self.hooks[name] = fns
+        return problems
+
+    # -- a conversation's configuration ----------------------------------------------------
+
+    def configured(self, config: Mapping[str, Any] | None) -> AgentOptions:
+        """These options as one conversation's ``config`` changes them (a copy; ``self`` when
+        there is nothing to change). Every key is checked as the ``Agent`` option it
+        overrides; all problems are raised at once as :class:`InvalidConfig`, naming the
+        model and each key. The copy's ``config`` is the configuration as JSON, to store."""
+        if not config:
+            return self
+        label = f"{self.model.__name__} config"
+        if not isinstance(config, Mapping):
+            raise InvalidConfig({"non_field_errors": ["Expected an object."]},
+                                "Invalid conversation config.", label=label)
+        options = copy.copy(self)
+        errors: dict[str, list[str]] = {}
+        if unknown := sorted(str(key) for key in config if key not in CONFIG_KEYS):
+            errors["non_field_errors"] = [f"Unknown key(s) {', '.join(unknown)}; known: "
+                                          f"{', '.join(CONFIG_KEYS)}."]
+        stored: dict[str, Any] = {}
+        for key in CONFIG_KEYS:
+            if key not in config:
+                continue
+            problems = getattr(options, f"_configure_{key}", None)
+            value = config[key]
+            found = problems(value) if problems is not None else \
+                options._configure_limit(key, value)
+            if found:
+                errors[key] = found
+            else:
+                stored[key] = str(value) if isinstance(value, Decimal) else \
+                    list(value) if isinstance(value, tuple) else value
+        if "max_tokens" in stored and not errors and \
+                (problems := options._parse_thinking(options.thinking)):
+            errors["max_tokens"] = [f"{problem} (Agent.thinking)" for problem in problems]
+        if errors:
+            raise InvalidConfig(errors, "Invalid conversation config.", label=label)
+        options.config = stored
+        return options
+
+    def _configure_model(self, value: Any) -> list[str]:
+        """A model id of the agent's provider, or ``"provider:model"``."""
+        if not isinstance(value, str) or not value.strip(":"):
+            return [f'Must be a model id or "provider:model", got {value!r}.']
+        client = value if ":" in value else f"{self.provider}:{value}"
+        problems = self._parse_client(client)
+        if problems:
+            return [f'Must be a model id or "provider:model", got {value!r}.']
+        try:  # a known provider (its client is made at the first turn)
+            get_client_class(self.provider)
+        except Exception as error:  # ImproperlyConfigured, or the class cannot be imported
+            return [str(error)]
+        return []
+
+    def _configure_instruction_args(self, value: Any) -> list[str]:
+        """Checked here for shape and names; their values when the session is created
+        (merged over the caller's args), by ``instruction_schema``."""
+        if not isinstance(value, Mapping):
+            return ["Expected an object."]
+        if self.instruction_serializer is not None:
+            known = set(self.instruction_serializer().fields)
+            if unknown := sorted(str(key) for key in value if key not in known):
+                return [f"Unknown instruction arg(s) {', '.join(unknown)}; known: "
+                        f"{', '.join(sorted(known))}."]
+        return []
+
+    def _configure_tools(self, value: Any) -> list[str]:
+        """A subset of the agent's tools, by name (an MCP toolset's tools cannot be checked
+        before their server is listed: a name of one is accepted when the agent has any)."""
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            return ["Expected a list of tool names."]
+        known = set(self.tools)
+        if missing := sorted(set(value) - known) if not self.tools.sources else []:
+            return [f"Not a tool of {self.model.__name__}: {', '.join(missing)}; its tools: "
+                    f"{', '.join(sorted(known)) or '(none)'}."]
+        self.tools = ToolSubset(self.tools, value)
+        return []
+
+    def _configure_limit(self, key: str, value: Any) -> list[str]:
+        option = next(option for option in self.OPTIONS if option.name == key)
+        problem = option.check(value)
+        problems = [problem] if problem else option.apply(self, value)
+        return [_sentence(p.removeprefix(f"{key} ")) for p in problems]
+
     #: Every option, once. Order matters where a parse method reads an earlier option.
     OPTIONS: ClassVar[tuple[Option, ...]] = (
         Option("client", _REQUIRED, (str,), 'a "provider:model" string', _parse_client),
@@ -396,7 +524,57 @@ class AgentOptions:
         Option("thinking", None, (str, int, dict, type(None)),
                '"adaptive", a token budget, or a dict', _parse_thinking),
         Option("viewset", None, (type, str, type(None)), "a ViewSet class or dotted path"),
+        Option("hooks", None, (dict, type(None)),
+               f"a dict of hook name ({', '.join(HOOK_NAMES)}) to callables, or None",
+               _parse_hooks),
     )
+
+
+class ToolSubset(ToolSet):
+    """The tools of a conversation configured with ``tools``: those of ``base`` named in
+    ``names``, in ``base``'s order (its MCP tools too, once found)."""
+
+    def __init__(self, base: ToolSet, names: Any) -> None:  # noqa: D107 (no ToolSet state)
+        self.base, self.names = base, frozenset(names)
+        self.sources = base.sources
+
+    def _picked(self) -> dict[str, Tool]:
+        return {name: tool for name, tool in self.base.items() if name in self.names}
+
+    def __getitem__(self, name: str) -> Tool:
+        if name not in self.names:
+            raise KeyError(name)
+        return self.base[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._picked())
+
+    def __len__(self) -> int:
+        return len(self._picked())
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.base.get(name, default) if name in self.names else default
+
+    def values(self) -> Any:
+        return self._picked().values()
+
+    def params(self) -> list[dict[str, Any]]:
+        return [param for param in self.base.params() if param.get("name") in self.names]
+
+    def refresh(self) -> None:
+        self.base.refresh()
+
+    async def arefresh(self) -> None:
+        await self.base.arefresh()
+
+    def __repr__(self) -> str:
+        return f"<ToolSubset {', '.join(self) or '(none)'}>"
+
+
+def _sentence(text: str) -> str:
+    """An option problem as a field error: capitalized, ending with a period."""
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith(".") else f"{text}."
 
 
 def _camel(name: str) -> str:

@@ -3,26 +3,33 @@
 A tool is called with keyword arguments validated by DRF; if its first parameter is annotated
 :class:`ToolContext` (or named ``ctx``) it also receives the session, owner and run, so it can
 act for the right user. Returning :class:`Halt` ends the tool loop with a value.
+An agent's tools are a :class:`ToolSet`: these functions, plus the tools its MCP toolsets find
+before a turn (``declaration/mcp.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import datetime
 import decimal
 import enum
 import functools
 import inspect
+import logging
 import types
 import typing
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence, ValuesView
+from typing import Any, Protocol
 
 from rest_framework import fields as f
 from rest_framework import serializers
 
 from .schemas import SerializerClass, json_schema, to_serializer
+
+logger = logging.getLogger("django_agent_session")
 
 
 class ToolContext:
@@ -102,6 +109,91 @@ class Tool:
 
     def __repr__(self) -> str:
         return f"<Tool {self.name}>"
+
+
+class ToolSource(Protocol):
+    """Tools found at run time rather than declared (an MCP toolset): :class:`ToolSet` asks
+    each source to start finding its tools before a turn, then reads what it found."""
+
+    def start_discovery(self) -> concurrent.futures.Future[Any] | None:
+        """Start listing the tools if they are unknown or stale; None if they are fresh."""
+
+    def discovered(self) -> tuple[Tool, ...]:
+        """The tools found so far (the last known, if the latest listing failed)."""
+
+
+class ToolSet(Mapping[str, Tool]):
+    """An agent's tools by name: its functions, plus what its sources offer once found.
+
+    Reads go to one snapshot dict replaced whole (never mutated), so a turn on another thread
+    never sees it half-built. The engine calls :meth:`refresh` (or :meth:`arefresh`) before a
+    turn; a name declared as a function wins over a discovered one, and the first source over
+    later ones.
+    """
+
+    def __init__(self, tools: Mapping[str, Tool], sources: Sequence[ToolSource] = ()) -> None:
+        self._declared = dict(tools)
+        self.sources = tuple(sources)
+        self._found: tuple[tuple[Tool, ...], ...] = ()
+        self._snapshot: tuple[dict[str, Tool], list[dict[str, Any]]] = (
+            self._declared, [t.to_param() for t in self._declared.values()])
+
+    def __getitem__(self, name: str) -> Tool:
+        return self._snapshot[0][name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._snapshot[0])
+
+    def __len__(self) -> int:
+        return len(self._snapshot[0])
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._snapshot[0].get(name, default)
+
+    def values(self) -> ValuesView[Tool]:
+        return self._snapshot[0].values()
+
+    def params(self) -> list[dict[str, Any]]:
+        """The tool definitions sent to the model, in the Messages API format."""
+        return self._snapshot[1]
+
+    def refresh(self) -> None:
+        """Find the sources' tools (sync: waits, each source bounded by its own timeout)."""
+        if not self.sources:
+            return
+        futures = [f for f in (s.start_discovery() for s in self.sources) if f is not None]
+        if futures:
+            concurrent.futures.wait(futures)
+        self._merge()
+
+    async def arefresh(self) -> None:
+        """Async twin of :meth:`refresh` (the listing runs elsewhere; this loop only waits)."""
+        if not self.sources:
+            return
+        futures = [f for f in (s.start_discovery() for s in self.sources) if f is not None]
+        if futures:
+            # shielded: a cancelled turn must not cancel a listing other turns wait for
+            await asyncio.wait([asyncio.shield(asyncio.wrap_future(f)) for f in futures])
+        self._merge()
+
+    def _merge(self) -> None:
+        found = tuple(source.discovered() for source in self.sources)
+        if len(found) == len(self._found) and all(
+                a is b or a == b for a, b in zip(found, self._found, strict=True)):
+            return
+        merged = dict(self._declared)
+        for tools in found:
+            for item in tools:
+                if item.name in merged:
+                    logger.warning("Tool %r is offered twice; %r is not used (give the MCP "
+                                   "toolset a prefix)", item.name, item)
+                    continue
+                merged[item.name] = item
+        self._found = found
+        self._snapshot = (merged, [t.to_param() for t in merged.values()])
+
+    def __repr__(self) -> str:
+        return f"<ToolSet {', '.join(self) or '(none)'}>"
 
 
 def tool(fn: Callable[..., Any] | None = None, **options: Any) -> Any:

@@ -28,6 +28,9 @@ USAGE_KEYS = (
 
 INTERRUPTED_TOOL_RESULT = "Tool call interrupted before it returned a result."
 
+#: the key of ``Context.metadata`` holding the conversation's configuration
+CONFIG_KEY = "config"
+
 
 def storable(value: Any) -> Any:
     """``value`` with U+0000 replaced by U+FFFD in every string (keys included).
@@ -75,6 +78,13 @@ class Context:
     version: int = CONTEXT_VERSION
     #: True when loading changed the stored data (migration or repair)
     repaired: bool = field(default=False, compare=False)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The conversation's configuration (``start_session(config=)``, a factory's
+        ``config``): kept in ``metadata``, which every commit, reset, fork and export carries,
+        so a turn in any process runs with it."""
+        return self.metadata.get(CONFIG_KEY) or {}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Context:
@@ -208,6 +218,6 @@ def repair_dangling_tool_use(messages: list[dict[str, Any]], start: int = 0) -> 
     return changed
 
 
-__all__ = ["CONTEXT_VERSION", "INTERRUPTED_TOOL_RESULT", "USAGE_KEYS", "Context", "add_usage",
-           "content_blocks", "empty_usage", "message_text", "migrate",
+__all__ = ["CONFIG_KEY", "CONTEXT_VERSION", "INTERRUPTED_TOOL_RESULT", "USAGE_KEYS", "Context",
+           "add_usage", "content_blocks", "empty_usage", "message_text", "migrate",
            "repair_dangling_tool_use", "storable", "turn_starts"]

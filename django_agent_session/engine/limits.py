@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from ..conf import agent_settings
+from .attachments import reference_tokens
 
 #: input tokens a model accepts (the ``max_input_tokens`` of the Models API), by model id
 #: prefix; ``"default"`` for any other model. ``AGENT_SESSION["CONTEXT_WINDOWS"]`` overrides.
@@ -42,10 +43,11 @@ def context_window(model: str) -> int:
 
 def estimate_tokens(system: Any, messages: list[dict[str, Any]],
                     tools: list[dict[str, Any]] | None = None) -> int:
-    """A deliberately generous token estimate of a request, from its JSON size."""
+    """A deliberately generous token estimate of a request, from its JSON size (and, for
+    the attachments, whose stored JSON is a reference, from their size in pixels or pages)."""
     size = len(json.dumps([system, messages, tools or []], separators=(",", ":"),
                           ensure_ascii=False, default=str))
-    return math.ceil(size / CHARS_PER_TOKEN)
+    return math.ceil(size / CHARS_PER_TOKEN) + reference_tokens(messages)
 
 
 __all__ = ["CHARS_PER_TOKEN", "CONTEXT_WINDOWS", "EXACT_COUNT_AT", "context_window",

@@ -33,8 +33,9 @@ from ..conf import agent_settings
 from ..declaration.options import AgentOptions
 from ..declaration.schemas import validate
 from ..declaration.tools import Halt, Tool, ToolContext
-from . import compaction
+from . import attachments, compaction, telemetry
 from .context import Context, add_usage, empty_usage, message_text, storable
+from .hooks import Hooks, ModelCall, TurnError
 from .limits import EXACT_COUNT_AT, context_window, estimate_tokens
 from .pricing import add_cost, cost_of, weighted_tokens
 
@@ -471,7 +472,12 @@ class TurnEngine:
 
     def __init__(self, options: AgentOptions) -> None:
         self.options = options
-        self.tool_params = [t.to_param() for t in options.tools.values()]
+        self.hooks = Hooks(options)
+
+    @property
+    def tool_params(self) -> list[dict[str, Any]]:
+        """The tool definitions sent to the model (an MCP toolset's, once listed)."""
+        return self.options.tools.params()
 
     # -- the turn, written once -------------------------------------------------------------
 
@@ -879,6 +885,7 @@ class TurnEngine:
         call, a tool) and between streamed deltas: a thread cannot be interrupted, so a cancel
         takes effect there (a non-streamed model call ends first)."""
         state = state or TurnState()
+        self.options.tools.refresh()  # MCP toolsets list their tools (bounded by timeouts)
         gen = self.steps(context, user_blocks, state, metadata, resume)
         value: Any = None
         try:
@@ -894,20 +901,26 @@ class TurnEngine:
                     value = self._needs_approval(effect, tool_context)
                     continue
                 if isinstance(effect, CallModel):
-                    value = _client_for(effect, client).create(
-                        effect.request, self._delta_handler(
-                            state, on_progress if effect.streamed else None, effect.iteration,
-                            cancelled))
+                    value = self._call_model(effect, client, tool_context, self._delta_handler(
+                        state, on_progress if effect.streamed else None, effect.iteration,
+                        cancelled))
                 elif isinstance(effect, CountTokens):
                     count = getattr(client, "count_tokens", None)
                     value = count(effect.request) if count is not None else None
                 elif isinstance(effect, CallTool):
-                    value = self._call_tool(effect, tool_context)
+                    with telemetry.tool_call(effect.tool.name, effect.tool_use_id, effect.input,
+                                             _session_id(tool_context)) as span:
+                        value = self._call_tool(effect, tool_context)
+                        span.outcome(value.value, value.error)
                 elif isinstance(effect, Emit):
                     if on_progress is not None:
                         on_progress(effect.type, effect.data)
                 elif isinstance(effect, Heartbeat) and heartbeat is not None:
                     heartbeat()
+        except Exception as error:
+            if self.hooks.on_error and not isinstance(error, TurnPaused):
+                self.hooks.failed(self._turn_error(error, tool_context))
+            raise
         finally:
             gen.close()
 
@@ -918,6 +931,7 @@ class TurnEngine:
                    metadata: dict[str, Any] | None = None,
                    resume: ResumePoint | None = None) -> TurnResult:
         state = state or TurnState()
+        await self.options.tools.arefresh()
         gen = self.steps(context, user_blocks, state, metadata, resume)
         value: Any = None
         try:
@@ -933,21 +947,77 @@ class TurnEngine:
                             _in_pool_thread, self._needs_approval, effect, tool_context))
                     continue
                 if isinstance(effect, CallModel):
-                    value = await _client_for(effect, client).acreate(
-                        effect.request, self._delta_handler(
+                    value = await self._acall_model(
+                        effect, client, tool_context, self._delta_handler(
                             state, on_progress if effect.streamed else None, effect.iteration))
                 elif isinstance(effect, CountTokens):
                     count = getattr(client, "acount_tokens", None)
                     value = await count(effect.request) if count is not None else None
                 elif isinstance(effect, CallTool):
-                    value = await self._acall_tool(effect, tool_context)
+                    with telemetry.tool_call(effect.tool.name, effect.tool_use_id, effect.input,
+                                             _session_id(tool_context)) as span:
+                        value = await self._acall_tool(effect, tool_context)
+                        span.outcome(value.value, value.error)
                 elif isinstance(effect, Emit):
                     if on_progress is not None:
                         await maybe_await(on_progress(effect.type, effect.data))
                 elif isinstance(effect, Heartbeat) and heartbeat is not None:
                     await maybe_await(heartbeat())
+        except Exception as error:
+            if self.hooks.on_error and not isinstance(error, TurnPaused):
+                await self.hooks.afailed(self._turn_error(error, tool_context), _offload)
+            raise
         finally:
             gen.close()
+
+    # -- model calls, with their hooks and spans ---------------------------------------------
+
+    def _model_call(self, effect: CallModel, tool_context: ToolContext | None) -> ModelCall:
+        return ModelCall(request=effect.request, model=self.options.model,
+                         session=getattr(tool_context, "session", None),
+                         run_id=getattr(tool_context, "run_id", None),
+                         iteration=effect.iteration)
+
+    def _turn_error(self, error: BaseException, tool_context: ToolContext | None) -> TurnError:
+        return TurnError(error=error, model=self.options.model,
+                         session=getattr(tool_context, "session", None),
+                         run_id=getattr(tool_context, "run_id", None))
+
+    def _call_model(self, effect: CallModel, client: Any, tool_context: ToolContext | None,
+                    on_delta: Callable[[dict[str, Any]], Any] | None) -> ModelResponse:
+        """One model call: ``before_call`` hooks (the turn's own calls only), the call in a
+        ``chat`` span, then ``after_call`` hooks."""
+        hooked = effect.streamed and (self.hooks.before_call or self.hooks.after_call)
+        call = self._model_call(effect, tool_context) if hooked else None
+        request = effect.request
+        if call is not None and self.hooks.before_call:
+            request = self.hooks.before(call)
+        with telemetry.model_call(effect.provider or self.options.provider, request,
+                                  _session_id(tool_context)) as span:
+            response: ModelResponse = _client_for(effect, client).create(request, on_delta)
+            span.response(response)
+        if call is not None and self.hooks.after_call:
+            self.hooks.after(dataclasses.replace(call, request=request, response=response))
+        return response
+
+    async def _acall_model(self, effect: CallModel, client: Any,
+                           tool_context: ToolContext | None,
+                           on_delta: Callable[[dict[str, Any]], Any] | None) -> ModelResponse:
+        """Async twin of :meth:`_call_model`."""
+        hooked = effect.streamed and (self.hooks.before_call or self.hooks.after_call)
+        call = self._model_call(effect, tool_context) if hooked else None
+        request = effect.request
+        if call is not None and self.hooks.before_call:
+            request = await self.hooks.abefore(call, _offload)
+        with telemetry.model_call(effect.provider or self.options.provider, request,
+                                  _session_id(tool_context)) as span:
+            response: ModelResponse = await _client_for(effect, client).acreate(request,
+                                                                                 on_delta)
+            span.response(response)
+        if call is not None and self.hooks.after_call:
+            await self.hooks.aafter(dataclasses.replace(call, request=request,
+                                                        response=response), _offload)
+        return response
 
     @staticmethod
     def _needs_approval(check: CheckApproval, tool_context: ToolContext | None) -> bool:
@@ -1033,6 +1103,16 @@ def _in_pool_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         close_old_connections()
 
 
+def _offload(fn: Callable[..., Any], arg: Any) -> Any:
+    """Run a sync hook in the tool pool (its own database connection), off the loop."""
+    return asyncio.get_running_loop().run_in_executor(
+        _tool_pool(), functools.partial(_in_pool_thread, fn, arg))
+
+
+def _session_id(tool_context: ToolContext | None) -> Any:
+    return getattr(getattr(tool_context, "session", None), "pk", None)
+
+
 def _tool_pool() -> concurrent.futures.ThreadPoolExecutor:
     global _pool
     if _pool is None:
@@ -1042,10 +1122,14 @@ def _tool_pool() -> concurrent.futures.ThreadPoolExecutor:
 
 
 def user_blocks_for(validated_input: dict[str, Any]) -> list[dict[str, Any]]:
-    """The user message for a validated input: the text of ``message``, else the JSON."""
+    """The user message for a validated input: its attachments' reference blocks
+    (``engine/attachments.py``), then the text of ``message``, else the rest as JSON."""
+    validated_input, files = attachments.split_input(validated_input)
     if set(validated_input) == {"message"} and isinstance(validated_input["message"], str):
-        return [{"type": "text", "text": validated_input["message"]}]
-    return [{"type": "text", "text": json.dumps(validated_input, ensure_ascii=False)}]
+        return [*files, {"type": "text", "text": validated_input["message"]}]
+    if files and not validated_input:
+        return files
+    return [*files, {"type": "text", "text": json.dumps(validated_input, ensure_ascii=False)}]
 
 
 __all__ = ["Decision", "ResumePoint", "SideRun", "TurnEngine", "TurnPaused", "TurnResult",

@@ -224,7 +224,7 @@ def create_conversation(spec: SessionSpec, conversation_id: Any, owner: Any, *,
         raise ownership.OwnershipConflict(
             "This conversation id is already used by a session of another model.")
     args = {**(instruction_args or {}), **(fresh.get("instruction_args") or {})}
-    context = model._default_manager.initial_context(args)
+    context = model._default_manager.initial_context(args, spec.config)
     context.messages = list(fresh.get("messages") or [])
     session = model(id=cid, owner=owner, title=(title or fresh.get("title") or "")[:200],
                     **(fresh.get("fields") or {}))

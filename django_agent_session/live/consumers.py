@@ -243,6 +243,10 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         except PermissionDenied:
             await self._refuse(protocol.CLOSE_FORBIDDEN)
             return
+        except exc.InvalidInput as error:  # the factory's config does not fit (InvalidConfig)
+            logger.warning("Conversation %s: %s", self.conversation_id, error)
+            await self._fail(self._error_frame(error))
+            return
         try:
             answer = await self._access()
         except DatabaseError as error:

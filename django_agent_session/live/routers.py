@@ -10,7 +10,14 @@ request_opts) -> (factory, config)``; the factory, ``factory(conversation_id, co
     ``fields`` (other model field values);
 ``inactivity_timeout``
     seconds without activity before the live session stops (``None`` disables; missing means
-    ``AGENT_SESSION["INACTIVITY_TIMEOUT"]``).
+    ``AGENT_SESSION["INACTIVITY_TIMEOUT"]``);
+``config``
+    the conversation's configuration: ``model``, ``instruction_args``, ``tools`` (a subset of
+    the agent's, by name) and limits (``max_tokens``, ``max_iterations``...; see
+    ``declaration.options.CONFIG_KEYS``). Checked at every connect (a bad one closes the
+    socket with 4500 after an ``invalid_config`` error frame); stored with a *new*
+    conversation and applied to each of its turns, wherever they run. An existing
+    conversation keeps the configuration it was created with.
 
 Anything else is kept, untouched, in :attr:`SessionSpec.options`.
 
@@ -36,7 +43,7 @@ DEFAULT = object()
 Factory = Callable[[Any, dict[str, Any]], "tuple[type, dict[str, Any]]"]
 Router = Callable[[dict[str, Any], Any, dict[str, Any]], "tuple[Factory, dict[str, Any]]"]
 
-KNOWN_OPTIONS = ("fresh_state", "inactivity_timeout")
+KNOWN_OPTIONS = ("fresh_state", "inactivity_timeout", "config")
 
 
 class UnknownAgent(LookupError):
@@ -50,6 +57,8 @@ class SessionSpec:
     model: type[AgentSessionModel]
     fresh_state: dict[str, Any] = field(default_factory=dict)
     inactivity_timeout: Any = DEFAULT
+    #: the conversation's configuration, checked (as it is stored: JSON)
+    config: dict[str, Any] = field(default_factory=dict)
     #: options the library does not know, passed through untouched
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -113,7 +122,8 @@ def default_router(scope: dict[str, Any], conversation_id: Any, request_opts: di
 
 def resolve(scope: dict[str, Any], conversation_id: Any, request_opts: dict[str, Any]
             ) -> SessionSpec:
-    """Run the configured router and its factory; returns the :class:`SessionSpec`."""
+    """Run the configured router and its factory; returns the :class:`SessionSpec`
+    (``InvalidConfig`` when the factory's ``config`` does not fit the model's agent)."""
     router: Router = agent_settings.FACTORY_ROUTER
     factory, config = router(scope, conversation_id, request_opts)
     model, options = factory(conversation_id, dict(config))
@@ -123,5 +133,8 @@ def resolve(scope: dict[str, Any], conversation_id: Any, request_opts: dict[str,
     if not isinstance(fresh_state, dict):
         raise ImproperlyConfigured("The factory's fresh_state must be a dict.")
     timeout = options.pop("inactivity_timeout", DEFAULT)
+    # InvalidConfig (an InvalidInput) names the model and each bad key
+    manager: Any = model._default_manager  # type: ignore[attr-defined]  # checked above
+    config = manager.validate_config(options.pop("config", None))
     return SessionSpec(model=model, fresh_state=fresh_state, inactivity_timeout=timeout,
-                       options=options)
+                       config=config, options=options)

@@ -1,4 +1,9 @@
-"""The event log: one row per fact, ``seq`` gap-free per session."""
+"""The event log: one row per fact, ``seq`` gap-free per session.
+
+Most events are written by turns; the project may append its own (``custom.*`` types, see
+``store/events.py``) under an id of its choosing, ``key``, unique per session, so a retried
+append finds the event it stored instead of storing a second one.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -28,12 +34,23 @@ class AgentEvent(models.Model):
                             related_name="events")
     data = models.JSONField(encoder=DjangoJSONEncoder, default=dict)
     created_at = models.DateTimeField(default=timezone.now)
+    #: the caller's id of an event appended from outside a turn (``append_event``); ``None``
+    #: for the library's own events. Not written by a turn's statements (store/statements.py):
+    #: the column's default ``NULL`` serves them.
+    key = models.CharField(max_length=255, null=True, blank=True)
+
+    #: set by ``append_event`` on what it returns: whether that call stored the event
+    #: (``False``: the ``key`` was stored before and this is that event)
+    created: bool
 
     class Meta:
         verbose_name = _("agent event")
         ordering = ["session_id", "seq"]
         constraints = [
             models.UniqueConstraint(fields=["session_id", "seq"], name="agent_event_unique_seq"),
+            # a duplicate append loses here, inside its transaction, whatever the timing
+            models.UniqueConstraint(fields=["session_id", "key"], condition=Q(key__isnull=False),
+                                    name="agent_event_unique_key"),
         ]
         indexes = [models.Index(fields=["type"], name="agent_event_type_idx")]
 
@@ -44,4 +61,10 @@ class AgentEvent(models.Model):
         """The event as plain JSON values; the one shape frames and exports are built from."""
         return {"seq": self.seq, "type": self.type,
                 "run_id": str(self.run_id) if self.run_id else None, "data": self.data,
-                "created_at": self.created_at.isoformat()}
+                "created_at": self.created_at.isoformat(), "id": self.key}
+
+    def as_frame(self) -> dict[str, Any]:
+        """The event as a WebSocket ``event`` frame (its own type goes in ``event``): what a
+        replay sends, and what viewers are sent when the project appends one."""
+        data = self.as_dict()
+        return {"type": "event", "event": data.pop("type"), **data}

@@ -32,6 +32,7 @@ from django.utils.dateparse import parse_datetime
 
 from .. import exceptions as exc
 from ..declaration.registry import session_models
+from ..engine.attachments import remap
 from ..engine.context import USAGE_KEYS, repair_dangling_tool_use
 from ..records import (
     AgentEvent,
@@ -116,7 +117,7 @@ def _export_run(run: AgentRun) -> dict[str, Any]:
 def _export_event(event: AgentEvent) -> dict[str, Any]:
     data = event.as_dict()
     return {"seq": data["seq"], "type": data["type"], "run": data["run_id"],
-            "data": _json(data["data"]), "created_at": data["created_at"]}
+            "data": _json(data["data"]), "created_at": data["created_at"], "id": data["id"]}
 
 
 def _export_artifact(artifact: Artifact, include_files: bool) -> dict[str, Any]:
@@ -156,6 +157,13 @@ def import_session(data: dict[str, Any], *, model: type[SessionRecord] | None = 
         raise exc.InvalidInput({"id": [f"A {model.__name__} with id {session_id} exists."]},
                                "Session already exists.")
     run_ids = {r["id"]: (uuid.uuid4() if new_id else uuid.UUID(r["id"])) for r in data["runs"]}
+    # attachments are named by artifact id in the context, run inputs and events: new ids
+    # are put there too
+    artifact_ids = {str(a.get("id")): str(uuid.uuid4()) for a in data["artifacts"]
+                    if isinstance(a, dict)} if new_id else {}
+    if artifact_ids:
+        data = {**data, **{key: remap(data.get(key), artifact_ids)
+                           for key in ("context", "runs", "events")}}
 
     # the plugin gives an abstract model (SessionRecord) no ``pk``; every concrete one has it
     session = model(pk=session_id,  # type: ignore[misc]
@@ -185,7 +193,8 @@ def import_session(data: dict[str, Any], *, model: type[SessionRecord] | None = 
                                           for r in data["runs"]])
             AgentEvent.objects.bulk_create([_import_event(e, run_ids, ct, session_id)
                                             for e in data["events"]])
-            artifacts = [_import_artifact(a, run_ids, ct, session_id, new_id, written)
+            artifacts = [_import_artifact(a, run_ids, ct, session_id, new_id, written,
+                                          artifact_ids)
                          for a in data["artifacts"]]
             Artifact.objects.bulk_create(artifacts)
     except BaseException:
@@ -292,13 +301,14 @@ def _import_event(doc: dict[str, Any], run_ids: dict[str, uuid.UUID], ct: Conten
     return AgentEvent(  # type: ignore[misc]
         session_type=ct, session_id=session_id, seq=doc["seq"], type=doc["type"],
         run_id=run_ids.get(doc["run"]) if doc.get("run") else None, data=data,
-        created_at=parse_datetime(doc["created_at"]))
+        created_at=parse_datetime(doc["created_at"]), key=doc.get("id"))  # the caller's id
 
 
 def _import_artifact(doc: dict[str, Any], run_ids: dict[str, uuid.UUID], ct: ContentType,
-                     session_id: uuid.UUID, new_id: bool, written: list[tuple[Any, str]]
-                     ) -> Artifact:
-    artifact = Artifact(id=uuid.uuid4() if new_id else uuid.UUID(doc["id"]), session_type=ct,
+                     session_id: uuid.UUID, new_id: bool, written: list[tuple[Any, str]],
+                     artifact_ids: dict[str, str]) -> Artifact:
+    new = artifact_ids.get(str(doc.get("id"))) if new_id else doc["id"]
+    artifact = Artifact(id=uuid.UUID(new) if new else uuid.uuid4(), session_type=ct,
                         session_id=session_id,
                         run_id=run_ids.get(doc["run"]) if doc.get("run") else None,
                         **_restore_fields(Artifact, ARTIFACT_FIELDS, doc))

@@ -31,9 +31,11 @@ from django.db.models import F
 from django.utils import timezone
 
 from .. import exceptions as exc
+from ..engine.attachments import remap
 from ..engine.context import Context, content_blocks, message_text, turn_starts
 from ..engine.turn import append_user, parse_output
 from ..records import AgentEvent, EventType, SessionRecord, SessionStatus, extra_fields
+from .attachments import copy_attachments
 from .lease import lease_free, lease_held, session_busy
 from .turns import SessionStore
 
@@ -123,7 +125,8 @@ def fork_session(session: SessionRecord, *, upto_turn: int | None = None,
 
     The fork gets the same instruction, instruction args, metadata (tags), extra model
     fields and owner (``owner=`` to choose another, or ``None``); not the runs, events or
-    artifacts, which stay with the session that produced them.
+    artifacts, which stay with the session that produced them, except the attachments its
+    messages show, which are copied (a turn reads only its own session's files).
     """
     source = _fresh(session)
     model = type(source)
@@ -136,9 +139,11 @@ def fork_session(session: SessionRecord, *, upto_turn: int | None = None,
         created_at=now, last_activity_at=now, turn_count=turns,
         **{f.attname: copy.deepcopy(getattr(source, f.attname)) for f in extra_fields(model)},
     )
-    setattr(fork, model.agent_options.context_field, context.to_dict())
     store = SessionStore(model)
     with transaction.atomic():
+        stored = context.to_dict()
+        copied = copy_attachments(source, fork, context.messages)  # fork.pk is set already
+        setattr(fork, model.agent_options.context_field, remap(stored, copied))
         fork.save(force_insert=True)
         store.append_events(fork.pk, [(EventType.SESSION_FORKED, {
             "from_session": str(source.pk), "upto_turn": turns})])

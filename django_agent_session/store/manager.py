@@ -23,9 +23,13 @@ from django.utils import timezone
 
 from .. import exceptions as exc
 from ..conf import agent_settings
+from ..declaration.attachments import attachment_fields
 from ..declaration.schemas import field_names, validate
 from ..declaration.tools import ToolContext
-from ..engine.context import Context, storable
+from ..engine.attachments import AttachingClient
+from ..engine import telemetry
+from ..engine.context import CONFIG_KEY, Context, storable
+from ..engine.hooks import Hooks, Rendered
 from ..engine.turn import (
     ProgressCallback,
     TurnPaused,
@@ -36,10 +40,12 @@ from ..engine.turn import (
     guard_progress,
     user_blocks_for,
 )
-from ..records import AgentRun, Multitask, RunStatus, SessionRecord
+from ..records import AgentEvent, AgentRun, Multitask, RunStatus, SessionRecord
 from ..signals import turn_completed, turn_failed
 from . import local_runs
+from .attachments import SessionFiles, attach
 from .dispatch import dispatch
+from .events import append_event
 from .heartbeat import akeep_alive, keep_alive
 from .history import logged_messages
 from .lease import retry_after
@@ -72,18 +78,66 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             store = _stores[self.model] = SessionStore(self.model)
         return store
 
-    def _engine(self) -> TurnEngine:
+    def _engine(self, options: Any = None) -> TurnEngine:
+        """The model's engine; for a configured conversation's ``options``, one of its own
+        (built per turn: a copy of the options and a small object)."""
+        if options is not None and options is not self._options:
+            return TurnEngine(options)
         engine = _engines.get(self.model)
         if engine is None or engine.options is not self._options:
             engine = _engines[self.model] = TurnEngine(self._options)
         return engine
 
-    def _prepare_input(self, input: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _configured(self, context: Context) -> Any:
+        """The options a turn on ``context`` runs with: the declaration's, as the
+        conversation's stored configuration changes them."""
+        return self._options.configured(context.config)
+
+    def validate_config(self, config: Any) -> dict[str, Any]:
+        """Check a conversation's configuration (``InvalidConfig``, naming each key) and
+        return it as it would be stored: what a factory's ``config`` is checked with at
+        connect."""
+        return self._options.configured(config).config if config else {}
+
+    def _prepare_input(self, input: Any, session: Any = None,
+                       origin: dict[str, Any] | None = None, *, attachments: bool = True
+                       ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The validated input and its user blocks. Attachment ids must be ``session``'s (a
+        session or its pk; and its sender's, from ``origin``): they become reference blocks
+        (store/attachments.py). ``attachments=False`` checks their shape only (no database)."""
+        validated, label = self._validated(input)
+        files = attachment_fields(self._options.input_serializer)
+        if attachments and any(validated.get(name) for name in files):
+            pk = None if session is None else self._pk(session)
+            validated = attach(self.model, pk, validated, list(files),
+                               user_id=(origin or {}).get("user_id"), label=label)
+        return validated, self._user_blocks(validated, label)
+
+    async def _aprepare_input(self, input: Any, session: Any = None,
+                              origin: dict[str, Any] | None = None
+                              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """:meth:`_prepare_input` for async callers (the attachment check reads the database)."""
+        validated, label = self._validated(input)
+        files = attachment_fields(self._options.input_serializer)
+        if any(validated.get(name) for name in files):
+            pk = None if session is None else self._pk(session)
+            validated = await database_sync_to_async(attach)(
+                self.model, pk, validated, list(files),
+                user_id=(origin or {}).get("user_id"), label=label)
+        return validated, self._user_blocks(validated, label)
+
+    def _validated(self, input: Any) -> tuple[dict[str, Any], str]:
         options = self._options
         if isinstance(input, str) and "message" in field_names(options.input_serializer):
             input = {"message": input}
         label = options.error_label("input_schema")
-        validated = validate(options.input_serializer, input, label=label)
+        if isinstance(input, Mapping) and input.get("attachments") and \
+                not attachment_fields(options.input_serializer):  # never dropped silently
+            raise exc.InvalidInput({"attachments": ["This agent's input takes no attachments."]},
+                                   label=label)
+        return validate(options.input_serializer, input, label=label), label
+
+    def _user_blocks(self, validated: dict[str, Any], label: str) -> list[dict[str, Any]]:
         blocks = user_blocks_for(validated)
         size = sum(len(b.get("text", "")) for b in blocks)
         limit = agent_settings.MAX_INPUT_CHARS
@@ -91,7 +145,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             raise exc.InvalidInput(
                 {"non_field_errors": [f"Input is {size} characters; the limit is {limit}."]},
                 "Input too large.", label=label)
-        return validated, blocks
+        return blocks
 
     def validate_input(self, input: Any) -> dict[str, Any]:
         """Validate one turn's input as a turn would (``InvalidInput``), without running it.
@@ -99,12 +153,18 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         Surfaces use it to reject bad input before they commit to a response (an SSE 200, a
         queued WebSocket message); the turn validates again when it runs.
         """
-        return self._prepare_input(input)[0]
+        return self._prepare_input(input, attachments=False)[0]
 
-    def initial_context(self, instruction_args: dict[str, Any] | None = None) -> Context:
-        """The context a new session starts with: validated args, rendered system prompt."""
+    def initial_context(self, instruction_args: dict[str, Any] | None = None,
+                        config: dict[str, Any] | None = None) -> Context:
+        """The context a new session starts with: validated args, rendered system prompt
+        (after the ``after_render`` hooks), and the conversation's ``config`` (checked:
+        ``InvalidConfig``; its ``instruction_args`` win over the caller's)."""
         options = self._options
+        stored = options.configured(config).config if config else {}
         args = instruction_args or {}
+        if stored.get("instruction_args") and isinstance(args, Mapping):
+            args = {**args, **stored["instruction_args"]}
         label = options.error_label("instruction_schema")
         if options.instruction_serializer is not None:
             args = validate(options.instruction_serializer, args, exc.InvalidInstructionArgs,
@@ -113,7 +173,20 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             raise exc.InvalidInstructionArgs({"non_field_errors": ["Expected an object."]},
                                              "Invalid instruction args.", label=label)
         system = options.template.render(args)
-        return Context(system=system, instruction_args=args)
+        hooks = Hooks(options)
+        if hooks.after_render:
+            system = hooks.render(Rendered(system=system, instruction_args=args,
+                                           model=self.model, config=stored))
+        return Context(system=system, instruction_args=args,
+                       metadata={CONFIG_KEY: stored} if stored else {})
+
+    async def _ainitial_context(self, instruction_args: dict[str, Any] | None,
+                                config: dict[str, Any] | None) -> Context:
+        """:meth:`initial_context` from the event loop: in a thread when ``after_render``
+        hooks run (they may be sync and use the ORM, or async through ``async_to_sync``)."""
+        if self._options.hooks.get("after_render"):
+            return await database_sync_to_async(self.initial_context)(instruction_args, config)
+        return self.initial_context(instruction_args, config)
 
     def _pk(self, session_or_pk: Any) -> Any:
         if isinstance(session_or_pk, models.Model):
@@ -123,6 +196,14 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         except ValidationError:
             raise exc.SessionNotFound(f"No {self.model.__name__} with id {session_or_pk!r}.") \
                 from None
+
+    def _client(self, turn: Turn, options: Any = None) -> AttachingClient:
+        """The turn's client, sending the session's attachments as the API's blocks (read
+        from storage once per turn; engine/attachments.py); ``options``: a configured
+        conversation's (its model may be another provider's)."""
+        files = SessionFiles(self.model, turn.session.pk)
+        return AttachingClient((options or self._options).get_client(), files,
+                               locate_async=database_sync_to_async(files.locate))
 
     def _tool_context(self, turn: Turn) -> Any:
         return ToolContext(turn.session, turn.run_id)
@@ -143,18 +224,22 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                       owner: Any = None, title: str = "",
                       on_progress: ProgressCallback | None = None, wait: bool = True,
                       idempotency_key: str | None = None,
-                      origin: dict[str, Any] | None = None) -> Any:
+                      origin: dict[str, Any] | None = None,
+                      config: dict[str, Any] | None = None) -> Any:
         """Create a session and run its first turn; returns the saved session.
 
         With ``wait=False`` the first message is queued and handed to the executor; the
         committed ``queued`` :class:`~django_agent_session.models.AgentRun` is returned.
+        ``config`` configures this conversation (docs/live.md, "Per-conversation
+        configuration"): its model, instruction args, a subset of the tools, limits.
         """
         validated, blocks = self._prepare_input(input)
-        context = self.initial_context(instruction_args)
+        context = self.initial_context(instruction_args, config)
         if not wait:
             run = self._queue().create(self.model(owner=owner, title=title), context,
                                        input=validated, user_blocks=blocks,
-                                       idempotency_key=idempotency_key, origin=origin)
+                                       idempotency_key=idempotency_key,
+                                       origin=telemetry.with_trace(origin))
             dispatch(self.model, run.session_id)
             return run
         turn = self._store().create(context=context, owner=owner, title=title,
@@ -163,9 +248,11 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         return self._run(turn, context, on_progress)
 
     def create_session(self, *, instruction_args: dict[str, Any] | None = None,
-                       owner: Any = None, title: str = "", **fields: Any) -> Any:
-        """Create a session without running a turn (its first message comes later)."""
-        context = self.initial_context(instruction_args)
+                       owner: Any = None, title: str = "", config: dict[str, Any] | None = None,
+                       **fields: Any) -> Any:
+        """Create a session without running a turn (its first message comes later);
+        ``config`` as :meth:`start_session`'s."""
+        context = self.initial_context(instruction_args, config)
         return insert_session(self.model(owner=owner, title=title, **fields), context)
 
     def continue_session(self, session_or_pk: Any, input: Any, *,
@@ -180,7 +267,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         message: a resubmission returns (or waits for) the run it named. ``multitask`` (default
         ``Agent.multitask``) says what to do when the session already has runs.
         """
-        validated, blocks = self._prepare_input(input)
+        validated, blocks = self._prepare_input(input, session_or_pk, origin)
         pk, multitask = self._pk(session_or_pk), self._multitask(multitask)
         if wait and idempotency_key is None and multitask in (Multitask.ENQUEUE,
                                                               Multitask.REJECT):
@@ -202,7 +289,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         through what, under which ``ref``) is stored on the run and shown to viewers. With
         ``dispatch=False`` the caller hands it on (:meth:`dispatch`) when it is ready to
         (after announcing it, so viewers hear of it before it starts)."""
-        validated, blocks = self._prepare_input(input)
+        validated, blocks = self._prepare_input(input, session_or_pk, origin)
         return self._submit(self._pk(session_or_pk), validated, blocks, idempotency_key,
                             self._multitask(multitask), origin, dispatch)
 
@@ -215,7 +302,8 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                 hand_on: bool = True) -> Submission:
         submitted = self._queue().submit(pk, input=validated, user_blocks=blocks,
                                          idempotency_key=idempotency_key,
-                                         multitask=multitask, origin=origin)
+                                         multitask=multitask,
+                                         origin=telemetry.with_trace(origin))
         if submitted.created and hand_on:
             dispatch(self.model, pk)
         if submitted.interrupted is not None:  # at once if it runs in this process
@@ -229,6 +317,17 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         if run.status == RunStatus.RUNNING:
             local_runs.cancel(run.pk)
         return run
+
+    def append_event(self, session_or_pk: Any, type: str, data: dict[str, Any] | None = None,
+                     *, event_id: str | None = None) -> AgentEvent:
+        """Append an event from outside a turn (a webhook, a job) with the session's next
+        ``seq``. ``type`` is ``custom.<name>`` (the other types are the library's); ``data``
+        a JSON object of at most ``EVENT_MAX_BYTES``; otherwise ``InvalidInput``.
+
+        ``event_id`` (unique per session) makes it safe to retry: an id stored before returns
+        that event, and nothing is appended. ``created`` on the returned event says which.
+        """
+        return append_event(self._store(), self._pk(session_or_pk), type, data, key=event_id)
 
     # -- approvals ---------------------------------------------------------------------------
 
@@ -399,18 +498,25 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
     def _run(self, turn: Turn, context: Context, on_progress: ProgressCallback | None) -> Any:
         on_progress = guard_progress(on_progress)
 
-        store, state = self._store(), self._state(turn)
+        store, state = self._store(), TurnState()
         local_runs.add(turn.run_id, turn.cancel_event)
         try:
-            if on_progress is not None:
-                on_progress("run.started", {"run_id": str(turn.run_id)})
-            with keep_alive(store, turn):
-                result = self._engine().run(
-                    context, turn.user_blocks, self._options.get_client(), state=state,
-                    tool_context=self._tool_context(turn), on_progress=on_progress,
-                    heartbeat=lambda: store.renew(turn), cancelled=turn.cancel_event.is_set,
-                    resume=turn.resume)
-            session = store.commit(turn, context, result)
+            options = self._configured(context)  # a stale configuration fails the run
+            state = self._state(turn, options)
+            with telemetry.turn(options, turn.session.pk, turn.run_id, turn.origin,
+                                paused=(TurnPaused,)) as span:
+                if options.config:
+                    self._record_config(turn, options)
+                if on_progress is not None:
+                    on_progress("run.started", {"run_id": str(turn.run_id)})
+                with keep_alive(store, turn):
+                    result = self._engine(options).run(
+                        context, turn.user_blocks, self._client(turn, options), state=state,
+                        tool_context=self._tool_context(turn), on_progress=on_progress,
+                        heartbeat=lambda: store.renew(turn),
+                        cancelled=turn.cancel_event.is_set, resume=turn.resume)
+                span.result(result)
+                session = store.commit(turn, context, result)
         except TurnPaused as paused:
             return self._paused(turn, paused, state)
         except BaseException as error:
@@ -420,15 +526,23 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         self._completed(session, turn, result)
         return session
 
-    def _budgeted(self) -> bool:
-        return bool(self._options.token_budget) or self._options.cost_budget is not None
+    def _budgeted(self, options: Any = None) -> bool:
+        options = options or self._options
+        return bool(options.token_budget) or options.cost_budget is not None
 
-    def _state(self, turn: Turn) -> TurnState:
+    def _state(self, turn: Turn, options: Any = None) -> TurnState:
         """A turn's state to start from: with a budget, what the session spent outside its
         context (one query; an agent without a budget does not pay for it)."""
-        if not self._budgeted():
+        if not self._budgeted(options):
             return TurnState()
         return TurnState(outside=self._store().spent_outside_context(turn.session.pk))
+
+    def _record_config(self, turn: Turn, options: Any) -> None:
+        """Record on the run the configuration it runs with (``origin["config"]``) and the
+        configured model (the ``model`` column; the reply's model replaces it as usual)."""
+        turn.origin = {**turn.origin, CONFIG_KEY: options.config}
+        AgentRun.objects.filter(pk=turn.run_id).update(origin=turn.origin,
+                                                      model=options.model_name)
 
     def _paused(self, turn: Turn, paused: TurnPaused, state: TurnState) -> Any:
         """Record a turn paused for approvals; the session, whose ``last_turn`` says so."""
@@ -484,14 +598,16 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                              owner: Any = None, title: str = "",
                              on_progress: ProgressCallback | None = None, wait: bool = True,
                              idempotency_key: str | None = None,
-                             origin: dict[str, Any] | None = None) -> Any:
+                             origin: dict[str, Any] | None = None,
+                             config: dict[str, Any] | None = None) -> Any:
         """Async twin of :meth:`start_session`."""
         validated, blocks = self._prepare_input(input)
-        context = self.initial_context(instruction_args)
+        context = await self._ainitial_context(instruction_args, config)
         if not wait:
             run = await database_sync_to_async(self._queue().create)(
                 self.model(owner=owner, title=title), context, input=validated,
-                user_blocks=blocks, idempotency_key=idempotency_key, origin=origin)
+                user_blocks=blocks, idempotency_key=idempotency_key,
+                origin=telemetry.with_trace(origin))
             await database_sync_to_async(dispatch)(self.model, run.session_id)
             return run
         turn, cancel = await self._settled(
@@ -511,7 +627,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                                 multitask: str | None = None,
                                 origin: dict[str, Any] | None = None) -> Any:
         """Async twin of :meth:`continue_session` (waits without blocking the loop)."""
-        validated, blocks = self._prepare_input(input)
+        validated, blocks = await self._aprepare_input(input, session_or_pk, origin)
         pk, multitask = self._pk(session_or_pk), self._multitask(multitask)
         if wait and idempotency_key is None and multitask in (Multitask.ENQUEUE,
                                                               Multitask.REJECT):
@@ -535,6 +651,13 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
     async def asubmit(self, session_or_pk: Any, input: Any, **kwargs: Any) -> Submission:
         """Async twin of :meth:`submit`."""
         return await database_sync_to_async(self.submit)(session_or_pk, input, **kwargs)
+
+    async def aappend_event(self, session_or_pk: Any, type: str,
+                            data: dict[str, Any] | None = None, *, event_id: str | None = None
+                            ) -> AgentEvent:
+        """Async twin of :meth:`append_event`."""
+        return await database_sync_to_async(self.append_event)(session_or_pk, type, data,
+                                                               event_id=event_id)
 
     async def apending_tool_calls(self, session_or_pk: Any) -> list[dict[str, Any]]:
         """Async twin of :meth:`pending_tool_calls`."""
@@ -670,19 +793,25 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                     on_progress: ProgressCallback | None) -> Any:
         on_progress = aguard_progress(on_progress)
 
-        store = self._store()
-        state = (await database_sync_to_async(self._state)(turn) if self._budgeted()
-                 else TurnState())
+        store, state = self._store(), TurnState()
         try:
-            if on_progress is not None:
-                await on_progress("run.started", {"run_id": str(turn.run_id)})
-            async with akeep_alive(store, turn):
-                result = await self._engine().arun(
-                    context, turn.user_blocks, self._options.get_client(), state=state,
-                    tool_context=self._tool_context(turn), on_progress=on_progress,
-                    heartbeat=database_sync_to_async(lambda: store.renew(turn)),
-                    resume=turn.resume)
-            session, cancel = await self._settled(store.commit, turn, context, result)
+            options = self._configured(context)  # a stale configuration fails the run
+            if self._budgeted(options):
+                state = await database_sync_to_async(self._state)(turn, options)
+            with telemetry.turn(options, turn.session.pk, turn.run_id, turn.origin,
+                                paused=(TurnPaused,)) as span:
+                if options.config:
+                    await database_sync_to_async(self._record_config)(turn, options)
+                if on_progress is not None:
+                    await on_progress("run.started", {"run_id": str(turn.run_id)})
+                async with akeep_alive(store, turn):
+                    result = await self._engine(options).arun(
+                        context, turn.user_blocks, self._client(turn, options), state=state,
+                        tool_context=self._tool_context(turn), on_progress=on_progress,
+                        heartbeat=database_sync_to_async(lambda: store.renew(turn)),
+                        resume=turn.resume)
+                span.result(result)
+                session, cancel = await self._settled(store.commit, turn, context, result)
         except TurnPaused as paused:
             session, cancel = await self._settled(self._paused, turn, paused, state)
             if cancel is not None:

@@ -4,6 +4,7 @@ approves."""
 from django.db import models
 from rest_framework import serializers
 
+from django_agent_session.attachments import AttachmentsField
 from django_agent_session.models import AgentSessionModel
 from django_agent_session.tools import ToolContext, tool
 
@@ -26,6 +27,7 @@ class SupportArgs(serializers.Serializer):
 
 class ChatInput(serializers.Serializer):
     message = serializers.CharField(max_length=4000)
+    attachments = AttachmentsField()  # images and PDFs uploaded to the conversation
 
 
 def lookup_order(ctx: ToolContext, number: int) -> dict:

@@ -36,6 +36,8 @@ class ChatView(LoginRequiredMixin, TemplateView):
             "pageUrl": reverse("chat:conversation", args=[conversation_id]),
             # the REST list endpoint the sidebar reads (the router's name for ChatAgent)
             "listUrl": reverse("chatagent-list"),
+            # where an attached file is uploaded before the message names it
+            "attachmentsUrl": reverse("chatagent-attachments", args=[conversation_id]),
             "conversationUrl": reverse("chat:conversation", args=[uuid.UUID(int=0)]),
         })
         return context

@@ -554,3 +554,45 @@ def test_the_chat_page_works_on_a_phone(
         assert errors == []
     finally:
         context.close()
+
+
+def test_an_image_is_attached_uploaded_and_sent_by_id(
+        browser: Any, example_server: ExampleServer, artifacts: Path) -> None:
+    """The composer's file input uploads the image over REST (its type read from its bytes),
+    then sends the message naming it; a file that is no image or PDF is refused with the
+    server's reason, and nothing is sent. A reload draws the stored message with its file."""
+    from tests.helpers.files import SVG, png
+
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        login(page, example_server)
+        expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+        page.locator("#attach").set_input_files(
+            files=[{"name": "red.png", "mimeType": "image/png", "buffer": png(4, 4)}])
+        reply = send(page, "What is in this picture?")
+        user = page.locator("li.message.user .bubble").last
+        expect(user).to_have_text("What is in this picture? 📎 1 file")
+        expect(reply).to_have_attribute("data-status", "completed")
+        expect(reply.locator(".text")).to_contain_text("You said: 'What is in this picture?'")
+        assert page.locator("#attach").evaluate("n => n.files.length") == 0  # cleared
+        page.screenshot(path=artifacts / "40-attachment.png")
+
+        # an SVG named .png: refused by its bytes, the message stays unsent
+        page.locator("#attach").set_input_files(
+            files=[{"name": "logo.png", "mimeType": "image/png", "buffer": SVG}])
+        page.locator("#input").fill("And this one?")
+        page.locator("#send").click()
+        expect(page.locator("#error")).to_be_visible()
+        expect(page.locator("#error")).to_contain_text("image/svg+xml")
+        expect(page.locator("li.message.user")).to_have_count(1)
+
+        page.reload()
+        expect(page.locator("li.message.user .bubble").last).to_have_text(
+            "What is in this picture? 📎 1 file")
+        assert errors == []
+    finally:
+        context.close()

@@ -21,7 +21,8 @@ from rest_framework.test import APIClient
 from django_agent_session.declaration.registry import session_models
 from django_agent_session.engine.context import message_text
 from django_agent_session.live.protocol import CLIENT_FRAMES
-from django_agent_session.models import AgentEvent, AgentRun
+from django_agent_session.attachments import save_attachment
+from django_agent_session.models import AgentEvent, AgentRun, Artifact
 from django_agent_session.testing import json_reply, text_reply, tool_reply
 from tests.api_urls import router
 from tests.helpers.live_server import (
@@ -30,12 +31,14 @@ from tests.helpers.live_server import (
     expect,
     viewer,
 )
+from tests.helpers.files import png
 from tests.helpers.state import raw_context
 from tests.testapp.models import ChatAgent
 
 from . import isolation_urls
 
 SECRET = "alice-secret-7f3a9c"
+SECRET_PNG = png(3, 2)
 ARGS = {"company_name": "Acme"}
 FREE = {"input_tokens": 0, "output_tokens": 0}
 #: the call Alice's approval agent leaves pending (Bob must not decide it anywhere)
@@ -75,6 +78,8 @@ def alice_sessions(alice) -> dict[type, Any]:
             title=f"{SECRET} title")
     paused = [m for m, s in sessions.items() if m.objects.pending_tool_calls(s.pk)]
     assert paused, "no agent left a call awaiting approval"
+    for session in sessions.values():  # an attachment for the routes that name one
+        save_attachment(session, SECRET_PNG, filename=f"{SECRET}.png", uploaded_by=alice)
     return sessions
 
 
@@ -90,6 +95,8 @@ def alice_state(sessions: dict[type, Any]) -> dict[str, Any]:
                      .values_list("pk", "status", "output")),
         "events": list(AgentEvent.objects.filter(session_id__in=ids).order_by("pk")
                        .values_list("pk", "seq", "type")),
+        "artifacts": list(Artifact.objects.filter(session_id__in=ids).order_by("pk")
+                          .values_list("pk", "key", "checksum")),
     }
 
 
@@ -126,6 +133,9 @@ def url_of(route: str, pk: Any) -> str:
     run = AgentRun.objects.filter(session_id=pk).first() if pk else None
     path = re.sub(r"\(\?P<run_id>[^)]*\)", str(run.pk if run else uuid.uuid4()), path)
     path = re.sub(r"\(\?P<tool_use_id>[^)]*\)", ALICE_CALL, path)
+    artifact = Artifact.objects.filter(session_id=pk).first() if pk else None
+    path = re.sub(r"\(\?P<artifact_id>[^)]*\)", str(artifact.pk if artifact else uuid.uuid4()),
+                  path)
     return f"/api/{path}"
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .media import decoded, media_blocks
 from .reply import Reply, ReplyLike
 
 
@@ -110,6 +111,19 @@ class RecordedRequest:
         return "".join(
             block.get("text", "") for block in content or () if isinstance(block, dict) and block.get("type") == "text"
         )
+
+    @property
+    def attachments(self) -> list[dict[str, Any]]:
+        """Every base64 ``image`` and ``document`` block of the messages, in order, as
+        ``{"type", "media_type", "data": <the decoded bytes>, "base64": <as sent>}``."""
+        found = []
+        for _, block in media_blocks(self.body):
+            source = block.get("source") or {}
+            data = decoded(block)
+            if data is not None:
+                found.append({"type": block["type"], "media_type": source.get("media_type"),
+                              "data": data, "base64": source.get("data")})
+        return found
 
     @property
     def tool_results(self) -> list[dict[str, Any]]:

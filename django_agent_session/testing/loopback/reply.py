@@ -20,6 +20,9 @@ from typing import Any
 DEFAULT_SIGNATURE = "sig_loopback_thinking_signature"
 """Signature given to scripted thinking blocks unless another is passed."""
 
+HANG_SECONDS = 24 * 3600.0
+"""How long :meth:`Reply.hang` waits: longer than any test (it ends when the server stops)."""
+
 # Error ``type`` the real API uses for each status, used when none is given.
 _ERROR_TYPES: dict[int, str] = {
     400: "invalid_request_error",
@@ -58,7 +61,8 @@ class Reply:
     Build replies with the classmethods (:meth:`text`, :meth:`json`,
     :meth:`tool_use`, :meth:`thinking`, :meth:`message`, the stop-reason
     constructors :meth:`max_tokens`, :meth:`refusal` and :meth:`pause_turn`,
-    :meth:`error` and its helpers, :meth:`stall`) rather than the constructor.  A reply is an
+    :meth:`error` and its helpers, :meth:`stall`, :meth:`hang`, :meth:`garbage`,
+    :meth:`nasty_text`) rather than the constructor.  A reply is an
     immutable value: the same instance may be queued several times, and ids
     (tool-use ids included, unless given) are assigned afresh on each use.
 
@@ -125,6 +129,8 @@ class Reply:
     """Seconds the server waits, after reading the request, before answering."""
     drop_after: int | None = None
     error_after: int | None = None
+    garbage_body: bytes | None = None
+    """Sent as the body of a 200 (an SSE stream's or a JSON answer's) instead of the message."""
 
     def __post_init__(self) -> None:
         if self.chunk_size is not None and self.chunk_size < 1:
@@ -441,6 +447,28 @@ class Reply:
         """
         base = coerce_reply(then) if then is not None else cls.text("(stalled reply)")
         return dataclasses.replace(base, stall_seconds=seconds)
+
+    @classmethod
+    def hang(cls) -> Reply:
+        """Accept the request and never answer (until the server stops): a model that hangs,
+        for the client's ``timeout`` to end."""
+        return cls.stall(HANG_SECONDS)
+
+    # -- broken answers ------------------------------------------------------
+
+    @classmethod
+    def garbage(cls, body: bytes = b"\x00\xff{\"type\": \"mess") -> Reply:
+        """A 200 whose body is ``body`` instead of a message: broken JSON for a plain
+        request, broken SSE for a streamed one (sent after the stream's headers)."""
+        return cls(garbage_body=bytes(body))
+
+    @classmethod
+    def nasty_text(cls, text: str = "nul\x00 and lone \ud800 surrogates \udfff", **knobs: Any
+                   ) -> Reply:
+        """A text reply holding characters storage may choke on: NUL and lone surrogates
+        (valid JSON escapes, so the SDK hands them over as they are). ``knobs`` are those of
+        :meth:`text`."""
+        return cls.text(text, **knobs)
 
 
 def _leading_blocks(thinking: str | None, signature: str, text: str | None) -> list[dict[str, Any]]:

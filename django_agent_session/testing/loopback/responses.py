@@ -45,6 +45,9 @@ def answer(
     if reply.is_error:
         send_error(h, record, reply)
         return
+    if reply.garbage_body is not None:
+        _send_garbage(h, record, reply.garbage_body)
+        return
     if not record.stream and reply.drop_after is not None:
         raise ConnectionDropped
     message = render(reply, record)
@@ -70,6 +73,16 @@ def send_error(h: LoopbackHandler, record: RecordedRequest, reply: Reply) -> Non
     """Send an error ``reply`` in the API's error shape, with the request id in the body too."""
     payload = {**error_body(reply.error_type, reply.error_message), "request_id": record.request_id}
     send_json(h, record, reply.status, payload, reply.headers)
+
+
+def _send_garbage(h: LoopbackHandler, record: RecordedRequest, body: bytes) -> None:
+    """A 200 under the content type the request expects, with a body that is not one."""
+    record.status = 200
+    kind = "text/event-stream; charset=utf-8" if record.stream else "application/json"
+    h.start_response(200, [("Content-Type", kind), ("Content-Length", str(len(body))),
+                           *_answer_headers(record, ())])
+    h.wfile.write(body)
+    h.wfile.flush()
 
 
 def _stream(

@@ -28,6 +28,7 @@ from .cache import (
     input_tokens,
 )
 from .httpd import LoopbackHandler, LoopbackHTTPServer
+from .media import media_error
 from .recording import RecordedRequest, Responder, decode_json_body, lowercase_headers
 from .reply import Reply, ReplyLike, coerce_reply
 from .responses import answer, send_error, send_json
@@ -284,6 +285,8 @@ class LoopbackMessagesServer:
             send_error(h, record, Reply.error(404, message=f"The loopback server does not serve {h.command} {path}."))
         elif not isinstance(body, dict):
             send_error(h, record, Reply.bad_request("Request body must be a JSON object."))
+        elif (bad_media := media_error(body)) is not None:  # as the API checks image/document blocks
+            send_error(h, record, Reply.bad_request(bad_media))
         elif path == MESSAGES_PATH:
             too_long = self._too_long(body)
             # refused before the script is consulted; the refusal is kept as the record's reply

@@ -14,6 +14,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .media import without_media
+
 
 def _estimate_tokens(text: str) -> int:
     """A rough, deterministic token count: about four characters per token, at least one."""
@@ -28,8 +30,9 @@ def estimate_input_tokens(body: Any) -> int:
     """Tokens for a request body's ``system``, ``messages`` and ``tools`` (1 if the body is not an object)."""
     if not isinstance(body, dict):
         return 1
+    body, media = without_media(body)  # an image costs its pixels, not its base64 text
     relevant = [body.get("system"), body.get("messages"), body.get("tools")]
-    return _estimate_tokens(json.dumps(relevant, separators=(",", ":"), ensure_ascii=False))
+    return _estimate_tokens(json.dumps(relevant, separators=(",", ":"), ensure_ascii=False)) + media
 
 
 def estimate_output_tokens(content: Sequence[Mapping[str, Any]]) -> int:

@@ -14,7 +14,7 @@
     indicator: $("run-indicator"), error: $("error"), title: $("chat-title"),
     conversations: $("conversations"), emptyHint: $("empty-hint"),
     sidebarToggle: $("sidebar-toggle"), sidebarClose: $("sidebar-close"),
-    backdrop: $("sidebar-backdrop"),
+    backdrop: $("sidebar-backdrop"), attach: $("attach"),
   };
   const sources = new WeakMap();  // a reply's text part -> its Markdown source so far
 
@@ -47,8 +47,15 @@
     return (content || []).filter((b) => b && b.type === "text").map((b) => b.text).join("");
   }
 
+  // what a user message shows of its attached files
+  function filesNote(count) {
+    return count ? ` 📎 ${count === 1 ? "1 file" : `${count} files`}` : "";
+  }
+
   function inputText(input) {
-    if (input && typeof input === "object" && "message" in input) return String(input.message);
+    if (input && typeof input === "object" && "message" in input) {
+      return String(input.message) + filesNote((input.attachments || []).length);
+    }
     return typeof input === "string" ? input : JSON.stringify(input);
   }
 
@@ -414,7 +421,9 @@
           historyTurn = known;
           break;
         }
-        historyTurn = new Turn(textOf(data.content));
+        const files = (Array.isArray(data.content) ? data.content : [])
+          .filter((b) => b && (b.type === "image" || b.type === "document")).length;
+        historyTurn = new Turn(textOf(data.content) + filesNote(files));
         historyTurn.fromHistory = true;
         historyTurn.setRun(frame.run_id);
         if (data.stored === false) historyTurn.user.classList.add("not-stored");
@@ -772,16 +781,58 @@
   }
 
   // -- the composer --------------------------------------------------------------------------
-  ui.form.addEventListener("submit", (event) => {
+  // An attached image or PDF is uploaded over REST first (POST …/{id}/attachments/, which
+  // reads its type from its bytes), then named by id in the message frame.
+  async function uploadAttachment(file) {
+    if (!exists) send({ type: "start", ref: nextRef() });  // the upload needs the session
+    const csrf = (document.cookie.match(/(?:^|; )csrftoken=([^;]*)/) || [])[1] || "";
+    for (let attempt = 0; attempt < 20; attempt += 1) {
+      const body = new FormData();
+      body.append("file", file);
+      const response = await fetch(config.attachmentsUrl, {
+        method: "POST", body, credentials: "same-origin",
+        headers: { "X-CSRFToken": decodeURIComponent(csrf), Accept: "application/json" },
+      });
+      if (response.status === 404 && !exists) {  // the start frame is still on its way
+        await new Promise((resolve) => setTimeout(resolve, 150));
+        continue;
+      }
+      const data = await response.json().catch(() => ({}));
+      if (!response.ok) {
+        const detail = (data.errors && data.errors.file && data.errors.file[0]) || data.detail;
+        throw new Error(detail || `The upload failed (${response.status}).`);
+      }
+      return data.id;
+    }
+    throw new Error("The conversation could not be created for the upload.");
+  }
+
+  ui.form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const message = ui.input.value.trim();
     if (!message) return;
+    const file = ui.attach && ui.attach.files[0];
+    const input = { message };
+    if (file) {
+      ui.send.disabled = true;
+      try {
+        input.attachments = [await uploadAttachment(file)];
+      } catch (error) {
+        ui.error.textContent = error.message;
+        ui.error.hidden = false;
+        return;
+      } finally {
+        ui.send.disabled = false;
+      }
+    }
     const ref = nextRef();
-    if (!send({ type: "message", input: { message }, ref })) return;
+    if (!send({ type: "message", input, ref })) return;
     ui.error.hidden = true;
     ui.input.value = "";
-    if (!exists && location.pathname !== config.pageUrl) {
-      history.replaceState(null, "", config.pageUrl);  // the first message creates it
+    if (ui.attach) ui.attach.value = "";
+    if (location.pathname !== config.pageUrl) {
+      // the first message (or the upload before it) created it
+      history.replaceState(null, "", config.pageUrl);
     }
   });
 
