@@ -128,6 +128,24 @@ class AttachmentsMixin:
             parsers += [MultiPartParser()]
         return list(parsers)
 
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        """Refuse an upload larger than it may be from its Content-Length, before anything
+        reads the body: session authentication's CSRF check parses a multipart body (writing
+        its files to disk) before the view runs."""
+        if (request.content_type or "").startswith("multipart/form-data"):
+            files = 1 if self.action == "upload_attachment" else \
+                int(agent_settings.ATTACHMENT_MAX_COUNT)
+            limit = int(agent_settings.ATTACHMENT_MAX_BYTES)
+            try:
+                length = int(request.META.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = 0
+            if length > limit * files + FORM_OVERHEAD:
+                raise AttachmentRejected(exc.InvalidAttachment(
+                    {"file": [f"The request is larger than {files} file(s) of the {limit} "
+                              f"bytes allowed."]}, "Attachment too large.", reason="too_large"))
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
         # a file answers as itself whatever ``Accept`` says (an error, as JSON)
         force = force or getattr(self, "action", None) == "attachment"
@@ -235,16 +253,7 @@ class AttachmentsMixin:
     def upload_attachment(self, request: Request, pk: Any = None) -> Response:
         """Store one image or PDF (multipart field ``file``) on the session; 201 with its id,
         which a message's ``attachments`` then names. Its type is read from its bytes."""
-        session = self.get_object()
-        try:
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        limit = int(agent_settings.ATTACHMENT_MAX_BYTES)
-        if length > limit + FORM_OVERHEAD:  # refused before the body is read
-            raise AttachmentRejected(exc.InvalidAttachment(
-                {"file": [f"The file is larger than the {limit} bytes allowed."]},
-                "Attachment too large.", reason="too_large"))
+        session = self.get_object()  # a body too large was refused by ``initial``
         files = self.uploads()
         if len(files) != 1:
             raise ValidationError({"file": ["Send exactly one file, in the field `file`."]})

@@ -15,6 +15,7 @@ call that timed out on it) is dropped, and the next call opens a new one.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -156,6 +157,8 @@ class _Loop:
                 self.connections = {}
                 threading.Thread(target=self._loop.run_forever, name="agent-mcp",
                                  daemon=True).start()
+                # stdio servers are told to exit (not left to notice a closed stdin)
+                atexit.register(close_all, timeout=5.0)
             return self._loop
 
     def connection(self, endpoint: Endpoint) -> _Connection:
@@ -263,8 +266,9 @@ def _block_text(block: Any) -> str:
     return f"[{kind} {getattr(block, 'mime_type', '')}]".replace(" ]", "]")
 
 
-def close_all() -> None:
-    """Close every connection of this process (stdio servers exit); calls reconnect later."""
+def close_all(timeout: float = 15.0) -> None:
+    """Close every connection of this process (stdio servers exit); calls reconnect later.
+    Also run at interpreter exit."""
     loop = _state._loop
     if loop is None or _state._pid != os.getpid() or not loop.is_running():
         return
@@ -276,10 +280,10 @@ def close_all() -> None:
         for connection in connections:
             connection.drop()
         if tasks:
-            await asyncio.wait(tasks, timeout=10)
+            await asyncio.wait(tasks, timeout=timeout * 2 / 3)
 
     with contextlib.suppress(Exception):
-        asyncio.run_coroutine_threadsafe(close(), loop).result(15)
+        asyncio.run_coroutine_threadsafe(close(), loop).result(timeout)
 
 
 def _left(deadline: float, endpoint: Endpoint) -> float:

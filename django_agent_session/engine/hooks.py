@@ -192,18 +192,22 @@ class Hooks:
 
     # -- after_call ------------------------------------------------------------------------
 
+    def _seen(self, call: ModelCall) -> ModelCall:
+        """What an ``after_call`` hook gets: copies of the request (whose messages are the
+        ones the turn stores) and of the response, so it cannot change either."""
+        return dataclasses.replace(self._copy(call), response=copy.deepcopy(call.response))
+
     def after(self, call: ModelCall) -> None:
         for fn in self.after_call:
             try:
-                _call_sync(fn, dataclasses.replace(call, response=copy.deepcopy(call.response)))
+                _call_sync(fn, self._seen(call))
             except Exception as error:
                 raise _failure(self.options, "after_call", fn, error) from error
 
     async def aafter(self, call: ModelCall, offload: Offload) -> None:
         for fn in self.after_call:
             try:
-                await _call_async(fn, dataclasses.replace(
-                    call, response=copy.deepcopy(call.response)), offload)
+                await _call_async(fn, self._seen(call), offload)
             except Exception as error:
                 raise _failure(self.options, "after_call", fn, error) from error
 

@@ -187,12 +187,15 @@ def has_events_after(model: type, session_pk: Any, after_seq: int) -> bool:
 def wait_for_events(model: type, session_pk: Any, after_seq: int, timeout: float,
                     interval: float = 0.5) -> bool:
     """Block until the session has an event after ``after_seq`` or ``timeout`` seconds pass;
-    whether it has one. Between looks it holds no lock and sends no query.
+    whether it has one. Between looks it holds no lock, sends no query and holds no database
+    connection (it is closed and opened again for the next look), so a few hundred waiting
+    requests do not use up the database's connections.
 
     Inside a transaction (a ``TestCase``'s, say) it looks once and does not wait: waiting
     would hold the transaction open, and its snapshot might never show the new rows.
     """
-    if connections[router.db_for_read(AgentEvent)].in_atomic_block:
+    connection = connections[router.db_for_read(AgentEvent)]
+    if connection.in_atomic_block:
         return has_events_after(model, session_pk, after_seq)
     deadline = time.monotonic() + timeout
     with _listening(session_pk) as woken:
@@ -202,5 +205,6 @@ def wait_for_events(model: type, session_pk: Any, after_seq: int, timeout: float
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
+            connection.close()
             woken.wait(min(interval, remaining))
             woken.clear()

@@ -141,6 +141,27 @@ def test_a_body_far_over_the_limit_is_refused_before_it_is_read(api, session, lo
     assert response.status_code == 413
 
 
+@pytest.mark.parametrize("path", ["attachments/", "continue/"])
+def test_a_logged_in_browser_s_oversized_body_is_never_parsed(client, user, session, loopback,
+                                                             monkeypatch, path):
+    """With session authentication the CSRF check reads ``request.POST``, which parses a
+    multipart body (its files written to disk) before the view runs: the size is checked
+    from Content-Length before that."""
+    from django.http.multipartparser import MultiPartParser
+
+    def parse(self):
+        raise AssertionError("the oversized body was parsed")
+
+    monkeypatch.setattr(MultiPartParser, "parse", parse)
+    client.force_login(user)
+    client.handler.enforce_csrf_checks = True
+    with override_settings(AGENT_SESSION=loopback_settings(loopback, ATTACHMENT_MAX_BYTES=10)):
+        response = client.post(f"{URL}{session.pk}/{path}",
+                               {"file": upload("big.png", files.png() + b"\0" * 2_000_000)})
+    assert response.status_code == 413
+    assert response.json()["reason"] == "too_large"
+
+
 def test_upload_needs_exactly_one_file(api, session):
     response = api.post(f"{URL}{session.pk}/attachments/", {"other": "x"}, format="multipart")
     assert response.status_code == 400

@@ -92,6 +92,8 @@ def test_after_call_sees_the_response_and_cannot_change_the_stored_reply(loopbac
     def after(call: ModelCall) -> str:
         seen.append((call.request.max_tokens, call.response.text, call.response.stop_reason))
         call.response.content[0]["text"] = "tampered"
+        call.request.messages[0]["content"][0]["text"] = "tampered too"  # what is stored
+        call.request.messages.append({"role": "user", "content": "extra"})
         return "ignored"
 
     loopback.enqueue("the reply")

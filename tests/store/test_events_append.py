@@ -251,6 +251,23 @@ def test_waiting_ends_after_the_timeout_without_an_event(session):
     assert time.monotonic() - started >= 0.3
 
 
+def test_no_database_connection_is_held_while_waiting(session, monkeypatch):
+    """A waiting request closes its connection before each sleep (the next look opens one):
+    a few hundred long-polls must not hold a few hundred connections."""
+    from django.db import connection
+
+    held: list[bool] = []
+    real_wait = threading.Event.wait
+
+    def wait(self, timeout=None):
+        held.append(connection.connection is not None)
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(threading.Event, "wait", wait)
+    assert wait_for_events(PlainAgent, session.pk, 1, timeout=0.3, interval=0.1) is False
+    assert held and not any(held)
+
+
 def test_inside_a_transaction_it_looks_once_and_never_waits(session):
     started = time.monotonic()
     with transaction.atomic():
