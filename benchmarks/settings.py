@@ -77,6 +77,8 @@ if os.environ.get("REDIS_URL"):
         os.environ["REDIS_URL"], prefix=os.environ.get("BENCH_REDIS_PREFIX", "agent-bench"))}
 
 ASGI_APPLICATION = "benchmarks.asgi.application"
+# artifact and attachment files of benchmark runs: never in the checkout
+MEDIA_ROOT = os.environ.get("BENCH_MEDIA_ROOT", "/tmp/agent-session-bench-media")
 REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
 AGENT_SESSION: dict = {"TURN_WAIT_SECONDS": 60.0}
 if os.environ.get("BENCH_LOOPBACK_URL"):
