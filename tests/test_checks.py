@@ -31,6 +31,17 @@ ROOT = Path(__file__).resolve().parent.parent
 urlpatterns: list = []
 
 
+def run_python(tmp_path, settings: str, *args: str) -> subprocess.CompletedProcess:
+    """``python *args`` in a new process whose settings are the test settings followed by
+    ``settings`` (the checks and models run as they do when Django starts)."""
+    (tmp_path / "subprocess_settings.py").write_text(
+        f"from tests.settings import *  # noqa\n{settings}\n")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "subprocess_settings",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
 def findings(**overrides):
     """``(id, message)`` of this app's findings, with ``overrides`` applied to the settings."""
     with override_settings(**overrides):
@@ -51,13 +62,8 @@ def without(*names):
 def test_a_typo_is_one_line_of_manage_py_check_not_an_import_traceback(tmp_path):
     """Models read settings as they are imported: the typo must not stop Django from starting,
     so ``check`` itself gets to report it."""
-    (tmp_path / "typo_settings.py").write_text(
-        "from tests.settings import *  # noqa\n"
-        "AGENT_SESSION = {**AGENT_SESSION, 'EXECUTR': 'inline'}\n")
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "typo_settings",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
-    result = subprocess.run([sys.executable, "-m", "django", "check"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = run_python(tmp_path, "AGENT_SESSION = {**AGENT_SESSION, 'EXECUTR': 'inline'}",
+                        "-m", "django", "check")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert ("?: (django_agent_session.E004) AGENT_SESSION['EXECUTR'] is not a setting. "
@@ -149,21 +155,15 @@ def test_an_artifact_storage_that_is_no_storages_alias():
 def test_an_unknown_artifact_storage_at_startup_is_reported_by_check(tmp_path):
     """The Artifact model's FileField takes its storage at import: an unknown alias must not
     stop Django from starting, and using the storage says what is wrong."""
-    (tmp_path / "storage_settings.py").write_text(
-        "from tests.settings import *  # noqa\n"
-        "AGENT_SESSION = {**AGENT_SESSION, 'ARTIFACT_STORAGE': 'nope'}\n")
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "storage_settings",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
-    result = subprocess.run([sys.executable, "-m", "django", "check"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120, check=False)
+    settings = "AGENT_SESSION = {**AGENT_SESSION, 'ARTIFACT_STORAGE': 'nope'}"
+    result = run_python(tmp_path, settings, "-m", "django", "check")
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert ("?: (django_agent_session.E007) AGENT_SESSION['ARTIFACT_STORAGE'] = 'nope' is not "
             "an alias of settings.STORAGES.") in result.stderr.splitlines()
     use = ("import django; django.setup()\n"
            "from django_agent_session.models import Artifact\n"
            "Artifact._meta.get_field('file').storage.exists('x')\n")
-    result = subprocess.run([sys.executable, "-c", use], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = run_python(tmp_path, settings, "-c", use)
     assert result.stderr.splitlines()[-1] == (
         "django.core.exceptions.ImproperlyConfigured: AGENT_SESSION['ARTIFACT_STORAGE'] = "
         "'nope' is not an alias of STORAGES.")
@@ -263,17 +263,11 @@ print(Client(raise_request_exception=False).get("/api/schema/").status_code)
 def test_the_schema_view_fails_without_drf_spectacular_s_schema_class(tmp_path):
     """What W004 is about. In a new process: the viewsets take their schema class when the
     URLconf builds them."""
-    (tmp_path / "no_schema_settings.py").write_text(
-        "from tests.settings import *  # noqa\n"
-        "REST_FRAMEWORK = {k: v for k, v in REST_FRAMEWORK.items()\n"
-        "                  if k != 'DEFAULT_SCHEMA_CLASS'}\n")
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "no_schema_settings",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
-    result = subprocess.run([sys.executable, "-c", SCHEMA_REQUEST], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120, check=False)
+    settings = ("REST_FRAMEWORK = {k: v for k, v in REST_FRAMEWORK.items()\n"
+                "                  if k != 'DEFAULT_SCHEMA_CLASS'}")
+    result = run_python(tmp_path, settings, "-c", SCHEMA_REQUEST)
     assert result.stdout.split() == ["500"], result.stderr[-2000:]
-    result = subprocess.run([sys.executable, "-m", "django", "check"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = run_python(tmp_path, settings, "-m", "django", "check")
     assert "(django_agent_session.W004)" in result.stderr
 
 

@@ -23,6 +23,7 @@ from tests.helpers.streams import (
     headers_of,
     ids,
     login_cookie,
+    post_stream,
     read_body,
 )
 from tests.testapp.models import REFUNDS, ApprovalAgent
@@ -39,18 +40,13 @@ def _refunds():
     REFUNDS.clear()
 
 
-def post_stream(api, path: str = f"{PATH}stream/"):
-    return api.post(f"{path}?{QUERY}", {"input": {"message": "hi"}, "instruction_args": ARGS},
-                    format="json", HTTP_ACCEPT="text/event-stream")
-
-
 def types(events: list[dict]) -> list[str]:
     return [e["type"] for e in events]
 
 
 def test_a_text_turn_is_a_run_with_a_reasoning_and_a_text_message(api, loopback):
     loopback.enqueue(Reply.thinking("Let me think.", "Hello there, how can I help?"))
-    response = post_stream(api)
+    response = post_stream(api, "ag-ui")
 
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/event-stream")
@@ -136,7 +132,7 @@ async def test_a_paused_turn_finishes_with_an_interrupt_and_the_run_stream_goes_
 
 def test_an_error_is_a_run_error_carrying_our_body(api, loopback):
     loopback.enqueue(Reply.overloaded(message="busy upstream"))
-    response = post_stream(api)
+    response = post_stream(api, "ag-ui")
 
     raw = b"".join(response.streaming_content)
     events = ag_ui_events(raw)

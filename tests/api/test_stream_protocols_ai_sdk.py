@@ -20,6 +20,7 @@ from tests.helpers.streams import (
     headers_of,
     ids,
     login_cookie,
+    post_stream,
     read_body,
     read_ui_message,
     texts,
@@ -38,14 +39,9 @@ def _refunds():
     REFUNDS.clear()
 
 
-def post_stream(api, path: str = f"{PATH}stream/", **body):
-    return api.post(f"{path}?{QUERY}", {"input": {"message": "hi"}, "instruction_args": ARGS,
-                                          **body}, format="json", HTTP_ACCEPT="text/event-stream")
-
-
 def test_a_text_turn_is_one_assistant_message_with_its_reasoning(api, loopback):
     loopback.enqueue(Reply.thinking("Let me think.", "Hello there, how can I help?"))
-    response = post_stream(api)
+    response = post_stream(api, "ai-sdk")
 
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/event-stream")
@@ -142,7 +138,7 @@ async def test_a_paused_turn_asks_for_approval_and_the_run_stream_goes_on(user, 
 
 def test_an_error_is_an_error_chunk_with_our_body_in_the_metadata(api, loopback):
     loopback.enqueue(Reply.overloaded(message="busy upstream"))
-    response = post_stream(api)
+    response = post_stream(api, "ai-sdk")
 
     assert response.status_code == 200
     raw = b"".join(response.streaming_content)

@@ -15,6 +15,7 @@ from django.test import override_settings
 from django_agent_session import exceptions as exc
 from django_agent_session.models import AgentRun, RunStatus
 from django_agent_session.testing.loopback import LoopbackMessagesServer, Reply
+from tests.helpers.loopback import loopback_settings
 from tests.helpers.state import raw_context
 from tests.testapp.models import ChatAgent
 
@@ -23,12 +24,11 @@ BODIES = [b"\x00\xff{\"type\": \"mess", b"not json at all", b"event: message_sta
 
 
 @pytest.fixture
-def server():
-    with LoopbackMessagesServer() as srv:
-        with override_settings(AGENT_SESSION={"ANTHROPIC": {
-                "BASE_URL": srv.base_url, "API_KEY": "test-key", "MAX_RETRIES": 0,
-                "TIMEOUT": 5.0}}):
-            yield srv
+def server(loopback):
+    """The shared loopback server, with a short SDK timeout."""
+    with override_settings(AGENT_SESSION=loopback_settings(loopback,
+                                                           ANTHROPIC={"TIMEOUT": 5.0})):
+        yield loopback
 
 
 def _prepare(server):

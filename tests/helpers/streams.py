@@ -12,6 +12,8 @@ from typing import Any
 from asgiref.testing import ApplicationCommunicator
 from django.core.asgi import get_asgi_application
 
+from tests.helpers.api import ARGS
+
 JS = Path(__file__).resolve().parent.parent / "api" / "js"
 INSTALL = Path(__file__).resolve().parents[2] / "scripts" / "install-node-deps.sh"
 CSRF = "k" * 32
@@ -182,6 +184,13 @@ def check_ag_ui_sequence(events: list[dict], known_calls: frozenset[str] = froze
 
 def ag_ui_text(events: list[dict]) -> str:
     return "".join(e["delta"] for e in events if e["type"] == "TEXT_MESSAGE_CONTENT")
+
+
+def post_stream(api: Any, protocol: str, path: str = "/api/approval-agents/stream/") -> Any:
+    """A streamed start in ``protocol`` through DRF's test client (WSGI)."""
+    return api.post(f"{path}?protocol={protocol}",
+                    {"input": {"message": "hi"}, "instruction_args": ARGS},
+                    format="json", HTTP_ACCEPT="text/event-stream")
 
 
 def login_cookie(user: Any) -> str:
