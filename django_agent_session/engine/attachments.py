@@ -66,9 +66,13 @@ def reference_block(artifact_id: Any, media_type: str, tokens: int) -> dict[str,
                        "media_type": media_type, "tokens": int(tokens)}}
 
 
+#: the block types an attachment is stored as
+MEDIA_TYPES = ("image", "document")
+
+
 def is_reference(block: Any) -> bool:
     """Whether ``block`` is a reference block (an attachment not yet resolved)."""
-    return (isinstance(block, Mapping) and block.get("type") in ("image", "document")
+    return (isinstance(block, Mapping) and block.get("type") in MEDIA_TYPES
             and isinstance(block.get("source"), Mapping)
             and block["source"].get("type") == SOURCE
             and isinstance(block["source"].get("artifact_id"), str))
@@ -76,14 +80,19 @@ def is_reference(block: Any) -> bool:
 
 def references(messages: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """Every reference block of ``messages`` (user content and tool results alike)."""
+    # on every model call over the whole history: the plain-dict checks come first (a stored
+    # context is JSON), the full check only for media blocks
     for message in messages:
         content = message.get("content")
-        if not isinstance(content, list):
+        if type(content) is not list:
             continue
         for block in content:
-            if is_reference(block):
-                yield block
-            elif isinstance(block, Mapping) and isinstance(block.get("content"), list):
+            if type(block) is not dict:
+                continue
+            if block.get("type") in MEDIA_TYPES:
+                if is_reference(block):
+                    yield block
+            elif type(block.get("content")) is list:
                 yield from (b for b in block["content"] if is_reference(b))
 
 
@@ -138,8 +147,8 @@ class AttachingClient:
 
     # -- resolving ----------------------------------------------------------------------------
 
-    def _wanted(self, request: ModelRequest) -> list[str]:
-        return list(dict.fromkeys(b["source"]["artifact_id"] for b in references(request.messages)
+    def _wanted(self, found: list[dict[str, Any]]) -> list[str]:
+        return list(dict.fromkeys(b["source"]["artifact_id"] for b in found
                                   if b["source"]["artifact_id"] not in self.resolved))
 
     def _fill(self, wanted: list[str], names: dict[str, str]) -> None:
@@ -152,8 +161,6 @@ class AttachingClient:
             self.resolved[artifact_id] = {"data": data}
 
     def _swap(self, request: ModelRequest) -> ModelRequest:
-        if not any(True for _ in references(request.messages)):
-            return request
         messages = [self._swap_message(m) for m in request.messages]
         return dataclasses.replace(request, messages=messages)
 
@@ -179,13 +186,20 @@ class AttachingClient:
         return block
 
     def resolve(self, request: ModelRequest) -> ModelRequest:
-        wanted = self._wanted(request)
+        # one walk of the history per call: a conversation without files pays only that
+        found = list(references(request.messages))
+        if not found:
+            return request
+        wanted = self._wanted(found)
         if wanted:
             self._fill(wanted, self.loader.locate(wanted))
         return self._swap(request)
 
     async def aresolve(self, request: ModelRequest) -> ModelRequest:
-        wanted = self._wanted(request)
+        found = list(references(request.messages))
+        if not found:
+            return request
+        wanted = self._wanted(found)
         if wanted:
             if self.locate_async is not None:
                 names = await self.locate_async(wanted)
