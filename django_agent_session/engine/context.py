@@ -12,6 +12,7 @@ repairs a whole history (an imported one, say).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -32,15 +33,23 @@ INTERRUPTED_TOOL_RESULT = "Tool call interrupted before it returned a result."
 CONFIG_KEY = "config"
 
 
-def storable(value: Any) -> Any:
-    """``value`` with U+0000 replaced by U+FFFD in every string (keys included).
+#: the characters a database cannot store in JSON: U+0000 and lone surrogates
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
-    PostgreSQL's ``jsonb`` cannot store U+0000, and a turn whose text (the model's reply, a
-    partial reply, a tool's error) held one could then neither be committed nor recorded as
-    failed. Everything a turn stores that it did not validate itself goes through here.
+
+def storable(value: Any) -> Any:
+    """``value`` with U+0000 and lone surrogates replaced by U+FFFD in every string (keys
+    included).
+
+    PostgreSQL's ``jsonb`` cannot store U+0000 or a lone surrogate (U+D800 to U+DFFF, which
+    Python strings and JSON ``\\ud800`` escapes can hold); SQLite stores them, and every later
+    call to the model then fails encoding the request as UTF-8. A turn whose text (the model's
+    reply, a partial reply, a tool's error, the user's input) held one could neither be
+    committed nor recorded as failed, or wedged the conversation for every turn after.
+    Everything a turn stores goes through here.
     """
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+        return UNSTORABLE.sub("\ufffd", value) if UNSTORABLE.search(value) else value
     if isinstance(value, dict):
         return {storable(k): storable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -218,6 +227,6 @@ def repair_dangling_tool_use(messages: list[dict[str, Any]], start: int = 0) -> 
     return changed
 
 
-__all__ = ["CONFIG_KEY", "CONTEXT_VERSION", "INTERRUPTED_TOOL_RESULT", "USAGE_KEYS", "Context",
-           "add_usage", "content_blocks", "empty_usage", "message_text", "migrate",
+__all__ = ["CONFIG_KEY", "CONTEXT_VERSION", "INTERRUPTED_TOOL_RESULT", "UNSTORABLE", "USAGE_KEYS",
+           "Context", "add_usage", "content_blocks", "empty_usage", "message_text", "migrate",
            "repair_dangling_tool_use", "storable", "turn_starts"]

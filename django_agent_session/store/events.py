@@ -34,6 +34,7 @@ from django.utils import timezone
 
 from .. import exceptions as exc
 from ..conf import agent_settings
+from ..engine.context import UNSTORABLE
 from ..records import AgentEvent
 from . import codec
 from .turns import SessionStore
@@ -46,6 +47,7 @@ TYPE_PATTERN = re.compile(r"custom\.[A-Za-z0-9_][A-Za-z0-9_.:-]{0,56}")
 KEY_MAX = 255
 #: deepest nesting of an event's ``data`` (objects and arrays)
 MAX_DEPTH = 32
+UNSTORABLE_PROBLEM = "Contains U+0000 or a lone surrogate, which the database cannot store."
 
 
 def validate_event(model: type, kind: Any, data: Any, key: Any) -> dict[str, Any]:
@@ -70,8 +72,9 @@ def validate_event(model: type, kind: Any, data: Any, key: Any) -> dict[str, Any
     if problem is not None:
         errors["data"] = [problem]
     if key is not None and not (isinstance(key, str) and 0 < len(key) <= KEY_MAX
-                                and "\x00" not in key):
-        errors["id"] = [f"Must be a string of 1 to {KEY_MAX} characters (no U+0000)."]
+                                and not UNSTORABLE.search(key)):
+        errors["id"] = [f"Must be a string of 1 to {KEY_MAX} characters (no U+0000 and no "
+                        "lone surrogate)."]
     if errors:
         raise exc.InvalidInput(errors, "Invalid event.", label=f"{model.__name__} event")
     return data
@@ -90,16 +93,16 @@ def _data_problem(data: Any) -> str | None:
             for name, item in value.items():
                 if not isinstance(name, str):
                     return f"Object keys must be strings; got {name!r}."
-                if "\x00" in name:
-                    return "Contains U+0000, which the database cannot store."
+                if UNSTORABLE.search(name):
+                    return UNSTORABLE_PROBLEM
                 stack.append((item, depth + 1))
         elif isinstance(value, (list, tuple)):
             if depth > MAX_DEPTH:
                 return f"Nested deeper than {MAX_DEPTH} levels."
             stack.extend((item, depth + 1) for item in value)
         elif isinstance(value, str):
-            if "\x00" in value:
-                return "Contains U+0000, which the database cannot store."
+            if UNSTORABLE.search(value):
+                return UNSTORABLE_PROBLEM
         elif isinstance(value, float):
             if not math.isfinite(value):
                 return "NaN and infinite numbers are not JSON."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import DatabaseError, models
 from django.utils import timezone
 
 from .. import exceptions as exc
@@ -53,6 +54,8 @@ from .queries import SessionQueryMixin
 from .queue import BUSY, RunQueue, Submission
 from .sessions import insert_session
 from .turns import SessionStore, Turn, TurnRecord
+
+logger = logging.getLogger("django_agent_session")
 
 #: one store and one engine per session model, built on first use (an engine is rebuilt when
 #: the model's options are, as tests that swap tools do)
@@ -135,7 +138,9 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                 not attachment_fields(options.input_serializer):  # never dropped silently
             raise exc.InvalidInput({"attachments": ["This agent's input takes no attachments."]},
                                    label=label)
-        return validate(options.input_serializer, input, label=label), label
+        # DRF's CharField refuses U+0000 and lone surrogates; a JSONField does not, and either
+        # would wedge the conversation on the database or on the next model call
+        return storable(validate(options.input_serializer, input, label=label)), label
 
     def _user_blocks(self, validated: dict[str, Any], label: str) -> list[dict[str, Any]]:
         blocks = user_blocks_for(validated)
@@ -167,8 +172,9 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             args = {**args, **stored["instruction_args"]}
         label = options.error_label("instruction_schema")
         if options.instruction_serializer is not None:
-            args = validate(options.instruction_serializer, args, exc.InvalidInstructionArgs,
-                            "Invalid instruction args.", label=label)
+            args = storable(validate(options.instruction_serializer, args,
+                                     exc.InvalidInstructionArgs, "Invalid instruction args.",
+                                     label=label))
         elif not isinstance(args, Mapping):  # the template reads args as a mapping
             raise exc.InvalidInstructionArgs({"non_field_errors": ["Expected an object."]},
                                              "Invalid instruction args.", label=label)
@@ -573,7 +579,19 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         else:
             typed = exc.AgentSessionError(f"{type(error).__name__}: {error}")
             typed.code = "internal_error"
-        record = turn.record = self._store().fail(turn, typed, state, status)
+        try:
+            record = self._store().fail(turn, typed, state, status)
+        except DatabaseError as refused:  # what the turn carried could not be stored
+            logger.exception("Recording the failure of run %s failed; recording it plainly.",
+                             turn.run_id)
+            cause = typed
+            typed = exc.AgentSessionError(
+                f"{typed.code}: {typed} (recording it failed: {type(refused).__name__})")
+            typed.code = "internal_error"
+            typed.__cause__ = cause
+            status = RunStatus.FAILED
+            record = self._store().fail_plainly(turn, typed)
+        turn.record = record
         self._send_failed(turn, typed)
         if not isinstance(error, Exception):
             error.turn = record  # type: ignore[attr-defined]  # set on a BaseException too

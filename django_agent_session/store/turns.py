@@ -479,6 +479,27 @@ class SessionStore:
         turn.session.lease_token = turn.session.lease_expires_at = None
         return TurnRecord(turn.run_id, status, _numbered(base, events), dict(state.usage))
 
+    def fail_plainly(self, turn: Turn, error: exc.AgentSessionError) -> TurnRecord:
+        """Record a failure after :meth:`fail` itself failed (a value the database refused):
+        the run failed with only ``error``'s code and its message in ASCII, one
+        ``run.failed`` event, the lease released. Nothing the turn carried is written, so
+        the session is usable at once rather than held until its lease expires."""
+        now = timezone.now()
+        error_data = {"code": error.code, "message": ascii(str(error))[1:-1]}
+        events = [(EventType.RUN_FAILED, {"run_id": str(turn.run_id), "error": error_data})]
+        with transaction.atomic():
+            base = self._claim_seq(turn, len(events), {
+                "status": SessionStatus.FAILED, "lease_token": None, "lease_expires_at": None,
+                "last_activity_at": now, "updated_at": now,
+            })
+            AgentRun.objects.filter(pk=turn.run_id).update(
+                status=RunStatus.FAILED, error=error_data, ended_at=now,
+                duration_ms=turn.elapsed_ms)
+            self._insert_events(turn.session.pk, base, events, turn)
+        turn.session.status = SessionStatus.FAILED
+        turn.session.lease_token = turn.session.lease_expires_at = None
+        return TurnRecord(turn.run_id, RunStatus.FAILED, _numbered(base, events), {})
+
     # -- pause -------------------------------------------------------------------------------
 
     def pause(self, turn: Turn, paused: TurnPaused, state: TurnState,

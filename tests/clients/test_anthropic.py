@@ -318,10 +318,12 @@ def test_cache_switch_thinking_and_temperature_reach_the_api(server):
     assert [b["type"] for b in result.messages[-1]["content"]] == ["thinking", "text"]
 
 
-class TestNulCharacters:
-    """U+0000 in the model's own text: PostgreSQL's jsonb cannot store it, so a streamed turn
-    that carried one could neither commit nor record its failure, and the session stayed
-    ``running`` for the whole lease. Every text a turn stores is now made storable."""
+class TestUnstorableCharacters:
+    """U+0000 and lone surrogates in the model's own text or the user's: PostgreSQL's jsonb
+    cannot store them, so a streamed turn that carried one could neither commit nor record its
+    failure, and the session stayed ``running`` for the whole lease; SQLite stored a lone
+    surrogate, and every later turn then failed encoding the request (found by the soak run,
+    #19). Every text a turn stores is now made storable."""
 
     def test_streamed_reply_with_nul_is_stored(self, server):
         server.enqueue(Reply.text("a\x00b c\x00d", chunk_size=2))
@@ -345,3 +347,57 @@ class TestNulCharacters:
         run = session.runs.get(status=RunStatus.FAILED)
         assert "\x00" not in run.output["partial_text"] and "\ufffd" in run.output["partial_text"]
         assert "\x00" not in session.events.get(type="run.failed").data["partial_text"]
+
+    @pytest.mark.parametrize("stream", [False, True])
+    def test_lone_surrogates_in_the_reply_leave_the_session_usable(self, server, stream):
+        progress = {"on_progress": lambda *a: None} if stream else {}
+        server.enqueue(Reply.nasty_text("a lone \ud800 surrogate \udfff", chunk_size=3))
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS, **progress)
+        assert session.runs.get().status == RunStatus.COMPLETED
+        assert session.last_output == {"content": "a lone \ufffd surrogate \ufffd"}
+        server.enqueue(Reply.text("still here"))
+        session = ChatAgent.objects.continue_session(session, "Again", **progress)
+        assert session.last_output == {"content": "still here"}
+        sent = server.last_request.body["messages"][1]["content"]
+        assert sent[0]["text"] == "a lone \ufffd surrogate \ufffd"  # what the model gets back
+        row = ChatAgent._base_manager.get(pk=session.pk)
+        assert row.status == "idle" and row.lease_token is None and row.version == 2
+
+    def test_a_lone_surrogate_in_the_input_is_refused(self, server):
+        with pytest.raises(exc.InvalidInput, match="message: Surrogate characters"):
+            ChatAgent.objects.start_session(json.loads('"hi \\ud83d there"'),
+                                            instruction_args=ARGS)
+        assert not ChatAgent._base_manager.exists() and not server.requests
+
+    def test_a_failure_that_cannot_be_recorded_still_frees_the_session(self, server,
+                                                                         monkeypatch):
+        """Should the database refuse the failure record itself, the failure is recorded
+        plainly and the lease released, instead of the session staying ``running`` until
+        its lease expires."""
+        from django.db import DataError
+
+        from django_agent_session.store.turns import SessionStore
+
+        server.enqueue(Reply.text("first"))
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+
+        def refused(*args, **kwargs):
+            raise DataError("unsupported Unicode escape sequence")
+
+        monkeypatch.setattr(SessionStore, "fail", refused)
+        server.enqueue(Reply.overloaded())
+        with pytest.raises(exc.AgentSessionError) as raised:
+            ChatAgent.objects.continue_session(session, "Again")
+        assert raised.value.code == "internal_error"
+        assert "model_overloaded" in str(raised.value) and "DataError" in str(raised.value)
+        row = ChatAgent._base_manager.get(pk=session.pk)
+        assert row.status == "failed" and row.lease_token is None and row.version == 1
+        run = session.runs.get(status=RunStatus.FAILED)
+        assert run.error["code"] == "internal_error" and run.ended_at is not None
+        assert session.events.filter(type="run.failed").get().data["run_id"] == str(run.pk)
+        assert list(session.events.values_list("seq", flat=True)) == list(
+            range(1, row.event_seq + 1))  # no gap
+        monkeypatch.undo()
+        server.enqueue(Reply.text("back"))
+        assert ChatAgent.objects.continue_session(session, "Again").last_output == {
+            "content": "back"}
