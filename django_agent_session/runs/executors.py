@@ -9,11 +9,14 @@ what was queued meanwhile before it lets go.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import contextvars
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -61,8 +64,10 @@ class InlineExecutor:
         self._drains: dict[tuple[Any, str], asyncio.Task] = {}
         self._again: set[tuple[Any, str]] = set()
         self._retries: dict[tuple[Any, str], asyncio.TimerHandle] = {}
-        self._threads: set[threading.Thread] = set()
+        self._threads: dict[threading.Thread, asyncio.Task | None] = {}
         self._threads_lock = threading.Lock()
+        self._closing = threading.Event()  # wakes a drain thread waiting behind a lease
+        self._exit_hook = False
 
     def dispatch(self, model: Any, session_pk: Any, *, after: float | None = None) -> None:
         if self.closed:  # shutting down: the run stays queued for the next process
@@ -77,7 +82,10 @@ class InlineExecutor:
             thread = threading.Thread(target=self._drain_in_thread, args=(model, session_pk),
                                       name=f"agent-drain-{session_pk}", daemon=True)
             with self._threads_lock:
-                self._threads.add(thread)
+                self._threads[thread] = None
+                if not self._exit_hook:
+                    self._exit_hook = True
+                    _before_interpreter_exit(self._at_exit)
             thread.start()
             return
         if after is not None:  # a deadline (approvals): look then
@@ -144,16 +152,56 @@ class InlineExecutor:
         return not self.closed
 
     def _drain_in_thread(self, model: Any, session_pk: Any) -> None:
+        thread = threading.current_thread()
         try:
-            while (retry_in := async_to_sync(drain)(model, session_pk, self._open)) is not None:
+            while (retry_in := async_to_sync(self._tracked)(thread, model,
+                                                            session_pk)) is not None:
                 close_old_connections()
-                time.sleep(retry_in)
+                if self._closing.wait(retry_in):
+                    break
+        except asyncio.CancelledError:
+            pass  # interrupted at exit (_at_exit): the turn recorded itself interrupted
         except Exception:
             logger.exception("Draining the queue of %s %s failed", model.__name__, session_pk)
         finally:
             close_old_connections()
             with self._threads_lock:
-                self._threads.discard(threading.current_thread())
+                self._threads.pop(thread, None)
+
+    async def _tracked(self, thread: threading.Thread, model: Any, session_pk: Any
+                       ) -> float | None:
+        """``thread``'s drain (run in a loop of its own by ``async_to_sync``), its task known
+        to :meth:`_at_exit`, which may interrupt it."""
+        with self._threads_lock:
+            if thread in self._threads:
+                self._threads[thread] = asyncio.current_task()
+        try:
+            return await drain(model, session_pk, self._open)
+        finally:
+            with self._threads_lock:
+                if thread in self._threads:
+                    self._threads[thread] = None
+
+    def _at_exit(self) -> None:
+        """The interpreter is exiting (a script that submitted with ``wait=False``, say):
+        the drain threads stop waiting behind other processes' leases (those drain their own
+        queues) and get up to ``SHUTDOWN_GRACE_SECONDS`` to run what they can claim; then
+        nothing more is claimed and the turns still running are interrupted (recorded
+        ``interrupted``, retryable, the lease released). Runs before ``concurrent.futures``
+        refuses new work, which the turns' database calls need: a turn caught by that
+        failed with "cannot schedule new futures after interpreter shutdown"."""
+        self._closing.set()
+        finished = self.join(float(agent_settings.SHUTDOWN_GRACE_SECONDS))
+        self.close()
+        if finished:
+            return
+        with self._threads_lock:
+            tasks = [task for task in self._threads.values() if task is not None]
+        for task in tasks:
+            with contextlib.suppress(RuntimeError):  # its loop already closed
+                task.get_loop().call_soon_threadsafe(task.cancel, SHUTDOWN)
+        if not self.join(STOP_WAIT_SECONDS):
+            logger.warning("Turns still running at exit; their leases will expire.")
 
     @property
     def draining(self) -> list[asyncio.Task]:
@@ -170,6 +218,7 @@ class InlineExecutor:
     def reopen(self) -> None:
         """Take runs again after :meth:`close` (an embedded server restarting; tests)."""
         self.closed = False
+        self._closing.clear()
 
     def join(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the drains running in threads (outside an ASGI
@@ -215,6 +264,19 @@ class TaskExecutor:
         if after is not None:  # behind another executor's lease: look again when it expires
             task = task.using(run_after=timezone.now() + timedelta(seconds=after))
         task.enqueue(model._meta.label, str(session_pk))
+
+
+def _before_interpreter_exit(callback: Callable[[], None]) -> None:
+    """Call ``callback`` when the interpreter exits, before ``concurrent.futures`` shuts its
+    executors down. :func:`atexit.register` is too late for that (it runs after), so this uses
+    the hook ``concurrent.futures`` itself uses, where it exists; hooks run last-registered
+    first, and ``concurrent.futures`` registered its own when it was imported, before this."""
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:  # not CPython 3.9+: the best there is
+        atexit.register(callback)
+        return
+    with contextlib.suppress(RuntimeError):  # already shutting down: nothing to wait for
+        register(callback)
 
 
 def inline_executor() -> InlineExecutor:

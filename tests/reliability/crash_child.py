@@ -42,6 +42,10 @@ def main(mode: str, pk: str) -> None:
         print("paused:", session.last_turn.status, flush=True)
         time.sleep(120)  # killed here, with the pause recorded and nothing else in memory
         sys.exit("not killed")
+    if mode == "submit":
+        run = ChatAgent.objects.continue_session(pk, "queued, then I exit", wait=False)
+        print("queued:", run.pk, flush=True)
+        return
     if mode == "async":
         asyncio.run(ChatAgent.objects.acontinue_session(pk, "doomed turn", on_progress=aprogress))
     else:

@@ -12,6 +12,7 @@ AGENT_SESSION = {
     "TURN_WAIT_SECONDS": 30.0,
     # a killed ASGI process's live ownership expires quickly too, so the next one can take over
     "OWNER_LEASE_SECONDS": float(os.environ["RELIABILITY_LEASE_SECONDS"]) * 2,
+    "SHUTDOWN_GRACE_SECONDS": float(os.environ.get("RELIABILITY_SHUTDOWN_GRACE", "10")),
     "ANTHROPIC": {"BASE_URL": os.environ["RELIABILITY_BASE_URL"], "API_KEY": "test",
                   "MAX_RETRIES": 0, "TIMEOUT": 120.0},
 }

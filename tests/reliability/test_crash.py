@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -266,3 +267,64 @@ def test_a_paused_turn_survives_kill_dash_nine_and_completes_on_another_process(
             time.sleep(0.05)
     assert REFUNDS == [(7, 900.0)]  # the tool ran here, once
     assert ApprovalAgent.objects.get(pk=session.pk).last_output == {"content": "Refunded 900."}
+
+
+
+@pytest.mark.parametrize("lease", ["free", "held"])
+def test_a_process_that_queues_a_message_and_exits_does_not_lose_it(loopback, user, lease):
+    """Regression (soak run, #19): a process that submitted with ``wait=False`` and then
+    exited failed the queued run ("cannot schedule new futures after interpreter shutdown"):
+    its drain thread was running the turn while the interpreter shut down. Now the exiting
+    process finishes the turn it runs (lease ``free``: it claimed the run itself), and claims
+    nothing when another process holds the lease (``held``), which runs it after its own."""
+    with override_settings(AGENT_SESSION=loopback_settings(loopback, TURN_WAIT_SECONDS=30.0)):
+        session = ChatAgent.objects.create_session(instruction_args=ARGS, owner=user)
+        first = Reply.stall(3.0, "first answer") if lease == "held" else "first answer"
+        loopback.enqueue(first, Reply.text("second answer", delay=0.3))
+        thread = threading.Thread(target=in_thread(ChatAgent.objects.continue_session),
+                                  args=(session.pk, "first"))
+        thread.start()
+        if lease == "held":  # the child submits while this process's turn is in flight
+            deadline = time.monotonic() + 30
+            while not loopback.message_requests:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        else:
+            thread.join(30)
+        child = subprocess.run(
+            [sys.executable, "-m", "tests.reliability.crash_child", "submit", str(session.pk)],
+            cwd=ROOT, env=_env(loopback.base_url), capture_output=True, text=True, timeout=60)
+        assert child.returncode == 0 and "queued:" in child.stdout, child.stdout + child.stderr
+        thread.join(30)
+        deadline = time.monotonic() + 30
+        while AgentRun.objects.filter(session_id=session.pk,
+                                      status__in=("queued", "running")).exists():
+            assert time.monotonic() < deadline, "the queued run was never run"
+            time.sleep(0.05)
+        runs = list(AgentRun.objects.filter(session_id=session.pk).order_by("started_at")
+                    .values("status", "error"))
+        assert runs == [{"status": "completed", "error": None}] * 2
+        assert ChatAgent.objects.get(pk=session.pk).last_output == {"content": "second answer"}
+
+
+def test_an_exiting_process_interrupts_a_turn_that_outlasts_the_grace(loopback, user):
+    """The exiting process waits ``SHUTDOWN_GRACE_SECONDS`` for the turn its drain thread
+    runs, then records it interrupted and frees the lease: no lease is left to expire."""
+    with override_settings(AGENT_SESSION=loopback_settings(loopback)):
+        session = ChatAgent.objects.create_session(instruction_args=ARGS, owner=user)
+        loopback.enqueue(Reply.stall(30.0, "too late"))
+        started = time.monotonic()
+        child = subprocess.run(
+            [sys.executable, "-m", "tests.reliability.crash_child", "submit", str(session.pk)],
+            cwd=ROOT, env={**_env(loopback.base_url), "RELIABILITY_SHUTDOWN_GRACE": "1"},
+            capture_output=True, text=True, timeout=60)
+        assert child.returncode == 0 and "queued:" in child.stdout, child.stdout + child.stderr
+        assert time.monotonic() - started < 25, child.stdout + child.stderr  # the grace
+        run = AgentRun.objects.get(session_id=session.pk)
+        assert run.status == RunStatus.FAILED and run.error["code"] == "interrupted", run.error
+        assert run.error["retryable"] is True
+        row = ChatAgent._base_manager.get(pk=session.pk)
+        assert row.lease_token is None and row.version == 0
+        loopback.enqueue("after")
+        assert ChatAgent.objects.continue_session(session, "again").last_output == {
+            "content": "after"}
