@@ -30,19 +30,21 @@ async def drain(model: Any, session_pk: Any,
                 keep_going: Callable[[], bool] | None = None) -> float | None:
     """Run ``session_pk``'s queued runs in order, publishing each to its viewers.
 
-    Returns ``None`` when the queue is empty, or the seconds after which to look again when
+    Each run is streamed to the conversation's viewers (:func:`observe`). Returns ``None``
+    when the queue is empty, or the seconds after which to look again when
     runs are queued behind a lease someone else holds: a live holder drains them itself, but
     a dead one's lease must expire first, and then nobody else would.
     """
-    layer = get_channel_layer()
-
-    def observe(turn: Turn) -> RunStream:
-        return RunStream(model, turn, layer)
-
-    await model._default_manager.adrain(session_pk, observe=observe, keep_going=keep_going)
+    await model._default_manager.adrain(session_pk, keep_going=keep_going)
     if keep_going is not None and not keep_going():
         return None
     return await database_sync_to_async(look_again)(model, session_pk)
+
+
+def observe(model: Any, turn: Turn) -> RunStream:
+    """What streams a queued run to the conversation's viewers, on any process (the store's
+    ``dispatch.OBSERVER``): every drain and every caller running another's run uses it."""
+    return RunStream(model, turn, get_channel_layer())
 
 
 def look_again(model: Any, session_pk: Any) -> float | None:

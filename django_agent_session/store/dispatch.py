@@ -2,7 +2,8 @@
 
 ``AGENT_SESSION["EXECUTOR"]`` names it: ``"inline"``, ``"tasks"`` or a dotted path to a class
 with a ``dispatch(model, session_pk)`` method (see :mod:`django_agent_session.runs.executors`). The
-store loads it by name, as Django loads backends, so it never imports the layer above it.
+store loads it by name, as Django loads backends, so it never imports the layer above it; so
+too the observer that streams a queued run to the conversation's viewers, whoever runs it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ ALIASES = {
     "inline": "django_agent_session.runs.executors.InlineExecutor",
     "tasks": "django_agent_session.runs.executors.TaskExecutor",
 }
+
+
+#: ``observer(model, turn)``: what tells the conversation's viewers about a queued run as it
+#: runs (:func:`django_agent_session.runs.drain.observe`, the live layer's run stream)
+OBSERVER = "django_agent_session.runs.drain.observe"
 
 
 class Executor(Protocol):
@@ -50,3 +56,9 @@ def dispatch(model: type, session_pk: Any, *, after: float | None = None) -> Non
     else:
         transaction.on_commit(lambda: executor().dispatch(model, session_pk, after=after),
                               robust=True)
+
+
+def observer(model: type, turn: Any) -> Any:
+    """The observer of a queued run about to run (see :data:`OBSERVER`): an executor's drain
+    and a caller waiting behind the run, which runs it, stream it to viewers alike."""
+    return import_string(OBSERVER)(model, turn)

@@ -45,7 +45,7 @@ from ..records import AgentEvent, AgentRun, Multitask, RunStatus, SessionRecord
 from ..signals import turn_completed, turn_failed
 from . import local_runs
 from .attachments import SessionFiles, attach
-from .dispatch import dispatch
+from .dispatch import dispatch, observer
 from .events import append_event
 from .heartbeat import akeep_alive, keep_alive
 from .history import logged_messages
@@ -54,6 +54,7 @@ from .queries import SessionQueryMixin
 from .queue import BUSY, RunQueue, Submission
 from .sessions import insert_session
 from .turns import SessionStore, Turn, TurnRecord
+from .watch import SyncWatch
 
 logger = logging.getLogger("django_agent_session")
 
@@ -468,16 +469,10 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         while True:
             claimed = queue.claim(pk)
             if isinstance(claimed, Turn):
-                mine = claimed.run_id == run.pk
-                try:
-                    session = self._run_claimed(claimed, on_progress if mine else None)
-                except exc.AgentSessionError:
-                    if mine:
-                        raise
-                    continue  # recorded on that run; go on to ours
-                if mine:
-                    return session
-                continue
+                if claimed.run_id != run.pk:  # a run in front of ours: streamed to its viewers
+                    self._run_observed(claimed)
+                    continue  # its outcome is recorded on it; go on to ours
+                return self._run_claimed(claimed, on_progress)
             current = queue.runs(pk).filter(pk=run.pk).first()
             if current is None:
                 raise exc.SessionNotFound(f"No {self.model.__name__} with id {pk}.")
@@ -488,6 +483,20 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                 if withdrawn.status == RunStatus.CANCELLED:
                     raise self._busy(claimed or 0.0)
             time.sleep(agent_settings.TURN_POLL_SECONDS)
+
+    def _run_observed(self, turn: Turn) -> None:
+        """Run a claimed queued run of someone else's, streamed to the conversation's
+        viewers (sync twin of :meth:`_arun_observed`; its outcome is recorded on it)."""
+        watch = SyncWatch(observer(self.model, turn))
+        try:
+            try:
+                session = self._run_claimed(turn, watch.on_progress)
+            except exc.AgentSessionError as error:
+                watch.finished(getattr(error, "turn", turn.record), error)
+            else:
+                watch.finished(session.last_turn, None)
+        finally:
+            watch.close()
 
     def _outcome(self, run: AgentRun) -> Any:
         """The session after ``run`` (ran by another executor), or the error it ended with;
@@ -700,10 +709,11 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
     async def adrain(self, session_or_pk: Any, *,
                      observe: Callable[[Turn], RunObserver] | None = None,
                      keep_going: Callable[[], bool] | None = None) -> int:
-        """Async twin of :meth:`drain`. ``observe(turn)`` may return an observer of each run:
-        its ``on_progress`` gets the progress, ``finished(record, error)`` the outcome
-        (executors use it to stream runs to the conversation's viewers). ``keep_going()`` is
-        asked before each claim (a shutting-down executor stops claiming)."""
+        """Async twin of :meth:`drain`. ``observe(turn)`` returns the observer of each run:
+        its ``on_progress`` gets the progress, ``finished(record, error)`` the outcome; by
+        default the live layer's, which streams the run to the conversation's viewers.
+        ``keep_going()`` is asked before each claim (a shutting-down executor stops
+        claiming)."""
         pk, ran = self._pk(session_or_pk), 0
         while keep_going is None or keep_going():
             claimed, cancel = await self._settled(self._queue().claim, pk)
@@ -714,21 +724,27 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             if not isinstance(claimed, Turn):
                 return ran
             ran += 1
-            observer = observe(claimed) if observe is not None else None
-            progress = observer.on_progress if observer is not None else None
-            try:
-                session = await self._arun_claimed(claimed, progress, handoff=False)
-            except exc.AgentSessionError as error:  # recorded on its run
-                if observer is not None:
-                    await observer.finished(getattr(error, "turn", claimed.record), error)
-            except asyncio.CancelledError as error:  # this drain is being stopped
-                if observer is not None:
-                    await asyncio.shield(observer.finished(claimed.record, error))
-                raise
-            else:
-                if observer is not None:
-                    await observer.finished(session.last_turn, None)
+            await self._arun_observed(claimed, observe(claimed) if observe is not None
+                                      else observer(self.model, claimed), handoff=False)
         return ran
+
+    async def _arun_observed(self, turn: Turn, watcher: RunObserver | None,
+                             handoff: bool = True) -> None:
+        """Run a claimed queued run, telling ``watcher`` its progress and how it ended (an
+        error is recorded on the run, not raised; cancelling the caller still propagates)."""
+        progress = watcher.on_progress if watcher is not None else None
+        try:
+            session = await self._arun_claimed(turn, progress, handoff=handoff)
+        except exc.AgentSessionError as error:  # recorded on its run
+            if watcher is not None:
+                await watcher.finished(getattr(error, "turn", turn.record), error)
+        except asyncio.CancelledError as error:  # this drain is being stopped
+            if watcher is not None:
+                await asyncio.shield(watcher.finished(turn.record, error))
+            raise
+        else:
+            if watcher is not None:
+                await watcher.finished(session.last_turn, None)
 
     async def aget_context(self, pk: Any, *, full_history: bool = False) -> Context:
         """Async twin of :meth:`get_context`."""
@@ -760,16 +776,10 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                     await database_sync_to_async(self._failed)(claimed, cancel, TurnState())
                 raise cancel
             if isinstance(claimed, Turn):
-                mine = claimed.run_id == run.pk
-                try:
-                    session = await self._arun_claimed(claimed, on_progress if mine else None)
-                except exc.AgentSessionError:
-                    if mine:
-                        raise
+                if claimed.run_id != run.pk:  # a run in front of ours: streamed to its viewers
+                    await self._arun_observed(claimed, observer(self.model, claimed))
                     continue
-                if mine:
-                    return session
-                continue
+                return await self._arun_claimed(claimed, on_progress)
             current = await queue.runs(pk).filter(pk=run.pk).afirst()
             if current is None:
                 raise exc.SessionNotFound(f"No {self.model.__name__} with id {pk}.")

@@ -312,7 +312,10 @@ def test_an_exiting_process_interrupts_a_turn_that_outlasts_the_grace(loopback, 
     runs, then records it interrupted and frees the lease: no lease is left to expire."""
     with override_settings(AGENT_SESSION=loopback_settings(loopback)):
         session = ChatAgent.objects.create_session(instruction_args=ARGS, owner=user)
-        loopback.enqueue(Reply.stall(30.0, "too late"))
+        # by text: on a slow machine the child may be interrupted before its request is sent
+        loopback.responder = lambda request: (Reply.stall(30.0, "too late")
+                                              if request.user_text.startswith("queued")
+                                              else Reply.text("after"))
         started = time.monotonic()
         child = subprocess.run(
             [sys.executable, "-m", "tests.reliability.crash_child", "submit", str(session.pk)],
@@ -325,6 +328,5 @@ def test_an_exiting_process_interrupts_a_turn_that_outlasts_the_grace(loopback, 
         assert run.error["retryable"] is True
         row = ChatAgent._base_manager.get(pk=session.pk)
         assert row.lease_token is None and row.version == 0
-        loopback.enqueue("after")
         assert ChatAgent.objects.continue_session(session, "again").last_output == {
             "content": "after"}

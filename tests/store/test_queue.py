@@ -3,6 +3,7 @@ the multitask strategies, cancel, and who picks up a queue nobody drains."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -294,6 +295,46 @@ class TestPickup:
         stranded.refresh_from_db()
         assert stranded.status == RunStatus.COMPLETED
         assert sweep() == 0
+
+    @pytest.mark.parametrize("waiter", ["sync", "async"])
+    def test_a_caller_that_runs_a_queued_run_in_front_of_its_own_streams_it_to_its_viewers(
+            self, loopback, recording, waiter):
+        """Regression (soak run, #19): a caller waiting behind queued runs runs them first,
+        but streamed nothing of them, so a WebSocket viewer whose message it ran never got
+        its ``run.status`` frames (351 viewers timed out in the PostgreSQL load)."""
+        from asgiref.sync import async_to_sync
+        from channels.layers import get_channel_layer
+
+        from django_agent_session.runs.stream import frame_of, group_name
+
+        session = new_session(loopback)
+        layer = get_channel_layer()
+        channel = async_to_sync(layer.new_channel)()
+        async_to_sync(layer.group_add)(group_name(ChatAgent, session.pk), channel)
+        tab = ChatAgent.objects.continue_session(session.pk, "from a tab", wait=False)
+        loopback.enqueue(Reply.text("for the tab", chunk_size=4), "for me")
+        if waiter == "sync":
+            mine = ChatAgent.objects.continue_session(session.pk, "from Python")
+        else:
+            async def go():
+                return await ChatAgent.objects.acontinue_session(session.pk, "from Python")
+            mine = async_to_sync(go)()
+        assert mine.last_output == {"content": "for me"}
+
+        async def frames() -> list[dict]:
+            out = []
+            while True:
+                try:
+                    out.append(frame_of(await asyncio.wait_for(layer.receive(channel), 1.0)))
+                except asyncio.TimeoutError:
+                    return out
+
+        received = async_to_sync(frames)()
+        assert {f.get("run_id") for f in received} == {str(tab.pk)}  # only the tab's run
+        statuses = [f["status"] for f in received if f["type"] == "run.status"]
+        assert statuses == ["started", "completed"]
+        assert "".join(f["text"] for f in received if f["type"] == "delta") == "for the tab"
+        assert [f["type"] for f in received][-2:] == ["message", "run.status"]
 
 
 def test_a_turn_that_takes_over_fails_every_run_dead_processes_left_running(loopback):
