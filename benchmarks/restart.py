@@ -609,6 +609,35 @@ def _inflight(server: Any, slots: list[Slot], since: int) -> tuple[dict[int, set
     return streaming, oldest_open
 
 
+async def chats_under_way(slots: list[Slot], conversations: int
+                          ) -> tuple[list[Any], list[Chat], list[asyncio.Task], asyncio.Task]:
+    """Start the slots' daphne processes and ``conversations`` new conversations, each with a
+    :class:`Chat` client running, and a poller that tells the clients how their runs ended:
+    the conversation ids, the clients, their tasks and the poller's task."""
+    from channels.db import database_sync_to_async
+
+    from .live import bench_user, create_conversations, session_cookie
+
+    await asyncio.gather(*(slot.start() for slot in slots))
+    user = await database_sync_to_async(bench_user)()
+    cookie = await database_sync_to_async(session_cookie)(user)
+    ids = await database_sync_to_async(create_conversations)(user, conversations)
+    clients = [Chat(i, cid, cookie, slots) for i, cid in enumerate(ids)]
+    tasks = [asyncio.create_task(c.run(), name=f"chat-{c.index}") for c in clients]
+
+    async def poll_outcomes() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            waiting = [run_id for c in clients for run_id, m in c.by_run.items()
+                       if m.outcome is None]
+            if waiting:
+                statuses = await database_sync_to_async(_statuses)(waiting)
+                for client in clients:
+                    client.learn(statuses)
+
+    return ids, clients, tasks, asyncio.create_task(poll_outcomes())
+
+
 def run_chaos(processes: int, conversations: int, kills: int, seconds: float
               ) -> dict[str, Any]:
     result, clients, ids, calls = asyncio.run(_chaos(processes, conversations, kills, seconds))
@@ -619,11 +648,7 @@ def run_chaos(processes: int, conversations: int, kills: int, seconds: float
 
 async def _chaos(processes: int, conversations: int, kills: int, seconds: float
                  ) -> tuple[dict[str, Any], list[Chat], list[Any], list[tuple[str, str]]]:
-    from channels.db import database_sync_to_async
-
     from django_agent_session.testing.loopback import LoopbackMessagesServer
-
-    from .live import bench_user, create_conversations, session_cookie
 
     lease = _leases()["turn_lease_s"]
     rng = random.Random(int(os.environ.get("BENCH_SEED", "0")) or None)
@@ -635,25 +660,8 @@ async def _chaos(processes: int, conversations: int, kills: int, seconds: float
         tasks: list[asyncio.Task] = []
         killed: list[dict[str, Any]] = []
         try:
-            await asyncio.gather(*(slot.start() for slot in slots))
-            user = await database_sync_to_async(bench_user)()
-            cookie = await database_sync_to_async(session_cookie)(user)
-            ids = await database_sync_to_async(create_conversations)(user, conversations)
-            clients = [Chat(i, cid, cookie, slots) for i, cid in enumerate(ids)]
+            ids, clients, tasks, poller = await chats_under_way(slots, conversations)
             started = time.monotonic()
-            tasks = [asyncio.create_task(c.run(), name=f"chat-{c.index}") for c in clients]
-
-            async def poll_outcomes() -> None:
-                while True:
-                    await asyncio.sleep(1.0)
-                    waiting = [run_id for c in clients for run_id, m in c.by_run.items()
-                               if m.outcome is None]
-                    if waiting:
-                        statuses = await database_sync_to_async(_statuses)(waiting)
-                        for client in clients:
-                            client.learn(statuses)
-
-            poller = asyncio.create_task(poll_outcomes())
             since, skipped = 0, 0
             deadline = started + seconds
             while len(killed) < kills and time.monotonic() < deadline:

@@ -56,9 +56,15 @@ TEMPLATES = [{
 }]
 
 _sqlite_path = os.environ.get("BENCH_SQLITE_PATH") or str(RESULTS_DIR / "bench.sqlite3")
+_max_age = os.environ.get("BENCH_CONN_MAX_AGE")
 DATABASES = {
+    # persistent connections by default, as in a long-lived worker; the soak's daphne processes
+    # run with BENCH_CONN_MAX_AGE=0, as Django advises under ASGI (a persistent connection per
+    # thread of sync_to_async is never closed); health checks let a connection the database
+    # dropped (pg_terminate_backend, a restart) be replaced instead of failing a request
     "default": dj_database_url.parse(os.environ.get("DATABASE_URL") or f"sqlite:///{_sqlite_path}",
-                                     conn_max_age=None)  # persistent, as in a long-lived worker
+                                     conn_max_age=None if _max_age is None else int(_max_age),
+                                     conn_health_checks=True)
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # BEGIN IMMEDIATE avoids "database is locked" under concurrent writers;
