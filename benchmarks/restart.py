@@ -638,6 +638,21 @@ async def chats_under_way(slots: list[Slot], conversations: int
     return ids, clients, tasks, asyncio.create_task(poll_outcomes())
 
 
+async def chats_settled(clients: list[Chat], tasks: list[asyncio.Task], poller: asyncio.Task,
+                        timeout: float) -> set[asyncio.Task]:
+    """Ask the clients to stop sending and wait up to ``timeout`` seconds for what they have
+    in flight to end; then stop them and the poller. The clients' tasks still running then."""
+    for client in clients:
+        client.stopping = True
+        client.changed.set()
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    poller.cancel()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, poller, return_exceptions=True)
+    return pending
+
+
 def run_chaos(processes: int, conversations: int, kills: int, seconds: float
               ) -> dict[str, Any]:
     result, clients, ids, calls = asyncio.run(_chaos(processes, conversations, kills, seconds))
@@ -686,16 +701,8 @@ async def _chaos(processes: int, conversations: int, kills: int, seconds: float
                                "at": killed_at, "affected": affected,
                                "restart_s": round(time.monotonic() - killed_at, 3)})
             load_seconds = time.monotonic() - started
-            for client in clients:
-                client.stopping = True
-                client.changed.set()
-            settle_limit = 3 * lease + 60
-            _, pending = await asyncio.wait(tasks, timeout=settle_limit)
+            pending = await chats_settled(clients, tasks, poller, timeout=3 * lease + 60)
             settled_in = time.monotonic() - started - load_seconds
-            poller.cancel()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, poller, return_exceptions=True)
         finally:
             for task in tasks:
                 task.cancel()

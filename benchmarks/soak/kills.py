@@ -72,7 +72,14 @@ async def _rolling(processes: int, conversations: int, seed: int) -> dict[str, A
 
     from django_agent_session.testing.loopback import LoopbackMessagesServer
 
-    from ..restart import Slot, account_chaos, api_key, chats_under_way, reply_for
+    from ..restart import (
+        Slot,
+        account_chaos,
+        api_key,
+        chats_settled,
+        chats_under_way,
+        reply_for,
+    )
 
     rng = random.Random(seed)
     with LoopbackMessagesServer() as server:
@@ -90,14 +97,7 @@ async def _rolling(processes: int, conversations: int, seed: int) -> dict[str, A
                 await slot.start()
                 downs.append(time.monotonic() - stopped)
                 await asyncio.sleep(1.0)
-            for client in clients:
-                client.stopping = True
-                client.changed.set()
-            _, pending = await asyncio.wait(tasks, timeout=120)
-            poller.cancel()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, poller, return_exceptions=True)
+            pending = await chats_settled(clients, tasks, poller, timeout=120)
         finally:
             for task in tasks:
                 task.cancel()

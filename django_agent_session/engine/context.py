@@ -49,6 +49,8 @@ def storable(value: Any) -> Any:
     Everything a turn stores goes through here.
     """
     if isinstance(value, str):
+        if value.isascii():  # the common case, and no surrogate can be in it
+            return value.replace("\x00", "\ufffd") if "\x00" in value else value
         return UNSTORABLE.sub("\ufffd", value) if UNSTORABLE.search(value) else value
     if isinstance(value, dict):
         return {storable(k): storable(v) for k, v in value.items()}

@@ -13,45 +13,26 @@ import atexit
 import contextlib
 import contextvars
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import SyncToAsync, async_to_sync
+from asgiref.sync import async_to_sync
 from django.db import close_old_connections
 from django.utils import timezone
 
 from ..conf import agent_settings
 from ..store.dispatch import executor
 from ..store.local_runs import SHUTDOWN
+from ..store.watch import server_loop
 from .drain import drain
 
 logger = logging.getLogger("django_agent_session.runs")
 
 #: bound on waiting for interrupted runs to record themselves at shutdown
 STOP_WAIT_SECONDS = 10.0
-
-
-def _server_loop() -> asyncio.AbstractEventLoop | None:
-    """The event loop of the ASGI server, when called from it or from one of its threads.
-
-    A sync view under ASGI runs in a thread of ``sync_to_async``; asgiref records the loop it
-    came from in a thread-local (the loop ``async_to_sync`` would use). Under WSGI, in a shell
-    or a worker there is none.
-    """
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    local = SyncToAsync.threadlocal
-    if getattr(local, "main_event_loop_pid", None) == os.getpid():
-        loop = getattr(local, "main_event_loop", None)
-        if loop is not None and loop.is_running():
-            return loop
-    return None
 
 
 class InlineExecutor:
@@ -72,7 +53,7 @@ class InlineExecutor:
     def dispatch(self, model: Any, session_pk: Any, *, after: float | None = None) -> None:
         if self.closed:  # shutting down: the run stays queued for the next process
             return
-        loop = _server_loop()
+        loop = server_loop()
         if loop is None:
             if after is not None:
                 timer = threading.Timer(after, self.dispatch, args=(model, session_pk))
@@ -200,8 +181,9 @@ class InlineExecutor:
         for task in tasks:
             with contextlib.suppress(RuntimeError):  # its loop already closed
                 task.get_loop().call_soon_threadsafe(task.cancel, SHUTDOWN)
-        if not self.join(STOP_WAIT_SECONDS):
-            logger.warning("Turns still running at exit; their leases will expire.")
+        if not self.join(STOP_WAIT_SECONDS):  # a sync tool or call cancelling cannot stop
+            logger.warning("Turns still running at exit did not end when interrupted; the "
+                           "process exits once they do.")
 
     @property
     def draining(self) -> list[asyncio.Task]:

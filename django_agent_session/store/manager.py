@@ -173,18 +173,18 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             args = {**args, **stored["instruction_args"]}
         label = options.error_label("instruction_schema")
         if options.instruction_serializer is not None:
-            args = storable(validate(options.instruction_serializer, args,
-                                     exc.InvalidInstructionArgs, "Invalid instruction args.",
-                                     label=label))
+            args = validate(options.instruction_serializer, args, exc.InvalidInstructionArgs,
+                            "Invalid instruction args.", label=label)
         elif not isinstance(args, Mapping):  # the template reads args as a mapping
             raise exc.InvalidInstructionArgs({"non_field_errors": ["Expected an object."]},
                                              "Invalid instruction args.", label=label)
+        args = storable(args)  # what the database and the model's request can hold
         system = options.template.render(args)
         hooks = Hooks(options)
         if hooks.after_render:
             system = hooks.render(Rendered(system=system, instruction_args=args,
                                            model=self.model, config=stored))
-        return Context(system=system, instruction_args=args,
+        return Context(system=storable(system), instruction_args=args,
                        metadata={CONFIG_KEY: stored} if stored else {})
 
     async def _ainitial_context(self, instruction_args: dict[str, Any] | None,
@@ -444,8 +444,10 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             raise error
         return turn.session.get_context()
 
-    def _run_claimed(self, turn: Turn, on_progress: ProgressCallback | None) -> Any:
-        """Run a turn whose lease this caller holds; then hand on what was queued meanwhile."""
+    def _run_claimed(self, turn: Turn, on_progress: ProgressCallback | None,
+                     handoff: bool = True) -> Any:
+        """Run a turn whose lease this caller holds; then hand on what was queued meanwhile
+        (unless the caller claims it itself: ``handoff=False``)."""
         try:
             context = self._context_of(turn)
         except BaseException as error:  # unreadable stored data: fail the run, free the lease
@@ -453,7 +455,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         try:
             return self._run(turn, context, on_progress)
         finally:
-            if turn.events_appended and self._queue().has_queued(turn.session.pk):
+            if handoff and turn.events_appended and self._queue().has_queued(turn.session.pk):
                 dispatch(self.model, turn.session.pk)
 
     def _wait(self, run: AgentRun, on_progress: ProgressCallback | None) -> Any:
@@ -487,16 +489,25 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
     def _run_observed(self, turn: Turn) -> None:
         """Run a claimed queued run of someone else's, streamed to the conversation's
         viewers (sync twin of :meth:`_arun_observed`; its outcome is recorded on it)."""
-        watch = SyncWatch(observer(self.model, turn))
+        watcher = self._watcher(turn)
+        try:
+            watch = SyncWatch(watcher) if watcher is not None else None
+        except Exception:  # no thread for its loop: it runs unobserved
+            logger.exception("No observer for run %s; it runs unobserved.", turn.run_id)
+            watch = None
         try:
             try:
-                session = self._run_claimed(turn, watch.on_progress)
+                session = self._run_claimed(turn, watch.on_progress if watch else None,
+                                            handoff=False)
             except exc.AgentSessionError as error:
-                watch.finished(getattr(error, "turn", turn.record), error)
+                if watch is not None:
+                    watch.finished(getattr(error, "turn", turn.record), error)
             else:
-                watch.finished(session.last_turn, None)
+                if watch is not None:
+                    watch.finished(session.last_turn, None)
         finally:
-            watch.close()
+            if watch is not None:
+                watch.close()
 
     def _outcome(self, run: AgentRun) -> Any:
         """The session after ``run`` (ran by another executor), or the error it ended with;
@@ -594,8 +605,8 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             logger.exception("Recording the failure of run %s failed; recording it plainly.",
                              turn.run_id)
             cause = typed
-            typed = exc.AgentSessionError(
-                f"{typed.code}: {typed} (recording it failed: {type(refused).__name__})")
+            typed = exc.AgentSessionError(storable(
+                f"{typed.code}: {typed} (recording it failed: {type(refused).__name__})"))
             typed.code = "internal_error"
             typed.__cause__ = cause
             status = RunStatus.FAILED
@@ -724,17 +735,26 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             if not isinstance(claimed, Turn):
                 return ran
             ran += 1
-            await self._arun_observed(claimed, observe(claimed) if observe is not None
-                                      else observer(self.model, claimed), handoff=False)
+            await self._arun_observed(claimed, self._watcher(claimed, observe))
         return ran
 
-    async def _arun_observed(self, turn: Turn, watcher: RunObserver | None,
-                             handoff: bool = True) -> None:
+    def _watcher(self, turn: Turn, observe: Callable[[Turn], RunObserver] | None = None
+                 ) -> RunObserver | None:
+        """The observer of a claimed run (``observe``'s, else the live layer's); ``None``
+        if building it fails: the run is claimed and must run, and progress is a courtesy."""
+        try:
+            return observe(turn) if observe is not None else observer(self.model, turn)
+        except Exception:
+            logger.exception("No observer for run %s; it runs unobserved.", turn.run_id)
+            return None
+
+    async def _arun_observed(self, turn: Turn, watcher: RunObserver | None) -> None:
         """Run a claimed queued run, telling ``watcher`` its progress and how it ended (an
-        error is recorded on the run, not raised; cancelling the caller still propagates)."""
+        error is recorded on the run, not raised; cancelling the caller still propagates).
+        No hand-off: the caller claims what comes next, after ``watcher`` told the end."""
         progress = watcher.on_progress if watcher is not None else None
         try:
-            session = await self._arun_claimed(turn, progress, handoff=handoff)
+            session = await self._arun_claimed(turn, progress, handoff=False)
         except exc.AgentSessionError as error:  # recorded on its run
             if watcher is not None:
                 await watcher.finished(getattr(error, "turn", turn.record), error)
@@ -777,7 +797,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                 raise cancel
             if isinstance(claimed, Turn):
                 if claimed.run_id != run.pk:  # a run in front of ours: streamed to its viewers
-                    await self._arun_observed(claimed, observer(self.model, claimed))
+                    await self._arun_observed(claimed, self._watcher(claimed))
                     continue
                 return await self._arun_claimed(claimed, on_progress)
             current = await queue.runs(pk).filter(pk=run.pk).afirst()

@@ -481,17 +481,28 @@ class SessionStore:
 
     def fail_plainly(self, turn: Turn, error: exc.AgentSessionError) -> TurnRecord:
         """Record a failure after :meth:`fail` itself failed (a value the database refused):
-        the run failed with only ``error``'s code and its message in ASCII, one
-        ``run.failed`` event, the lease released. Nothing the turn carried is written, so
-        the session is usable at once rather than held until its lease expires."""
+        the run failed with only ``error``'s code and its message in ASCII, and of the turn's
+        events only those the library wrote itself (the runs it took over, the session's
+        start, the run's opening, ``run.failed``); the lease released. Nothing the turn
+        carried is written, so the session is usable at once rather than held until its
+        lease expires."""
         now = timezone.now()
-        error_data = {"code": error.code, "message": ascii(str(error))[1:-1]}
-        events = [(EventType.RUN_FAILED, {"run_id": str(turn.run_id), "error": error_data})]
+        error_data = {"code": error.code, "message": ascii(str(error))[1:-1],
+                      "retryable": False}
+        own = [event for event in turn.pending_events if event[0] == EventType.SESSION_STARTED]
+        events = [*self._stale_events(turn), *own, turn.opening,
+                  (EventType.RUN_FAILED, {"run_id": str(turn.run_id), "error": error_data})]
         with transaction.atomic():
-            base = self._claim_seq(turn, len(events), {
-                "status": SessionStatus.FAILED, "lease_token": None, "lease_expires_at": None,
-                "last_activity_at": now, "updated_at": now,
-            })
+            try:
+                base = self._claim_seq(turn, len(events), {
+                    "status": SessionStatus.FAILED, "lease_token": None,
+                    "lease_expires_at": None, "last_activity_at": now, "updated_at": now,
+                })
+            except exc.LeaseLost:  # as in fail(): end the run unless its taker did
+                if not AgentRun.objects.filter(pk=turn.run_id, status=RunStatus.RUNNING).exists():
+                    return TurnRecord(turn.run_id, RunStatus.FAILED, [], {})
+                base = self.append_seq(turn.session.pk, len(events))
+            self._fail_stale_run(turn, now)
             AgentRun.objects.filter(pk=turn.run_id).update(
                 status=RunStatus.FAILED, error=error_data, ended_at=now,
                 duration_ms=turn.elapsed_ms)

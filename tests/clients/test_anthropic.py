@@ -401,3 +401,25 @@ class TestUnstorableCharacters:
         server.enqueue(Reply.text("back"))
         assert ChatAgent.objects.continue_session(session, "Again").last_output == {
             "content": "back"}
+
+    def test_a_first_turn_whose_failure_cannot_be_recorded_keeps_the_librarys_events(
+            self, server, monkeypatch):
+        from django.db import DataError
+
+        from django_agent_session.store.turns import SessionStore
+
+        def refused(*args, **kwargs):
+            raise DataError("unsupported Unicode escape sequence")
+
+        monkeypatch.setattr(SessionStore, "fail", refused)
+        server.enqueue(Reply.overloaded())
+        with pytest.raises(exc.AgentSessionError) as raised:
+            ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+        session = raised.value.session
+        row = ChatAgent._base_manager.get(pk=session.pk)
+        assert row.status == "failed" and row.lease_token is None
+        assert list(session.events.order_by("seq").values_list("seq", "type")) == [
+            (1, "session.started"), (2, "run.started"), (3, "run.failed")]
+        assert session.runs.get().error == {
+            "code": "internal_error", "retryable": False,
+            "message": raised.value.args[0].encode("ascii", "backslashreplace").decode()}
