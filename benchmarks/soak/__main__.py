@@ -104,8 +104,10 @@ def schemathesis(examples: int, env: dict[str, str], timeout: float) -> dict[str
     """``scripts/fuzz`` (schemathesis, every operation) at ``examples`` examples each."""
     started = time.monotonic()
     try:
+        # scripts/fuzz runs the pytest of VENV: this interpreter's, wherever the checkout is
         proc = subprocess.run(["bash", "scripts/fuzz", f"--hypothesis-seed={env['SOAK_SEED']}"],
-                              cwd=ROOT, env={**env, "EXAMPLES": str(examples)}, timeout=timeout,
+                              cwd=ROOT, env={**env, "EXAMPLES": str(examples),
+                                             "VENV": sys.prefix}, timeout=timeout,
                               capture_output=True, text=True, check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"schemathesis timed out after {timeout:.0f}s"}
