@@ -66,6 +66,10 @@ DATABASES = {
         os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'example.sqlite3'}"
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # writers queue for the lock (up to 20 s) instead of failing at once with "database is
+    # locked" when a transaction that read first goes on to write (Django 5.1+)
+    DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20}
 
 if os.environ.get("REDIS_URL"):
     CHANNEL_LAYERS = {"default": redis_channel_layer(os.environ["REDIS_URL"])}
