@@ -75,6 +75,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         # the usual production setting for SQLite: write-ahead log, fsync at checkpoints only
         DATABASES["default"]["OPTIONS"]["init_command"] = (
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+elif os.environ.get("BENCH_PREPARE_THRESHOLD", "5") != "none":
+    # psycopg's prepared statements, which Django leaves off for transaction-mode poolers:
+    # the turn's statements are prepared after 5 runs (docs/performance.md); the ORM's
+    # queries, the reference row's included, bind on the client and are never prepared.
+    # BENCH_PREPARE_THRESHOLD=none measures Django's default
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = int(
+        os.environ.get("BENCH_PREPARE_THRESHOLD", "5"))
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 if os.environ.get("REDIS_URL"):

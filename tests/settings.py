@@ -74,6 +74,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
 else:
     DATABASES["default"]["TEST"] = {"NAME": f"test_agent_session_{_RUN}"}
+    if os.environ.get("PG_PREPARE_THRESHOLD"):
+        # psycopg's prepared statements (the hot path binds its statements on the server)
+        DATABASES["default"]["OPTIONS"] = {
+            "prepare_threshold": int(os.environ["PG_PREPARE_THRESHOLD"])}
 
 # files a test stores without the ``tmp_storage`` fixture land here, never in the checkout
 MEDIA_ROOT = f"/tmp/agent-session-media-{_RUN}"

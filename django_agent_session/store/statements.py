@@ -19,7 +19,9 @@ write them, and only their parameters change:
 
 The statements keep every guarantee of the ORM path (same columns, same guards, same
 transactions); the ORM stays everywhere else. Only PostgreSQL and SQLite (3.35+, for
-``RETURNING``) get them; other databases use the ORM path throughout.
+``RETURNING``) get them; other databases use the ORM path throughout. On PostgreSQL with
+psycopg's prepared statements allowed (``OPTIONS["prepare_threshold"]``), they are bound on
+the server and prepared, so the server stops parsing and planning them on every turn.
 """
 
 from __future__ import annotations
@@ -229,6 +231,32 @@ class Statements:
         """This thread's connection (Django's connections are per thread)."""
         return connections[self.alias]
 
+    def cursor(self, connection: BaseDatabaseWrapper | None = None) -> Any:
+        """A cursor for the hot path's statements, wrapped as Django wraps its own (query
+        logging, ``execute_wrapper``, database errors as ``django.db`` exceptions).
+
+        On PostgreSQL, when the connection allows prepared statements (the database's
+        ``OPTIONS["prepare_threshold"]``, which Django leaves unset so that transaction-mode
+        poolers keep working), the statements are bound on the server, so psycopg prepares
+        them: parsing and planning the fused statements was a third of a short turn. The
+        ORM's cursors bind on the client and are never prepared. While queries are logged
+        (``DEBUG``, ``CaptureQueriesContext``) the ORM's cursor is used, so the log shows each
+        statement with its values as Django logs its own.
+        """
+        connection = connection or self.connection
+        if self.fused and not connection.queries_logged:
+            connection.close_if_health_check_failed()
+            connection.ensure_connection()
+            raw = connection.connection
+            if getattr(raw, "prepare_threshold", None) is not None:
+                import psycopg  # PostgreSQL only; never imported for SQLite
+
+                connection.validate_thread_sharing()
+                with connection.wrap_database_errors:
+                    # (the stubs type the argument as the wrapper it returns)
+                    return connection.make_cursor(cast(Any, psycopg.Cursor(raw)))
+        return connection.cursor()
+
     def content_type_id(self) -> int:
         """Looked up per call: the ContentType manager caches it, and a test's flush may
         give the model a new id."""
@@ -282,11 +310,11 @@ class Statements:
             params += self._run_params(session_pk, run_id=run_id, now=now, input=input,
                                        idempotency_key=idempotency_key, model_name=model_name,
                                        connection=connection)
-            with connection.cursor() as cursor:
+            with self.cursor(connection) as cursor:
                 cursor.execute(self.begin_fused_sql, params)
                 row = cursor.fetchone()
             return None if row is None else self._instance(row, connection)
-        with connection.cursor() as cursor:
+        with self.cursor(connection) as cursor:
             cursor.execute(self.begin_sql, params)
             row = cursor.fetchone()
             if row is None:
@@ -303,7 +331,7 @@ class Statements:
 
     def insert_run(self, pk: Any, *, run_id: uuid.UUID, now: datetime, input: dict[str, Any],
                    idempotency_key: str | None, model_name: str) -> None:
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             self._insert_run(cursor, self.db_uuid(pk), run_id=run_id, now=now, input=input,
                              idempotency_key=idempotency_key, model_name=model_name)
 
@@ -334,14 +362,14 @@ class Statements:
     def lock(self, pk: Any) -> int | None:
         """Lock the session row (inside the caller's transaction); its event counter, or
         ``None`` when there is no such session."""
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             cursor.execute(self.lock_sql, [self.db_uuid(pk)])
             row = cursor.fetchone()
         return None if row is None else int(row[0])
 
     def waiting(self, pk: Any, idempotency_key: str | None) -> bool:
         """Whether runs are queued or paused on the session, or one has ``idempotency_key``."""
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             cursor.execute(self.waiting_sql, [
                 self.content_type_id(), self.db_uuid(pk), RunStatus.QUEUED,
                 RunStatus.AWAITING_APPROVAL, idempotency_key])
@@ -360,7 +388,7 @@ class Statements:
                                connection=connection, status=RunStatus.QUEUED,
                                origin=codec.dumps(origin), queued_seq=seq, queued_at=moment)
         events = self._event_params(pk, [(seq, event[0], run_id, event[1])], moment)
-        with connection.cursor() as cursor:
+        with self.cursor(connection) as cursor:
             if self.fused:
                 cursor.execute(self.enqueue_fused_sql, claim + run + events)
                 return
@@ -378,7 +406,7 @@ class Statements:
                                      moment=connection.ops.adapt_datetimefield_value(now),
                                      usage=usage, seq=seq, base=base, version=version,
                                      title=title)
-        with connection.cursor() as cursor:
+        with self.cursor(connection) as cursor:
             cursor.execute(self.commit_sql if title is None else self.commit_titled_sql, params)
             return bool(cursor.rowcount)
 
@@ -418,7 +446,7 @@ class Statements:
                                    moment=moment, duration_ms=duration_ms, usage=run_usage,
                                    stop_reason=stop_reason, cost=cost),
             *self._event_params(pk, events, moment)]
-        with connection.cursor() as cursor:
+        with self.cursor(connection) as cursor:
             cursor.execute(self._commit_turn_sql(title is not None, len(events)), params)
             row = cursor.fetchone()
         return bool(row and row[0])
@@ -436,7 +464,7 @@ class Statements:
                      now: datetime, duration_ms: int, usage: dict[str, Any],
                      stop_reason: str | None, cost: Decimal | None) -> None:
         connection = self.connection
-        with connection.cursor() as cursor:
+        with self.cursor(connection) as cursor:
             cursor.execute(self.complete_run_sql, self._complete_params(
                 run_id, output=output, model=model, iterations=iterations,
                 moment=connection.ops.adapt_datetimefield_value(now), duration_ms=duration_ms,
@@ -448,7 +476,7 @@ class Statements:
         statement."""
         connection = self.connection
         moment = connection.ops.adapt_datetimefield_value(now)
-        with connection.cursor() as cursor:
+        with self.cursor(connection) as cursor:
             for start in range(0, len(rows), EVENTS_PER_INSERT):  # under SQLite's parameter cap
                 chunk = rows[start:start + EVENTS_PER_INSERT]
                 cursor.execute(self._events_sql(len(chunk)), self._event_params(pk, chunk, moment))
@@ -470,7 +498,7 @@ class Statements:
         oldest queued one."""
         connection = self.connection
         session_pk = self.db_uuid(pk)
-        with connection.cursor() as cursor:
+        with self.cursor(connection) as cursor:
             cursor.execute(self.next_run_sql, [
                 self.content_type_id(), session_pk, RunStatus.QUEUED,
                 RunStatus.AWAITING_APPROVAL, RunStatus.AWAITING_APPROVAL])
@@ -486,7 +514,7 @@ class Statements:
         lease = self._lease_params(session_pk, run_id, expires, connection)
         start = [RunStatus.RUNNING, moment, run, RunStatus.QUEUED]
         if self.fused and not connection.in_atomic_block:
-            with connection.cursor() as cursor:
+            with self.cursor(connection) as cursor:
                 cursor.execute(self.claim_fused_sql, lease + [run, RunStatus.QUEUED] + start)
                 row = cursor.fetchone()
                 if row is None:
@@ -495,7 +523,7 @@ class Statements:
                     cursor.execute(self.release_sql, [SessionStatus.IDLE, session_pk, run])
                     return None
             return self._instance(row[:-1], connection)
-        with transaction.atomic(using=self.alias), connection.cursor() as cursor:
+        with transaction.atomic(using=self.alias), self.cursor(connection) as cursor:
             cursor.execute(self.lease_sql, lease)
             row = cursor.fetchone()
             if row is None:

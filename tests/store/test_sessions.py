@@ -8,6 +8,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
@@ -492,6 +493,9 @@ class TestQueries:
 
     def _count(self, scripted, session) -> int:
         scripted.enqueue("reply")
+        # a process's first turn also looks the model's ContentType up (cached after): the
+        # count is of a turn in a running process, whichever test ran before
+        ContentType.objects.get_for_model(ChatAgent)
         with CaptureQueriesContext(connection) as queries:
             ChatAgent.objects.continue_session(session.pk, "Hi")
         return len([q for q in queries.captured_queries
@@ -515,6 +519,73 @@ class TestQueries:
         assert len(queries) - len(control) <= 8
         # two transactions: taking the lease with its run, and the commit
         assert len(control) == 4
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql",
+                    reason="psycopg's prepared statements: PostgreSQL only")
+class TestPreparedStatements:
+    """With ``OPTIONS["prepare_threshold"]`` the hot path's statements are prepared on the
+    server (statements.py ``Statements.cursor``); without it nothing is."""
+
+    @pytest.fixture
+    def threshold(self):
+        connection.ensure_connection()
+        raw = connection.connection
+        before = raw.prepare_threshold
+        yield lambda value: setattr(raw, "prepare_threshold", value)
+        raw.prepare_threshold = before
+        raw.execute("DEALLOCATE ALL")  # psycopg sees it and forgets its prepared statements
+
+    def _prepared(self) -> list[str]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement FROM pg_prepared_statements")
+            return [row[0] for row in cursor.fetchall()]
+
+    def _turns(self, scripted, session, n: int) -> None:
+        for i in range(n):
+            scripted.enqueue(f"reply {i}")
+            ChatAgent.objects.continue_session(session.pk, f"message {i}")
+
+    def test_turns_are_prepared_once_and_store_the_same(self, scripted, threshold):
+        threshold(0)
+        scripted.enqueue("reply")
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+        self._turns(scripted, session, 3)
+        prepared = self._prepared()
+        # the fused begin (lease, run) and commit (context, run, events) of statements.py
+        assert any(s.startswith('WITH s AS (UPDATE "testapp_chatagent" SET "lease_token"')
+                   for s in prepared)
+        assert any(s.startswith('WITH s AS (UPDATE "testapp_chatagent" SET "context"')
+                   for s in prepared)
+        assert len(prepared) == len(set(prepared))
+        session.refresh_from_db()
+        texts = [m["content"][0]["text"] for m in session.context["messages"]]
+        assert texts == ["Hi", "reply", "message 0", "reply 0", "message 1", "reply 1",
+                         "message 2", "reply 2"]
+        assert session.turn_count == 4 and session.lease_token is None
+        runs = AgentRun.objects.filter(session_id=session.pk, status=RunStatus.COMPLETED)
+        assert runs.count() == 4
+        seqs = list(AgentEvent.objects.filter(session_id=session.pk).values_list("seq", flat=True)
+                    .order_by("seq"))
+        assert seqs == list(range(1, len(seqs) + 1))
+
+    def test_nothing_is_prepared_by_default(self, scripted, threshold):
+        threshold(None)
+        scripted.enqueue("reply")
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+        self._turns(scripted, session, 3)
+        assert self._prepared() == []
+
+    def test_logged_queries_show_their_sql(self, scripted, threshold):
+        threshold(0)
+        scripted.enqueue("reply", "again")
+        session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
+        with CaptureQueriesContext(connection) as queries:
+            ChatAgent.objects.continue_session(session.pk, "again")
+        sql = [q["sql"] for q in queries.captured_queries
+               if not q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))]
+        assert len(sql) == 2  # the fused begin and commit, each with its values
+        assert all('"again"' in statement for statement in sql)
 
 
 class TestContextField:
