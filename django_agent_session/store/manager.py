@@ -610,7 +610,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
             typed.code = "internal_error"
             typed.__cause__ = cause
             status = RunStatus.FAILED
-            record = self._store().fail_plainly(turn, typed)
+            record = self._store().fail(turn, typed, state, plain=True)
         turn.record = record
         self._send_failed(turn, typed)
         if not isinstance(error, Exception):

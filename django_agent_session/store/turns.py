@@ -434,23 +434,40 @@ class SessionStore:
     # -- failure -----------------------------------------------------------------------------
 
     def fail(self, turn: Turn, error: exc.AgentSessionError, state: TurnState | None,
-             status: str = RunStatus.FAILED) -> TurnRecord:
-        """Record a failed (or cancelled) turn; the context column is not touched."""
+             status: str = RunStatus.FAILED, *, plain: bool = False) -> TurnRecord:
+        """Record a failed (or cancelled) turn; the context column is not touched.
+
+        ``plain``: record it after this very call failed (a value the database refused). The
+        run fails with only ``error``'s code and its message in ASCII, and with the turn's
+        numbers (usage, cost, iterations), which budgets count; of the turn's events only
+        those the library wrote itself are logged (the runs it took over, the session's
+        start, the run's opening, ``run.failed``); nothing else the turn carried (partial
+        text, the model's strings, side runs) is written. The lease is released either way,
+        so the session is usable at once rather than held until its lease expires.
+        """
         now = timezone.now()
         state = state or TurnState()
-        error_data = storable(error.to_dict())  # a provider's message may hold U+0000
-        data: dict[str, Any] = {"run_id": str(turn.run_id), "error": error_data}
-        if state.partial:
-            # the partial reply is reported in the log, never stored in the context
-            data["partial_text"] = state.partial
-        if state.stop_reason:
-            data["stop_reason"] = state.stop_reason
-        kind = EventType.RUN_CANCELLED if status == RunStatus.CANCELLED else EventType.RUN_FAILED
         opening = [turn.opening]
-        if turn.resume is None:  # a resumed turn's user message was logged when it paused
-            opening.append((EventType.MESSAGE_USER, {"content": turn.user_blocks,
-                                                     "stored": False}))
-        events = self._stale_events(turn) + turn.pending_events + opening + [(kind, data)]
+        if plain:
+            status = RunStatus.FAILED
+            error_data: dict[str, Any] = {"code": error.code, "retryable": False,
+                                          "message": ascii(str(error))[1:-1]}
+            carried = [e for e in turn.pending_events if e[0] == EventType.SESSION_STARTED]
+            data: dict[str, Any] = {"run_id": str(turn.run_id), "error": error_data}
+        else:
+            error_data = storable(error.to_dict())  # a provider's message may hold U+0000
+            carried = turn.pending_events
+            data = {"run_id": str(turn.run_id), "error": error_data}
+            if state.partial:
+                # the partial reply is reported in the log, never stored in the context
+                data["partial_text"] = state.partial
+            if state.stop_reason:
+                data["stop_reason"] = state.stop_reason
+            if turn.resume is None:  # a resumed turn's user message was logged when it paused
+                opening.append((EventType.MESSAGE_USER, {"content": turn.user_blocks,
+                                                         "stored": False}))
+        kind = EventType.RUN_CANCELLED if status == RunStatus.CANCELLED else EventType.RUN_FAILED
+        events = self._stale_events(turn) + carried + opening + [(kind, data)]
         # an incomplete or refused reply is an answer the session can go on from
         new_status = SessionStatus.IDLE if status in (
             RunStatus.CANCELLED, RunStatus.INCOMPLETE, RunStatus.REFUSED) else SessionStatus.FAILED
@@ -466,50 +483,20 @@ class SessionStore:
                     return TurnRecord(turn.run_id, RunStatus.FAILED, [], dict(state.usage))
                 base = self.append_seq(turn.session.pk, len(events))
             self._fail_stale_run(turn, now)
+            carried_values: dict[str, Any] = {} if plain else {
+                "model": state.model or F("model"), "stop_reason": state.stop_reason or "",
+                "output": {"partial_text": state.partial} if state.partial else None}
             AgentRun.objects.filter(pk=turn.run_id).update(
                 status=status, error=error_data, ended_at=now, duration_ms=turn.elapsed_ms,
-                iterations=state.iterations, model=state.model or F("model"),
-                output={"partial_text": state.partial} if state.partial else None,
-                stop_reason=state.stop_reason or "", cost=state.cost,
+                iterations=state.iterations, cost=state.cost, **carried_values,
                 **{name: int(state.usage.get(name) or 0) for name in USAGE_KEYS},
             )
-            self._insert_side_runs(turn, state.side_runs, now)
+            if not plain:
+                self._insert_side_runs(turn, state.side_runs, now)
             self._insert_events(turn.session.pk, base, events, turn)
         turn.session.status = new_status
         turn.session.lease_token = turn.session.lease_expires_at = None
         return TurnRecord(turn.run_id, status, _numbered(base, events), dict(state.usage))
-
-    def fail_plainly(self, turn: Turn, error: exc.AgentSessionError) -> TurnRecord:
-        """Record a failure after :meth:`fail` itself failed (a value the database refused):
-        the run failed with only ``error``'s code and its message in ASCII, and of the turn's
-        events only those the library wrote itself (the runs it took over, the session's
-        start, the run's opening, ``run.failed``); the lease released. Nothing the turn
-        carried is written, so the session is usable at once rather than held until its
-        lease expires."""
-        now = timezone.now()
-        error_data = {"code": error.code, "message": ascii(str(error))[1:-1],
-                      "retryable": False}
-        own = [event for event in turn.pending_events if event[0] == EventType.SESSION_STARTED]
-        events = [*self._stale_events(turn), *own, turn.opening,
-                  (EventType.RUN_FAILED, {"run_id": str(turn.run_id), "error": error_data})]
-        with transaction.atomic():
-            try:
-                base = self._claim_seq(turn, len(events), {
-                    "status": SessionStatus.FAILED, "lease_token": None,
-                    "lease_expires_at": None, "last_activity_at": now, "updated_at": now,
-                })
-            except exc.LeaseLost:  # as in fail(): end the run unless its taker did
-                if not AgentRun.objects.filter(pk=turn.run_id, status=RunStatus.RUNNING).exists():
-                    return TurnRecord(turn.run_id, RunStatus.FAILED, [], {})
-                base = self.append_seq(turn.session.pk, len(events))
-            self._fail_stale_run(turn, now)
-            AgentRun.objects.filter(pk=turn.run_id).update(
-                status=RunStatus.FAILED, error=error_data, ended_at=now,
-                duration_ms=turn.elapsed_ms)
-            self._insert_events(turn.session.pk, base, events, turn)
-        turn.session.status = SessionStatus.FAILED
-        turn.session.lease_token = turn.session.lease_expires_at = None
-        return TurnRecord(turn.run_id, RunStatus.FAILED, _numbered(base, events), {})
 
     # -- pause -------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from django_agent_session import exceptions as exc
 from django_agent_session.clients.registry import get_client
 from django_agent_session.engine.context import INTERRUPTED_TOOL_RESULT, Context
 from django_agent_session.models import RunStatus
+from django_agent_session.store.turns import SessionStore
 from django_agent_session.testing.loopback import LoopbackMessagesServer, Reply
 from tests.helpers.loopback import uncached
 from tests.testapp.models import (
@@ -318,6 +319,19 @@ def test_cache_switch_thinking_and_temperature_reach_the_api(server):
     assert [b["type"] for b in result.messages[-1]["content"]] == ["thinking", "text"]
 
 
+def _refused_unless_plain(fail):
+    """``SessionStore.fail`` as if the database refused what the turn carried: the full
+    record raises, the plain one (``plain=True``) is written."""
+    from django.db import DataError
+
+    def refusing(store, *args, plain=False, **kwargs):
+        if not plain:
+            raise DataError("unsupported Unicode escape sequence")
+        return fail(store, *args, plain=plain, **kwargs)
+
+    return refusing
+
+
 class TestUnstorableCharacters:
     """U+0000 and lone surrogates in the model's own text or the user's: PostgreSQL's jsonb
     cannot store them, so a streamed turn that carried one could neither commit nor record its
@@ -374,17 +388,9 @@ class TestUnstorableCharacters:
         """Should the database refuse the failure record itself, the failure is recorded
         plainly and the lease released, instead of the session staying ``running`` until
         its lease expires."""
-        from django.db import DataError
-
-        from django_agent_session.store.turns import SessionStore
-
         server.enqueue(Reply.text("first"))
         session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
-
-        def refused(*args, **kwargs):
-            raise DataError("unsupported Unicode escape sequence")
-
-        monkeypatch.setattr(SessionStore, "fail", refused)
+        monkeypatch.setattr(SessionStore, "fail", _refused_unless_plain(SessionStore.fail))
         server.enqueue(Reply.overloaded())
         with pytest.raises(exc.AgentSessionError) as raised:
             ChatAgent.objects.continue_session(session, "Again")
@@ -402,16 +408,26 @@ class TestUnstorableCharacters:
         assert ChatAgent.objects.continue_session(session, "Again").last_output == {
             "content": "back"}
 
+    def test_a_failure_recorded_plainly_keeps_what_the_turn_spent(self, server, monkeypatch):
+        """The plain record drops the turn's strings, never its numbers: a budget still
+        counts the tokens of the calls the turn made before it failed."""
+        monkeypatch.setattr(SessionStore, "fail", _refused_unless_plain(SessionStore.fail))
+        server.enqueue(Reply.tool_use("lookup_order", {"number": 7},
+                                      usage={"input_tokens": 120, "output_tokens": 30}),
+                       Reply.overloaded())
+        with pytest.raises(exc.AgentSessionError) as raised:
+            ToolAgent.objects.start_session("Where is order 7?", instruction_args=ARGS)
+        run = raised.value.session.runs.get()
+        assert run.status == RunStatus.FAILED and run.error["code"] == "internal_error"
+        # two model calls: the tool call, then the one that failed
+        assert (run.input_tokens, run.output_tokens, run.iterations) == (120, 30, 2)
+        assert run.output is None and run.stop_reason == ""  # the turn's strings are not
+        spent = SessionStore(ToolAgent).spent_outside_context(run.session_id)
+        assert spent.usage["input_tokens"] == 120
+
     def test_a_first_turn_whose_failure_cannot_be_recorded_keeps_the_librarys_events(
             self, server, monkeypatch):
-        from django.db import DataError
-
-        from django_agent_session.store.turns import SessionStore
-
-        def refused(*args, **kwargs):
-            raise DataError("unsupported Unicode escape sequence")
-
-        monkeypatch.setattr(SessionStore, "fail", refused)
+        monkeypatch.setattr(SessionStore, "fail", _refused_unless_plain(SessionStore.fail))
         server.enqueue(Reply.overloaded())
         with pytest.raises(exc.AgentSessionError) as raised:
             ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
