@@ -100,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="conversations driven in the throughput measurement")
     parser.add_argument("--seconds", type=float, default=15.0,
                         help="measured window of each throughput run")
+    parser.add_argument("--scale-parts", default="idle,throughput",
+                        help="scale suite: comma-separated, from idle, throughput "
+                             "(e.g. idle alone for the memory figure)")
+    parser.add_argument("--processes", default="1,2,4",
+                        help="scale suite: ASGI processes of each throughput run")
     parser.add_argument("--kills", type=int, default=20,
                         help="restart suite: SIGKILLs of the run under load")
     parser.add_argument("--chaos-seconds", type=float, default=240.0,
@@ -117,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.suites = [s for s in args.suites.split(",") if s]
     args.databases = [d for d in args.databases.split(",") if d]
+    args.scale_parts = [p for p in args.scale_parts.split(",") if p]
     if args.quick:
         args.turns, args.warmup, args.stream_turns = 30, 3, 4
         args.conversations, args.seconds = 50, 3.0

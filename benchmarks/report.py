@@ -112,7 +112,7 @@ def scale_table(results: dict[str, Any]) -> str:
             lines.append(f"idle conversations held by one ASGI process: {row['conversations']}, "
                          f"{row['kib_per_conversation']:.1f} KiB each "
                          f"(RSS {row['rss_before_mib']:.1f} -> {row['rss_after_mib']:.1f} MiB)")
-    else:
+    elif idle:  # absent: not asked for (--scale-parts)
         lines.append("idle conversations per ASGI process: "
                      + str(idle.get("pending") or idle.get("skipped") or idle.get("error")))
     throughput = results.get("throughput", {})
@@ -122,7 +122,7 @@ def scale_table(results: dict[str, Any]) -> str:
                  row["turn_latency"]["p95_ms"]] for row in throughput["rows"]]
         lines.append(_table(["ASGI processes", "conversations", "turns", "seconds", "turns/s",
                              "turn p50", "turn p95"], rows))
-    else:
+    elif throughput:
         lines.append("turns per second with 1, 2, 4 ASGI processes: "
                      + str(throughput.get("pending") or throughput.get("skipped")
                            or throughput.get("error")))

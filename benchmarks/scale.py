@@ -144,6 +144,10 @@ async def _throughput(count: int, conversations: int, seconds: float) -> dict[st
             "turn_latency": summary(latencies)}
 
 
+#: ``--scale-parts`` names and the result key of each
+PARTS = {"idle": "idle_memory", "throughput": "throughput"}
+
+
 def run_all(args: argparse.Namespace, base_env: dict[str, str]) -> dict[str, Any]:
     """Both measurements on PostgreSQL and Redis, each in a fresh worker."""
     from .__main__ import _env, run_worker
@@ -154,15 +158,18 @@ def run_all(args: argparse.Namespace, base_env: dict[str, str]) -> dict[str, Any
     why = f"PostgreSQL not reachable ({problem})" if problem else None
     if why is None and (problem := redis_reachable(args.redis_url)):
         why = f"Redis not reachable ({problem})"
+    parts = getattr(args, "scale_parts", ["idle", "throughput"])
     if why is not None:
-        return {"idle_memory": {"skipped": why}, "throughput": {"skipped": why}}
+        return {name: {"skipped": why} for part, name in PARTS.items() if part in parts}
     env = _env(base_env, DATABASE_URL=with_database(args.postgres_url, BENCH_DB_NAME),
                REDIS_URL=args.redis_url, BENCH_REDIS_PREFIX=f"agent-bench-{os.getpid()}")
-    return {
-        "idle_memory": run_worker("idle_memory", env,
-                                  ["--conversations", str(args.conversations)], args.timeout),
-        "throughput": run_worker("throughput", env,
-                                 ["--processes", "1,2,4", "--conversations",
-                                  str(args.load_conversations), "--seconds",
-                                  str(args.seconds)], args.timeout),
-    }
+    results: dict[str, Any] = {}
+    if "idle" in parts:
+        results["idle_memory"] = run_worker(
+            "idle_memory", env, ["--conversations", str(args.conversations)], args.timeout)
+    if "throughput" in parts:
+        results["throughput"] = run_worker(
+            "throughput", env, ["--processes", getattr(args, "processes", "1,2,4"),
+                                "--conversations", str(args.load_conversations),
+                                "--seconds", str(args.seconds)], args.timeout)
+    return results

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,10 @@ class DeliveryMixin:
     spec: Any
     owner: str | None
     joined: bool
+    #: the heartbeat: the timer of the next beat, or the beat running now
+    _beat_interval: float = 0.0
+    _beat_timer: asyncio.TimerHandle | None = None
+    _beat_task: asyncio.Task | None = None
 
     # -- the owner ---------------------------------------------------------------------------
 
@@ -62,25 +67,49 @@ class DeliveryMixin:
 
     # -- presence ----------------------------------------------------------------------------
 
-    async def _heartbeat(self) -> None:
+    def _start_heartbeat(self) -> None:
+        """Beat every third of the owner lease until :meth:`_stop_heartbeat`. Between beats
+        an open socket holds a timer handle, not a sleeping task (one per viewer adds up)."""
+        self._beat_interval = max(ownership.lease_seconds() / 3, 0.1)
+        # the first beat somewhere in the second half of the interval: viewers that connected
+        # together (a page of tabs, a reconnect after a restart) do not all beat at once
+        first = self._beat_interval * (0.5 + random.random() / 2)  # noqa: S311 (not secret)
+        self._beat_timer = asyncio.get_running_loop().call_later(first, self._on_beat)
+
+    def _stop_heartbeat(self) -> None:
+        if self._beat_timer is not None:
+            self._beat_timer.cancel()
+            self._beat_timer = None
+        if self._beat_task is not None:
+            self._beat_task.cancel()
+            self._beat_task = None
+
+    def _on_beat(self) -> None:
+        if self.joined:
+            self._beat_task = asyncio.create_task(self._beat())
+        else:
+            self._beat_timer = asyncio.get_running_loop().call_later(self._beat_interval,
+                                                                     self._on_beat)
+
+    async def _beat(self) -> None:
         """Re-announce this viewer to the live owner, so presence survives owner changes. A
         watched conversation whose owner died (its lease ran out with no ``session.stopped``)
         gets a new one here, which also hands the dead process's queued runs on."""
-        interval = max(ownership.lease_seconds() / 3, 0.1)
-        while True:
-            await asyncio.sleep(interval)
-            if not self.joined:
-                continue
-            try:
-                owner = await self._current_owner()
-                if owner is None and self.owner is not None:
-                    # its lease expired without a ``session.stopped``: the process died
-                    owner = await self._elect()
-                if owner is not None:
-                    self.owner = owner
-                    await self._announce(owner)
-            except Exception:
-                logger.info("Presence heartbeat for %s failed", self.conversation_id)
+        try:
+            owner = await self._current_owner()
+            if owner is None and self.owner is not None:
+                # its lease expired without a ``session.stopped``: the process died
+                owner = await self._elect()
+            if owner is not None:
+                self.owner = owner
+                await self._announce(owner)
+        except Exception:
+            logger.info("Presence heartbeat for %s failed", self.conversation_id)
+        finally:
+            if self._beat_task is asyncio.current_task():  # not stopped meanwhile
+                self._beat_task = None
+                self._beat_timer = asyncio.get_running_loop().call_later(
+                    self._beat_interval, self._on_beat)
 
     if TYPE_CHECKING:  # provided by the consumer
         @property

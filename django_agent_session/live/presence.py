@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass
+@dataclass(slots=True)
 class Viewer:
     user_id: Any
     seen: float
@@ -20,6 +20,8 @@ class Viewer:
 
 class Presence:
     """Viewers keyed by their consumer's channel name."""
+
+    __slots__ = ("stale_after", "viewers")
 
     def __init__(self, stale_after: float) -> None:
         self.stale_after = stale_after
@@ -41,6 +43,11 @@ class Presence:
         for channel in stale:
             del self.viewers[channel]
         return bool(stale)
+
+    def has_stale(self) -> bool:
+        """Whether :meth:`expire` would drop a viewer now (a cheap check, run every tick)."""
+        limit = time.monotonic() - self.stale_after
+        return any(viewer.seen < limit for viewer in self.viewers.values())
 
     @property
     def count(self) -> int:

@@ -51,7 +51,16 @@ MESSAGE_NAMESPACE = "live."
 
 
 class LiveSession:
-    """One conversation's live session, hosted by this process (see the module docstring)."""
+    """One conversation's live session, hosted by this process (see the module docstring).
+
+    A process holds one per open conversation, so an idle one is kept small: slots, one task
+    (the receive loop) and a timer handle, not a sleeping task, for its lease and timeouts.
+    """
+
+    __slots__ = ("_stop_task", "_stopped", "_tasks", "_tick_task", "_timer", "channel_name",
+                 "conversation_id", "grace", "group", "key", "last_activity", "layer",
+                 "lease_deadline", "lease_seconds", "model", "next_renew", "no_viewers_since",
+                 "presence", "spec", "state", "stop_reason", "timeout")
 
     def __init__(self, spec: SessionSpec, conversation_id: uuid.UUID, layer: Any,
                  channel_name: str, lease_expires_at: datetime) -> None:
@@ -66,7 +75,7 @@ class LiveSession:
         self.presence = Presence(stale_after=self.lease_seconds)
         self.state = "new"
         self.stop_reason: str | None = None
-        self.stopped = asyncio.Event()
+        self._stopped: asyncio.Event | None = None  # made when first awaited (see stopped)
         now = time.monotonic()
         self.last_activity = now
         self.no_viewers_since: float | None = now
@@ -75,6 +84,9 @@ class LiveSession:
         self.next_renew = now + self.lease_seconds / 3
         self._tasks: list[asyncio.Task] = []
         self._stop_task: asyncio.Task | None = None
+        #: the next tick (see ``_on_timer``), and the tick running now, if any
+        self._timer: asyncio.TimerHandle | None = None
+        self._tick_task: asyncio.Task | None = None
 
     def __repr__(self) -> str:
         return f"<LiveSession {self.model.__name__} {self.key} {self.state}>"
@@ -85,10 +97,20 @@ class LiveSession:
     def alive(self) -> bool:
         return self.state == "running"
 
+    @property
+    def stopped(self) -> asyncio.Event:
+        """Set once the session has stopped (and released its lease). Made on first use: most
+        sessions are never waited for, and an ``Event`` is not free."""
+        if self._stopped is None:
+            self._stopped = asyncio.Event()
+            if self.state == "stopped":
+                self._stopped.set()
+        return self._stopped
+
     async def start(self) -> None:
         self.state = "running"
-        self._tasks = [asyncio.create_task(self._receive_loop(), name=f"live-recv-{self.key}"),
-                       asyncio.create_task(self._ticker(), name=f"live-tick-{self.key}")]
+        self._tasks = [asyncio.create_task(self._receive_loop(), name=f"live-recv-{self.key}")]
+        self._schedule_tick()
         await self.layer.group_send(self.group, {"type": "live.rollcall",
                                                  "owner": self.channel_name})
         await self.broadcast({"type": "session.started"})
@@ -109,8 +131,12 @@ class LiveSession:
         data: dict[str, Any] = {"reason": reason, "dropped": []}
         seq = None
         try:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             me = asyncio.current_task()
-            others = [task for task in self._tasks if task is not me]
+            others = [task for task in (*self._tasks, self._tick_task)
+                      if task is not None and task is not me]
             for task in others:
                 task.cancel()
             await asyncio.gather(*others, return_exceptions=True)
@@ -128,7 +154,8 @@ class LiveSession:
             await self.broadcast({"type": "session.stopped", **data, "seq": seq})
             registry.forget(self)
             self.state = "stopped"
-            self.stopped.set()
+            if self._stopped is not None:
+                self._stopped.set()
 
     # -- the channel -------------------------------------------------------------------------
 
@@ -251,18 +278,43 @@ class LiveSession:
             spans.append(self.timeout)
         return min(max(min(spans) / 4, 0.05), 1.0)
 
-    async def _ticker(self) -> None:
-        tick = self._tick_seconds()
-        while self.state == "running":
-            await asyncio.sleep(tick)
-            try:
-                if not await self._tick(time.monotonic()):
-                    return
-            except Exception:
-                logger.exception("Live session %s: timer failed", self.key)
-                if time.monotonic() >= self.lease_deadline:  # cannot prove ownership
-                    self.request_stop("lease_lost")
-                    return
+    def _schedule_tick(self) -> None:
+        if self.state == "running":
+            self._timer = asyncio.get_running_loop().call_later(self._tick_seconds(),
+                                                                self._on_timer)
+
+    def _on_timer(self) -> None:
+        """Every tick: a task only when there is work (the lease is due for renewal, a viewer
+        went stale, a timeout may have passed); an idle session costs a timer handle."""
+        self._timer = None
+        if self.state != "running":
+            return
+        now = time.monotonic()
+        if self._due(now):
+            self._tick_task = asyncio.create_task(self._run_tick(now),
+                                                  name=f"live-tick-{self.key}")
+        else:
+            self._schedule_tick()
+
+    def _due(self, now: float) -> bool:
+        """Whether ``_tick`` has anything to do at ``now`` (it checks everything again)."""
+        return (now >= self.next_renew or self.presence.has_stale()
+                or (self.timeout is not None and now - self.last_activity >= self.timeout)
+                or (self.no_viewers_since is not None
+                    and now - self.no_viewers_since >= self.grace))
+
+    async def _run_tick(self, now: float) -> None:
+        try:
+            if not await self._tick(now):
+                return
+        except Exception:
+            logger.exception("Live session %s: timer failed", self.key)
+            if time.monotonic() >= self.lease_deadline:  # cannot prove ownership
+                self.request_stop("lease_lost")
+                return
+        finally:
+            self._tick_task = None
+        self._schedule_tick()
 
     async def _tick(self, now: float) -> bool:
         """Renew the lease, expire presence, apply the timeouts; False once stopping."""

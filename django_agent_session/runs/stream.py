@@ -136,7 +136,8 @@ _local = LocalBuffer()
 
 def buffer_for(layer: Any) -> LocalBuffer | RedisBuffer:
     """The buffer that goes with ``layer``: Redis for channels-redis, else this process's."""
-    if layer is not None and type(layer).__module__.startswith("channels_redis.core"):
+    if layer is not None and any(cls.__module__.startswith("channels_redis.core")
+                                 for cls in type(layer).__mro__):  # or a subclass of it
         return RedisBuffer(layer)
     return _local
 

@@ -6,14 +6,16 @@ import asyncio
 import uuid
 
 import pytest
-from channels_redis.core import RedisChannelLayer
+from channels_redis.core import RedisChannelLayer as ChannelsRedisLayer
 
+from django_agent_session.contrib.redis_layer import RedisChannelLayer
 from django_agent_session.layers import redis_channel_layer
+from django_agent_session.runs.stream import RedisBuffer, buffer_for
 
 REDIS = "redis://127.0.0.1:6379"
 
 
-def layer(**config) -> RedisChannelLayer:
+def layer(**config: object) -> RedisChannelLayer:
     return RedisChannelLayer(**redis_channel_layer(REDIS, prefix=f"t{uuid.uuid4().hex}",
                                                    **config)["CONFIG"])
 
@@ -37,7 +39,7 @@ async def test_idle_receive_outlives_the_client_read_timeout():
 
 def test_config_shape():
     config = redis_channel_layer("redis://h:1/0", prefix="p", expiry=30)
-    assert config["BACKEND"] == "channels_redis.core.RedisChannelLayer"
+    assert config["BACKEND"] == "django_agent_session.contrib.redis_layer.RedisChannelLayer"
     assert config["CONFIG"] == {"hosts": [{"address": "redis://h:1/0", "socket_timeout": None}],
                                 "prefix": "p", "capacity": 5000, "expiry": 30}
 
@@ -45,3 +47,156 @@ def test_config_shape():
 @pytest.mark.parametrize("capacity", [1000])
 async def test_capacity_is_applied(capacity):
     assert layer(capacity=capacity).capacity == capacity
+
+
+def test_backend_is_channels_redis_and_buffers_runs_in_redis():
+    """The subclass is still channels-redis: runs buffer their frames in Redis with it."""
+    redis = layer()
+    assert isinstance(redis, ChannelsRedisLayer)
+    assert isinstance(buffer_for(redis), RedisBuffer)
+
+
+def _pending(redis: RedisChannelLayer) -> int:
+    """Tasks of the layer's reader still running in this loop."""
+    return sum(1 for task in asyncio.all_tasks()
+               if getattr(task.get_coro(), "__qualname__", "") == "RedisChannelLayer._read")
+
+
+async def test_many_local_channels_share_one_reader_and_all_get_a_group_message():
+    redis = layer()
+    channels = [await redis.new_channel() for _ in range(30)]
+    try:
+        for channel in channels:
+            await redis.group_add("g", channel)
+        receives = [asyncio.create_task(redis.receive(c)) for c in channels]
+        await asyncio.sleep(0.05)
+        tasks_before = len(asyncio.all_tasks())
+        assert _pending(redis) == 1  # one reader, no task per waiting receive
+        await redis.group_send("g", {"type": "live.frame", "text": "x"})
+        got = await asyncio.wait_for(asyncio.gather(*receives), 5)
+        assert got == [{"type": "live.frame", "text": "x"}] * 30
+        await asyncio.sleep(0)
+        assert len(asyncio.all_tasks()) < tasks_before
+        assert _pending(redis) == 0  # nobody waits: the reader is gone
+    finally:
+        await redis.flush()
+
+
+async def test_messages_wait_for_the_next_receive_in_order():
+    """A channel not being received on (its consumer is busy) keeps its messages, in order."""
+    redis = layer()
+    busy, other = await redis.new_channel(), await redis.new_channel()
+    try:
+        waiting = asyncio.create_task(redis.receive(other))
+        await asyncio.sleep(0.05)
+        for i in range(3):
+            await redis.send(busy, {"type": "m", "i": i})
+        await redis.send(other, {"type": "m", "i": "o"})
+        assert (await asyncio.wait_for(waiting, 5))["i"] == "o"
+        assert [(await asyncio.wait_for(redis.receive(busy), 5))["i"] for _ in range(3)] == \
+            [0, 1, 2]
+    finally:
+        await redis.flush()
+
+
+async def test_a_cancelled_receive_leaves_other_channels_alone_and_stops_the_reader():
+    redis = layer()
+    gone, staying = await redis.new_channel(), await redis.new_channel()
+    try:
+        cancelled = asyncio.create_task(redis.receive(gone))
+        kept = asyncio.create_task(redis.receive(staying))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        await asyncio.gather(cancelled, return_exceptions=True)
+        assert _pending(redis) == 1  # still needed by the other receive
+        await redis.send(staying, {"type": "m"})
+        assert await asyncio.wait_for(kept, 5) == {"type": "m"}
+        last = asyncio.create_task(redis.receive(staying))
+        await asyncio.sleep(0.05)
+        last.cancel()
+        await asyncio.gather(last, return_exceptions=True)
+        await asyncio.sleep(0)
+        assert _pending(redis) == 0
+        # a message popped by nobody stays in Redis for the next receive
+        await redis.send(staying, {"type": "later"})
+        assert await asyncio.wait_for(redis.receive(staying), 5) == {"type": "later"}
+    finally:
+        await redis.flush()
+
+
+async def test_a_channel_nobody_reads_keeps_only_capacity_messages():
+    redis = layer(capacity=3)
+    idle, other = await redis.new_channel(), await redis.new_channel()
+    try:
+        waiting = asyncio.create_task(redis.receive(other))  # keeps the reader popping
+        await asyncio.sleep(0.05)
+        for i in range(5):
+            await redis.send(idle, {"type": "m", "i": i})
+            await asyncio.sleep(0.02)  # popped into the process's buffer, one at a time
+        # the reader buffered 5 messages for ``idle``; the oldest two were dropped
+        assert [(await asyncio.wait_for(redis.receive(idle), 5))["i"] for _ in range(3)] == \
+            [2, 3, 4]
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+    finally:
+        await redis.flush()
+
+
+async def test_send_refuses_a_full_channel_and_keeps_order():
+    from channels.exceptions import ChannelFull
+
+    redis = layer(capacity=2)
+    try:
+        await redis.send("work", {"type": "m", "i": 1})
+        await redis.send("work", {"type": "m", "i": 2})
+        with pytest.raises(ChannelFull):
+            await redis.send("work", {"type": "m", "i": 3})
+        assert [(await asyncio.wait_for(redis.receive("work"), 5))["i"] for _ in range(2)] == \
+            [1, 2]
+    finally:
+        await redis.flush()
+
+
+async def test_group_send_skips_a_full_inbox_without_failing():
+    redis = layer(capacity=1)
+    channel = await redis.new_channel()
+    try:
+        await redis.group_add("g", channel)
+        await redis.group_send("g", {"type": "m", "i": 1})
+        await redis.group_send("g", {"type": "m", "i": 2})  # the process's inbox is full
+        assert (await asyncio.wait_for(redis.receive(channel), 5))["i"] == 1
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(redis.receive(channel), 0.3)
+        await redis.group_discard("g", channel)
+        await redis.group_send("g", {"type": "m", "i": 3})  # nobody in the group any more
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(redis.receive(channel), 0.3)
+    finally:
+        await redis.flush()
+
+
+async def test_expired_messages_are_not_delivered():
+    redis = layer(expiry=1)
+    try:
+        await redis.send("work", {"type": "m", "i": "old"})
+        await asyncio.sleep(2.1)
+        await redis.send("work", {"type": "m", "i": "new"})
+        assert (await asyncio.wait_for(redis.receive("work"), 5))["i"] == "new"
+    finally:
+        await redis.flush()
+
+
+async def test_receives_waiting_on_one_channel_are_served_first_come_first_served():
+    redis = layer()
+    channel = await redis.new_channel()
+    try:
+        first = asyncio.create_task(redis.receive(channel))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(redis.receive(channel))
+        await asyncio.sleep(0.05)
+        await redis.send(channel, {"type": "m", "i": 1})
+        await redis.send(channel, {"type": "m", "i": 2})
+        assert (await asyncio.wait_for(first, 5))["i"] == 1
+        assert (await asyncio.wait_for(second, 5))["i"] == 2
+    finally:
+        await redis.flush()

@@ -3,6 +3,9 @@ fan-out to every viewer, queueing, cancel, inactivity, presence, stop and replay
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from channels.db import database_sync_to_async
 from django.test import override_settings
@@ -388,3 +391,74 @@ async def test_a_cut_off_or_refused_reply_is_its_own_outcome_for_every_viewer(us
         RunStatus.INCOMPLETE, RunStatus.REFUSED, RunStatus.COMPLETED]
     ctx = await context(session)
     assert [text(m) for m in ctx.messages] == ["Short please", "Fine."]
+
+
+def _live_tasks(key: str) -> list[str]:
+    return sorted(t.get_name() for t in asyncio.all_tasks()
+                  if t.get_name().startswith("live-") and t.get_name().endswith(key))
+
+
+@database_sync_to_async
+def _lease_expiry(session):
+    from django_agent_session.models import LiveOwnership
+
+    return LiveOwnership.objects.get(session_id=session.pk).expires_at
+
+
+async def test_an_idle_session_is_one_task_yet_renews_its_lease_and_drops_stale_viewers(user):
+    """Between ticks an idle live session is its receive loop and a timer handle; the timer
+    still renews the ownership lease and expires viewers nobody heard from."""
+    session = await create_chat(user)
+    with override_settings(AGENT_SESSION={"OWNER_LEASE_SECONDS": 0.6,
+                                          "NO_VIEWER_GRACE_SECONDS": 60}):
+        live = (await api.start(session.pk, spec=_spec())).session
+        assert live is not None
+        key = str(session.pk)
+        first = await _lease_expiry(session)
+        assert _live_tasks(key) == [f"live-recv-{key}"]
+        live.presence.join("specific.gone!x", user.pk)
+        live.presence.viewers["specific.gone!x"].seen = time.monotonic() - 5  # went silent
+        await wait_until(lambda: live.presence.count == 0, timeout=3)
+        await asyncio.sleep(1.0)  # longer than the lease: renewed, or it would have stopped
+        assert live.alive and await api.is_running(session.pk)
+        assert await _lease_expiry(session) > first
+        await wait_until(lambda: _live_tasks(key) == [f"live-recv-{key}"], timeout=3)
+        await api.stop(session.pk)
+        assert live.stopped.is_set() and _live_tasks(key) == []
+
+
+
+async def test_a_viewer_forgotten_by_the_owner_is_announced_again_by_its_heartbeat(user):
+    session = await create_chat(user)
+    with override_settings(AGENT_SESSION={"OWNER_LEASE_SECONDS": 0.6,
+                                          "NO_VIEWER_GRACE_SECONDS": 60}):
+        a, state = await viewer(user, session.pk)
+        assert state["presence"]["count"] == 1
+        live = api.local_sessions()[str(session.pk)]
+        live.presence.viewers.clear()  # e.g. a new owner that has not heard from it yet
+        await wait_until(lambda: live.presence.count == 1, timeout=3)
+        await a.disconnect()
+        await wait_until(lambda: live.presence.count == 0, timeout=3)
+        await asyncio.sleep(0.5)  # a closed socket beats no more
+        assert live.presence.count == 0
+
+
+def _pumps() -> int:
+    return sum(1 for t in asyncio.all_tasks() if not t.done() and getattr(
+        t.get_coro(), "__qualname__", "").startswith("AgentSessionConsumer._serve"))
+
+
+async def test_a_viewer_reads_its_socket_and_its_channel_with_one_task_each(user):
+    """Two long-lived readers per connection (not a task per message), gone on disconnect."""
+    session = await create_chat(user)
+    before = _pumps()
+    a, _ = await viewer(user, session.pk)
+    b, _ = await viewer(user, session.pk)
+    assert _pumps() - before == 4
+    await a.send_json_to({"type": "ping", "ref": "p"})
+    assert (await expect(a, "pong"))["ref"] == "p"
+    assert (await expect(b, "presence", count=2))["count"] == 2
+    assert _pumps() - before == 4
+    await a.disconnect()
+    await b.disconnect()
+    await wait_until(lambda: _pumps() == before, timeout=3)
