@@ -60,11 +60,15 @@ _max_age = os.environ.get("BENCH_CONN_MAX_AGE")
 DATABASES = {
     # persistent connections by default, as in a long-lived worker; the soak's daphne processes
     # run with BENCH_CONN_MAX_AGE=0, as Django advises under ASGI (a persistent connection per
-    # thread of sync_to_async is never closed); health checks let a connection the database
-    # dropped (pg_terminate_backend, a restart) be replaced instead of failing a request
+    # thread of sync_to_async is never closed); the soak also turns health checks on
+    # (BENCH_CONN_HEALTH_CHECKS=1), so a connection the database dropped (pg_terminate_backend,
+    # a restart) is replaced instead of failing a request. Off elsewhere: under Channels they
+    # cost a ``SELECT 1`` per database_sync_to_async call, 8 % of a busy daphne's time
+    # (docs/performance.md), which is the configuration's price, not the library's
     "default": dj_database_url.parse(os.environ.get("DATABASE_URL") or f"sqlite:///{_sqlite_path}",
                                      conn_max_age=None if _max_age is None else int(_max_age),
-                                     conn_health_checks=True)
+                                     conn_health_checks=os.environ.get(
+                                         "BENCH_CONN_HEALTH_CHECKS") == "1")
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # BEGIN IMMEDIATE avoids "database is locked" under concurrent writers;

@@ -52,11 +52,12 @@ def failures(result: dict[str, Any]) -> list[str]:
 
 def env_with(base: dict[str, str], **changes: str | None) -> dict[str, str]:
     """``base`` with ``changes`` (``None`` removes), for a process of the soak: the benchmarks'
-    settings, with connections closed after each request, as Django advises under ASGI."""
+    settings, with connections closed after each request, as Django advises under ASGI, and
+    health checks on (the faults drop connections)."""
     from ..__main__ import _env
 
     return _env(base, DJANGO_SETTINGS_MODULE="benchmarks.settings", BENCH_CONN_MAX_AGE="0",
-                **changes)
+                BENCH_CONN_HEALTH_CHECKS="1", **changes)
 
 
 class PrivateRedis:
