@@ -132,21 +132,30 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
             await self._serve(receive, self.channel_receive)
         except StopConsumer:
             pass
+        finally:  # however it ended: no timer may go on announcing a viewer that is gone
+            self._stop_timers()
 
     async def _serve(self, *sources: Any) -> None:
         """Dispatch what ``sources`` deliver, one message at a time, until one of them (or its
-        handling) raises; the others are then cancelled."""
+        handling) raises; the others are then cancelled, but never while handling a message
+        (Channels too lets a handler finish before it stops)."""
         lock = asyncio.Lock()
+        stopping = False
 
         async def pump(source: Any) -> None:
             while True:
                 message = await source()
                 async with lock:
+                    if stopping:
+                        return
                     await self.dispatch(message)
 
         pumps = [asyncio.create_task(pump(source)) for source in sources]
         try:
             done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            stopping = True
+            async with lock:  # a message being handled is handled to its end
+                pass
             for task in done:
                 task.result()  # StopConsumer, or the failure that ended it
         finally:
@@ -325,13 +334,17 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         else:
             await self._send_state(None)
 
-    async def disconnect(self, code: int) -> None:
+    def _stop_timers(self) -> None:
         self._stop_heartbeat()
         if self._state_timer is not None:
             self._state_timer.cancel()
             self._state_timer = None
         if self._state_task is not None:
             self._state_task.cancel()
+            self._state_task = None
+
+    async def disconnect(self, code: int) -> None:
+        self._stop_timers()
         if self.joined and self.group:
             try:
                 await self.channel_layer.group_discard(self.group, self.channel_name)

@@ -22,6 +22,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
@@ -483,14 +484,17 @@ class SessionStore:
                     return TurnRecord(turn.run_id, RunStatus.FAILED, [], dict(state.usage))
                 base = self.append_seq(turn.session.pk, len(events))
             self._fail_stale_run(turn, now)
+            numbers: dict[str, Any] = {"iterations": state.iterations, "cost": state.cost,
+                                       **{name: int(state.usage.get(name) or 0)
+                                          for name in USAGE_KEYS}}
+            if plain:  # the numbers too may be what was refused: only ones a column holds
+                numbers = _storable_numbers(numbers)
             carried_values: dict[str, Any] = {} if plain else {
                 "model": state.model or F("model"), "stop_reason": state.stop_reason or "",
                 "output": {"partial_text": state.partial} if state.partial else None}
             AgentRun.objects.filter(pk=turn.run_id).update(
                 status=status, error=error_data, ended_at=now, duration_ms=turn.elapsed_ms,
-                iterations=state.iterations, cost=state.cost, **carried_values,
-                **{name: int(state.usage.get(name) or 0) for name in USAGE_KEYS},
-            )
+                **numbers, **carried_values)
             if not plain:
                 self._insert_side_runs(turn, state.side_runs, now)
             self._insert_events(turn.session.pk, base, events, turn)
@@ -606,3 +610,20 @@ def _title_from(blocks: list[dict[str, Any]]) -> str:
     text = " ".join(b.get("text", "") for b in blocks if b.get("type") == "text").strip()
     text = " ".join(text.split())
     return text if len(text) <= TITLE_LENGTH else text[: TITLE_LENGTH - 1] + "…"
+
+
+#: the largest value of a ``PositiveBigIntegerField`` (a token count) and of the run's ``cost``
+_MAX_BIGINT = 2**63 - 1
+_MAX_COST = Decimal("9999999999.999999")
+
+
+def _storable_numbers(numbers: dict[str, Any]) -> dict[str, Any]:
+    """A failed run's counts and cost, clamped to what their columns hold (``cost`` out of
+    range: unknown), so that recording a failure plainly cannot be refused in turn."""
+    clamped: dict[str, Any] = {key: min(max(int(value), 0), _MAX_BIGINT)
+                               for key, value in numbers.items() if key != "cost"}
+    clamped["iterations"] = min(clamped["iterations"], 2**31 - 1)
+    cost = numbers["cost"]
+    clamped["cost"] = cost if cost is None or (cost.is_finite() and 0 <= cost <= _MAX_COST) \
+        else None
+    return clamped

@@ -462,3 +462,44 @@ async def test_a_viewer_reads_its_socket_and_its_channel_with_one_task_each(user
     await a.disconnect()
     await b.disconnect()
     await wait_until(lambda: _pumps() == before, timeout=3)
+
+
+async def test_a_viewer_whose_channel_failed_beats_no_more(user, monkeypatch):
+    """A consumer ended by a failing source (its channel layer's receive), which runs no
+    ``disconnect()``, stops its presence heartbeat too: a dead viewer must not keep the
+    conversation's live session from its no-viewer grace."""
+    from channels.layers import InMemoryChannelLayer
+
+    from django_agent_session.live.consumers import AgentSessionConsumer
+
+    session = await create_chat(user)
+    beats: list[float] = []
+    announce = AgentSessionConsumer._announce
+    receive = InMemoryChannelLayer.receive
+    failing: set[str] = set()
+
+    async def counted(self, owner, **kwargs):
+        beats.append(time.monotonic())
+        await announce(self, owner, **kwargs)
+
+    async def flaky(self, channel):
+        message = await receive(self, channel)
+        if channel in failing:
+            raise ConnectionError("the layer went away")
+        return message
+
+    monkeypatch.setattr(InMemoryChannelLayer, "receive", flaky)
+    monkeypatch.setattr(AgentSessionConsumer, "_announce", counted)
+    with override_settings(AGENT_SESSION={"OWNER_LEASE_SECONDS": 0.6,
+                                          "NO_VIEWER_GRACE_SECONDS": 60}):
+        a, _ = await viewer(user, session.pk)
+        live = api.local_sessions()[str(session.pk)]
+        await wait_until(lambda: len(beats) >= 2, timeout=3)  # it beats every 0.2 s
+        (channel,) = live.presence.viewers
+        failing.add(channel)
+        await live.layer.send(channel, {"type": "anything"})
+        with pytest.raises(ConnectionError, match="the layer went away"):
+            await a.wait(timeout=3)
+        ended = len(beats)
+        await asyncio.sleep(1.0)
+        assert len(beats) == ended

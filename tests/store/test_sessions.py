@@ -661,3 +661,23 @@ class TestProgressFailures:
         session = await ChatAgent.objects.astart_session("Hi", instruction_args=ARGS,
                                                          on_progress=broken)
         assert session.last_output == {"content": "a b c"}
+
+
+def test_a_plain_failure_record_keeps_only_numbers_its_columns_hold():
+    """``fail(plain=True)`` runs after the database refused the full record, so the numbers
+    it writes are clamped to their columns (a negative or oversized count, a cost out of
+    range) rather than refused in turn."""
+    from decimal import Decimal
+
+    from django_agent_session.store.turns import _storable_numbers
+
+    numbers = {"iterations": 2**40, "cost": Decimal("1e12"), "input_tokens": -5,
+               "output_tokens": 2**70, "cache_creation_input_tokens": 3,
+               "cache_read_input_tokens": 0}
+    assert _storable_numbers(numbers) == {
+        "iterations": 2**31 - 1, "cost": None, "input_tokens": 0, "output_tokens": 2**63 - 1,
+        "cache_creation_input_tokens": 3, "cache_read_input_tokens": 0}
+    kept = {**numbers, "iterations": 2, "cost": Decimal("0.25"), "input_tokens": 7,
+            "output_tokens": 1}
+    assert _storable_numbers(kept) == kept
+    assert _storable_numbers({**kept, "cost": None})["cost"] is None
