@@ -16,7 +16,8 @@ channels-redis' own ``receive_single`` and hands each message to the first waite
 channel (a future), or buffers it until the channel is received on again (bounded by
 ``capacity``, the oldest dropped, as channels-redis drops them). As there, a receive that is
 cancelled drops what its channel had buffered (its consumer is going away), and two event loops
-may not receive at once. Use it through :func:`~.redis.redis_channel_layer`.
+may not receive at once; a loop that receives after another (``async_to_sync``) takes over what
+that one buffered. Use it through :func:`~.redis.redis_channel_layer`.
 
 It also sends in fewer round trips, with the same effect: ``send`` is one script (channels-redis:
 four commands, each awaited), ``group_send`` reads the group in one pipelined round trip and
@@ -140,7 +141,11 @@ class RedisChannelLayer(ChannelsRedisLayer):
             if inbox.waiters and not inbox.loop.is_closed():
                 raise RuntimeError(
                     "Two event loops are trying to receive() on one channel layer at once!")
-            inbox = None  # the old loop is gone or idle: what it buffered is its own
+            # the old loop is gone or idle: the messages it buffered are this loop's now
+            # (an ``async_to_sync`` receive runs each call in a new loop)
+            buffers = inbox.buffers
+            inbox = self._inbox = _Inbox(loop)
+            inbox.buffers = buffers
         if inbox is None:
             inbox = self._inbox = _Inbox(loop)
         return inbox
@@ -176,7 +181,9 @@ class RedisChannelLayer(ChannelsRedisLayer):
         waiters = inbox.waiters.get(channel, [])
         if future in waiters:
             waiters.remove(future)
-        elif future.done() and not future.cancelled() and waiters:
+        elif (future.done() and not future.cancelled() and future.exception() is None
+              and waiters):
+            # (a failure meant for this receive is dropped with it: it raises CancelledError)
             self._deliver(inbox, channel, future.result())
         if not waiters:
             inbox.waiters.pop(channel, None)

@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -52,6 +53,7 @@ from ..runs.stream import (
     partial_text,
 )
 from .snapshot import replay_frames, state_frame, stored_events, stored_state, unseen
+from .timers import Timer
 
 logger = logging.getLogger("django_agent_session.live")
 
@@ -105,8 +107,7 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         self._sent: dict[str, int] = {}
         self._awaiting_state = False
         #: the deadline of the live session's answer to a state request (see _request_state)
-        self._state_timer: asyncio.TimerHandle | None = None
-        self._state_task: asyncio.Task | None = None
+        self._state_deadline: Timer | None = None
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -336,12 +337,9 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
 
     def _stop_timers(self) -> None:
         self._stop_heartbeat()
-        if self._state_timer is not None:
-            self._state_timer.cancel()
-            self._state_timer = None
-        if self._state_task is not None:
-            self._state_task.cancel()
-            self._state_task = None
+        if self._state_deadline is not None:
+            self._state_deadline.cancel()
+            self._state_deadline = None
 
     async def disconnect(self, code: int) -> None:
         self._stop_timers()
@@ -431,23 +429,19 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
             return
         self._awaiting_state = True
         await self._announce(self.owner, want_state=True)
-        if self._state_timer is None:  # else the earlier request's deadline comes first
-            self._state_timer = asyncio.get_running_loop().call_later(
-                self.state_timeout, self._on_state_timeout)
+        if self._state_deadline is None:
+            self._state_deadline = Timer()
+        if not self._state_deadline.scheduled:  # else the earlier request's deadline comes first
+            self._state_deadline.call_later(self.state_timeout, self._on_state_timeout)
 
-    def _on_state_timeout(self) -> None:
-        self._state_timer = None
-        if self._awaiting_state:  # the owner did not answer: send what the database knows
-            self._state_task = asyncio.create_task(self._state_timeout())
+    def _on_state_timeout(self) -> Coroutine[Any, Any, None] | None:
+        # the owner did not answer: send what the database knows
+        return self._state_timeout() if self._awaiting_state else None
 
     async def _state_timeout(self) -> None:
-        try:
-            if self._awaiting_state:
-                self._awaiting_state = False
-                await self._send_state(None)
-        finally:
-            if self._state_task is asyncio.current_task():
-                self._state_task = None
+        if self._awaiting_state:
+            self._awaiting_state = False
+            await self._send_state(None)
 
     async def _send_state(self, live: dict[str, Any] | None) -> None:
         if self._buffer is None:

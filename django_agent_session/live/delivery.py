@@ -11,13 +11,14 @@ periodically so presence survives owner changes, and says goodbye when it leaves
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import uuid
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from . import api, ownership
+from .timers import Timer
 
 logger = logging.getLogger("django_agent_session.live")
 
@@ -32,10 +33,9 @@ class DeliveryMixin:
     spec: Any
     owner: str | None
     joined: bool
-    #: the heartbeat: the timer of the next beat, or the beat running now
+    #: the presence heartbeat (see _start_heartbeat)
     _beat_interval: float = 0.0
-    _beat_timer: asyncio.TimerHandle | None = None
-    _beat_task: asyncio.Task | None = None
+    _heartbeat: Timer | None = None
 
     # -- the owner ---------------------------------------------------------------------------
 
@@ -71,25 +71,23 @@ class DeliveryMixin:
         """Beat every third of the owner lease until :meth:`_stop_heartbeat`. Between beats
         an open socket holds a timer handle, not a sleeping task (one per viewer adds up)."""
         self._beat_interval = max(ownership.lease_seconds() / 3, 0.1)
+        self._heartbeat = Timer()
         # the first beat somewhere in the second half of the interval: viewers that connected
         # together (a page of tabs, a reconnect after a restart) do not all beat at once
         first = self._beat_interval * (0.5 + random.random() / 2)  # noqa: S311 (not secret)
-        self._beat_timer = asyncio.get_running_loop().call_later(first, self._on_beat)
+        self._heartbeat.call_later(first, self._on_beat)
 
     def _stop_heartbeat(self) -> None:
-        if self._beat_timer is not None:
-            self._beat_timer.cancel()
-            self._beat_timer = None
-        if self._beat_task is not None:
-            self._beat_task.cancel()
-            self._beat_task = None
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
 
-    def _on_beat(self) -> None:
+    def _on_beat(self) -> Coroutine[Any, Any, None] | None:
         if self.joined:
-            self._beat_task = asyncio.create_task(self._beat())
-        else:
-            self._beat_timer = asyncio.get_running_loop().call_later(self._beat_interval,
-                                                                     self._on_beat)
+            return self._beat()
+        assert self._heartbeat is not None  # a timer that fires is not stopped
+        self._heartbeat.call_later(self._beat_interval, self._on_beat)
+        return None
 
     async def _beat(self) -> None:
         """Re-announce this viewer to the live owner, so presence survives owner changes. A
@@ -105,11 +103,8 @@ class DeliveryMixin:
                 await self._announce(owner)
         except Exception:
             logger.info("Presence heartbeat for %s failed", self.conversation_id)
-        finally:
-            if self._beat_task is asyncio.current_task():  # not stopped meanwhile
-                self._beat_task = None
-                self._beat_timer = asyncio.get_running_loop().call_later(
-                    self._beat_interval, self._on_beat)
+        if self._heartbeat is not None:  # (a stop cancels this task before it gets here)
+            self._heartbeat.call_later(self._beat_interval, self._on_beat)
 
     if TYPE_CHECKING:  # provided by the consumer
         @property

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +44,7 @@ from ..store.turns import SessionStore
 from . import ownership, registry
 from .presence import Presence
 from .routers import SessionSpec
+from .timers import Timer
 
 logger = logging.getLogger("django_agent_session.live")
 
@@ -57,7 +59,7 @@ class LiveSession:
     (the receive loop) and a timer handle, not a sleeping task, for its lease and timeouts.
     """
 
-    __slots__ = ("_stop_task", "_stopped", "_tasks", "_tick_task", "_timer", "channel_name",
+    __slots__ = ("_stop_task", "_stopped", "_tasks", "_ticker", "channel_name",
                  "conversation_id", "grace", "group", "key", "last_activity", "layer",
                  "lease_deadline", "lease_seconds", "model", "next_renew", "no_viewers_since",
                  "presence", "spec", "state", "stop_reason", "timeout")
@@ -84,9 +86,8 @@ class LiveSession:
         self.next_renew = now + self.lease_seconds / 3
         self._tasks: list[asyncio.Task] = []
         self._stop_task: asyncio.Task | None = None
-        #: the next tick (see ``_on_timer``), and the tick running now, if any
-        self._timer: asyncio.TimerHandle | None = None
-        self._tick_task: asyncio.Task | None = None
+        #: the next tick (see ``_on_timer``), or the tick running now
+        self._ticker = Timer(name=f"live-tick-{self.key}")
 
     def __repr__(self) -> str:
         return f"<LiveSession {self.model.__name__} {self.key} {self.state}>"
@@ -108,13 +109,24 @@ class LiveSession:
         return self._stopped
 
     async def start(self) -> None:
+        """Serve the conversation; a failure to announce it stops everything started here
+        (the caller releases the lease), so no receive loop or lease renewal outlives it."""
         self.state = "running"
         self._tasks = [asyncio.create_task(self._receive_loop(), name=f"live-recv-{self.key}")]
         self._schedule_tick()
-        await self.layer.group_send(self.group, {"type": "live.rollcall",
-                                                 "owner": self.channel_name})
-        await self.broadcast({"type": "session.started"})
-        await self._hand_on()
+        try:
+            await self.layer.group_send(self.group, {"type": "live.rollcall",
+                                                     "owner": self.channel_name})
+            await self.broadcast({"type": "session.started"})
+            await self._hand_on()
+        except BaseException:
+            self.state = "stopped"
+            self._ticker.cancel()
+            for task in self._tasks:
+                task.cancel()
+            if self._stopped is not None:
+                self._stopped.set()
+            raise
 
     def request_stop(self, reason: str) -> asyncio.Task:
         """Schedule the stop (idempotent); the task can be awaited."""
@@ -131,11 +143,8 @@ class LiveSession:
         data: dict[str, Any] = {"reason": reason, "dropped": []}
         seq = None
         try:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
             me = asyncio.current_task()
-            others = [task for task in (*self._tasks, self._tick_task)
+            others = [task for task in (*self._tasks, self._ticker.cancel())
                       if task is not None and task is not me]
             for task in others:
                 task.cancel()
@@ -280,21 +289,18 @@ class LiveSession:
 
     def _schedule_tick(self) -> None:
         if self.state == "running":
-            self._timer = asyncio.get_running_loop().call_later(self._tick_seconds(),
-                                                                self._on_timer)
+            self._ticker.call_later(self._tick_seconds(), self._on_timer)
 
-    def _on_timer(self) -> None:
+    def _on_timer(self) -> Coroutine[Any, Any, None] | None:
         """Every tick: a task only when there is work (the lease is due for renewal, a viewer
         went stale, a timeout may have passed); an idle session costs a timer handle."""
-        self._timer = None
         if self.state != "running":
-            return
+            return None
         now = time.monotonic()
         if self._due(now):
-            self._tick_task = asyncio.create_task(self._run_tick(now),
-                                                  name=f"live-tick-{self.key}")
-        else:
-            self._schedule_tick()
+            return self._run_tick(now)
+        self._schedule_tick()
+        return None
 
     def _due(self, now: float) -> bool:
         """Whether ``_tick`` has anything to do at ``now`` (it checks everything again)."""
@@ -312,8 +318,6 @@ class LiveSession:
             if time.monotonic() >= self.lease_deadline:  # cannot prove ownership
                 self.request_stop("lease_lost")
                 return
-        finally:
-            self._tick_task = None
         self._schedule_tick()
 
     async def _tick(self, now: float) -> bool:

@@ -200,3 +200,59 @@ async def test_receives_waiting_on_one_channel_are_served_first_come_first_serve
         assert (await asyncio.wait_for(second, 5))["i"] == 2
     finally:
         await redis.flush()
+
+
+def test_messages_buffered_in_one_event_loop_are_received_in_the_next():
+    """``async_to_sync`` runs each receive in a new loop: a channel's buffered messages (they
+    arrived while another channel was received on) are still there in the next one."""
+    redis = layer()
+
+    async def buffer_two() -> str:
+        busy, other = await redis.new_channel(), await redis.new_channel()
+        waiting = asyncio.create_task(redis.receive(other))
+        await asyncio.sleep(0.05)
+        for i in range(2):
+            await redis.send(busy, {"type": "m", "i": i})
+        await redis.send(other, {"type": "m", "i": "o"})
+        assert (await asyncio.wait_for(waiting, 5))["i"] == "o"
+        return busy
+
+    async def receive(channel: str) -> object:
+        return (await asyncio.wait_for(redis.receive(channel), 5))["i"]
+
+    busy = asyncio.run(buffer_two())
+    try:
+        assert [asyncio.run(receive(busy)) for _ in range(2)] == [0, 1]
+    finally:
+        asyncio.run(redis.flush())
+
+
+async def test_a_receive_cancelled_as_its_read_fails_raises_cancelled_error():
+    """The reader fails the oldest receive of a channel; when that receive is cancelled
+    before it wakes, it ends as cancelled (not with the failure) and the channel's other
+    receive goes on waiting."""
+    redis = layer()
+    channel = await redis.new_channel()
+    gate, never = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def receive_single(real_channel: str) -> object:
+        nonlocal calls
+        calls += 1
+        await (gate if calls == 1 else never).wait()
+        raise ConnectionError("redis down")
+
+    redis.receive_single = receive_single  # type: ignore[method-assign]
+    first = asyncio.create_task(redis.receive(channel))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(redis.receive(channel))
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.sleep(0)  # the reader fails ``first``'s future; ``first`` has not woken
+    first.cancel()
+    (outcome,) = await asyncio.gather(first, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError)
+    await asyncio.sleep(0.01)
+    assert not second.done() and calls == 2
+    second.cancel()
+    await asyncio.gather(second, return_exceptions=True)

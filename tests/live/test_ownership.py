@@ -142,6 +142,31 @@ async def test_without_the_database_the_live_session_is_not_started(user, monkey
     assert not await database_sync_to_async(AgentRun.objects.exists)()
 
 
+async def test_a_live_session_that_cannot_announce_itself_leaves_nothing_running(
+        user, live_layer, monkeypatch):
+    """A layer that fails the start's roll call: the start fails, and neither the session's
+    receive loop nor its lease timer outlives it (a timer would renew a released lease)."""
+    session = await create_chat(user)
+    sent = live_layer.group_send
+
+    async def group_send(group, message):
+        if message["type"] == "live.rollcall":
+            raise ConnectionError("layer down")
+        await sent(group, message)
+
+    monkeypatch.setattr(live_layer, "group_send", group_send)
+    with pytest.raises(ConnectionError):
+        await api.start(session.pk, spec=SessionSpec(ChatAgent))
+    await asyncio.sleep(0)  # the cancelled tasks unwind
+    key = str(session.pk)
+    left = [t.get_name() for t in asyncio.all_tasks()
+            if key in t.get_name() and not t.done()]
+    assert left == []
+    assert api.local_sessions() == {}
+    assert not await database_sync_to_async(
+        LiveOwnership.objects.filter(session_id=session.pk).exists)()
+
+
 # -- failover -------------------------------------------------------------------------------
 
 def quick_app():

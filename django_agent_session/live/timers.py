@@ -1,0 +1,67 @@
+"""A deadline that becomes a task only when it fires, cancelled as one.
+
+A process holds a live session per open conversation and a consumer per open socket, each
+with a periodic job (lease renewal, presence heartbeat) or a deadline (a state request's). A
+sleeping task per job costs a coroutine frame and a task for as long as the socket is open, so
+these hold an event-loop timer handle instead, and a task exists only while the job runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+#: what a timer calls when it fires: the job to run as a task, or ``None`` for nothing to do
+Due = Callable[[], Coroutine[Any, Any, None] | None]
+
+
+class Timer:
+    """At most one pending deadline or one running job; :meth:`cancel` stops either.
+
+    A periodic job reschedules itself by calling :meth:`call_later` when it is done: a job
+    that is cancelled does not get there, so nothing fires after :meth:`cancel`.
+    """
+
+    __slots__ = ("_handle", "_name", "_task")
+
+    def __init__(self, name: str | None = None) -> None:
+        self._name = name
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task | None = None
+
+    def call_later(self, delay: float, due: Due) -> None:
+        """In ``delay`` seconds call ``due()`` and run the coroutine it returns, if any, as
+        this timer's task. Replaces a pending deadline."""
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = asyncio.get_running_loop().call_later(delay, self._fire, due)
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether a deadline is pending (not whether a job runs)."""
+        return self._handle is not None
+
+    def cancel(self) -> asyncio.Task | None:
+        """Drop the pending deadline and cancel the running job; that job's task, to await
+        when its end matters."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        return task
+
+    def _fire(self, due: Due) -> None:
+        self._handle = None
+        job = due()
+        if job is not None:
+            self._task = asyncio.get_running_loop().create_task(self._run(job), name=self._name)
+
+    async def _run(self, job: Coroutine[Any, Any, None]) -> None:
+        try:
+            await job
+        finally:
+            if self._task is asyncio.current_task():
+                self._task = None
