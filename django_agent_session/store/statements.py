@@ -194,7 +194,7 @@ class Statements:
             default = field.get_default()
             text = None if default is None else codec.dumps(default)
             return lambda: text
-        if callable(field.default):
+        if field.has_default() and callable(field.default):  # (NOT_PROVIDED is a class)
             return lambda: field.get_db_prep_save(field.get_default(), connections[self.alias])
         value = field.get_db_prep_save(field.get_default(), connection)
         return lambda: value
