@@ -210,3 +210,18 @@ def test_without_opentelemetry_nothing_is_imported_and_every_helper_is_a_no_op()
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_until_a_tracer_provider_is_set_no_span_is_made(monkeypatch):
+    """The API alone hands out a proxy provider whose spans record nothing: the helpers skip
+    them; once a provider is set they make spans."""
+    monkeypatch.setattr(trace, "get_tracer_provider", trace.ProxyTracerProvider)
+    assert telemetry.enabled()
+    assert telemetry.turn(None, 1, 2) is telemetry.NOOP
+    assert telemetry.model_call("anthropic", None) is telemetry.NOOP
+    assert telemetry.tool_call("t", "id", {}) is telemetry.NOOP
+    monkeypatch.setattr(trace, "get_tracer_provider", trace.NoOpTracerProvider)
+    assert telemetry.turn(None, 1, 2) is telemetry.NOOP
+    monkeypatch.undo()
+    with recording():  # the SDK's provider, set
+        assert telemetry.tool_call("t", "id", {}) is not telemetry.NOOP
