@@ -19,6 +19,7 @@ on to the server's own handler.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 import threading
@@ -85,7 +86,12 @@ def install_signal_handler() -> None:
         if loop.is_closed() or not loop.is_running():  # the loop that installed it is gone
             pass_on(signum, frame)
             return
-        loop.call_soon_threadsafe(lambda: loop.create_task(graceful()))
+        # in a context of its own: the signal lands in the middle of whatever task runs, and
+        # inheriting its context variables (asgiref's mark of a thread-sensitive call under
+        # way, say) made the live sessions' database calls refuse to run, so they kept their
+        # ownership leases
+        loop.call_soon_threadsafe(
+            lambda: loop.create_task(graceful(), context=contextvars.Context()))
 
     signal.signal(signal.SIGTERM, on_sigterm)
 

@@ -104,3 +104,39 @@ async def test_lifespan_shutdown_runs_it(executor):
     await with_lifespan(http_app)({"type": "lifespan"}, receive, send)
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert executor.closed
+
+
+async def test_sigterm_during_a_database_call_still_shuts_down_cleanly(executor, monkeypatch):
+    """The signal lands in whatever task runs: here one inside ``database_sync_to_async``
+    (asgiref marks that in a context variable). The shutdown must not inherit that context,
+    or its own database calls refuse to run ("would deadlock") and leases stay held."""
+    import signal
+
+    from asgiref.sync import SyncToAsync
+
+    from django_agent_session.runs import shutdown as module
+
+    passed_on, ran = asyncio.Event(), []
+
+    def previous(signum, frame):  # the server's own handler
+        passed_on.set()
+
+    async def release_something():
+        ran.append(await database_sync_to_async(lambda: "released")())
+
+    monkeypatch.setattr(module, "_installed", False)
+    monkeypatch.setattr(module, "_callbacks", [release_something])
+    saved = signal.signal(signal.SIGTERM, previous)
+    try:
+        module.install_signal_handler()
+        handler = signal.getsignal(signal.SIGTERM)
+
+        async def inside_a_database_call():
+            SyncToAsync.deadlock_context.set(True)  # as while awaiting a thread-sensitive call
+            handler(signal.SIGTERM, None)
+
+        await asyncio.create_task(inside_a_database_call())
+        await asyncio.wait_for(passed_on.wait(), 10)
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+    assert ran == ["released"]
