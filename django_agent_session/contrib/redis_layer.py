@@ -19,10 +19,13 @@ cancelled drops what its channel had buffered (its consumer is going away), and 
 may not receive at once; a loop that receives after another (``async_to_sync``) takes over what
 that one buffered. Use it through :func:`~.redis.redis_channel_layer`.
 
-It also sends in fewer round trips, with the same effect: ``send`` is one script (channels-redis:
-four commands, each awaited), ``group_send`` reads the group in one pipelined round trip and
-expires, checks and appends each inbox in one script (channels-redis: four round trips). Every
-frame of a run is a ``group_send``, so this is on the path of every delta.
+A message for a channel of this very process (a live session's frames to the viewers it
+hosts) is not sent through Redis at all: it is handed over in memory, copied through the wire
+format as Redis would give it back. The rest is sent in fewer round trips, with the same
+effect: ``send`` is one script (channels-redis: four commands, each awaited), ``group_send``
+reads the group in one pipelined round trip and expires, checks and appends each inbox in one
+script (channels-redis: four round trips). Every frame of a run is a ``group_send``, so this is
+on the path of every delta.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer as ChannelsRedisLayer
@@ -93,10 +96,16 @@ class RedisChannelLayer(ChannelsRedisLayer):
         self._inbox: _Inbox | None = None
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        """channels-redis' ``send`` (expiry, capacity, ``ChannelFull``) as one script."""
+        """channels-redis' ``send`` (expiry, capacity, ``ChannelFull``) as one script; to a
+        channel of this process, handed over in memory (see :meth:`_here`)."""
         assert isinstance(message, dict), "message is not a dict"
         assert self.require_valid_channel_name(channel), "Channel name not valid"
         assert "__asgi_channel__" not in message
+        inbox = self._here(channel)
+        if inbox is not None:
+            if not self._hand_over(inbox, channel, self._copy(message)):
+                raise ChannelFull()
+            return
         non_local = channel
         if "!" in channel:
             message = {**message, "__asgi_channel__": channel}
@@ -122,6 +131,19 @@ class RedisChannelLayer(ChannelsRedisLayer):
             pipe.zrange(key, 0, -1)
             _, members = await pipe.execute()
         channel_names = [member.decode("utf8") for member in members]
+        inbox = self._here()
+        if inbox is not None:
+            mine = [name for name in channel_names if self._is_mine(name)]
+            if mine:
+                copy = self._copy(message)  # one copy for all, as one popped from Redis
+                full = sum(not self._hand_over(inbox, name, copy) for name in mine)
+                if full:
+                    logger.info("%s of %s channels over capacity in group %s", full,
+                                len(channel_names), group)
+                if len(mine) == len(channel_names):
+                    return
+                local = set(mine)
+                channel_names = [name for name in channel_names if name not in local]
         by_connection, messages, capacities = self._map_channel_keys_to_connection(
             channel_names, message)
         for index, keys in by_connection.items():
@@ -133,6 +155,51 @@ class RedisChannelLayer(ChannelsRedisLayer):
             if over_capacity > 0:
                 logger.info("%s of %s channels over capacity in group %s", over_capacity,
                             len(channel_names), group)
+
+    async def flush(self) -> None:
+        """channels-redis' ``flush``, and what this process holds for its channels."""
+        if self._inbox is not None:
+            self._inbox.buffers.clear()
+        await super().flush()
+
+    # -- this process's channels, in memory ----------------------------------------------------
+
+    def _is_mine(self, channel: str) -> bool:
+        """Whether ``channel`` is a process-local channel of this layer (``new_channel``)."""
+        return "!" in channel and self.non_local_name(channel).endswith(self.client_prefix + "!")
+
+    def _here(self, channel: str | None = None) -> _Inbox | None:
+        """The inbox of this event loop, when a message for ``channel`` (one of this layer's
+        channels, if given) can be handed over in memory: its receives run on this loop.
+
+        Through Redis such a message costs the send's script, then the reader's pop and the
+        clean-up of channels-redis' backup queue: three round trips and a task. A sender on
+        another loop (``async_to_sync`` in a thread of its own) still goes through Redis, so
+        each sender's messages keep their order."""
+        if channel is not None and not self._is_mine(channel):
+            return None
+        loop = asyncio.get_running_loop()
+        inbox = self._inbox
+        if inbox is None or inbox.loop.is_closed():
+            return self._local_inbox()
+        return inbox if inbox.loop is loop else None
+
+    def _copy(self, message: dict[str, Any]) -> dict[str, Any]:
+        """What a receiver gets through Redis: the message through the layer's wire format
+        (msgpack), so a sender that reuses its dict changes nothing, and tuples arrive as
+        lists as they would (no encryption: it never leaves the process)."""
+        serializer = self._serializer
+        return cast("dict[str, Any]", serializer.from_bytes(serializer.as_bytes(message)))
+
+    def _hand_over(self, inbox: _Inbox, channel: str, message: dict[str, Any]) -> bool:
+        """Give ``message`` to ``channel``'s first waiter or its buffer; ``False`` when the
+        buffer is full (the message is dropped, as Redis refuses it)."""
+        buffered = inbox.buffers.get(channel)
+        if buffered is not None and len(buffered) >= self.get_capacity(channel):
+            return False
+        self._deliver(inbox, channel, message)
+        self._stop_reader_if_idle(inbox)
+        return True
 
     def _local_inbox(self) -> _Inbox:
         loop = asyncio.get_running_loop()
@@ -188,6 +255,12 @@ class RedisChannelLayer(ChannelsRedisLayer):
         if not waiters:
             inbox.waiters.pop(channel, None)
             inbox.buffers.pop(channel, None)
+        self._stop_reader_if_idle(inbox)
+
+    @staticmethod
+    def _stop_reader_if_idle(inbox: _Inbox) -> None:
+        """Stop the reader once no receive waits: a pending reader must not outlive its loop
+        (a message it has not popped stays in Redis for the next one)."""
         if not inbox.waiters and inbox.reader is not None:
             inbox.reader.cancel()
             inbox.reader = None

@@ -20,6 +20,13 @@ def layer(**config: object) -> RedisChannelLayer:
                                                    **config)["CONFIG"])
 
 
+def another_process(redis: RedisChannelLayer) -> RedisChannelLayer:
+    """A layer on the same Redis keys with a client prefix of its own, as another process's:
+    what it sends to ``redis``'s channels goes through Redis."""
+    return RedisChannelLayer(**redis_channel_layer(REDIS, prefix=redis.prefix.removesuffix(":"),
+                                                   capacity=redis.capacity)["CONFIG"])
+
+
 async def test_idle_receive_outlives_the_client_read_timeout():
     """A live session's channel may be idle for minutes; its receive must not time out."""
     redis = layer()
@@ -27,7 +34,7 @@ async def test_idle_receive_outlives_the_client_read_timeout():
 
     async def later():
         await asyncio.sleep(6)  # longer than redis-py 8's default 5 s socket timeout
-        await redis.send(channel, {"type": "live.ping"})
+        await another_process(redis).send(channel, {"type": "live.ping"})
 
     sender = asyncio.create_task(later())
     try:
@@ -126,12 +133,13 @@ async def test_a_cancelled_receive_leaves_other_channels_alone_and_stops_the_rea
 
 async def test_a_channel_nobody_reads_keeps_only_capacity_messages():
     redis = layer(capacity=3)
+    sender = another_process(redis)
     idle, other = await redis.new_channel(), await redis.new_channel()
     try:
         waiting = asyncio.create_task(redis.receive(other))  # keeps the reader popping
         await asyncio.sleep(0.05)
         for i in range(5):
-            await redis.send(idle, {"type": "m", "i": i})
+            await sender.send(idle, {"type": "m", "i": i})
             await asyncio.sleep(0.02)  # popped into the process's buffer, one at a time
         # the reader buffered 5 messages for ``idle``; the oldest two were dropped
         assert [(await asyncio.wait_for(redis.receive(idle), 5))["i"] for _ in range(3)] == \
@@ -256,3 +264,81 @@ async def test_a_receive_cancelled_as_its_read_fails_raises_cancelled_error():
     assert not second.done() and calls == 2
     second.cancel()
     await asyncio.gather(second, return_exceptions=True)
+
+
+# -- this process's channels, in memory ---------------------------------------------------------
+
+async def _in_redis(redis: RedisChannelLayer, channel: str) -> int:
+    """Messages waiting in Redis for ``channel``'s process."""
+    return await redis.connection(0).zcard(redis.prefix + redis.non_local_name(channel))
+
+
+async def test_a_message_for_a_channel_of_this_process_never_goes_through_redis():
+    redis = layer()
+    waiting_channel, idle = await redis.new_channel(), await redis.new_channel()
+    try:
+        waiting = asyncio.create_task(redis.receive(waiting_channel))
+        await asyncio.sleep(0.05)
+        message = {"type": "m", "items": (1, 2)}
+        await redis.send(waiting_channel, message)
+        got = await asyncio.wait_for(waiting, 5)
+        message["type"] = "changed"  # the sender's dict is not the one received
+        assert got == {"type": "m", "items": [1, 2]}  # as through Redis (msgpack)
+        await redis.send(idle, {"type": "later"})  # nobody receives: kept in memory
+        assert await _in_redis(redis, idle) == 0
+        assert await asyncio.wait_for(redis.receive(idle), 5) == {"type": "later"}
+        await redis.send(idle, {"type": "flushed"})
+        await redis.flush()  # empties the memory too
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(redis.receive(idle), 0.3)
+    finally:
+        await redis.flush()
+
+
+async def test_group_send_hands_local_members_over_in_memory_and_the_rest_through_redis():
+    redis = layer()
+    other = another_process(redis)
+    mine, theirs = await redis.new_channel(), await other.new_channel()
+    try:
+        await redis.group_add("g", mine)
+        await redis.group_add("g", theirs)
+        await redis.group_send("g", {"type": "frame", "n": 1})
+        assert await _in_redis(redis, mine) == 0 and await _in_redis(redis, theirs) == 1
+        assert await asyncio.wait_for(redis.receive(mine), 5) == {"type": "frame", "n": 1}
+        assert await asyncio.wait_for(other.receive(theirs), 5) == {"type": "frame", "n": 1}
+    finally:
+        await redis.flush()
+
+
+async def test_a_full_local_channel_refuses_a_send_and_skips_a_group_send():
+    from channels.exceptions import ChannelFull
+
+    redis = layer(capacity=2)
+    channel = await redis.new_channel()
+    try:
+        await redis.group_add("g", channel)
+        for i in range(2):
+            await redis.send(channel, {"type": "m", "i": i})
+        with pytest.raises(ChannelFull):
+            await redis.send(channel, {"type": "m", "i": 2})
+        await redis.group_send("g", {"type": "m", "i": "g"})  # dropped, no error
+        assert [(await asyncio.wait_for(redis.receive(channel), 5))["i"] for _ in range(2)] == \
+            [0, 1]
+        await redis.group_send("g", {"type": "m", "i": "g2"})  # room again
+        assert (await asyncio.wait_for(redis.receive(channel), 5))["i"] == "g2"
+    finally:
+        await redis.flush()
+
+
+async def test_a_sender_on_another_event_loop_goes_through_redis():
+    """``async_to_sync`` from a thread of its own runs a loop of its own: its message goes
+    through Redis (its loop cannot hand it over) and still arrives."""
+    redis = layer()
+    channel = await redis.new_channel()
+    try:
+        waiting = asyncio.create_task(redis.receive(channel))
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(asyncio.run, redis.send(channel, {"type": "from a thread"}))
+        assert await asyncio.wait_for(waiting, 5) == {"type": "from a thread"}
+    finally:
+        await redis.flush()

@@ -468,14 +468,15 @@ async def test_a_viewer_whose_channel_failed_beats_no_more(user, monkeypatch):
     """A consumer ended by a failing source (its channel layer's receive), which runs no
     ``disconnect()``, stops its presence heartbeat too: a dead viewer must not keep the
     conversation's live session from its no-viewer grace."""
-    from channels.layers import InMemoryChannelLayer
+    from channels.layers import get_channel_layer
 
     from django_agent_session.live.consumers import AgentSessionConsumer
 
     session = await create_chat(user)
     beats: list[float] = []
     announce = AgentSessionConsumer._announce
-    receive = InMemoryChannelLayer.receive
+    layer_class = type(get_channel_layer())  # in memory, or Redis with REDIS_URL
+    receive = layer_class.receive
     failing: set[str] = set()
 
     async def counted(self, owner, **kwargs):
@@ -488,7 +489,7 @@ async def test_a_viewer_whose_channel_failed_beats_no_more(user, monkeypatch):
             raise ConnectionError("the layer went away")
         return message
 
-    monkeypatch.setattr(InMemoryChannelLayer, "receive", flaky)
+    monkeypatch.setattr(layer_class, "receive", flaky)
     monkeypatch.setattr(AgentSessionConsumer, "_announce", counted)
     with override_settings(AGENT_SESSION={"OWNER_LEASE_SECONDS": 0.6,
                                           "NO_VIEWER_GRACE_SECONDS": 60}):
