@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.contrib.contenttypes.models import ContentType
 from django.db.models import Exists, OuterRef
@@ -14,7 +13,7 @@ from django.utils import timezone
 from ..declaration.registry import session_models
 from ..records import AgentRun, RunStatus
 from ..store.dispatch import executor
-from ..store.lease import lease_free, lease_held, lease_remaining
+from ..store.lease import lease_free
 from ..store.turns import Turn
 from .stream import RunStream
 
@@ -35,31 +34,16 @@ async def drain(model: Any, session_pk: Any,
     runs are queued behind a lease someone else holds: a live holder drains them itself, but
     a dead one's lease must expire first, and then nobody else would.
     """
-    await model._default_manager.adrain(session_pk, keep_going=keep_going)
-    if keep_going is not None and not keep_going():
+    drained = await model._default_manager.adrain_queue(session_pk, keep_going=keep_going)
+    if drained.held_for is None or (keep_going is not None and not keep_going()):
         return None
-    return await database_sync_to_async(look_again)(model, session_pk)
+    return min(drained.held_for + RETRY_MARGIN, LOOK_AGAIN_MAX)
 
 
 def observe(model: Any, turn: Turn) -> RunStream:
     """What streams a queued run to the conversation's viewers, on any process (the store's
     ``dispatch.OBSERVER``): every drain and every caller running another's run uses it."""
     return RunStream(model, turn, get_channel_layer())
-
-
-def look_again(model: Any, session_pk: Any) -> float | None:
-    """Sync: seconds until the lease in front of queued runs expires, at most
-    ``LOOK_AGAIN_MAX`` (``None``: no run is queued, or the lease is free and the caller's drain
-    just found the queue empty)."""
-    row = model._base_manager.filter(pk=session_pk).values(
-        "lease_token", "lease_expires_at").first()
-    now = timezone.now()
-    if row is None or not lease_held(row["lease_token"], row["lease_expires_at"], now):
-        return None
-    if not AgentRun.objects.filter(session_type=ContentType.objects.get_for_model(model),
-                                   session_id=session_pk, status=RunStatus.QUEUED).exists():
-        return None
-    return min(lease_remaining(row["lease_expires_at"], now) + RETRY_MARGIN, LOOK_AGAIN_MAX)
 
 
 def stranded(model: Any, session_pk: Any = None) -> list[Any]:

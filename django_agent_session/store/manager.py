@@ -51,7 +51,7 @@ from .heartbeat import akeep_alive, keep_alive
 from .history import logged_messages
 from .lease import retry_after
 from .queries import SessionQueryMixin
-from .queue import BUSY, RunQueue, Submission
+from .queue import BUSY, Drained, RunQueue, Submission
 from .sessions import insert_session
 from .turns import SessionStore, Turn, TurnRecord
 from .watch import SyncWatch
@@ -725,6 +725,15 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         default the live layer's, which streams the run to the conversation's viewers.
         ``keep_going()`` is asked before each claim (a shutting-down executor stops
         claiming)."""
+        drained = await self.adrain_queue(session_or_pk, observe=observe, keep_going=keep_going)
+        return drained.ran
+
+    async def adrain_queue(self, session_or_pk: Any, *,
+                           observe: Callable[[Turn], RunObserver] | None = None,
+                           keep_going: Callable[[], bool] | None = None) -> Drained:
+        """:meth:`adrain`, saying also why it stopped: an executor that stops at runs queued
+        behind another's lease learns when to look again from the claim that found it, with
+        no query of its own."""
         pk, ran = self._pk(session_or_pk), 0
         while keep_going is None or keep_going():
             claimed, cancel = await self._settled(self._queue().claim, pk)
@@ -733,10 +742,10 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
                     await database_sync_to_async(self._failed)(claimed, cancel, TurnState())
                 raise cancel
             if not isinstance(claimed, Turn):
-                return ran
+                return Drained(ran, claimed)  # nothing queued, or the seconds a lease is held
             ran += 1
             await self._arun_observed(claimed, self._watcher(claimed, observe))
-        return ran
+        return Drained(ran)
 
     def _watcher(self, turn: Turn, observe: Callable[[Turn], RunObserver] | None = None
                  ) -> RunObserver | None:

@@ -59,6 +59,16 @@ class Submission:
     dropped: tuple[tuple[str, str, bool], ...] = ()
 
 
+@dataclass(frozen=True)
+class Drained:
+    """What a drain did: how many runs it ran and, when it stopped at runs queued behind a
+    lease someone else holds, the seconds that lease stays held (``None``: nothing is
+    queued, or the drain was asked to stop)."""
+
+    ran: int
+    held_for: float | None = None
+
+
 #: what ``RunQueue._claim_fast`` found when no run is queued or paused at all
 NOTHING_QUEUED: Any = object()
 
