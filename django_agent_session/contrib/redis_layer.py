@@ -160,6 +160,8 @@ class RedisChannelLayer(ChannelsRedisLayer):
         """channels-redis' ``flush``, and what this process holds for its channels."""
         if self._inbox is not None:
             self._inbox.buffers.clear()
+            if self._inbox.loop is asyncio.get_running_loop():
+                self._stop_reader_if_idle(self._inbox)
         await super().flush()
 
     # -- this process's channels, in memory ----------------------------------------------------
@@ -174,15 +176,12 @@ class RedisChannelLayer(ChannelsRedisLayer):
 
         Through Redis such a message costs the send's script, then the reader's pop and the
         clean-up of channels-redis' backup queue: three round trips and a task. A sender on
-        another loop (``async_to_sync`` in a thread of its own) still goes through Redis, so
-        each sender's messages keep their order."""
+        another loop (``async_to_sync`` in a thread of its own), or before this process's
+        first receive, still goes through Redis, so each sender's messages keep their order."""
         if channel is not None and not self._is_mine(channel):
             return None
-        loop = asyncio.get_running_loop()
-        inbox = self._inbox
-        if inbox is None or inbox.loop.is_closed():
-            return self._local_inbox()
-        return inbox if inbox.loop is loop else None
+        inbox = self._inbox  # made by a receive: a sender never makes or takes one over
+        return inbox if inbox is not None and inbox.loop is asyncio.get_running_loop() else None
 
     def _copy(self, message: dict[str, Any]) -> dict[str, Any]:
         """What a receiver gets through Redis: the message through the layer's wire format
@@ -197,8 +196,9 @@ class RedisChannelLayer(ChannelsRedisLayer):
         buffered = inbox.buffers.get(channel)
         if buffered is not None and len(buffered) >= self.get_capacity(channel):
             return False
+        # (the reader is left alone even if nobody waits now: cancelled between its pop and
+        # channels-redis' backup of what it popped, it would lose another process's message)
         self._deliver(inbox, channel, message)
-        self._stop_reader_if_idle(inbox)
         return True
 
     def _local_inbox(self) -> _Inbox:
@@ -275,7 +275,7 @@ class RedisChannelLayer(ChannelsRedisLayer):
                 future.set_result(message)
                 return
         buffer = inbox.buffers.setdefault(channel, collections.deque())
-        if len(buffer) >= self.capacity:  # a channel nobody reads: drop its oldest
+        if len(buffer) >= self.get_capacity(channel):  # a channel nobody reads: drop its oldest
             buffer.popleft()
         buffer.append(message)
 

@@ -122,8 +122,9 @@ class LiveSession:
         except BaseException:
             self.state = "stopped"
             self._ticker.cancel()
-            for task in self._tasks:
-                task.cancel()
+            for task in (*self._tasks, self._stop_task):  # (the receive loop may have asked)
+                if task is not None:
+                    task.cancel()
             if self._stopped is not None:
                 self._stopped.set()
             raise
@@ -144,8 +145,8 @@ class LiveSession:
         seq = None
         try:
             me = asyncio.current_task()
-            others = [task for task in (*self._tasks, self._ticker.cancel())
-                      if task is not None and task is not me]
+            others = [task for task in (*self._tasks, *self._ticker.cancel())
+                      if task is not me]
             for task in others:
                 task.cancel()
             await asyncio.gather(*others, return_exceptions=True)

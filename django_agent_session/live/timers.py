@@ -17,18 +17,20 @@ Due = Callable[[], Coroutine[Any, Any, None] | None]
 
 
 class Timer:
-    """At most one pending deadline or one running job; :meth:`cancel` stops either.
+    """A pending deadline and the jobs it started; :meth:`cancel` stops all of them.
 
     A periodic job reschedules itself by calling :meth:`call_later` when it is done: a job
     that is cancelled does not get there, so nothing fires after :meth:`cancel`.
     """
 
-    __slots__ = ("_handle", "_name", "_task")
+    __slots__ = ("_handle", "_name", "_tasks")
 
     def __init__(self, name: str | None = None) -> None:
         self._name = name
         self._handle: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task | None = None
+        #: jobs still running (one, unless a deadline fired while the last one ran); made on
+        #: the first job, as an idle socket's timers never run one
+        self._tasks: set[asyncio.Task] | None = None
 
     def call_later(self, delay: float, due: Due) -> None:
         """In ``delay`` seconds call ``due()`` and run the coroutine it returns, if any, as
@@ -42,26 +44,30 @@ class Timer:
         """Whether a deadline is pending (not whether a job runs)."""
         return self._handle is not None
 
-    def cancel(self) -> asyncio.Task | None:
-        """Drop the pending deadline and cancel the running job; that job's task, to await
-        when its end matters."""
+    def cancel(self) -> list[asyncio.Task]:
+        """Drop the pending deadline and cancel the running jobs; their tasks, to await when
+        their end matters."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        task, self._task = self._task, None
-        if task is not None:
+        tasks, self._tasks = list(self._tasks or ()), None
+        for task in tasks:
             task.cancel()
-        return task
+        return tasks
 
     def _fire(self, due: Due) -> None:
         self._handle = None
         job = due()
         if job is not None:
-            self._task = asyncio.get_running_loop().create_task(self._run(job), name=self._name)
+            # the coroutine is the task's own: cancelled before its first step, it is closed
+            task = asyncio.get_running_loop().create_task(job, name=self._name)
+            if self._tasks is None:
+                self._tasks = set()
+            self._tasks.add(task)
+            task.add_done_callback(self._forget)
 
-    async def _run(self, job: Coroutine[Any, Any, None]) -> None:
-        try:
-            await job
-        finally:
-            if self._task is asyncio.current_task():
-                self._task = None
+    def _forget(self, task: asyncio.Task) -> None:
+        if self._tasks is not None:
+            self._tasks.discard(task)
+            if not self._tasks:
+                self._tasks = None

@@ -23,7 +23,7 @@ import contextvars
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from ..conf import agent_settings
@@ -55,6 +55,18 @@ async def shutdown(grace: float | None = None) -> None:
             logger.exception("A shutdown callback failed")
     finished = await executor.wait_closed(grace)
     logger.info("Shutdown: running turns %s.", "finished" if finished else "interrupted")
+
+
+#: the shutdown under way (the loop keeps only a weak reference to a task)
+_running: set[asyncio.Task] = set()
+
+
+def _start_shutdown(graceful: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Start ``graceful()`` on the running loop, in a context of its own, and keep it."""
+    task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+        graceful(), context=contextvars.Context())
+    _running.add(task)
+    task.add_done_callback(_running.discard)
 
 
 def install_signal_handler() -> None:
@@ -90,8 +102,7 @@ def install_signal_handler() -> None:
         # inheriting its context variables (asgiref's mark of a thread-sensitive call under
         # way, say) made the live sessions' database calls refuse to run, so they kept their
         # ownership leases
-        loop.call_soon_threadsafe(
-            lambda: loop.create_task(graceful(), context=contextvars.Context()))
+        loop.call_soon_threadsafe(_start_shutdown, graceful)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 

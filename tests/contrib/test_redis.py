@@ -84,7 +84,15 @@ async def test_many_local_channels_share_one_reader_and_all_get_a_group_message(
         assert got == [{"type": "live.frame", "text": "x"}] * 30
         await asyncio.sleep(0)
         assert len(asyncio.all_tasks()) < tasks_before
-        assert _pending(redis) == 0  # nobody waits: the reader is gone
+        # handed over in memory: the reader, mid-pop, is not cancelled (cancelled between
+        # its pop and channels-redis' backup it would lose a message); it still delivers
+        assert _pending(redis) == 1
+        other = another_process(redis)
+        await other.group_send("g", {"type": "live.frame", "text": "y"})
+        assert await asyncio.wait_for(redis.receive(channels[0]), 5) == \
+            {"type": "live.frame", "text": "y"}
+        await redis.flush()  # a teardown stops a reader nobody waits for
+        assert _pending(redis) == 0
     finally:
         await redis.flush()
 
@@ -219,9 +227,10 @@ def test_messages_buffered_in_one_event_loop_are_received_in_the_next():
         busy, other = await redis.new_channel(), await redis.new_channel()
         waiting = asyncio.create_task(redis.receive(other))
         await asyncio.sleep(0.05)
+        sender = another_process(redis)  # through Redis: popped and buffered by the reader
         for i in range(2):
-            await redis.send(busy, {"type": "m", "i": i})
-        await redis.send(other, {"type": "m", "i": "o"})
+            await sender.send(busy, {"type": "m", "i": i})
+        await sender.send(other, {"type": "m", "i": "o"})
         assert (await asyncio.wait_for(waiting, 5))["i"] == "o"
         return busy
 
@@ -268,30 +277,49 @@ async def test_a_receive_cancelled_as_its_read_fails_raises_cancelled_error():
 
 # -- this process's channels, in memory ---------------------------------------------------------
 
-async def _in_redis(redis: RedisChannelLayer, channel: str) -> int:
-    """Messages waiting in Redis for ``channel``'s process."""
-    return await redis.connection(0).zcard(redis.prefix + redis.non_local_name(channel))
+def handed_over(redis: RedisChannelLayer) -> list[str]:
+    """The channels ``redis`` hands messages to in memory, from now on."""
+    handed: list[str] = []
+    hand_over = redis._hand_over
+
+    def spy(inbox, name, message):
+        handed.append(name)
+        return hand_over(inbox, name, message)
+
+    redis._hand_over = spy  # type: ignore[method-assign]
+    return handed
 
 
 async def test_a_message_for_a_channel_of_this_process_never_goes_through_redis():
     redis = layer()
     waiting_channel, idle = await redis.new_channel(), await redis.new_channel()
+    sent = redis.connection(0).eval
+    scripts: list[str] = []
+
+    async def counted(*args, **kwargs):
+        scripts.append(args[0])
+        return await sent(*args, **kwargs)
+
     try:
-        waiting = asyncio.create_task(redis.receive(waiting_channel))
+        waiting = asyncio.create_task(redis.receive(waiting_channel))  # this process receives
         await asyncio.sleep(0.05)
+        redis.connection(0).eval = counted
+        handed = handed_over(redis)
         message = {"type": "m", "items": (1, 2)}
         await redis.send(waiting_channel, message)
         got = await asyncio.wait_for(waiting, 5)
         message["type"] = "changed"  # the sender's dict is not the one received
         assert got == {"type": "m", "items": [1, 2]}  # as through Redis (msgpack)
         await redis.send(idle, {"type": "later"})  # nobody receives: kept in memory
-        assert await _in_redis(redis, idle) == 0
         assert await asyncio.wait_for(redis.receive(idle), 5) == {"type": "later"}
+        assert handed == [waiting_channel, idle]
+        assert not [script for script in scripts if "ZADD" in script]  # nothing sent to Redis
         await redis.send(idle, {"type": "flushed"})
         await redis.flush()  # empties the memory too
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(redis.receive(idle), 0.3)
     finally:
+        redis.connection(0).eval = sent
         await redis.flush()
 
 
@@ -300,13 +328,17 @@ async def test_group_send_hands_local_members_over_in_memory_and_the_rest_throug
     other = another_process(redis)
     mine, theirs = await redis.new_channel(), await other.new_channel()
     try:
+        waiting = asyncio.create_task(redis.receive(mine))  # this process receives
+        await asyncio.sleep(0.05)
+        handed = handed_over(redis)
         await redis.group_add("g", mine)
         await redis.group_add("g", theirs)
         await redis.group_send("g", {"type": "frame", "n": 1})
-        assert await _in_redis(redis, mine) == 0 and await _in_redis(redis, theirs) == 1
-        assert await asyncio.wait_for(redis.receive(mine), 5) == {"type": "frame", "n": 1}
+        assert handed == [mine]
+        assert await asyncio.wait_for(waiting, 5) == {"type": "frame", "n": 1}
         assert await asyncio.wait_for(other.receive(theirs), 5) == {"type": "frame", "n": 1}
     finally:
+        await other.flush()
         await redis.flush()
 
 
@@ -315,6 +347,9 @@ async def test_a_full_local_channel_refuses_a_send_and_skips_a_group_send():
 
     redis = layer(capacity=2)
     channel = await redis.new_channel()
+    keeper = asyncio.create_task(redis.receive(await redis.new_channel()))  # receives here
+    await asyncio.sleep(0.05)
+    handed = handed_over(redis)
     try:
         await redis.group_add("g", channel)
         for i in range(2):
@@ -326,7 +361,10 @@ async def test_a_full_local_channel_refuses_a_send_and_skips_a_group_send():
             [0, 1]
         await redis.group_send("g", {"type": "m", "i": "g2"})  # room again
         assert (await asyncio.wait_for(redis.receive(channel), 5))["i"] == "g2"
+        assert set(handed) == {channel}  # all of it in memory
     finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
         await redis.flush()
 
 
@@ -335,10 +373,17 @@ async def test_a_sender_on_another_event_loop_goes_through_redis():
     through Redis (its loop cannot hand it over) and still arrives."""
     redis = layer()
     channel = await redis.new_channel()
+    handed: list[str] = []
+    hand_over = redis._hand_over
+    redis._hand_over = lambda inbox, name, message: (  # type: ignore[method-assign]
+        handed.append(name) or hand_over(inbox, name, message))
     try:
         waiting = asyncio.create_task(redis.receive(channel))
         await asyncio.sleep(0.05)
         await asyncio.to_thread(asyncio.run, redis.send(channel, {"type": "from a thread"}))
         assert await asyncio.wait_for(waiting, 5) == {"type": "from a thread"}
+        assert handed == []  # not in memory: through Redis
+        await redis.send(channel, {"type": "from this loop"})
+        assert handed == [channel]
     finally:
         await redis.flush()

@@ -155,8 +155,14 @@ async def test_a_live_session_that_cannot_announce_itself_leaves_nothing_running
         await sent(group, message)
 
     monkeypatch.setattr(live_layer, "group_send", group_send)
+    from django_agent_session.live import registry
+
+    started, add = [], registry.add
+    monkeypatch.setattr(registry, "add", lambda live: (started.append(live), add(live))[1])
     with pytest.raises(ConnectionError):
         await api.start(session.pk, spec=SessionSpec(ChatAgent))
+    (live,) = started
+    assert not live._ticker.scheduled and live.state == "stopped"  # no lease renewal pending
     await asyncio.sleep(0)  # the cancelled tasks unwind
     key = str(session.pk)
     left = [t.get_name() for t in asyncio.all_tasks()

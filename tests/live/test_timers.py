@@ -50,14 +50,49 @@ async def test_cancel_stops_a_periodic_job_while_it_runs_and_between_runs():
 
     timer.call_later(0.001, lambda: beat())
     await asyncio.wait_for(started.wait(), 1)
-    task = timer.cancel()
-    assert task is not None and task.get_name() == "beat"
+    (task,) = timer.cancel()
+    assert task.get_name() == "beat"
     await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled() and finished == [] and not timer.scheduled
     await asyncio.sleep(0.02)
     assert finished == []
 
     timer.call_later(0.01, lambda: beat())
-    assert timer.cancel() is None  # only a deadline was pending
+    assert timer.cancel() == []  # only a deadline was pending
     await asyncio.sleep(0.03)
     assert finished == []
+
+
+async def test_a_job_cancelled_before_it_starts_is_closed_not_left_unawaited():
+    """A disconnect in the same loop iteration as the deadline: the job never runs, and no
+    "coroutine was never awaited" warning is raised (the suite makes it an error)."""
+    ran: list[bool] = []
+
+    async def job() -> None:
+        ran.append(True)
+
+    timer = Timer()
+    timer.call_later(0, lambda: job())
+    loop = asyncio.get_running_loop()
+    loop.call_soon(lambda: loop.call_soon(timer.cancel))  # right after it fired
+    await asyncio.sleep(0.02)
+    assert ran == []
+
+
+async def test_a_deadline_firing_while_the_last_job_runs_leaves_both_cancellable():
+    started: list[int] = []
+    release = asyncio.Event()
+
+    async def slow(n: int) -> None:
+        started.append(n)
+        await release.wait()
+
+    timer = Timer()
+    timer.call_later(0, lambda: slow(1))
+    await asyncio.sleep(0.01)
+    timer.call_later(0, lambda: slow(2))
+    await asyncio.sleep(0.01)
+    assert started == [1, 2]
+    tasks = timer.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert len(tasks) == 2 and all(t.cancelled() for t in tasks)
