@@ -35,7 +35,7 @@ def run_cache(turns: int) -> list[dict[str, Any]]:
 
     rows = []
     for cache in (True, False):
-        with LoopbackMessagesServer() as server, override_settings(AGENT_SESSION={
+        with LoopbackMessagesServer(keep_alive=True) as server, override_settings(AGENT_SESSION={
                 "PRICES": {"claude-sonnet-5-5": PRICE},
                 "ANTHROPIC": {"BASE_URL": server.base_url, "API_KEY": "bench",
                               "MAX_RETRIES": 0}}), \

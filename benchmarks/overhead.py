@@ -171,7 +171,7 @@ def run_sdk(sizes: list[int], turns: int, warmup: int) -> list[dict[str, Any]]:
     reference.create_table()
     rows = []
     for size in sizes:
-        with LoopbackMessagesServer() as server, override_settings(AGENT_SESSION={
+        with LoopbackMessagesServer(keep_alive=True) as server, override_settings(AGENT_SESSION={
                 "TURN_WAIT_SECONDS": 60.0,
                 "ANTHROPIC": {"BASE_URL": server.base_url, "API_KEY": "bench",
                               "MAX_RETRIES": 0}}):

@@ -37,7 +37,7 @@ async def _idle(count: int) -> list[dict[str, Any]]:
 
     from .live import Daphne, bench_user, connect_viewer, create_conversations, session_cookie
 
-    with LoopbackMessagesServer() as server:
+    with LoopbackMessagesServer(keep_alive=True) as server:
         daphne = Daphne({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
         viewers = []
         try:
@@ -83,7 +83,7 @@ async def _throughput(count: int, conversations: int, seconds: float) -> dict[st
         session_cookie,
     )
 
-    with LoopbackMessagesServer() as server:
+    with LoopbackMessagesServer(keep_alive=True) as server:
         server.responder = lambda request: Reply.stall(MODEL_DELAY, then=Reply.text(REPLY))
         daphnes = [Daphne({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
                    for _ in range(count)]

@@ -41,7 +41,7 @@ async def _run(viewer_counts: list[int], turns: int, warmup: int) -> list[dict[s
     )
 
     rows = []
-    with LoopbackMessagesServer() as server:
+    with LoopbackMessagesServer(keep_alive=True) as server:
         server.responder = lambda request: Reply.text(TEXT, delay=DELTA_GAP)
         daphne = Daphne({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
         try:

@@ -27,6 +27,7 @@ from .base import (
     ModelResponse,
     maybe_await,
 )
+from .tracing import tracer_provider_set
 
 _DELTA_KINDS = {
     "text_delta": ("text", "text"),
@@ -35,14 +36,19 @@ _DELTA_KINDS = {
 }
 
 
-def client_options() -> dict[str, Any]:
-    """SDK constructor options from ``AGENT_SESSION["ANTHROPIC"]`` (``None`` = SDK default)."""
+def client_options(*, traced: bool = True) -> dict[str, Any]:
+    """SDK constructor options from ``AGENT_SESSION["ANTHROPIC"]`` (``None`` = SDK default).
+
+    Not ``traced`` (no tracer provider set yet): the SDK's own spans are off, as they could
+    record nothing (:mod:`.tracing`); a client is built again once a provider is set.
+    """
     conf = agent_settings.ANTHROPIC
     options: dict[str, Any] = {
         "api_key": conf.get("API_KEY"),
         "base_url": conf.get("BASE_URL"),
         "timeout": conf.get("TIMEOUT"),
         "max_retries": conf.get("MAX_RETRIES"),
+        "open_telemetry": None if traced else False,
     }
     return {k: v for k, v in options.items() if v is not None}
 
@@ -264,24 +270,29 @@ class AnthropicClient:
     """Client for ``"anthropic:<model>"`` agents."""
 
     def __init__(self) -> None:
-        self._sync: anthropic.Anthropic | None = None
+        # each SDK client with whether it was built traced (tracer_provider_set() then)
+        self._sync: tuple[bool, anthropic.Anthropic] | None = None
         # one AsyncAnthropic per event loop: its connection pool is bound to the loop
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anthropic.AsyncAnthropic]
+        self._async: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[bool, anthropic.AsyncAnthropic]]
         self._async = weakref.WeakKeyDictionary()
 
     @property
     def sdk(self) -> anthropic.Anthropic:
-        if self._sync is None:
-            self._sync = _checked(anthropic.Anthropic(**client_options()))
-        return self._sync
+        traced = tracer_provider_set()
+        if self._sync is None or self._sync[0] != traced:
+            self._sync = (traced, _checked(anthropic.Anthropic(**client_options(traced=traced))))
+        return self._sync[1]
 
     @property
     def async_sdk(self) -> anthropic.AsyncAnthropic:
         loop = asyncio.get_running_loop()
-        client = self._async.get(loop)
-        if client is None:
-            client = self._async[loop] = _checked(anthropic.AsyncAnthropic(**client_options()))
-        return client
+        traced = tracer_provider_set()
+        built = self._async.get(loop)
+        if built is None or built[0] != traced:
+            built = self._async[loop] = (traced, _checked(
+                anthropic.AsyncAnthropic(**client_options(traced=traced))))
+        return built[1]
 
     def count_tokens(self, request: ModelRequest) -> int:
         """The exact input tokens of ``request`` (the API's token counting endpoint)."""

@@ -22,14 +22,12 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from ..clients.tracing import tracer_provider_set
 from ..conf import agent_settings
 
 try:
     from opentelemetry import propagate, trace
     from opentelemetry.trace import Link, SpanKind, Status, StatusCode
-
-    #: what the API hands out until a tracer provider is set: spans that record nothing
-    _UNSET: tuple[type, ...] = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 except ImportError:  # the ``otel`` extra is not installed: every span is a no-op
     trace = None  # type: ignore[assignment]
 
@@ -79,7 +77,7 @@ def _configured() -> bool:
     """Whether a span made now could be recorded: the API is installed and a tracer provider
     is set (by an SDK's setup). Before that the API's spans record nothing, and making them
     anyway was about 5 % of a short turn's time."""
-    return trace is not None and not isinstance(trace.get_tracer_provider(), _UNSET)
+    return tracer_provider_set()
 
 
 def _tracer() -> Any:

@@ -62,6 +62,8 @@ logger = logging.getLogger("django_agent_session")
 #: the model's options are, as tests that swap tools do)
 _stores: dict[type[SessionRecord], SessionStore] = {}
 _engines: dict[type[SessionRecord], TurnEngine] = {}
+#: ``Multitask.values`` builds a list on every access
+MULTITASK_VALUES = frozenset(Multitask.values)
 
 
 class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
@@ -209,8 +211,10 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
         from storage once per turn; engine/attachments.py); ``options``: a configured
         conversation's (its model may be another provider's)."""
         files = SessionFiles(self.model, turn.session.pk)
+        # wrapped only when a turn has attachments to locate: the wrapper costs more than a
+        # short turn's own work (docs/performance.md)
         return AttachingClient((options or self._options).get_client(), files,
-                               locate_async=database_sync_to_async(files.locate))
+                               locate_async=lambda ids: database_sync_to_async(files.locate)(ids))
 
     def _tool_context(self, turn: Turn) -> Any:
         return ToolContext(turn.session, turn.run_id)
@@ -220,7 +224,7 @@ class AgentSessionQuerySet(SessionQueryMixin, models.QuerySet):
 
     def _multitask(self, multitask: str | None) -> str:
         value = multitask or self._options.multitask
-        if value not in Multitask.values:
+        if value not in MULTITASK_VALUES:
             raise ValueError(f"multitask must be one of {', '.join(Multitask.values)}; "
                              f"got {value!r}")
         return value

@@ -296,7 +296,7 @@ class TestAsync:
         assert session.last_output == {"content": "plain"}
         client = get_client("anthropic")
         assert client._sync is None  # the sync SDK client was never built
-        sdk_clients = list(client._async.values())
+        sdk_clients = [sdk for _, sdk in client._async.values()]
         assert len(sdk_clients) == 1 and isinstance(sdk_clients[0], anthropic.AsyncAnthropic)
 
     async def test_async_failure(self, server):
@@ -439,3 +439,41 @@ class TestUnstorableCharacters:
         assert session.runs.get().error == {
             "code": "internal_error", "retryable": False,
             "message": raised.value.args[0].encode("ascii", "backslashreplace").decode()}
+
+
+class TestTheSDKsOwnSpans:
+    """The SDK builds its span of each call (attributes read from the request) even when the
+    span can record nothing; so its tracing is off until a tracer provider is set."""
+
+    def test_they_are_off_until_a_tracer_provider_is_set_then_the_client_is_built_again(
+            self, server, monkeypatch):
+        from opentelemetry import trace
+
+        from django_agent_session.clients.anthropic import AnthropicClient
+        from tests.helpers.otel import recording
+
+        client = AnthropicClient()
+        monkeypatch.setattr(trace, "get_tracer_provider", trace.ProxyTracerProvider)
+        untraced = client.sdk
+        assert untraced.open_telemetry["traces"]["enabled"] is False
+        assert client.sdk is untraced  # built once while nothing changes
+        monkeypatch.undo()
+        with recording():  # the OpenTelemetry SDK's provider, set
+            traced = client.sdk
+            assert traced is not untraced
+            assert traced.open_telemetry["traces"]["enabled"] is True
+
+    async def test_so_are_the_async_clients(self, server, monkeypatch):
+        from opentelemetry import trace
+
+        from django_agent_session.clients.anthropic import AnthropicClient
+        from tests.helpers.otel import recording
+
+        client = AnthropicClient()
+        monkeypatch.setattr(trace, "get_tracer_provider", trace.NoOpTracerProvider)
+        untraced = client.async_sdk
+        assert untraced.open_telemetry["traces"]["enabled"] is False
+        assert client.async_sdk is untraced
+        monkeypatch.undo()
+        with recording():
+            assert client.async_sdk.open_telemetry["traces"]["enabled"] is True

@@ -958,3 +958,38 @@ def test_reply_validation() -> None:
         LoopbackMessagesServer(Reply.text("not in a list"))  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         LoopbackMessagesServer().enqueue(42)  # type: ignore[arg-type]
+
+
+# -- connections ----------------------------------------------------------------------
+
+
+def _handlers() -> list[str]:
+    return sorted(t.name for t in _loopback_threads() if "-handler-" in t.name)
+
+
+def test_by_default_every_request_has_a_connection_of_its_own(
+        server: LoopbackMessagesServer, client: anthropic.Anthropic) -> None:
+    server.enqueue(Reply.text("one"), Reply.text("two"))
+    first = client.messages.with_raw_response.create(model=MODEL, max_tokens=256, messages=USER)
+    assert first.headers["connection"] == "close"
+    create(client)
+    assert len(server.requests) == 2
+    deadline = time.monotonic() + 5
+    while _handlers() and time.monotonic() < deadline:  # each closed after its answer
+        time.sleep(0.01)
+    assert _handlers() == []
+
+
+def test_keep_alive_serves_every_request_of_a_client_on_one_connection() -> None:
+    with LoopbackMessagesServer(keep_alive=True) as server, \
+            anthropic.Anthropic(**server.client_kwargs(max_retries=0)) as client:
+        server.enqueue(Reply.text("one"), Reply.text("two", chunk_size=1), Reply.text("three"))
+        first = client.messages.with_raw_response.create(model=MODEL, max_tokens=256,
+                                                         messages=USER)
+        assert "connection" not in first.headers
+        with stream(client) as streamed:
+            assert streamed.get_final_text() == "two"
+        assert create(client).content[0].text == "three"
+        assert len(server.requests) == 3
+        assert len(_handlers()) == 1  # one connection, kept open between requests
+    # stop() closed the idle connection: no_leaked_threads checks its thread ended

@@ -49,9 +49,12 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
         *,
         on_request: Callable[[LoopbackHandler], None],
         on_error: Callable[[BaseException], None],
+        keep_alive: bool = False,
     ) -> None:
         self.on_request = on_request
         self.on_error = on_error
+        #: serve further requests on a connection after a complete answer (see LoopbackHandler)
+        self.keep_alive = keep_alive
         self._conn_lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._handler_threads: set[threading.Thread] = set()
@@ -136,7 +139,13 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
 
 
 class LoopbackHandler(BaseHTTPRequestHandler):
-    """One request per connection, answered by the server's ``on_request``; unexpected failures close the socket."""
+    """A request answered by the server's ``on_request``; unexpected failures close the socket.
+
+    By default one request per connection (every answer says ``Connection: close``), so each
+    request of a test starts on a fresh connection. With the server's ``keep_alive``, a
+    connection serves further requests after a complete answer, as the real API's does, unless
+    the client asks to close it; a dropped or failed answer still closes it.
+    """
 
     protocol_version = "HTTP/1.1"
     server_version = "LoopbackMessages/1.0"
@@ -145,7 +154,8 @@ class LoopbackHandler(BaseHTTPRequestHandler):
     server: LoopbackHTTPServer
 
     def do_POST(self) -> None:
-        self.close_connection = True  # one request per connection: every answer says Connection: close
+        if not self.server.keep_alive:
+            self.close_connection = True  # every answer says Connection: close
         try:
             self.server.on_request(self)
         except ConnectionDropped:
@@ -188,7 +198,8 @@ class LoopbackHandler(BaseHTTPRequestHandler):
         self.send_response(status, _REASON_PHRASES.get(status))
         for name, value in headers:
             self.send_header(name, value)
-        self.send_header("Connection", "close")
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
 
     def send_json(self, status: int, payload: Any, headers: Sequence[tuple[str, str]]) -> None:

@@ -62,7 +62,9 @@ class LoopbackMessagesServer:
             ...
 
     Each connection is served by its own daemon thread, one request per
-    connection (``Connection: close``).  Streamed answers use chunked
+    connection (``Connection: close``), or, with ``keep_alive=True``, as many
+    as the client sends on it, as the real API serves them (the benchmarks
+    use that, so a turn does not pay for a new TCP connection).  Streamed answers use chunked
     transfer encoding, so a dropped stream is seen by the client as a
     truncated body rather than a clean end.
     """
@@ -76,8 +78,10 @@ class LoopbackMessagesServer:
         default_model: str = DEFAULT_MODEL,
         context_window: int | None = None,
         cache_min_tokens: int = MIN_CACHE_TOKENS,
+        keep_alive: bool = False,
     ) -> None:
         self._host = host
+        self._keep_alive = keep_alive
         #: input tokens a request may have with its ``max_tokens`` (None: no limit)
         self.context_window = context_window
         #: the simulated prompt cache (:mod:`.cache`); ``clear()`` empties it
@@ -115,7 +119,8 @@ class LoopbackMessagesServer:
             if self._httpd is not None or self._stopped:
                 raise RuntimeError("LoopbackMessagesServer can only be started once")
             self._httpd = LoopbackHTTPServer(
-                (self._host, self._requested_port), on_request=self._handle, on_error=self._record_error
+                (self._host, self._requested_port), on_request=self._handle, on_error=self._record_error,
+                keep_alive=self._keep_alive,
             )
         self._serve_thread = threading.Thread(
             target=self._httpd.serve,
