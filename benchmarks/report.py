@@ -119,9 +119,10 @@ def scale_table(results: dict[str, Any]) -> str:
     if "rows" in throughput:
         rows = [[row["processes"], row["conversations"], row["turns"], row["seconds"],
                  row["turns_per_second"], row["turn_latency"]["median_ms"],
-                 row["turn_latency"]["p95_ms"]] for row in throughput["rows"]]
+                 row["turn_latency"]["p95_ms"], row.get("cpu_ms_per_turn", "-")]
+                for row in throughput["rows"]]
         lines.append(_table(["ASGI processes", "conversations", "turns", "seconds", "turns/s",
-                             "turn p50", "turn p95"], rows))
+                             "turn p50", "turn p95", "daphne CPU ms/turn"], rows))
     elif throughput:
         lines.append("turns per second with 1, 2, 4 ASGI processes: "
                      + str(throughput.get("pending") or throughput.get("skipped")

@@ -8,8 +8,10 @@
     1, 2 and 4 daphne processes; ``C`` conversations, each watched by one viewer connected to
     process ``i % P``, each sending its next message as soon as the previous turn completed
     (closed loop) for a fixed time. The model answers after ``MODEL_DELAY`` (50 ms) through the
-    loopback server. Reported: completed turns per second and the per-turn latency seen by the
-    client (send -> ``run.status`` completed).
+    loopback server. Reported: completed turns per second, the per-turn latency seen by the
+    client (send -> ``run.status`` completed), and the CPU time the daphne processes spent per
+    completed turn (from /proc: steadier than turns/s on a shared machine, as it does not
+    depend on what else got the CPU).
 """
 
 from __future__ import annotations
@@ -98,10 +100,12 @@ async def _throughput(count: int, conversations: int, seconds: float) -> dict[st
                 viewers.append(await connect_viewer(daphnes[i % count].port, cid, cookie))
 
             latencies: list[float] = []
+            ran = 0  # turns that ended while counting, in the window or just after it
             stop_at: float | None = None
             counting = False
 
             async def loop(phase: str, index: int, viewer: Any) -> int:
+                nonlocal ran
                 done = 0
                 turn = 0
                 while stop_at is None or time.monotonic() < stop_at:
@@ -118,6 +122,8 @@ async def _throughput(count: int, conversations: int, seconds: float) -> dict[st
                         raise RuntimeError(f"turn {ref} never finished; last frames {seen}"
                                            ) from None
                     viewer.frames.clear()
+                    if counting:
+                        ran += 1
                     if counting and frame.get("status") == "completed" and \
                             (stop_at is None or at <= stop_at):
                         done += 1
@@ -130,8 +136,11 @@ async def _throughput(count: int, conversations: int, seconds: float) -> dict[st
             counting = True
             start = time.monotonic()
             stop_at = start + seconds
+            cpu_before = sum(daphne.cpu_seconds() for daphne in daphnes)
             done = sum(await asyncio.gather(*(loop("run", i, v)
                                               for i, v in enumerate(viewers))))
+            # every loop has ended: the window plus the turns that were under way at its end
+            cpu_spent = sum(daphne.cpu_seconds() for daphne in daphnes) - cpu_before
             failed = sum(1 for r in server.message_requests if r.status not in (200, None))
         finally:
             for viewer in viewers:
@@ -141,6 +150,7 @@ async def _throughput(count: int, conversations: int, seconds: float) -> dict[st
     return {"processes": count, "conversations": conversations, "turns": done,
             "seconds": seconds, "turns_per_second": round(done / seconds, 1),
             "model_delay_ms": MODEL_DELAY * 1000, "model_errors": failed,
+            "cpu_ms_per_turn": round(cpu_spent * 1000 / max(ran, 1), 2),
             "turn_latency": summary(latencies)}
 
 
