@@ -148,6 +148,9 @@ class LoopbackHandler(BaseHTTPRequestHandler):
     """
 
     protocol_version = "HTTP/1.1"
+    #: TCP_NODELAY, as API servers set it: on a kept-alive connection, Nagle's algorithm held a
+    #: streamed chunk until the client's delayed ACK of the previous one (up to 40 ms)
+    disable_nagle_algorithm = True
     server_version = "LoopbackMessages/1.0"
     sys_version = ""
     timeout = 60  # socket timeout, so an idle or silent client cannot pin a thread forever
