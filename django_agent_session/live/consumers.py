@@ -52,10 +52,14 @@ from ..runs.stream import (
     group_name,
     partial_text,
 )
+from ..store.queue import Submission
 from .snapshot import replay_frames, state_frame, stored_events, stored_state, unseen
 from .timers import Timer
 
 logger = logging.getLogger("django_agent_session.live")
+
+#: what queueing a message found when its conversation does not exist (any more)
+_GONE = object()
 
 
 def _json_id(value: Any) -> Any:
@@ -369,9 +373,7 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         """
         answer = await self._access()
         if answer == access.FORBIDDEN:
-            await self._leave()
-            self.revoked = True
-            await self.close(protocol.CLOSE_FORBIDDEN)
+            await self._revoke()
             return False
         if answer == access.NEW:
             await self._leave()
@@ -380,6 +382,12 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
             self.exists = True
             await self._join()
         return True
+
+    async def _revoke(self) -> None:
+        """Another user owns the conversation now: leave it and close with 4403."""
+        await self._leave()
+        self.revoked = True
+        await self.close(protocol.CLOSE_FORBIDDEN)
 
     async def _leave(self) -> None:
         """Stop viewing the conversation: leave its group and its live session's presence."""
@@ -556,20 +564,18 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
 
     async def frame_message(self, data: dict[str, Any]) -> None:
         ref = data.get("ref") or uuid.uuid4().hex[:12]
-        if not await self._recheck() and (self.revoked or not await self._create(None, "", ref)):
+        # a conversation this consumer views already is checked by the submission itself
+        # (``owner_check``, under the row lock), so a message costs no access query of its own
+        submitted = await self._queue_message(data, ref) if self.exists else _GONE
+        if submitted is _GONE:  # not viewed yet, or deleted since: check, create, join
+            if not await self._recheck() and \
+                    (self.revoked or not await self._create(None, "", ref)):
+                return
+            submitted = await self._queue_message(data, ref, again=True)
+        if not isinstance(submitted, Submission):
             return
         assert self.spec is not None
-        if not await self._owner_ok(ref, elect=True):
-            return
         manager = self.spec.model._default_manager
-        try:  # a row before the ack: committed, then handed to the executor
-            submitted = await manager.asubmit(
-                self.conversation_id, data["input"], idempotency_key=ref,
-                multitask=data.get("multitask"), dispatch=False,
-                origin={"surface": "websocket", "user_id": self._user_id, "ref": ref})
-        except exc.AgentSessionError as error:
-            await self._send_error(error, ref)
-            return
         run = submitted.run
         await self.send_json({"type": "ack", "ref": ref, "run_id": str(run.pk),
                               "status": run.status, "duplicate": not submitted.created})
@@ -582,6 +588,45 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
                                   submitted)
             await database_sync_to_async(manager.dispatch)(self.conversation_id)
         await self._activity()
+
+    async def _queue_message(self, data: dict[str, Any], ref: str, *, again: bool = False
+                             ) -> Submission | None | object:
+        """Make sure the conversation has its live session, then queue the message if the user
+        may still drive the conversation (checked under the row lock); only then tell the
+        owner about this consumer. The submission; ``None`` after an error frame or a close;
+        :data:`_GONE` when the conversation does not exist (any more) and not ``again``."""
+        assert self.spec is not None
+        try:
+            owner = await self._elect()
+        except exc.SessionNotFound as error:
+            return await self._gone(error, ref, again)
+        except (exc.AgentSessionError, DatabaseError) as error:
+            await self._send_error(error, ref)
+            return None
+        try:
+            submitted = await self.spec.model._default_manager.asubmit(
+                self.conversation_id, data["input"], idempotency_key=ref,
+                multitask=data.get("multitask"), dispatch=False, owner_check=self.can_view,
+                origin={"surface": "websocket", "user_id": self._user_id, "ref": ref})
+        except PermissionDenied:  # deleted since, and the id taken by another user's
+            await self._revoke()
+            return None
+        except exc.SessionNotFound as error:
+            return await self._gone(error, ref, again)
+        except exc.AgentSessionError as error:
+            await self._send_error(error, ref)
+            return None
+        if owner != self.owner:
+            self.owner = owner
+            await self._announce(owner)
+        return submitted
+
+    async def _gone(self, error: exc.SessionNotFound, ref: str, again: bool) -> object:
+        if again:
+            await self._send_error(error, ref)
+            return None
+        await self._leave()
+        return _GONE
 
     async def _owner_ok(self, ref: str | None, *, elect: bool) -> bool:
         """Make sure the conversation has its live session (``elect``), or just look it up;

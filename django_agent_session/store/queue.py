@@ -11,10 +11,12 @@ and a crash between the two leaves neither.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -88,11 +90,13 @@ class RunQueue:
     def submit(self, pk: Any, *, input: dict[str, Any], user_blocks: list[dict[str, Any]],
                idempotency_key: str | None = None, multitask: str = Multitask.ENQUEUE,
                origin: dict[str, Any] | None = None,
-               events: list[tuple[str, dict[str, Any]]] | None = None) -> Submission:
+               events: list[tuple[str, dict[str, Any]]] | None = None,
+               owner_check: Callable[[Any], bool] | None = None) -> Submission:
         """Commit a queued run.
 
-        A known ``idempotency_key`` returns the run it named (``created`` is False) and changes
-        nothing. ``multitask`` decides what happens to the runs already there (see
+        ``owner_check(owner_id)`` is asked first, under the row lock: False raises
+        ``PermissionDenied`` and writes nothing. A known ``idempotency_key`` returns the run it
+        named (``created`` is False) and changes nothing. ``multitask`` decides what happens to the runs already there (see
         :class:`~django_agent_session.records.Multitask`). ``events`` are written before the
         ``run.queued`` event (a new session's ``session.started``).
         """
@@ -101,12 +105,14 @@ class RunQueue:
         if hot is not None and events is None and multitask == Multitask.ENQUEUE and \
                 agent_settings.QUEUE_MAX > 0:
             fast = self._submit_fast(hot, pk, now, input=input, user_blocks=user_blocks,
-                                     idempotency_key=idempotency_key, origin=origin)
+                                     idempotency_key=idempotency_key, origin=origin,
+                                     owner_check=owner_check)
             if fast is not None:
                 return fast
         with transaction.atomic():
             # lock the row first: concurrent submissions (same key or not) queue up behind it
             row = self._lock(pk)
+            _check_owner(owner_check, row["owner_id"])
             if idempotency_key is not None:
                 existing = self.runs(pk).filter(idempotency_key=idempotency_key).first()
                 if existing is not None:
@@ -169,16 +175,19 @@ class RunQueue:
 
     def _submit_fast(self, hot: Statements, pk: Any, now: datetime, *, input: dict[str, Any],
                      user_blocks: list[dict[str, Any]], idempotency_key: str | None,
-                     origin: dict[str, Any] | None) -> Submission | None:
+                     origin: dict[str, Any] | None,
+                     owner_check: Callable[[Any], bool] | None) -> Submission | None:
         """Queue a message on a session where nothing is queued or paused and the key is new
         (the common case) in four round trips, three on PostgreSQL; ``None`` for anything else
         (the ORM path above decides, in a transaction of its own)."""
         origin = dict(origin or {})
         run_id = uuid.uuid4()
         with transaction.atomic():
-            base = hot.lock(pk)  # concurrent submissions queue up behind this row lock
-            if base is None:
+            locked = hot.lock(pk)  # concurrent submissions queue up behind this row lock
+            if locked is None:
                 raise exc.SessionNotFound(f"No {self.model.__name__} with id {pk}.")
+            base, owner_id = locked
+            _check_owner(owner_check, owner_id)
             if hot.waiting(pk, idempotency_key):
                 return None
             seq = base + 1
@@ -202,7 +211,7 @@ class RunQueue:
         if not manager.filter(pk=pk).update(event_seq=F("event_seq")):
             raise exc.SessionNotFound(f"No {self.model.__name__} with id {pk}.")
         return dict(manager.filter(pk=pk).values("event_seq", "lease_token",
-                                                 "lease_expires_at").get())
+                                                 "lease_expires_at", "owner_id").get())
 
     def _claim(self, pk: Any, base: int, count: int) -> int:
         """Claim ``count`` seqs after ``base`` (the row is locked); a submission is activity."""
@@ -417,6 +426,11 @@ class RunQueue:
 
     def cancel_requested(self, run_id: Any) -> bool:
         return AgentRun.objects.filter(pk=run_id, cancel_requested=True).exists()
+
+
+def _check_owner(owner_check: Callable[[Any], bool] | None, owner_id: Any) -> None:
+    if owner_check is not None and not owner_check(owner_id):
+        raise PermissionDenied("You may not send messages to this conversation.")
 
 
 def decisions(pause: dict[str, Any]) -> dict[str, Decision]:

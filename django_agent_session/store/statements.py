@@ -73,6 +73,7 @@ class Statements:
         context = self._context
         table = q(meta.db_table)
         self._fields = _fields(model)
+        self._owner = meta.get_field("owner")
         self._converters: weakref.WeakKeyDictionary[
             BaseDatabaseWrapper, dict[type[models.Model], list[Any]]] = weakref.WeakKeyDictionary()
 
@@ -121,7 +122,8 @@ class Statements:
         # queueing a message (RunQueue.submit) on a session nobody is queued or paused on
         self.lock_sql = (
             f"UPDATE {table} SET {session_col['event_seq']} = {session_col['event_seq']} "
-            f"WHERE {session_col['id']} = %s RETURNING {session_col['event_seq']}")
+            f"WHERE {session_col['id']} = %s RETURNING {session_col['event_seq']}, "
+            f"{session_col['owner']}")
         self.waiting_sql = (
             f"SELECT 1 FROM {run_table} WHERE {run_col['session_type']} = %s AND "
             f"{run_col['session_id']} = %s AND ({run_col['status']} IN (%s, %s) OR "
@@ -359,13 +361,16 @@ class Statements:
 
     # -- queueing a message ------------------------------------------------------------------
 
-    def lock(self, pk: Any) -> int | None:
-        """Lock the session row (inside the caller's transaction); its event counter, or
-        ``None`` when there is no such session."""
+    def lock(self, pk: Any) -> tuple[int, Any] | None:
+        """Lock the session row (inside the caller's transaction); its event counter and
+        owner id, or ``None`` when there is no such session."""
         with self.cursor() as cursor:
             cursor.execute(self.lock_sql, [self.db_uuid(pk)])
             row = cursor.fetchone()
-        return None if row is None else int(row[0])
+        if row is None:
+            return None
+        owner = row[1] if row[1] is None else self._owner.to_python(row[1])
+        return int(row[0]), owner
 
     def waiting(self, pk: Any, idempotency_key: str | None) -> bool:
         """Whether runs are queued or paused on the session, or one has ``idempotency_key``."""

@@ -198,6 +198,32 @@ async def test_a_socket_left_on_a_deleted_conversation_gets_nothing_of_its_succe
     assert (await database_sync_to_async(ChatAgent.objects.get)(pk=cid)).owner_id == other_user.pk
 
 
+async def test_a_conversation_given_to_another_user_while_viewed_takes_no_more_messages(
+        user, other_user, server):
+    """A message on a conversation the socket views already is checked by its submission
+    (under the row lock), not by a query of its own: a conversation handed to another user
+    between two messages refuses the second, writes nothing and closes with 4403; the socket
+    leaves the new owner's presence."""
+    server.enqueue("first answer")
+    session = await create_chat(user)
+    mine, _ = await viewer(user, session.pk)
+    await mine.send_json_to({"type": "message", "input": "hello", "ref": "m1"})
+    await expect(mine, "run.status", ref="m1", status="completed")
+    await database_sync_to_async(
+        ChatAgent.objects.filter(pk=session.pk).update)(owner=other_user)
+    theirs, _ = await viewer(other_user, session.pk)
+
+    await mine.send_json_to({"type": "message", "input": "still mine?", "ref": "m2"})
+    outputs = await drain(mine)
+    assert outputs[-1] == CLOSED_4403, outputs
+    assert not any(o.get("type") == "websocket.send" and '"ack"' in o.get("text", "")
+                   for o in outputs)
+    assert await run_inputs(session.pk) == [{"message": "hello"}]
+    presence = [json.loads(f["text"]) for f in await drain(theirs)
+                if f.get("type") == "websocket.send" and '"presence"' in f["text"]]
+    assert presence[-1]["user_ids"] == [other_user.pk], presence
+
+
 async def test_a_session_of_another_model_with_the_same_id_cannot_reach_the_live_session(
         user, other_user, server):
     """Ids are unique per model only (``import_session(new_id=False, model=...)`` or a row made

@@ -11,6 +11,7 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
+from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, models
 from django.test import override_settings
@@ -170,6 +171,55 @@ def hold_lease(loopback, session, seconds: float = 1.5) -> threading.Thread:
     thread.start()
     assert streaming.wait(10), "the turn never streamed"
     return thread
+
+
+class TestOwnerCheck:
+    """``submit(owner_check=...)``: a surface's access rule asked under the row lock, in the
+    transaction that would queue the message (the WebSocket consumer's, per message)."""
+
+    @staticmethod
+    def snapshot(pk):
+        row = ChatAgent.objects.filter(pk=pk).values("event_seq", "updated_at").get()
+        return row, AgentRun.objects.filter(session_id=pk).count(), \
+            AgentEvent.objects.filter(session_id=pk).count()
+
+    @pytest.mark.parametrize("queued_before", [False, True], ids=["fixed-sql", "orm"])
+    def test_a_refused_owner_writes_nothing(self, loopback, recording, user, other_user,
+                                            queued_before):
+        session = new_session(loopback, user)
+        if queued_before:  # a run waiting: the ORM path decides
+            ChatAgent.objects.submit(session.pk, "waiting")
+        before = self.snapshot(session.pk)
+        seen = []
+
+        def check(owner_id):
+            seen.append(owner_id)
+            return owner_id == other_user.pk
+
+        for key in (None, "k1"):
+            with pytest.raises(PermissionDenied):
+                ChatAgent.objects.submit(session.pk, "not yours", idempotency_key=key,
+                                         owner_check=check)
+        assert seen == [user.pk, user.pk]
+        assert self.snapshot(session.pk) == before
+
+    @pytest.mark.parametrize("queued_before", [False, True], ids=["fixed-sql", "orm"])
+    def test_an_accepted_owner_queues_as_usual(self, loopback, recording, user,
+                                               queued_before):
+        session = new_session(loopback, user)
+        if queued_before:
+            ChatAgent.objects.submit(session.pk, "waiting")
+        submitted = ChatAgent.objects.submit(session.pk, "mine",
+                                             owner_check=lambda owner_id: owner_id == user.pk)
+        assert submitted.created and submitted.position == (2 if queued_before else 1)
+        assert AgentRun.objects.get(pk=submitted.run.pk).input == {"message": "mine"}
+
+    def test_a_session_without_owner_is_checked_with_none(self, loopback, recording):
+        session = new_session(loopback)
+        with pytest.raises(PermissionDenied):
+            ChatAgent.objects.submit(session.pk, "x", owner_check=lambda owner_id: owner_id)
+        assert ChatAgent.objects.submit(
+            session.pk, "x", owner_check=lambda owner_id: owner_id is None).created
 
 
 class TestMultitask:
