@@ -2,8 +2,8 @@
 
 A consumer asks at the handshake and again before every frame that reads or drives the
 conversation (it may have been deleted since, and its id taken by another user's new one); a
-message to a conversation it views already is checked by its submission instead
-(``owner_check``, under the row lock), at no extra query. The
+message to a conversation it views already, whose live session runs in the same process, is
+checked by its submission instead (``owner_check``, under the row lock), at no extra query. The
 rule itself, who may view a conversation owned by ``owner_id``, is the consumer's overridable
 ``can_view``; this module reads the row and names the answer.
 """

@@ -67,6 +67,15 @@ def _local(conversation_id: Any) -> LiveSession | None:
     return local_sessions().get(str(_uuid(conversation_id)))
 
 
+def local_owner(conversation_id: Any, model: type) -> str | None:
+    """The channel of the conversation's live session if it runs in this process for a
+    session of ``model`` (no I/O); ``None`` otherwise, whether it runs elsewhere or not."""
+    local = _local(conversation_id)
+    if local is not None and local.alive and local.model is model:
+        return local.channel_name
+    return None
+
+
 async def start(conversation_id: Any, *, scope: dict[str, Any] | None = None,
                 request_opts: dict[str, Any] | None = None, spec: SessionSpec | None = None,
                 channel_layer: Any = None) -> StartResult:

@@ -369,7 +369,9 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
 
         Asked before every frame that reads or drives the conversation, even once joined: the
         conversation may have been deleted since, and its id taken by another user's new one.
-        Leaves it when it is gone; leaves and closes with 4403 when another user owns it.
+        (A message to a viewed conversation whose live session runs in this process is checked
+        by its submission instead: :meth:`frame_message`.) Leaves it when it is gone; leaves
+        and closes with 4403 when another user owns it.
         """
         answer = await self._access()
         if answer == access.FORBIDDEN:
@@ -564,14 +566,22 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
 
     async def frame_message(self, data: dict[str, Any]) -> None:
         ref = data.get("ref") or uuid.uuid4().hex[:12]
-        # a conversation this consumer views already is checked by the submission itself
-        # (``owner_check``, under the row lock), so a message costs no access query of its own
-        submitted = await self._queue_message(data, ref) if self.exists else _GONE
-        if submitted is _GONE:  # not viewed yet, or deleted since: check, create, join
+        assert self.spec is not None
+        # viewed already, and its live session runs in this process: nothing to start, and
+        # the submission checks access itself (``owner_check``, under the row lock), so the
+        # message costs no access query of its own
+        fast = self.exists and self.owner is not None and \
+            api.local_owner(self.conversation_id, self.spec.model) == self.owner
+        submitted = await self._submit_message(data, ref, gone=_GONE) if fast else None
+        if submitted is _GONE:  # deleted since: as the check below finds it
+            await self._leave()
+        if not fast or submitted is _GONE:
             if not await self._recheck() and \
                     (self.revoked or not await self._create(None, "", ref)):
                 return
-            submitted = await self._queue_message(data, ref, again=True)
+            if not await self._owner_ok(ref, elect=True):
+                return
+            submitted = await self._submit_message(data, ref)
         if not isinstance(submitted, Submission):
             return
         assert self.spec is not None
@@ -589,44 +599,26 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
             await database_sync_to_async(manager.dispatch)(self.conversation_id)
         await self._activity()
 
-    async def _queue_message(self, data: dict[str, Any], ref: str, *, again: bool = False
-                             ) -> Submission | None | object:
-        """Make sure the conversation has its live session, then queue the message if the user
-        may still drive the conversation (checked under the row lock); only then tell the
-        owner about this consumer. The submission; ``None`` after an error frame or a close;
-        :data:`_GONE` when the conversation does not exist (any more) and not ``again``."""
+    async def _submit_message(self, data: dict[str, Any], ref: str, *, gone: Any = None
+                              ) -> Submission | Any:
+        """Queue the message if the user may still drive the conversation (``can_view``,
+        asked under the row lock): the submission; ``None`` after an error frame or a close;
+        ``gone`` when the conversation does not exist (any more) and ``gone`` is given."""
         assert self.spec is not None
-        try:
-            owner = await self._elect()
-        except exc.SessionNotFound as error:
-            return await self._gone(error, ref, again)
-        except (exc.AgentSessionError, DatabaseError) as error:
-            await self._send_error(error, ref)
-            return None
-        try:
-            submitted = await self.spec.model._default_manager.asubmit(
+        try:  # a row before the ack: committed, then handed to the executor
+            return await self.spec.model._default_manager.asubmit(
                 self.conversation_id, data["input"], idempotency_key=ref,
                 multitask=data.get("multitask"), dispatch=False, owner_check=self.can_view,
                 origin={"surface": "websocket", "user_id": self._user_id, "ref": ref})
         except PermissionDenied:  # deleted since, and the id taken by another user's
             await self._revoke()
-            return None
         except exc.SessionNotFound as error:
-            return await self._gone(error, ref, again)
+            if gone is not None:
+                return gone
+            await self._send_error(error, ref)
         except exc.AgentSessionError as error:
             await self._send_error(error, ref)
-            return None
-        if owner != self.owner:
-            self.owner = owner
-            await self._announce(owner)
-        return submitted
-
-    async def _gone(self, error: exc.SessionNotFound, ref: str, again: bool) -> object:
-        if again:
-            await self._send_error(error, ref)
-            return None
-        await self._leave()
-        return _GONE
+        return None
 
     async def _owner_ok(self, ref: str | None, *, elect: bool) -> bool:
         """Make sure the conversation has its live session (``elect``), or just look it up;

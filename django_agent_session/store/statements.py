@@ -73,7 +73,7 @@ class Statements:
         context = self._context
         table = q(meta.db_table)
         self._fields = _fields(model)
-        self._owner = meta.get_field("owner")
+        self._owner_index = self._fields.index(meta.get_field("owner"))
         self._converters: weakref.WeakKeyDictionary[
             BaseDatabaseWrapper, dict[type[models.Model], list[Any]]] = weakref.WeakKeyDictionary()
 
@@ -364,12 +364,15 @@ class Statements:
     def lock(self, pk: Any) -> tuple[int, Any] | None:
         """Lock the session row (inside the caller's transaction); its event counter and
         owner id, or ``None`` when there is no such session."""
-        with self.cursor() as cursor:
+        connection = self.connection
+        with self.cursor(connection) as cursor:
             cursor.execute(self.lock_sql, [self.db_uuid(pk)])
             row = cursor.fetchone()
         if row is None:
             return None
-        owner = row[1] if row[1] is None else self._owner.to_python(row[1])
+        owner = row[1]  # converted as the ORM converts the column (a UUID pk's text on SQLite)
+        for converter, expression in self._converters_of(connection)[self._owner_index]:
+            owner = converter(owner, expression, connection)
         return int(row[0]), owner
 
     def waiting(self, pk: Any, idempotency_key: str | None) -> bool:

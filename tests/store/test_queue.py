@@ -188,7 +188,7 @@ class TestOwnerCheck:
                                             queued_before):
         session = new_session(loopback, user)
         if queued_before:  # a run waiting: the ORM path decides
-            ChatAgent.objects.submit(session.pk, "waiting")
+            ChatAgent.objects.submit(session.pk, "waiting", idempotency_key="k0")
         before = self.snapshot(session.pk)
         seen = []
 
@@ -196,11 +196,14 @@ class TestOwnerCheck:
             seen.append(owner_id)
             return owner_id == other_user.pk
 
-        for key in (None, "k1"):
+        # a new key, none, and (when a run waits) the key of a message already queued: a
+        # duplicate does not get its run back past the check
+        keys = [None, "k1"] + (["k0"] if queued_before else [])
+        for key in keys:
             with pytest.raises(PermissionDenied):
                 ChatAgent.objects.submit(session.pk, "not yours", idempotency_key=key,
                                          owner_check=check)
-        assert seen == [user.pk, user.pk]
+        assert seen == [user.pk] * len(keys)
         assert self.snapshot(session.pk) == before
 
     @pytest.mark.parametrize("queued_before", [False, True], ids=["fixed-sql", "orm"])

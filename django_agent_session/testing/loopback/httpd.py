@@ -164,6 +164,7 @@ class LoopbackHandler(BaseHTTPRequestHandler):
         except ConnectionDropped:
             self._drop()
         except _CONNECTION_ERRORS:
+            self.close_connection = True  # mid-answer: the stream is out of step
             logger.debug("loopback server: client went away", exc_info=True)
         except Exception as exc:  # a bug here must not pass silently: surface it via server.errors
             logger.exception("loopback server: failed while answering %s %s", self.command, self.path)
