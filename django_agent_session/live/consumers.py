@@ -584,7 +584,6 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
             submitted = await self._submit_message(data, ref)
         if not isinstance(submitted, Submission):
             return
-        assert self.spec is not None
         manager = self.spec.model._default_manager
         run = submitted.run
         await self.send_json({"type": "ack", "ref": ref, "run_id": str(run.pk),
@@ -610,7 +609,7 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
                 self.conversation_id, data["input"], idempotency_key=ref,
                 multitask=data.get("multitask"), dispatch=False, owner_check=self.can_view,
                 origin={"surface": "websocket", "user_id": self._user_id, "ref": ref})
-        except PermissionDenied:  # deleted since, and the id taken by another user's
+        except PermissionDenied:  # given to another user, or deleted and its id taken
             await self._revoke()
         except exc.SessionNotFound as error:
             if gone is not None:

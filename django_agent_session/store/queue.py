@@ -96,9 +96,10 @@ class RunQueue:
 
         ``owner_check(owner_id)`` is asked first, under the row lock: False raises
         ``PermissionDenied`` and writes nothing. A known ``idempotency_key`` returns the run it
-        named (``created`` is False) and changes nothing. ``multitask`` decides what happens to the runs already there (see
-        :class:`~django_agent_session.records.Multitask`). ``events`` are written before the
-        ``run.queued`` event (a new session's ``session.started``).
+        named (``created`` is False) and changes nothing. ``multitask`` decides what happens to
+        the runs already there (see :class:`~django_agent_session.records.Multitask`).
+        ``events`` are written before the ``run.queued`` event (a new session's
+        ``session.started``).
         """
         now = timezone.now()
         hot = statements_for(self.model)
