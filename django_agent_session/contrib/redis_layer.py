@@ -133,17 +133,19 @@ class RedisChannelLayer(ChannelsRedisLayer):
         channel_names = [member.decode("utf8") for member in members]
         inbox = self._here()
         if inbox is not None:
-            mine = [name for name in channel_names if self._is_mine(name)]
+            mine: list[str] = []
+            others: list[str] = []
+            for name in channel_names:
+                (mine if self._is_mine(name) else others).append(name)
             if mine:
                 copy = self._copy(message)  # one copy for all, as one popped from Redis
                 full = sum(not self._hand_over(inbox, name, copy) for name in mine)
                 if full:
                     logger.info("%s of %s channels over capacity in group %s", full,
                                 len(channel_names), group)
-                if len(mine) == len(channel_names):
+                if not others:
                     return
-                local = set(mine)
-                channel_names = [name for name in channel_names if name not in local]
+                channel_names = others
         by_connection, messages, capacities = self._map_channel_keys_to_connection(
             channel_names, message)
         for index, keys in by_connection.items():
