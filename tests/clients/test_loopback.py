@@ -376,6 +376,63 @@ def test_stall_then_answer(server: LoopbackMessagesServer, client: anthropic.Ant
     assert time.monotonic() - started >= 0.1
 
 
+def test_a_held_stream_waits_after_its_deltas_until_released(
+    server: LoopbackMessagesServer, client: anthropic.Anthropic
+) -> None:
+    released = threading.Event()
+    server.enqueue(Reply.text("one two three four", delay=0.01).held_after(2, until=released))
+
+    received: list[str] = []
+    with stream(client) as s:
+        pieces = iter(s.text_stream)
+        received += [next(pieces), next(pieces)]
+        time.sleep(0.3)  # held: nothing more is written, however long the test takes
+        deltas = [e for e in server.requests[0].sent_events if e.event == "content_block_delta"]
+        assert len(deltas) == 2
+        released.set()
+        received += list(pieces)
+
+    assert received == ["one ", "two ", "three ", "four"]
+
+
+def test_a_held_reply_without_streaming_answers_once_released(
+    server: LoopbackMessagesServer, client: anthropic.Anthropic
+) -> None:
+    released = threading.Event()
+    server.enqueue(Reply.text("later").held_after(0, until=released))
+    threading.Timer(0.2, released.set).start()
+
+    started = time.monotonic()
+    assert create(client).content[0].text == "later"
+    assert time.monotonic() - started >= 0.2
+
+
+def test_stop_ends_a_held_stream() -> None:
+    srv = LoopbackMessagesServer([Reply.text("one two").held_after(1, until=threading.Event())])
+    srv.start()
+    try:
+        with anthropic.Anthropic(**srv.client_kwargs(max_retries=0)) as c:
+            with stream(c) as s:
+                pieces = iter(s.text_stream)
+                assert next(pieces) == "one "
+                started = time.monotonic()
+                srv.stop()
+                with pytest.raises(Exception) as excinfo:
+                    list(pieces)
+                dropped_stream_error(excinfo.value)
+                assert time.monotonic() - started < 1.0
+    finally:
+        srv.stop()
+    assert _loopback_threads() == []
+
+
+def test_a_hold_needs_both_its_count_and_its_event() -> None:
+    with pytest.raises(ValueError, match="go together"):
+        dataclasses.replace(Reply.text("x"), hold_after=1)
+    with pytest.raises(ValueError, match="negative"):
+        Reply.text("x").held_after(-1, until=threading.Event())
+
+
 def dropped_stream_error(error: BaseException) -> BaseException:
     """httpx2's ``RemoteProtocolError`` for a stream cut mid-body, as the SDK surfaces it.
 

@@ -83,22 +83,11 @@ async def test_a_turn_still_running_after_the_grace_is_recorded_interrupted(
 
 
 async def test_a_turn_that_ends_within_the_grace_completes(loopback, executor):
-    # the model answers only once the shutdown has begun: a turn that ended before it would
+    # the reply goes on only once the shutdown has begun: a turn that ended before it would
     # let the drain claim the next run, which is not what this test is about
     begun = threading.Event()
-
-    def answer_once_shutting_down(request):
-        assert begun.wait(10), "the shutdown never began"
-        return Reply.text("short reply", delay=0.05)
-
-    loopback.responder = answer_once_shutting_down
-    run = await ChatAgent.objects.astart_session("long one", instruction_args=ARGS, wait=False)
-
-    async def asked() -> bool:
-        return bool(loopback.message_requests)
-    await until(asked)
-    queued = [await ChatAgent.objects.acontinue_session(run.session_id, word, wait=False)
-              for word in ("two", "three")]
+    run, queued = await running_with_queue(
+        loopback, Reply.text("short reply", delay=0.05).held_after(1, until=begun))
 
     stopping = asyncio.create_task(shutdown(grace=10))
     while not executor.closed:

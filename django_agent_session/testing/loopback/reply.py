@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +132,11 @@ class Reply:
     error_after: int | None = None
     garbage_body: bytes | None = None
     """Sent as the body of a 200 (an SSE stream's or a JSON answer's) instead of the message."""
+    hold_after: int | None = None
+    """With :attr:`release`: the ``content_block_delta`` events written before the stream waits
+    (see :meth:`held_after`)."""
+    release: threading.Event | None = dataclasses.field(default=None, compare=False)
+    """What a held reply waits for."""
 
     def __post_init__(self) -> None:
         if self.chunk_size is not None and self.chunk_size < 1:
@@ -143,6 +149,10 @@ class Reply:
                 raise ValueError(f"{name} cannot be negative")
         if self.status != 200 and self.status < 400:
             raise ValueError("a Reply's status is 200 (a message) or an error status >= 400")
+        if (self.hold_after is None) != (self.release is None):
+            raise ValueError("hold_after and release go together (see Reply.held_after)")
+        if self.hold_after is not None and self.hold_after < 0:
+            raise ValueError("hold_after cannot be negative")
 
     @property
     def is_error(self) -> bool:
@@ -447,6 +457,14 @@ class Reply:
         """
         base = coerce_reply(then) if then is not None else cls.text("(stalled reply)")
         return dataclasses.replace(base, stall_seconds=seconds)
+
+    def held_after(self, deltas: int, until: threading.Event) -> Reply:
+        """This reply, held after ``deltas`` ``content_block_delta`` events until ``until`` is
+        set: a turn that is certainly still streaming while a test acts on it, however slow
+        the machine (a ``delay`` only makes that likely). A non-streaming request is held
+        before its answer. The wait ends early when the server stops, which closes the
+        connection without the rest."""
+        return dataclasses.replace(self, hold_after=deltas, release=until)
 
     @classmethod
     def hang(cls) -> Reply:

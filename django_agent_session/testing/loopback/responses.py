@@ -2,7 +2,7 @@
 
 A :class:`~.reply.Reply` can ask for trouble: stall before answering, drop the
 connection (before any response, or after some deltas), end a stream with a
-mid-stream ``error`` event, or pause between deltas.  This module is where a
+mid-stream ``error`` event, pause between deltas, or hold until the test releases it.  This module is where a
 reply is written out as a JSON body, an SSE stream or an API error, and where
 each of those faults is acted on, so the order "record, then write" and every
 way an answer can be cut short sit in one place.  It works on a
@@ -21,6 +21,9 @@ from .httpd import ConnectionDropped, LoopbackHandler
 from .recording import RecordedRequest, SentEvent
 from .reply import Reply
 from .wire import error_body, sse_events, sse_frame
+
+#: seconds between looks at the server's stop signal while a reply is held
+HOLD_POLL = 0.05
 
 MessageRenderer = Callable[[Reply, RecordedRequest], dict[str, Any]]
 """Builds the API's ``Message`` for a reply (assigning its ids); called only once the reply will be sent."""
@@ -50,6 +53,8 @@ def answer(
         return
     if not record.stream and reply.drop_after is not None:
         raise ConnectionDropped
+    if not record.stream:
+        _hold(reply, stopping)
     message = render(reply, record)
     if record.stream:
         _stream(h, record, reply, message, stopping)
@@ -113,11 +118,22 @@ def _stream(
                 return
             if reply.delay and stopping.wait(reply.delay):
                 raise ConnectionDropped
+            if deltas == reply.hold_after:
+                _hold(reply, stopping)
             deltas += 1
         if stopping.is_set():
             raise ConnectionDropped
         _write_event(h, record, name, data)
     h.end_chunks()
+
+
+def _hold(reply: Reply, stopping: threading.Event) -> None:
+    """Wait for a held reply's ``release`` (see :meth:`Reply.held_after`), or the server's stop."""
+    if reply.release is None:
+        return
+    while not reply.release.wait(HOLD_POLL):
+        if stopping.is_set():
+            raise ConnectionDropped
 
 
 def _write_event(h: LoopbackHandler, record: RecordedRequest, name: str, data: Mapping[str, Any]) -> None:
