@@ -426,9 +426,27 @@ def test_stop_ends_a_held_stream() -> None:
     assert _loopback_threads() == []
 
 
-def test_a_hold_needs_both_its_count_and_its_event() -> None:
-    with pytest.raises(ValueError, match="go together"):
-        dataclasses.replace(Reply.text("x"), hold_after=1)
+def test_holds_add_up(server: LoopbackMessagesServer, client: anthropic.Anthropic) -> None:
+    first, second = threading.Event(), threading.Event()
+    server.enqueue(Reply.text("a b c d").held_after(1, until=first).held_after(3, until=second))
+
+    def written() -> int:
+        return len(server.requests[0].events("content_block_delta"))
+
+    with stream(client) as s:
+        pieces = iter(s.text_stream)
+        assert next(pieces) == "a "
+        time.sleep(0.2)
+        assert written() == 1
+        first.set()
+        assert [next(pieces), next(pieces)] == ["b ", "c "]
+        time.sleep(0.2)
+        assert written() == 3
+        second.set()
+        assert list(pieces) == ["d"]
+
+
+def test_a_hold_cannot_be_after_a_negative_count() -> None:
     with pytest.raises(ValueError, match="negative"):
         Reply.text("x").held_after(-1, until=threading.Event())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import contextlib
 import itertools
 import json
@@ -357,6 +358,8 @@ def runs_in_order(session) -> list[AgentRun]:
 
 
 REPLY = " ".join(f"word{i:03d}" for i in range(200))
+#: where the reconnect test's reply waits for its last viewer to catch up
+HELD_AT = 150
 
 
 def caught_up(frames: list[dict], ref: str) -> tuple[dict, list[dict]]:
@@ -385,7 +388,13 @@ async def test_a_viewer_reconnecting_mid_turn_on_the_other_process_gets_every_de
         user, redis_prefix):
     """A slow turn runs on a; a viewer on b leaves after a few deltas and comes back (to b)
     while it runs; another connects to b for the first time mid-turn."""
-    with LoopbackMessagesServer([Reply.text(REPLY, delay=0.01)]) as loopback, \
+    # the reply streams on while each viewer connects and catches up, but is held twice, so
+    # the turn is certainly still running when each viewer comes (a slow machine only makes
+    # a viewer catch up on more of it)
+    again_open, fresh_caught_up = threading.Event(), threading.Event()
+    reply = (Reply.text(REPLY, delay=0.01).held_after(40, until=again_open)
+             .held_after(HELD_AT, until=fresh_caught_up))
+    with LoopbackMessagesServer([reply]) as loopback, \
             two_processes(loopback, redis_prefix) as (a, b):
         session = await create_chat(user)
         cookie = await session_cookie(user)
@@ -400,14 +409,23 @@ async def test_a_viewer_reconnecting_mid_turn_on_the_other_process_gets_every_de
             # disconnected from b after 5 deltas; away while some more stream; back mid-turn
             await asyncio.sleep(0.5)
             async with ws(b, session.pk, cookie) as again:
+                again_open.set()
                 seen_again = Recorder(again)
                 state = await seen_again.wait_for(frame("session.state"))
                 assert state["running"]["ref"] == "m1"  # still running
-                # once it gets live deltas, another viewer connects to b for the first time
-                later = state["running"]["deltas"] + 30
-                await seen_again.wait_for(frame("delta", ref="m1", n=later))
+                # once it gets live deltas (or the stream is held for the next viewer),
+                # another viewer connects to b for the first time
+                caught = state["running"]["deltas"]
+
+                def live_or_held() -> bool:
+                    written = loopback.message_requests[0].events("content_block_delta")
+                    return len(written) >= HELD_AT or bool(seen_again.matching(
+                        lambda f: f["type"] == "delta" and f["n"] > caught + 10))
+                await wait_until(live_or_held, 15, interval=0.01)
                 async with ws(b, session.pk, cookie) as fresh:
                     seen_fresh = Recorder(fresh)
+                    await seen_fresh.wait_for(frame("session.state"))
+                    fresh_caught_up.set()
                     done = frame("run.status", ref="m1", status="completed")
                     for seen in (seen_again, seen_fresh, seen_a):
                         await seen.wait_for(done)

@@ -4,6 +4,7 @@ fan-out to every viewer, queueing, cancel, inactivity, presence, stop and replay
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -51,7 +52,7 @@ def context(session):
 
 
 async def test_two_viewers_receive_every_delta_and_the_message(user, loopback):
-    loopback.enqueue(Reply.text("Hello there, dear friend", delay=0.02))
+    loopback.enqueue(Reply.text("Hello there, dear friend", delay=0.05))
     session = await create_chat(user)
     a, state = await viewer(user, session.pk)
     b, _ = await viewer(user, session.pk)
@@ -67,7 +68,9 @@ async def test_two_viewers_receive_every_delta_and_the_message(user, loopback):
                             "run_id": frames[-1]["run_id"], "input": {"message": "Hi"},
                             "user_id": user.pk}]
         deltas = [f for f in frames if f["type"] == "delta"]
-        assert len(deltas) == len(sent) > 1
+        # deltas that reach the live session while it publishes one frame go out merged in
+        # the next (a stalled loop on a loaded machine), so frames may be fewer than deltas
+        assert 1 < len(deltas) <= len(sent) == 4
         assert "".join(d["text"] for d in deltas) == "Hello there, dear friend"
         assert [d["n"] for d in deltas] == list(range(1, len(deltas) + 1))
         (message,) = [f for f in frames if f["type"] == "message"]
@@ -83,21 +86,26 @@ async def test_two_viewers_receive_every_delta_and_the_message(user, loopback):
 
 
 async def test_messages_sent_quickly_are_queued_announced_and_run_in_order(user, loopback):
+    all_queued = threading.Event()  # m1 streams on only once m3 is queued behind it
     for word in ("one", "two", "three"):
-        loopback.enqueue(Reply.text(f"reply {word} " * 3, delay=0.1))
+        reply = Reply.text(f"reply {word} " * 3, delay=0.02)
+        loopback.enqueue(reply.held_after(1, until=all_queued) if word == "one" else reply)
     session = await create_chat(user)
     a, _ = await viewer(user, session.pk)
     b, _ = await viewer(user, session.pk)
     for ref, word in (("m1", "one"), ("m2", "two"), ("m3", "three")):
         await a.send_json_to({"type": "message", "input": {"message": word}, "ref": ref})
+    m3_queued = lambda f: f["type"] == "message.queued" and f["ref"] == "m3"  # noqa: E731
+    before = {c: await collect(c, m3_queued) for c in (a, b)}
+    all_queued.set()
 
     for c in (a, b):
-        frames = await collect(c, completed("m3"))
+        frames = before[c] + await collect(c, completed("m3"))
         queued = [f for f in frames if f["type"] == "message.queued"]
-        # every message is a queued row first; m3 always waits behind m2 at least
+        # every message is a queued row first; m3 waits behind the running m1 and m2
         assert [f["ref"] for f in queued] == ["m1", "m2", "m3"]
         assert [f["seq"] for f in queued] == sorted(f["seq"] for f in queued)
-        assert queued[2]["position"] >= 2 and len({f["run_id"] for f in queued}) == 3
+        assert queued[2]["position"] == 2 and len({f["run_id"] for f in queued}) == 3
         started = [f["ref"] for f in frames
                    if f["type"] == "run.status" and f["status"] == "started"]
         done = [f["ref"] for f in frames
@@ -115,7 +123,9 @@ async def test_messages_sent_quickly_are_queued_announced_and_run_in_order(user,
 
 
 async def test_a_full_queue_answers_the_sender_with_an_error(user, loopback):
-    loopback.enqueue(Reply.text("slow reply " * 4, delay=0.1), "second")
+    refused = threading.Event()  # m1 runs on only once m3 was refused
+    loopback.enqueue(Reply.text("slow reply " * 4, delay=0.02).held_after(1, until=refused),
+                     "second")
     session = await create_chat(user)
     with override_settings(AGENT_SESSION=agent_conf(loopback, QUEUE_MAX=1)):
         a, _ = await viewer(user, session.pk)
@@ -124,13 +134,16 @@ async def test_a_full_queue_answers_the_sender_with_an_error(user, loopback):
             await a.send_json_to({"type": "message", "input": ref, "ref": ref})
         error = await expect(a, "error")
         assert error["code"] == "queue_full" and error["ref"] == "m3"
+        refused.set()
         frames = await collect(b, completed("m2"))
         assert "error" not in {f["type"] for f in frames}
         assert [r.user_text for r in loopback.message_requests] == ["m1", "m2"]
 
 
 async def test_cancel_mid_stream_records_the_run_and_keeps_the_context_valid(user, loopback):
-    loopback.enqueue(Reply.text("word " * 60, delay=0.03), Reply.text("Fine, next."))
+    # held after two words until the test ends: the cancel always lands mid-stream
+    loopback.enqueue(Reply.text("word " * 60, delay=0.03).held_after(2, until=threading.Event()),
+                     Reply.text("Fine, next."))
     session = await create_chat(user)
     a, _ = await viewer(user, session.pk)
     b, _ = await viewer(user, session.pk)
@@ -162,16 +175,19 @@ async def test_cancel_mid_stream_records_the_run_and_keeps_the_context_valid(use
 
 
 async def test_cancelling_a_queued_message_removes_it(user, loopback):
-    loopback.enqueue(Reply.text("slow " * 10, delay=0.1))
+    cancelled = threading.Event()  # m1 runs on only once m2 was cancelled
+    loopback.enqueue(Reply.text("slow " * 10, delay=0.02).held_after(1, until=cancelled))
     session = await create_chat(user)
     a, _ = await viewer(user, session.pk)
     await a.send_json_to({"type": "message", "input": "first", "ref": "m1"})
     await a.send_json_to({"type": "message", "input": "second", "ref": "m2"})
     m2 = await expect(a, "message.queued", ref="m2")
     await a.send_json_to({"type": "cancel", "ref": "m2"})
-    frames = await collect(a, completed("m1"))
-    assert {"type": "run.status", "status": "cancelled", "ref": "m2", "run_id": m2["run_id"],
-            "queued": True} in frames
+    frames = await collect(a, lambda f: f["type"] == "run.status" and f.get("ref") == "m2")
+    assert frames[-1] == {"type": "run.status", "status": "cancelled", "ref": "m2",
+                          "run_id": m2["run_id"], "queued": True}
+    cancelled.set()
+    await collect(a, completed("m1"))
     await a.send_json_to({"type": "cancel", "ref": "m2"})
     error = await expect(a, "error")
     assert error["code"] == "nothing_to_cancel"
@@ -352,7 +368,9 @@ async def test_a_turn_failing_mid_stream_is_reported_with_its_partial_reply(user
 
 
 async def test_rollback_tells_every_viewer_which_queued_messages_were_dropped(user, loopback):
-    loopback.enqueue(Reply.text("slow " * 40, delay=0.05), "the new one")
+    # held after two words until the test ends: the rollback always finds m1 running
+    loopback.enqueue(Reply.text("slow " * 40, delay=0.05).held_after(2, until=threading.Event()),
+                     "the new one")
     session = await create_chat(user)
     a, _ = await viewer(user, session.pk)
     b, _ = await viewer(user, session.pk)

@@ -132,11 +132,9 @@ class Reply:
     error_after: int | None = None
     garbage_body: bytes | None = None
     """Sent as the body of a 200 (an SSE stream's or a JSON answer's) instead of the message."""
-    hold_after: int | None = None
-    """With :attr:`release`: the ``content_block_delta`` events written before the stream waits
-    (see :meth:`held_after`)."""
-    release: threading.Event | None = dataclasses.field(default=None, compare=False)
-    """What a held reply waits for."""
+    holds: tuple[tuple[int, threading.Event], ...] = dataclasses.field(default=(), compare=False)
+    """``(deltas, event)`` pairs: after that many ``content_block_delta`` events the stream
+    waits for the event (see :meth:`held_after`)."""
 
     def __post_init__(self) -> None:
         if self.chunk_size is not None and self.chunk_size < 1:
@@ -149,10 +147,8 @@ class Reply:
                 raise ValueError(f"{name} cannot be negative")
         if self.status != 200 and self.status < 400:
             raise ValueError("a Reply's status is 200 (a message) or an error status >= 400")
-        if (self.hold_after is None) != (self.release is None):
-            raise ValueError("hold_after and release go together (see Reply.held_after)")
-        if self.hold_after is not None and self.hold_after < 0:
-            raise ValueError("hold_after cannot be negative")
+        if any(deltas < 0 for deltas, _ in self.holds):
+            raise ValueError("a hold's count of deltas cannot be negative")
 
     @property
     def is_error(self) -> bool:
@@ -461,10 +457,11 @@ class Reply:
     def held_after(self, deltas: int, until: threading.Event) -> Reply:
         """This reply, held after ``deltas`` ``content_block_delta`` events until ``until`` is
         set: a turn that is certainly still streaming while a test acts on it, however slow
-        the machine (a ``delay`` only makes that likely). A non-streaming request is held
-        before its answer. The wait ends early when the server stops, which closes the
-        connection without the rest."""
-        return dataclasses.replace(self, hold_after=deltas, release=until)
+        the machine (a ``delay`` only makes that likely). Holds add up (``.held_after(10,
+        a).held_after(50, b)``). A non-streaming request waits for every hold's event before
+        its answer. The wait ends early when the server stops, which closes the connection
+        without the rest."""
+        return dataclasses.replace(self, holds=(*self.holds, (deltas, until)))
 
     @classmethod
     def hang(cls) -> Reply:

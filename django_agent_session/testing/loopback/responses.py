@@ -54,7 +54,8 @@ def answer(
     if not record.stream and reply.drop_after is not None:
         raise ConnectionDropped
     if not record.stream:
-        _hold(reply, stopping)
+        for _, release in reply.holds:
+            _hold(release, stopping)
     message = render(reply, record)
     if record.stream:
         _stream(h, record, reply, message, stopping)
@@ -118,8 +119,9 @@ def _stream(
                 return
             if reply.delay and stopping.wait(reply.delay):
                 raise ConnectionDropped
-            if deltas == reply.hold_after:
-                _hold(reply, stopping)
+            for after, release in reply.holds:
+                if after == deltas:
+                    _hold(release, stopping)
             deltas += 1
         if stopping.is_set():
             raise ConnectionDropped
@@ -127,11 +129,9 @@ def _stream(
     h.end_chunks()
 
 
-def _hold(reply: Reply, stopping: threading.Event) -> None:
+def _hold(release: threading.Event, stopping: threading.Event) -> None:
     """Wait for a held reply's ``release`` (see :meth:`Reply.held_after`), or the server's stop."""
-    if reply.release is None:
-        return
-    while not reply.release.wait(HOLD_POLL):
+    while not release.wait(HOLD_POLL):
         if stopping.is_set():
             raise ConnectionDropped
 
