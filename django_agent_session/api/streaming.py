@@ -142,7 +142,9 @@ async def afollow(model: Any, run: Any, outcome: Outcome, keepalive: float,
     try:
         run = await AgentRun.objects.aget(pk=run.pk)
         last, started = after, after > 0
-        if not run.finished:  # (a paused run's frames so far, too)
+        # a paused run's frames so far, too; and, for a client resuming (``after``), those of
+        # a run that ended while it was away, while its buffer is kept (FINISHED_TTL_SECONDS)
+        if not run.finished or after > 0:
             if run.status == RunStatus.RUNNING and not started:
                 started = True
                 yield encode.event("run.started", {"run_id": run_id})

@@ -4,6 +4,7 @@ goes away leaves the turn running, and a follower resumes with ``Last-Event-ID``
 from __future__ import annotations
 
 import asyncio
+import threading
 import json
 import time
 
@@ -118,40 +119,58 @@ async def test_continue_stream_under_asgi(session_cookie, user, scripted):
     assert events[-1][0] == "message" and events[-1][1]["session"]["turn_count"] == 2
 
 
+async def three_deltas_then_gone(session_cookie) -> tuple[list, str, list[int]]:
+    """Start a streamed turn, read it up to its third word, then disconnect: the events
+    seen, the run's id and the SSE ids received. (Words, not delta events: deltas that
+    arrive while one is published go out merged.)"""
+    communicator, _ = await open_stream(
+        f"{CHAT}stream/", session_cookie,
+        {"input": {"message": "long"}, "instruction_args": ARGS})
+
+    def three_words(chunks: list[Chunk]) -> bool:
+        text = "".join(d["text"] for c in chunks for name, d in parse_sse(c.body)
+                       if name == "delta")
+        return len(text.split()) >= 3
+    chunks = await read_chunks(communicator, stop=three_words)
+    await communicator.send_input({"type": "http.disconnect"})
+    await communicator.wait(timeout=10)
+    seen = [event for chunk in chunks for event in parse_sse(chunk.body)]
+    assert seen[0] == ("run.started", {"run_id": seen[0][1]["run_id"]})
+    ids = [int(line[4:]) for c in chunks for line in c.body.decode().splitlines()
+           if line.startswith("id: ")]
+    assert ids == list(range(1, len(ids) + 1)) and ids
+    return seen, seen[0][1]["run_id"], ids
+
+
+async def follow(run, session_cookie, after: int) -> list:
+    """``GET …/runs/{id}/stream/`` with ``Last-Event-ID: after``: every event to the end."""
+    follower = ApplicationCommunicator(get_asgi_application(), {
+        **http_scope(f"{CHAT}{run.session_id}/runs/{run.pk}/stream/", session_cookie, 0),
+        "method": "GET", "headers": [
+            (b"host", b"testserver"), (b"accept", b"text/event-stream"),
+            (b"last-event-id", str(after).encode()),
+            (b"cookie", f"sessionid={session_cookie}".encode())]})
+    await follower.send_input({"type": "http.request", "body": b"", "more_body": False})
+    start = await follower.receive_output(timeout=10)
+    assert start["status"] == 200
+    return [event for chunk in await read_chunks(follower) for event in parse_sse(chunk.body)]
+
+
 async def test_a_client_disconnect_leaves_the_turn_running_and_get_resumes_it(
         session_cookie):
     """Regression: a disconnect cancelled the turn. The turn is a queued run the executor
     runs; the response only follows it, and ``GET …/runs/{id}/stream/`` with
     ``Last-Event-ID`` picks up after the last event the client got."""
     words = "a b c d e f g h i j k l"
-    with LoopbackMessagesServer([Reply.text(words, delay=0.1)]) as server, \
+    back = threading.Event()  # the reply goes on once the client has gone
+    with LoopbackMessagesServer([Reply.text(words, delay=0.02).held_after(3, until=back)]
+                                ) as server, \
             override_settings(AGENT_SESSION=loopback_settings(server)):
-        communicator, _ = await open_stream(
-            f"{CHAT}stream/", session_cookie,
-            {"input": {"message": "long"}, "instruction_args": ARGS})
-        chunks = await read_chunks(communicator, stop=lambda chunks: sum(
-            b"event: delta" in c.body for c in chunks) >= 3)
-        await communicator.send_input({"type": "http.disconnect"})
-        await communicator.wait(timeout=10)
-        seen = [event for chunk in chunks for event in parse_sse(chunk.body)]
-        assert seen[0] == ("run.started", {"run_id": seen[0][1]["run_id"]})
-        run_id = seen[0][1]["run_id"]
-        ids = [int(line[4:]) for c in chunks for line in c.body.decode().splitlines()
-               if line.startswith("id: ")]
-        assert ids == list(range(1, len(ids) + 1)) and len(ids) >= 3
-
+        seen, run_id, ids = await three_deltas_then_gone(session_cookie)
         run = await database_sync_to_async(AgentRun.objects.get)(pk=run_id)
         assert run.status == RunStatus.RUNNING  # still running after the disconnect
-        follower = ApplicationCommunicator(get_asgi_application(), {
-            **http_scope(f"{CHAT}{run.session_id}/runs/{run_id}/stream/", session_cookie, 0),
-            "method": "GET", "headers": [
-                (b"host", b"testserver"), (b"accept", b"text/event-stream"),
-                (b"last-event-id", str(ids[-1]).encode()),
-                (b"cookie", f"sessionid={session_cookie}".encode())]})
-        await follower.send_input({"type": "http.request", "body": b"", "more_body": False})
-        start = await follower.receive_output(timeout=10)
-        assert start["status"] == 200
-        rest = [event for chunk in await read_chunks(follower) for event in parse_sse(chunk.body)]
+        back.set()
+        rest = await follow(run, session_cookie, after=ids[-1])
 
     deltas = [d["text"] for name, d in seen + rest if name == "delta"]
     assert "".join(deltas) == words  # nothing missed, nothing twice
@@ -160,6 +179,33 @@ async def test_a_client_disconnect_leaves_the_turn_running_and_get_resumes_it(
     assert run.status == RunStatus.COMPLETED
     session = await database_sync_to_async(ChatAgent.objects.get)(pk=run.session_id)
     assert session.turn_count == 1 and session.last_output == {"content": words}
+
+
+async def test_a_client_back_after_its_run_ended_still_gets_what_it_missed(session_cookie):
+    """Regression: a run that ended while the client was away answered ``Last-Event-ID``
+    with its outcome only; the missed deltas are in the run's buffer for a while after."""
+    words = "a b c d e f g h i j k l"
+    back = threading.Event()
+    with LoopbackMessagesServer([Reply.text(words).held_after(3, until=back)]) as server, \
+            override_settings(AGENT_SESSION=loopback_settings(server)):
+        seen, run_id, ids = await three_deltas_then_gone(session_cookie)
+        back.set()
+
+        @database_sync_to_async
+        def ended() -> AgentRun | None:
+            run = AgentRun.objects.get(pk=run_id)
+            return run if run.finished else None
+        deadline = asyncio.get_running_loop().time() + 10
+        while (run := await ended()) is None:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+        assert run.status == RunStatus.COMPLETED
+        rest = await follow(run, session_cookie, after=ids[-1])
+
+    deltas = [d["text"] for name, d in seen + rest if name == "delta"]
+    assert "".join(deltas) == words  # nothing missed, nothing twice
+    assert [name for name, _ in rest][-1] == "message"
+    assert rest[-1][1]["output"] == {"content": words}
 
 
 async def test_a_quiet_model_gets_keep_alive_comments_and_errors_end_the_stream():
