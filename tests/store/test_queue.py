@@ -151,9 +151,10 @@ class TestSubmission:
         assert user_texts(loopback) == ["first", "queued first", "waiting"]
 
 
-def hold_lease(loopback, session, seconds: float = 1.5) -> threading.Thread:
-    """A real turn in another thread, streaming slowly, so the session's lease is held."""
-    loopback.enqueue(Reply.text("slow " * int(seconds / 0.05), delay=0.05))
+def hold_lease(loopback, session) -> threading.Thread:
+    """A real turn in another thread, its stream held after two words until the test ends,
+    so the session's lease is held until the test cancels the turn."""
+    loopback.enqueue(Reply.text("slow " * 30, delay=0.05).held_after(2, until=threading.Event()))
     errors: list = []
     streaming = threading.Event()
 
@@ -296,7 +297,7 @@ class TestCancel:
         session = new_session(loopback)
         with override_settings(AGENT_SESSION=loopback_settings(
                 loopback, EXECUTOR=RECORDING, CANCEL_CHECK_SECONDS=0.1)):
-            holder = hold_lease(loopback, session, seconds=5)
+            holder = hold_lease(loopback, session)
             run = AgentRun.objects.get(status="running")
             AgentRun.objects.filter(pk=run.pk).update(cancel_requested=True)  # as another process
             started = time.monotonic()
