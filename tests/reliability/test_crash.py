@@ -279,7 +279,10 @@ def test_a_process_that_queues_a_message_and_exits_does_not_lose_it(loopback, us
     nothing when another process holds the lease (``held``), which runs it after its own."""
     with override_settings(AGENT_SESSION=loopback_settings(loopback, TURN_WAIT_SECONDS=30.0)):
         session = ChatAgent.objects.create_session(instruction_args=ARGS, owner=user)
-        first = Reply.stall(3.0, "first answer") if lease == "held" else "first answer"
+        child_done = threading.Event()  # "held": this process's turn waits for the child
+        first = Reply.text("first answer")
+        if lease == "held":
+            first = first.held_after(0, until=child_done)
         loopback.enqueue(first, Reply.text("second answer", delay=0.3))
         thread = threading.Thread(target=in_thread(ChatAgent.objects.continue_session),
                                   args=(session.pk, "first"))
@@ -294,6 +297,7 @@ def test_a_process_that_queues_a_message_and_exits_does_not_lose_it(loopback, us
         child = subprocess.run(
             [sys.executable, "-m", "tests.reliability.crash_child", "submit", str(session.pk)],
             cwd=ROOT, env=_env(loopback.base_url), capture_output=True, text=True, timeout=60)
+        child_done.set()
         assert child.returncode == 0 and "queued:" in child.stdout, child.stdout + child.stderr
         thread.join(30)
         deadline = time.monotonic() + 30
