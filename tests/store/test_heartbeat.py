@@ -25,7 +25,7 @@ from tests.testapp.models import ChatAgent
 pytestmark = pytest.mark.django_db(transaction=True)  # the contender runs in its own thread
 
 ARGS = {"company_name": "Acme"}
-LEASE = 0.6
+LEASE = 0.9  # renewed every 0.3 s: a beat may be 0.6 s late on a loaded runner
 CALL = 3 * LEASE  # one model call that lasts three leases
 
 
@@ -61,7 +61,7 @@ def start_when_running(contender: threading.Thread):
 def test_a_model_call_of_three_leases_completes_and_is_stored(scripted):
     scripted.enqueue("first")
     session = ChatAgent.objects.start_session("Hi", instruction_args=ARGS)
-    # streamed in 6 deltas 0.3 s apart: one call of 1.8 s
+    # streamed in 6 deltas LEASE / 2 apart: one call of three leases
     scripted.enqueue(text_reply("one two three four five six", delay=CALL / 6))
     attempts: list[str] = []
     with override_settings(AGENT_SESSION={"TURN_LEASE_SECONDS": LEASE, "TURN_WAIT_SECONDS": 0}):
