@@ -285,5 +285,6 @@ class TestSyncToolsOffTheSharedThread:
         await asyncio.to_thread(started.wait, 5)
         beside = min([await other_turn() for _ in range(3)])  # all while the tool sleeps
         assert not slow.done()
-        assert beside - alone < 0.1
+        # blocked behind the tool it waited ~2.6 s; the margin is for a loaded runner's noise
+        assert beside - alone < 1.0
         assert (await slow).last_output == {"content": "done"}
