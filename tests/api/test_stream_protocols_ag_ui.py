@@ -7,6 +7,7 @@ loopback Messages API."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from channels.db import database_sync_to_async
@@ -159,10 +160,12 @@ def test_an_error_before_any_run_is_a_lone_run_error():
 async def test_a_reconnect_with_last_event_id_misses_nothing(user, loopback):
     words = "a b c d e f g h i j k l"
     cookie = await database_sync_to_async(login_cookie)(user)
-    loopback.enqueue(Reply.text(words, delay=0.1))
+    gone = threading.Event()  # the reply goes on once the client has gone
+    loopback.enqueue(Reply.text(words, delay=0.02).held_after(3, until=gone))
     _, first = await read_body(
         asgi_request("POST", f"{PATH}stream/", cookie, START, QUERY), START,
-        stop=lambda raw: raw.count(b'"TEXT_MESSAGE_CONTENT"') >= 3)
+        stop=lambda raw: b'"TEXT_MESSAGE_CONTENT"' in raw)
+    gone.set()
     seen = [json.loads(data) for _, data in data_events(first)]
     assert seen[0]["type"] == "RUN_STARTED" and seen[-1]["type"] == "TEXT_MESSAGE_CONTENT"
     session_id, run_id = seen[0]["threadId"], seen[0]["runId"]

@@ -7,6 +7,7 @@ loopback Messages API."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from channels.db import database_sync_to_async
@@ -156,10 +157,12 @@ def test_an_error_is_an_error_chunk_with_our_body_in_the_metadata(api, loopback)
 async def test_a_reconnect_with_last_event_id_misses_nothing(user, loopback):
     words = "a b c d e f g h i j k l"
     cookie = await database_sync_to_async(login_cookie)(user)
-    loopback.enqueue(Reply.text(words, delay=0.1))
+    gone = threading.Event()  # the reply goes on once the client has gone
+    loopback.enqueue(Reply.text(words, delay=0.02).held_after(3, until=gone))
     _, first = await read_body(
         asgi_request("POST", f"{PATH}stream/", cookie, START, QUERY), START,
-        stop=lambda raw: raw.count(b'"text-delta"') >= 3)
+        stop=lambda raw: b'"text-delta"' in raw)
+    gone.set()
     assert b"[DONE]" not in first  # the client went away mid-run
     run_id = json.loads(first.split(b"\n\n")[0].split(b"data: ", 1)[1])["messageId"]
     run = await database_sync_to_async(AgentRun.objects.get)(pk=run_id)
