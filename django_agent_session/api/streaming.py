@@ -39,6 +39,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, StreamingHttpResponse
+from django.utils import timezone
 from rest_framework.renderers import BaseRenderer
 
 from ..records import AgentRun, RunStatus
@@ -50,6 +51,9 @@ __all__ = ["CONTENT_TYPE", "KEEPALIVE", "EventStreamRenderer", "afollow", "astre
            "event_stream", "event_stream_response", "sse", "stream"]
 
 CONTENT_TYPE = "text/event-stream"
+#: how long after a run's end a resuming follower listens for its last frames: the run's row
+#: is committed before the frames still being published reach the buffer and the group
+SETTLE_SECONDS = 1.0
 
 Progress = Callable[[str, dict[str, Any]], Any]
 #: runs the turn with a progress callback and returns the saved session
@@ -130,7 +134,10 @@ async def afollow(model: Any, run: Any, outcome: Outcome, keepalive: float,
                   after: int = 0, protocol: StreamProtocol | None = None
                   ) -> AsyncIterator[bytes]:
     """Follow ``run`` (an ``AgentRun``) to its end: its buffered progress after index
-    ``after``, then the live frames, then ``outcome(run)``. Never cancels the run."""
+    ``after``, then the live frames, then ``outcome(run)``. Never cancels the run.
+
+    A client resuming (``after`` > 0) gets what it missed of a run that has ended too, from
+    its buffer, and listens for frames still being published just after the end."""
     encode = protocol or NativeStream()
     encode.bind(thread_id=run.session_id, run_id=run.pk)
     layer = get_channel_layer()
@@ -142,8 +149,12 @@ async def afollow(model: Any, run: Any, outcome: Outcome, keepalive: float,
     try:
         run = await AgentRun.objects.aget(pk=run.pk)
         last, started = after, after > 0
-        # a paused run's frames so far, too; and, for a client resuming (``after``), those of
-        # a run that ended while it was away, while its buffer is kept (FINISHED_TTL_SECONDS)
+        # a run's row says it ended before its last frames are published; a client resuming
+        # (``after``) just then listens for them, up to SETTLE_SECONDS after the end
+        settling = after > 0 and run.ended_at is not None and \
+            (timezone.now() - run.ended_at).total_seconds() < SETTLE_SECONDS
+        # a paused run's frames so far, too; and, for a client resuming, those of a run that
+        # ended while it was away, while its buffer is kept (FINISHED_TTL_SECONDS)
         if not run.finished or after > 0:
             if run.status == RunStatus.RUNNING and not started:
                 started = True
@@ -152,9 +163,15 @@ async def afollow(model: Any, run: Any, outcome: Outcome, keepalive: float,
                 if frame["n"] > last:
                     last = frame["n"]
                     yield encode.event(*_progress(frame))
-        while not _settled(run):
-            got = await _next_frame(layer, channel, run_id, keepalive)
+        while settling or not _settled(run):
+            wait = keepalive
+            if settling:
+                assert run.ended_at is not None
+                wait = SETTLE_SECONDS - (timezone.now() - run.ended_at).total_seconds()
+            got = await _next_frame(layer, channel, run_id, max(wait, 0.0))
             if got is None:  # quiet: keep the connection open, and look at the row
+                if settling:  # its last frames went out before this client listened
+                    break
                 yield KEEPALIVE
                 run = await AgentRun.objects.aget(pk=run.pk)
                 continue
@@ -164,6 +181,7 @@ async def afollow(model: Any, run: Any, outcome: Outcome, keepalive: float,
                     started = True
                     yield encode.event("run.started", {"run_id": run_id})
                 elif frame["status"] != "started":
+                    settling = False  # sent after every progress frame of the run
                     run = await AgentRun.objects.aget(pk=run.pk)
             elif frame.get("n") is not None and frame["n"] > last:
                 last = frame["n"]

@@ -7,16 +7,19 @@ import asyncio
 import threading
 import json
 import time
+from typing import Any
 
 import pytest
 from asgiref.testing import ApplicationCommunicator
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from django.core.asgi import get_asgi_application
 from django.test import Client, override_settings
 
 from django_agent_session import exceptions as exc
-from django_agent_session.api.streaming import KEEPALIVE, astream
+from django_agent_session.api.streaming import KEEPALIVE, SETTLE_SECONDS, afollow, astream
 from django_agent_session.models import AgentRun, RunStatus, SessionStatus
+from django_agent_session.runs.stream import buffer_for, frame_message, group_name
 from django_agent_session.testing import text_reply
 from django_agent_session.testing.loopback import LoopbackMessagesServer, Reply
 from tests.helpers.api import ARGS, CHAT, parse_sse
@@ -142,8 +145,8 @@ async def three_deltas_then_gone(session_cookie) -> tuple[list, str, list[int]]:
     return seen, seen[0][1]["run_id"], ids
 
 
-async def follow(run, session_cookie, after: int) -> list:
-    """``GET …/runs/{id}/stream/`` with ``Last-Event-ID: after``: every event to the end."""
+async def open_follower(run, session_cookie, after: int) -> ApplicationCommunicator:
+    """``GET …/runs/{id}/stream/`` with ``Last-Event-ID: after``, its answer started."""
     follower = ApplicationCommunicator(get_asgi_application(), {
         **http_scope(f"{CHAT}{run.session_id}/runs/{run.pk}/stream/", session_cookie, 0),
         "method": "GET", "headers": [
@@ -153,7 +156,16 @@ async def follow(run, session_cookie, after: int) -> list:
     await follower.send_input({"type": "http.request", "body": b"", "more_body": False})
     start = await follower.receive_output(timeout=10)
     assert start["status"] == 200
-    return [event for chunk in await read_chunks(follower) for event in parse_sse(chunk.body)]
+    return follower
+
+
+def events_of(chunks: list[Chunk]) -> list:
+    return [event for chunk in chunks for event in parse_sse(chunk.body)]
+
+
+async def follow(run, session_cookie, after: int) -> list:
+    """Every event of a run's stream after ``after``, to the end."""
+    return events_of(await read_chunks(await open_follower(run, session_cookie, after)))
 
 
 async def test_a_client_disconnect_leaves_the_turn_running_and_get_resumes_it(
@@ -162,15 +174,20 @@ async def test_a_client_disconnect_leaves_the_turn_running_and_get_resumes_it(
     runs; the response only follows it, and ``GET …/runs/{id}/stream/`` with
     ``Last-Event-ID`` picks up after the last event the client got."""
     words = "a b c d e f g h i j k l"
-    back = threading.Event()  # the reply goes on once the client has gone
-    with LoopbackMessagesServer([Reply.text(words, delay=0.02).held_after(3, until=back)]
-                                ) as server, \
+    # held after three words until the client has gone, and after six until it follows
+    # again, so it resumes a running run: its buffered frames, then live ones
+    gone, back = threading.Event(), threading.Event()
+    reply = Reply.text(words, delay=0.02).held_after(3, until=gone).held_after(6, until=back)
+    with LoopbackMessagesServer([reply]) as server, \
             override_settings(AGENT_SESSION=loopback_settings(server)):
         seen, run_id, ids = await three_deltas_then_gone(session_cookie)
         run = await database_sync_to_async(AgentRun.objects.get)(pk=run_id)
         assert run.status == RunStatus.RUNNING  # still running after the disconnect
+        gone.set()
+        follower = await open_follower(run, session_cookie, after=ids[-1])
+        first = await read_chunks(follower, stop=bool)
         back.set()
-        rest = await follow(run, session_cookie, after=ids[-1])
+        rest = events_of(first + await read_chunks(follower))
 
     deltas = [d["text"] for name, d in seen + rest if name == "delta"]
     assert "".join(deltas) == words  # nothing missed, nothing twice
@@ -206,6 +223,59 @@ async def test_a_client_back_after_its_run_ended_still_gets_what_it_missed(sessi
     assert "".join(deltas) == words  # nothing missed, nothing twice
     assert [name for name, _ in rest][-1] == "message"
     assert rest[-1][1]["output"] == {"content": words}
+
+
+class TestResumingJustAfterTheEnd:
+    """A run's row is committed as ended before the frames still being published reach its
+    buffer and its group: a client resuming just then listens for them (``SETTLE_SECONDS``
+    after the end at most), then gets the outcome."""
+
+    @staticmethod
+    async def ended_run(scripted) -> tuple[Any, Any]:
+        scripted.enqueue("done")
+        session = await ChatAgent.objects.astart_session("go", instruction_args=ARGS)
+        run = await AgentRun.objects.aget(pk=session.last_turn.run_id)
+        layer = get_channel_layer()
+        for n, word in enumerate(["a ", "b "], start=1):
+            await buffer_for(layer).append(str(run.pk), delta(run, n, word))
+        return run, layer
+
+    @staticmethod
+    async def follow_from(run, after: int):
+        return afollow(ChatAgent, run, lambda run: [("message", {"status": run.status})],
+                       keepalive=5.0, after=after)
+
+    @pytest.mark.usefixtures("live_layer")
+    async def test_frames_published_after_the_row_ended_are_not_missed(self, scripted):
+        run, layer = await self.ended_run(scripted)
+        events = await self.follow_from(run, after=1)
+        assert parse_sse(await anext(events)) == [("delta", delta_data("b "))]  # buffered
+        # the run's publisher, a moment late: its last delta, then its final status
+        group = group_name(ChatAgent, run.session_id)
+        await layer.group_send(group, frame_message(delta(run, 3, "c")))
+        await layer.group_send(group, frame_message({
+            "type": "run.status", "status": "completed", "ref": run.ref,
+            "run_id": str(run.pk)}))
+        rest = [event for chunk in [chunk async for chunk in events]
+                for event in parse_sse(chunk)]
+        assert rest == [("delta", delta_data("c")), ("message", {"status": "completed"})]
+
+    @pytest.mark.usefixtures("live_layer")
+    async def test_a_follower_waits_no_longer_than_the_settle_window(self, scripted):
+        run, _ = await self.ended_run(scripted)
+        started = time.monotonic()
+        events = [event async for chunk in await self.follow_from(run, after=1)
+                  for event in parse_sse(chunk)]
+        assert events == [("delta", delta_data("b ")), ("message", {"status": "completed"})]
+        assert time.monotonic() - started < SETTLE_SECONDS + 2
+
+
+def delta(run, n: int, text: str) -> dict:
+    return {"type": "delta", "ref": run.ref, "run_id": str(run.pk), "n": n, **delta_data(text)}
+
+
+def delta_data(text: str) -> dict:
+    return {"kind": "text", "index": 0, "text": text, "iteration": 1}
 
 
 async def test_a_quiet_model_gets_keep_alive_comments_and_errors_end_the_stream():

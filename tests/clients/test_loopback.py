@@ -446,9 +446,11 @@ def test_holds_add_up(server: LoopbackMessagesServer, client: anthropic.Anthropi
         assert list(pieces) == ["d"]
 
 
-def test_a_hold_cannot_be_after_a_negative_count() -> None:
+def test_a_hold_needs_a_count_and_a_threading_event() -> None:
     with pytest.raises(ValueError, match="negative"):
         Reply.text("x").held_after(-1, until=threading.Event())
+    with pytest.raises(TypeError, match="threading.Event"):
+        Reply.text("x").held_after(1, until=asyncio.Event())  # type: ignore[arg-type]
 
 
 def dropped_stream_error(error: BaseException) -> BaseException:

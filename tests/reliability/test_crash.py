@@ -294,10 +294,14 @@ def test_a_process_that_queues_a_message_and_exits_does_not_lose_it(loopback, us
                 time.sleep(0.02)
         else:
             thread.join(30)
-        child = subprocess.run(
-            [sys.executable, "-m", "tests.reliability.crash_child", "submit", str(session.pk)],
-            cwd=ROOT, env=_env(loopback.base_url), capture_output=True, text=True, timeout=60)
-        child_done.set()
+        try:
+            child = subprocess.run(
+                [sys.executable, "-m", "tests.reliability.crash_child", "submit",
+                 str(session.pk)],
+                cwd=ROOT, env=_env(loopback.base_url), capture_output=True, text=True,
+                timeout=60)
+        finally:
+            child_done.set()
         assert child.returncode == 0 and "queued:" in child.stdout, child.stdout + child.stderr
         thread.join(30)
         deadline = time.monotonic() + 30

@@ -152,9 +152,11 @@ class TestSubmission:
 
 
 def hold_lease(loopback, session) -> threading.Thread:
-    """A real turn in another thread, its stream held after two words until the test ends,
-    so the session's lease is held until the test cancels the turn."""
-    loopback.enqueue(Reply.text("slow " * 30, delay=0.05).held_after(2, until=threading.Event()))
+    """A real turn in another thread, its stream held after two words until the test sets
+    the thread's ``release`` (once it has asked for the cancel: a sync turn notices one
+    between deltas), so the session's lease is held until then."""
+    release = threading.Event()
+    loopback.enqueue(Reply.text("slow " * 30, delay=0.05).held_after(2, until=release))
     errors: list = []
     streaming = threading.Event()
 
@@ -169,6 +171,7 @@ def hold_lease(loopback, session) -> threading.Thread:
             errors.append(error)
     thread = threading.Thread(target=in_thread(run))
     thread.errors = errors  # type: ignore[attr-defined]
+    thread.release = release  # type: ignore[attr-defined]
     thread.start()
     assert streaming.wait(10), "the turn never streamed"
     return thread
@@ -243,6 +246,7 @@ class TestMultitask:
                    for w in ("x", "y")]
         run = ChatAgent.objects.continue_session(session.pk, "instead", wait=False,
                                                  multitask="rollback")
+        holder.release.set()
         holder.join(10)
         assert [e.code for e in holder.errors] == ["cancelled"]  # a sync turn, same process
         for old in dropped:
@@ -262,6 +266,7 @@ class TestMultitask:
         holder = hold_lease(loopback, session)
         kept = ChatAgent.objects.continue_session(session.pk, "kept", wait=False)
         ChatAgent.objects.continue_session(session.pk, "now", wait=False, multitask="interrupt")
+        holder.release.set()
         holder.join(10)
         assert [e.code for e in holder.errors] == ["cancelled"]
         loopback.enqueue("re kept", "re now")
@@ -301,6 +306,7 @@ class TestCancel:
             run = AgentRun.objects.get(status="running")
             AgentRun.objects.filter(pk=run.pk).update(cancel_requested=True)  # as another process
             started = time.monotonic()
+            holder.release.set()  # 1.4 s of words left: the heartbeat must see the flag first
             holder.join(10)
             assert time.monotonic() - started < 2
         run.refresh_from_db()

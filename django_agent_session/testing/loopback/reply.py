@@ -147,8 +147,11 @@ class Reply:
                 raise ValueError(f"{name} cannot be negative")
         if self.status != 200 and self.status < 400:
             raise ValueError("a Reply's status is 200 (a message) or an error status >= 400")
-        if any(deltas < 0 for deltas, _ in self.holds):
-            raise ValueError("a hold's count of deltas cannot be negative")
+        for deltas, release in self.holds:
+            if deltas < 0:
+                raise ValueError("a hold's count of deltas cannot be negative")
+            if not isinstance(release, threading.Event):  # an asyncio.Event would not block
+                raise TypeError(f"a hold waits for a threading.Event, not {release!r}")
 
     @property
     def is_error(self) -> bool:
@@ -459,8 +462,12 @@ class Reply:
         set: a turn that is certainly still streaming while a test acts on it, however slow
         the machine (a ``delay`` only makes that likely). Holds add up (``.held_after(10,
         a).held_after(50, b)``). A non-streaming request waits for every hold's event before
-        its answer. The wait ends early when the server stops, which closes the connection
-        without the rest."""
+        its answer; an error or garbage reply is never held, nor is a stream at a count it
+        does not reach (``deltas`` must be below the reply's number of deltas). The wait ends
+        early when the server stops, which closes the connection without the rest.
+
+        A synchronous turn notices a cancel only between deltas: release a held one once the
+        cancel is asked for."""
         return dataclasses.replace(self, holds=(*self.holds, (deltas, until)))
 
     @classmethod
