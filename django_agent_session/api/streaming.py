@@ -151,7 +151,7 @@ async def afollow(model: Any, run: Any, outcome: Outcome, keepalive: float,
         last, started = after, after > 0
         # a run's row says it ended before its last frames are published; a client resuming
         # (``after``) just then listens for them, up to SETTLE_SECONDS after the end
-        settling = after > 0 and run.ended_at is not None and \
+        settling = after > 0 and run.finished and run.ended_at is not None and \
             (timezone.now() - run.ended_at).total_seconds() < SETTLE_SECONDS
         # a paused run's frames so far, too; and, for a client resuming, those of a run that
         # ended while it was away, while its buffer is kept (FINISHED_TTL_SECONDS)
