@@ -151,8 +151,11 @@ async def afollow(model: Any, run: Any, outcome: Outcome, keepalive: float,
         last, started = after, after > 0
         # a run's row says it ended before its last frames are published; a client resuming
         # (``after``) just then listens for them, up to SETTLE_SECONDS after the end
-        settling = after > 0 and run.finished and run.ended_at is not None and \
-            (timezone.now() - run.ended_at).total_seconds() < SETTLE_SECONDS
+        settle_for = 0.0
+        if after > 0 and run.finished and run.ended_at is not None:
+            settle_for = SETTLE_SECONDS - (timezone.now() - run.ended_at).total_seconds()
+        loop = asyncio.get_running_loop()
+        settle_until = loop.time() + settle_for if settle_for > 0 else None
         # a paused run's frames so far, too; and, for a client resuming, those of a run that
         # ended while it was away, while its buffer is kept (FINISHED_TTL_SECONDS)
         if not run.finished or after > 0:
@@ -163,14 +166,11 @@ async def afollow(model: Any, run: Any, outcome: Outcome, keepalive: float,
                 if frame["n"] > last:
                     last = frame["n"]
                     yield encode.event(*_progress(frame))
-        while settling or not _settled(run):
-            wait = keepalive
-            if settling:
-                assert run.ended_at is not None
-                wait = SETTLE_SECONDS - (timezone.now() - run.ended_at).total_seconds()
-            got = await _next_frame(layer, channel, run_id, max(wait, 0.0))
+        while settle_until is not None or not _settled(run):
+            wait = keepalive if settle_until is None else max(settle_until - loop.time(), 0.0)
+            got = await _next_frame(layer, channel, run_id, wait)
             if got is None:  # quiet: keep the connection open, and look at the row
-                if settling:  # its last frames went out before this client listened
+                if settle_until is not None:  # its last frames went out before this listened
                     break
                 yield KEEPALIVE
                 run = await AgentRun.objects.aget(pk=run.pk)
@@ -181,7 +181,7 @@ async def afollow(model: Any, run: Any, outcome: Outcome, keepalive: float,
                     started = True
                     yield encode.event("run.started", {"run_id": run_id})
                 elif frame["status"] != "started":
-                    settling = False  # sent after every progress frame of the run
+                    settle_until = None  # sent after every progress frame of the run
                     run = await AgentRun.objects.aget(pk=run.pk)
             elif frame.get("n") is not None and frame["n"] > last:
                 last = frame["n"]

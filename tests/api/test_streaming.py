@@ -241,14 +241,14 @@ class TestResumingJustAfterTheEnd:
         return run, layer
 
     @staticmethod
-    async def follow_from(run, after: int):
+    def follow_from(run, after: int):
         return afollow(ChatAgent, run, lambda run: [("message", {"status": run.status})],
                        keepalive=5.0, after=after)
 
     @pytest.mark.usefixtures("live_layer")
     async def test_frames_published_after_the_row_ended_are_not_missed(self, scripted):
         run, layer = await self.ended_run(scripted)
-        events = await self.follow_from(run, after=1)
+        events = self.follow_from(run, after=1)
         assert parse_sse(await anext(events)) == [("delta", delta_data("b "))]  # buffered
         # the run's publisher, a moment late: its last delta, then its final status
         group = group_name(ChatAgent, run.session_id)
@@ -264,7 +264,7 @@ class TestResumingJustAfterTheEnd:
     async def test_a_follower_waits_no_longer_than_the_settle_window(self, scripted):
         run, _ = await self.ended_run(scripted)
         started = time.monotonic()
-        events = [event async for chunk in await self.follow_from(run, after=1)
+        events = [event async for chunk in self.follow_from(run, after=1)
                   for event in parse_sse(chunk)]
         assert events == [("delta", delta_data("b ")), ("message", {"status": "completed"})]
         assert time.monotonic() - started < SETTLE_SECONDS + 2

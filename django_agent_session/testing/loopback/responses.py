@@ -2,10 +2,11 @@
 
 A :class:`~.reply.Reply` can ask for trouble: stall before answering, drop the
 connection (before any response, or after some deltas), end a stream with a
-mid-stream ``error`` event, pause between deltas, or hold until the test releases it.  This module is where a
-reply is written out as a JSON body, an SSE stream or an API error, and where
-each of those faults is acted on, so the order "record, then write" and every
-way an answer can be cut short sit in one place.  It works on a
+mid-stream ``error`` event, pause between deltas, or hold until the test
+releases it.  This module is where a reply is written out as a JSON body, an
+SSE stream or an API error, and where each of those faults is acted on, so the
+order "record, then write" and every way an answer can be cut short sit in one
+place.  It works on a
 :class:`~.httpd.LoopbackHandler` and a :class:`~.recording.RecordedRequest`,
 and takes the message renderer and the stop signal from the server.
 """
