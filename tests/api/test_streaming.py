@@ -23,6 +23,7 @@ from django_agent_session.runs.stream import buffer_for, frame_message, group_na
 from django_agent_session.testing import text_reply
 from django_agent_session.testing.loopback import LoopbackMessagesServer, Reply
 from tests.helpers.api import ARGS, CHAT, parse_sse
+from tests.helpers.live_server import wait_until
 from tests.helpers.loopback import loopback_settings
 from tests.testapp.models import ChatAgent
 
@@ -208,14 +209,9 @@ async def test_a_client_back_after_its_run_ended_still_gets_what_it_missed(sessi
         seen, run_id, ids = await three_deltas_then_gone(session_cookie)
         back.set()
 
-        @database_sync_to_async
-        def ended() -> AgentRun | None:
-            run = AgentRun.objects.get(pk=run_id)
-            return run if run.finished else None
-        deadline = asyncio.get_running_loop().time() + 10
-        while (run := await ended()) is None:
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.02)
+        ended = database_sync_to_async(lambda: AgentRun.objects.get(pk=run_id).finished)
+        await wait_until(ended, timeout=10, interval=0.02)
+        run = await AgentRun.objects.aget(pk=run_id)
         assert run.status == RunStatus.COMPLETED
         rest = await follow(run, session_cookie, after=ids[-1])
 
