@@ -133,7 +133,7 @@ async def test_after_the_owner_process_is_killed_another_process_answers_with_fu
             await receive_until(on_b, frame("delta", ref="m2"))
 
             a.kill()  # SIGKILL the owner's process mid-turn
-            await wait_until(lambda: _expired(lease.session_id), timeout=10)
+            await wait_until(lambda: _released_by(lease), timeout=10)
             await on_b.send(json.dumps({"type": "message", "input": "third", "ref": "m3"}))
             frames = await receive_until(on_b, frame("run.status", ref="m3", status="completed"),
                                          timeout=20)
@@ -150,8 +150,11 @@ async def test_after_the_owner_process_is_killed_another_process_answers_with_fu
 
 
 @database_sync_to_async
-def _expired(session_id) -> bool:
-    return not LiveOwnership.objects.filter(session_id=session_id,
+def _released_by(lease: LiveOwnership) -> bool:
+    """Whether ``lease``'s owner no longer holds it: it expired, or b's presence heartbeat
+    already elected a new owner (which can happen between two polls of an expired lease)."""
+    return not LiveOwnership.objects.filter(session_id=lease.session_id,
+                                            owner_channel=lease.owner_channel,
                                             expires_at__gt=timezone.now()).exists()
 
 
