@@ -275,12 +275,19 @@ def delta_data(text: str) -> dict:
 
 
 async def test_a_quiet_model_gets_keep_alive_comments_and_errors_end_the_stream():
+    answered = asyncio.Event()  # the model stays quiet until the client saw two keep-alives
+
     async def slow_turn(progress):
         await progress("delta", {"kind": "text", "index": 0, "text": "Hi", "iteration": 1})
-        await asyncio.sleep(0.35)
+        await answered.wait()
         raise exc.ModelOverloaded("busy upstream", request_id="req_1")
 
-    frames = [frame async for frame in astream(slow_turn, finish=lambda s: s, keepalive=0.1)]
+    frames = []
+    async with asyncio.timeout(10):  # no keep-alives: the model would never answer
+        async for frame in astream(slow_turn, finish=lambda s: s, keepalive=0.1):
+            frames.append(frame)
+            if frames.count(KEEPALIVE) == 2:
+                answered.set()
 
     assert frames[0].startswith(b"event: delta")
     assert frames.count(KEEPALIVE) >= 2

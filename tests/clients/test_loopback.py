@@ -275,10 +275,8 @@ def test_stream_is_incremental(server: LoopbackMessagesServer, client: anthropic
 def test_rate_limit_is_retried_by_the_sdk(server: LoopbackMessagesServer) -> None:
     server.enqueue(Reply.rate_limited(retry_after=0), Reply.text("after the retry"))
 
-    started = time.monotonic()
     with anthropic.Anthropic(**server.client_kwargs(max_retries=2)) as retrying_client:
         message = create(retrying_client)
-    elapsed = time.monotonic() - started
 
     assert message.content[0].text == "after the retry"
     assert message._request_id == "req_loopback_2"
@@ -287,7 +285,8 @@ def test_rate_limit_is_retried_by_the_sdk(server: LoopbackMessagesServer) -> Non
     assert first.headers["x-stainless-retry-count"] == "0"
     assert second.headers["x-stainless-retry-count"] == "1"
     assert first.body == second.body
-    assert elapsed < 0.4  # retry-after-ms was honoured instead of the SDK's 0.5 s+ backoff
+    # retry-after-ms was honoured instead of the SDK's own backoff (0.375 s at least)
+    assert second.received_at - first.received_at < 0.3
     server.assert_script_consumed()
 
 

@@ -11,6 +11,7 @@ from channels_redis.core import RedisChannelLayer as ChannelsRedisLayer
 from django_agent_session.contrib.redis_layer import RedisChannelLayer
 from django_agent_session.layers import redis_channel_layer
 from django_agent_session.runs.stream import RedisBuffer, buffer_for
+from tests.helpers.live_server import wait_until
 
 REDIS = "redis://127.0.0.1:6379"
 
@@ -139,6 +140,12 @@ async def test_a_cancelled_receive_leaves_other_channels_alone_and_stops_the_rea
         await redis.flush()
 
 
+def _buffered(redis: RedisChannelLayer, channel: str) -> list[int]:
+    """The ``i`` of the messages the process's reader holds for ``channel``."""
+    inbox = redis._inbox
+    return [] if inbox is None else [m["i"] for m in inbox.buffers.get(channel, ())]
+
+
 async def test_a_channel_nobody_reads_keeps_only_capacity_messages():
     redis = layer(capacity=3)
     sender = another_process(redis)
@@ -148,7 +155,9 @@ async def test_a_channel_nobody_reads_keeps_only_capacity_messages():
         await asyncio.sleep(0.05)
         for i in range(5):
             await sender.send(idle, {"type": "m", "i": i})
-            await asyncio.sleep(0.02)  # popped into the process's buffer, one at a time
+            # popped into the process's buffer, one at a time (a full Redis inbox would refuse)
+            await wait_until(lambda i=i: _buffered(redis, idle)[-1:] == [i], timeout=5,
+                             interval=0.005)
         # the reader buffered 5 messages for ``idle``; the oldest two were dropped
         assert [(await asyncio.wait_for(redis.receive(idle), 5))["i"] for _ in range(3)] == \
             [2, 3, 4]

@@ -199,7 +199,8 @@ async def test_cancelling_a_queued_message_removes_it(user, loopback):
 
 
 async def test_inactivity_stops_the_session_and_a_message_restarts_it(user, loopback):
-    loopback.enqueue("First answer.", "Second answer.")
+    answering = threading.Event()
+    loopback.enqueue("First answer.", Reply.text("Second answer.").held_after(1, until=answering))
     session = await create_chat(user)
     with override_settings(AGENT_SESSION=agent_conf(loopback, INACTIVITY_TIMEOUT=1)):
         a, _ = await viewer(user, session.pk)
@@ -213,9 +214,13 @@ async def test_inactivity_stops_the_session_and_a_message_restarts_it(user, loop
 
         await a.send_json_to({"type": "message", "input": "second", "ref": "m2"})
         await expect(a, "session.started")
+        # checked while m2 runs: a slow runner could otherwise let the restarted session
+        # idle out (1 s) between m2's end and the check
+        await expect(a, "delta", ref="m2")
+        assert await api.is_running(session.pk)
+        answering.set()
         done = await expect(a, "run.status", ref="m2", status="completed")
         assert done["output"] == {"content": "Second answer."}
-        assert await api.is_running(session.pk)
     last = loopback.message_requests[-1]
     assert [text(m) for m in last.messages] == ["first", "First answer.", "second"]
 
@@ -437,7 +442,8 @@ async def test_an_idle_session_is_one_task_yet_renews_its_lease_and_drops_stale_
         assert live is not None
         key = str(session.pk)
         first = await _lease_expiry(session)
-        assert _live_tasks(key) == [f"live-recv-{key}"]
+        # (a renewal is due 0.2 s after the start: on a slow runner it may be running now)
+        await wait_until(lambda: _live_tasks(key) == [f"live-recv-{key}"], timeout=3)
         live.presence.join("specific.gone!x", user.pk)
         live.presence.viewers["specific.gone!x"].seen = time.monotonic() - 5  # went silent
         await wait_until(lambda: live.presence.count == 0, timeout=3)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -156,7 +157,9 @@ def status_of(run: AgentRun) -> str:
 
 async def test_a_queued_turn_runs_on_a_db_worker_and_streams_to_a_viewer_on_daphne(
         user, redis_prefix):
-    with LoopbackMessagesServer([Reply.text(REPLY, delay=0.03)]) as loopback, \
+    submitted = threading.Event()  # the reply waits after its first delta until it is set
+    reply = Reply.text(REPLY, delay=0.03).held_after(1, until=submitted)
+    with LoopbackMessagesServer([reply]) as loopback, \
             override_settings(TASKS=TASKS, AGENT_SESSION=loopback_settings(
                 loopback, EXECUTOR="tasks", TASK_BACKEND=BACKEND, TASK_QUEUE_NAME=QUEUE,
                 ANTHROPIC={"API_KEY": "test-process"})), \
@@ -175,12 +178,13 @@ async def test_a_queued_turn_runs_on_a_db_worker_and_streams_to_a_viewer_on_daph
             run = await database_sync_to_async(ChatAgent.objects.continue_session)(
                 session.pk, "Hello, worker", wait=False)
             assert isinstance(run, AgentRun) and run.status == RunStatus.QUEUED
-            # returned before the turn could have run (streaming it takes over a second)
+            # returned before the turn could have run (its reply is held)
             assert await status_of(run) in (RunStatus.QUEUED, RunStatus.RUNNING)
             (task,) = await run_queue_tasks()
             assert (task.backend_name, task.queue_name) == (BACKEND, QUEUE)
             assert task.args_kwargs == {"args": ["testapp.ChatAgent", str(session.pk)],
                                         "kwargs": {}}
+            submitted.set()
 
             frames = await receive_until(
                 socket, frame("run.status", run_id=str(run.pk), status="completed"), timeout=20)

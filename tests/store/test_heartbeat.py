@@ -25,7 +25,7 @@ from tests.testapp.models import ChatAgent
 pytestmark = pytest.mark.django_db(transaction=True)  # the contender runs in its own thread
 
 ARGS = {"company_name": "Acme"}
-LEASE = 0.9  # renewed every 0.3 s: a beat may be 0.6 s late on a loaded runner
+LEASE = 1.5  # renewed every 0.5 s: a beat may be 1 s late on a loaded runner
 CALL = 3 * LEASE  # one model call that lasts three leases
 
 
