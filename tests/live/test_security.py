@@ -229,6 +229,8 @@ async def test_a_conversation_given_to_another_user_while_viewed_takes_no_more_m
                    for o in outputs)
     assert await run_inputs(session.pk) == [{"message": "hello"}]
     await expect(theirs, "presence", user_ids=[other_user.pk])
+    assert not [f for f in await drain(theirs) if f.get("type") == "websocket.send"
+                and '"presence"' in f["text"] and user.pk in json.loads(f["text"])["user_ids"]]
 
 
 async def test_a_session_of_another_model_with_the_same_id_cannot_reach_the_live_session(

@@ -162,7 +162,8 @@ async def test_a_queued_turn_runs_on_a_db_worker_and_streams_to_a_viewer_on_daph
     with LoopbackMessagesServer([reply]) as loopback, \
             override_settings(TASKS=TASKS, AGENT_SESSION=loopback_settings(
                 loopback, EXECUTOR="tasks", TASK_BACKEND=BACKEND, TASK_QUEUE_NAME=QUEUE,
-                ANTHROPIC={"API_KEY": "test-process"})), \
+                # a turn run here by mistake would wait on the held reply: fail, not hang
+                ANTHROPIC={"API_KEY": "test-process", "TIMEOUT": 10})), \
             server_processes(1, process_env(loopback, redis_prefix, "daphne")) as (daphne,), \
             worker_process(process_env(loopback, redis_prefix, "worker")) as worker:
         session = await create_chat(user)
