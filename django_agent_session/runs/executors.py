@@ -38,7 +38,8 @@ STOP_WAIT_SECONDS = 10.0
 class InlineExecutor:
     """Drains in the submitting process: as a task of the ASGI server's loop when there is
     one (so the in-memory channel layer reaches this process's viewers), else in a daemon
-    thread. The default; the two-command demo needs no worker."""
+    thread; either way one drain per session at a time. The default; the two-command demo
+    needs no worker."""
 
     def __init__(self) -> None:
         self.closed = False
@@ -46,8 +47,11 @@ class InlineExecutor:
         self._again: set[tuple[Any, str]] = set()
         self._retries: dict[tuple[Any, str], asyncio.TimerHandle] = {}
         self._threads: dict[threading.Thread, asyncio.Task | None] = {}
+        #: outside a server loop, the drain thread of each session (one at a time, as in the
+        #: loop): a dispatch to a session that has one asks it to look once more instead
+        self._thread_drains: dict[tuple[Any, str], _ThreadDrain] = {}
         self._threads_lock = threading.Lock()
-        self._closing = threading.Event()  # wakes a drain thread waiting behind a lease
+        self._closing = threading.Event()  # drain threads stop waiting behind leases
         self._exit_hook = False
 
     def dispatch(self, model: Any, session_pk: Any, *, after: float | None = None) -> None:
@@ -60,14 +64,7 @@ class InlineExecutor:
                 timer.daemon = True
                 timer.start()
                 return
-            thread = threading.Thread(target=self._drain_in_thread, args=(model, session_pk),
-                                      name=f"agent-drain-{session_pk}", daemon=True)
-            with self._threads_lock:
-                self._threads[thread] = None
-                if not self._exit_hook:
-                    self._exit_hook = True
-                    _before_interpreter_exit(self._at_exit)
-            thread.start()
+            self._start_thread(model, session_pk)
             return
         if after is not None:  # a deadline (approvals): look then
             loop.call_soon_threadsafe(self._later, model, session_pk, after,
@@ -132,22 +129,60 @@ class InlineExecutor:
     def _open(self) -> bool:
         return not self.closed
 
-    def _drain_in_thread(self, model: Any, session_pk: Any) -> None:
+    def _start_thread(self, model: Any, session_pk: Any) -> None:
+        """Outside a server loop: start a drain thread unless the session has one (it is
+        then asked to look once more, and woken if it waits behind a lease). Every turn
+        that ends with runs queued behind it dispatches, so without this, contended sessions
+        gathered a thread per turn, each polling the lease and holding a connection."""
+        key = (model, str(session_pk))
+        with self._threads_lock:
+            running = self._thread_drains.get(key)
+            if running is not None:
+                running.again = True
+                running.wake.set()
+                return
+            state = self._thread_drains[key] = _ThreadDrain()
+            thread = threading.Thread(target=self._drain_in_thread,
+                                      args=(key, state, model, session_pk),
+                                      name=f"agent-drain-{session_pk}", daemon=True)
+            self._threads[thread] = None
+            if not self._exit_hook:
+                self._exit_hook = True
+                _before_interpreter_exit(self._at_exit)
+        thread.start()
+
+    def _drain_in_thread(self, key: tuple[Any, str], state: _ThreadDrain, model: Any,
+                         session_pk: Any) -> None:
         thread = threading.current_thread()
         try:
-            while (retry_in := async_to_sync(self._tracked)(thread, model,
-                                                            session_pk)) is not None:
+            while True:
+                with self._threads_lock:
+                    state.again = False
+                    state.wake.clear()
+                try:
+                    retry_in = async_to_sync(self._tracked)(thread, model, session_pk)
+                except asyncio.CancelledError:
+                    break  # interrupted at exit (_at_exit): the turn recorded itself interrupted
+                except Exception:
+                    logger.exception("Draining the queue of %s %s failed", model.__name__,
+                                     session_pk)
+                    retry_in = None
                 close_old_connections()
-                if self._closing.wait(retry_in):
-                    break
-        except asyncio.CancelledError:
-            pass  # interrupted at exit (_at_exit): the turn recorded itself interrupted
-        except Exception:
-            logger.exception("Draining the queue of %s %s failed", model.__name__, session_pk)
+                if retry_in is not None:  # behind a lease: look again then, or when woken
+                    state.wake.wait(retry_in)
+                    if self._closing.is_set():  # exiting: the holder drains its own queue
+                        break
+                    continue
+                with self._threads_lock:  # ended in the lock a dispatch checks it under, so
+                    if not state.again:   # a dispatch either sets ``again`` or starts a thread
+                        del self._thread_drains[key]
+                        break
         finally:
             close_old_connections()
             with self._threads_lock:
                 self._threads.pop(thread, None)
+                if self._thread_drains.get(key) is state:
+                    del self._thread_drains[key]
 
     async def _tracked(self, thread: threading.Thread, model: Any, session_pk: Any
                        ) -> float | None:
@@ -172,6 +207,9 @@ class InlineExecutor:
         refuses new work, which the turns' database calls need: a turn caught by that
         failed with "cannot schedule new futures after interpreter shutdown"."""
         self._closing.set()
+        with self._threads_lock:
+            for state in self._thread_drains.values():
+                state.wake.set()
         finished = self.join(float(agent_settings.SHUTDOWN_GRACE_SECONDS))
         self.close()
         if finished:
@@ -231,6 +269,18 @@ class InlineExecutor:
         if pending:
             await asyncio.wait(pending, timeout=STOP_WAIT_SECONDS)
         return not pending
+
+
+class _ThreadDrain:
+    """A session's drain thread outside a server loop (guarded by the executor's lock)."""
+
+    __slots__ = ("again", "wake")
+
+    def __init__(self) -> None:
+        #: a dispatch came while it drained: look once more before ending
+        self.again = False
+        #: set by such a dispatch (and at exit): stop waiting behind a lease
+        self.wake = threading.Event()
 
 
 class TaskExecutor:
