@@ -149,7 +149,14 @@ class InlineExecutor:
             if not self._exit_hook:
                 self._exit_hook = True
                 _before_interpreter_exit(self._at_exit)
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:  # (no thread to be had): later dispatches must not wait on it
+            with self._threads_lock:
+                self._threads.pop(thread, None)
+                if self._thread_drains.get(key) is state:
+                    del self._thread_drains[key]
+            raise
 
     def _drain_in_thread(self, key: tuple[Any, str], state: _ThreadDrain, model: Any,
                          session_pk: Any) -> None:
@@ -161,15 +168,16 @@ class InlineExecutor:
                     state.wake.clear()
                 try:
                     retry_in = async_to_sync(self._tracked)(thread, model, session_pk)
+                    close_old_connections()
                 except asyncio.CancelledError:
                     break  # interrupted at exit (_at_exit): the turn recorded itself interrupted
                 except Exception:
                     logger.exception("Draining the queue of %s %s failed", model.__name__,
                                      session_pk)
                     retry_in = None
-                close_old_connections()
                 if retry_in is not None:  # behind a lease: look again then, or when woken
-                    state.wake.wait(retry_in)
+                    if not self._closing.is_set():  # (_at_exit sets it before waking us)
+                        state.wake.wait(retry_in)
                     if self._closing.is_set():  # exiting: the holder drains its own queue
                         break
                     continue
@@ -178,11 +186,18 @@ class InlineExecutor:
                         del self._thread_drains[key]
                         break
         finally:
-            close_old_connections()
+            with contextlib.suppress(Exception):
+                close_old_connections()
             with self._threads_lock:
                 self._threads.pop(thread, None)
                 if self._thread_drains.get(key) is state:
                     del self._thread_drains[key]
+                # a dispatch that came before this thread died of something else (SystemExit
+                # from a tool, say) is handed to a new thread, as it would have been
+                redo = state.again and not self._closing.is_set() and not self.closed
+            if redo:
+                with contextlib.suppress(Exception):
+                    self.dispatch(model, session_pk)
 
     async def _tracked(self, thread: threading.Thread, model: Any, session_pk: Any
                        ) -> float | None:

@@ -49,3 +49,24 @@ def test_a_session_has_one_drain_thread_however_often_it_is_dispatched(loopback,
         RunStatus.COMPLETED] * 4
     assert [r.user_text for r in loopback.message_requests[1:]] == ["m0", "m1", "m2", "m3"]
     assert drain_threads(session) == []
+
+
+def test_a_drain_thread_that_cannot_start_does_not_stop_the_sessions_next_one(
+        loopback, monkeypatch):
+    """A thread the system refuses ("can't start new thread") must not stay registered as
+    the session's drain: later dispatches would only ask it to look again, and nothing would
+    ever drain the session in this process."""
+    loopback.enqueue("first answer")
+    session = ChatAgent.objects.start_session("first", instruction_args=ARGS)
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Thread, "start", refuse)
+        with pytest.raises(RuntimeError):
+            inline_executor().dispatch(ChatAgent, session.pk)
+    loopback.enqueue("re later")
+    run = ChatAgent.objects.continue_session(session.pk, "later", wait=False)
+    assert inline_executor().join(20)
+    assert AgentRun.objects.get(pk=run.pk).status == RunStatus.COMPLETED
