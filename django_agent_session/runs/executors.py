@@ -153,10 +153,15 @@ class InlineExecutor:
             thread.start()
         except BaseException:  # (no thread to be had): later dispatches must not wait on it
             with self._threads_lock:
-                self._threads.pop(thread, None)
-                if self._thread_drains.get(key) is state:
-                    del self._thread_drains[key]
+                self._forget(thread, key, state)
             raise
+
+    def _forget(self, thread: threading.Thread, key: tuple[Any, str],
+                state: _ThreadDrain) -> None:
+        """Under the lock: ``thread`` is no longer the drain of ``key`` (nor any)."""
+        self._threads.pop(thread, None)
+        if self._thread_drains.get(key) is state:
+            del self._thread_drains[key]
 
     def _drain_in_thread(self, key: tuple[Any, str], state: _ThreadDrain, model: Any,
                          session_pk: Any) -> None:
@@ -189,9 +194,7 @@ class InlineExecutor:
             with contextlib.suppress(Exception):
                 close_old_connections()
             with self._threads_lock:
-                self._threads.pop(thread, None)
-                if self._thread_drains.get(key) is state:
-                    del self._thread_drains[key]
+                self._forget(thread, key, state)
                 # a dispatch that came before this thread died of something else (SystemExit
                 # from a tool, say) is handed to a new thread, as it would have been
                 redo = state.again and not self._closing.is_set() and not self.closed
