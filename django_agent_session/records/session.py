@@ -19,6 +19,7 @@ from ..engine.context import USAGE_KEYS, Context
 from .artifacts import Artifact
 from .choices import SessionStatus
 from .events import AgentEvent
+from .fields import LeaseExpiryField, LeaseTokenField, StatusField
 from .runs import AgentRun, UsageMixin
 
 
@@ -42,8 +43,8 @@ class SessionRecord(UsageMixin, models.Model):
     metadata = models.JSONField(encoder=DjangoJSONEncoder, default=dict, blank=True)
     #: pinned sessions are never pruned by retention
     pinned = models.BooleanField(default=False, db_index=True)
-    status = models.CharField(max_length=16, choices=SessionStatus.choices,
-                              default=SessionStatus.IDLE, db_index=True)
+    status = StatusField(max_length=16, choices=SessionStatus.choices,
+                         default=SessionStatus.IDLE, db_index=True)
     context = models.JSONField(encoder=DjangoJSONEncoder, default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -51,8 +52,8 @@ class SessionRecord(UsageMixin, models.Model):
     version = models.PositiveIntegerField(default=0, editable=False)
     event_seq = models.PositiveBigIntegerField(default=0, editable=False)
     turn_count = models.PositiveIntegerField(default=0, editable=False)
-    lease_token = models.UUIDField(null=True, blank=True, editable=False)
-    lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    lease_token = LeaseTokenField(null=True, blank=True, editable=False)
+    lease_expires_at = LeaseExpiryField(null=True, blank=True, editable=False)
     input_tokens = models.PositiveBigIntegerField(default=0, editable=False)
     output_tokens = models.PositiveBigIntegerField(default=0, editable=False)
     cache_creation_input_tokens = models.PositiveBigIntegerField(default=0, editable=False)

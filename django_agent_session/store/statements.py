@@ -82,13 +82,22 @@ class Statements:
         run_col = {f.name: _column(q, f) for f in self._run_fields}
         session_col = {f.name: _column(q, f) for f in self._fields}
         returning = ", ".join(_column(q, f) for f in self._fields)
+        # a free lease: NULLs, or on SQLite the same-size values its fields store for them
+        self._expiry_field = _field(model, "lease_expires_at")
+        self._status = {status: _field(model, "status").get_db_prep_value(status, connection)
+                        for status in SessionStatus.values}
+        free_token = _free(_field(model, "lease_token"), connection)
+        unleased = (f"{session_col['lease_token']} IS NULL" if free_token == "NULL"
+                    else f"{session_col['lease_token']} = {free_token}")
+        release = (f"{session_col['lease_token']} = {free_token}, "
+                   f"{session_col['lease_expires_at']} = {_free(self._expiry_field, connection)}")
 
         def lease(guard: str = "") -> str:
             """Lease a session whose lease is free (and ``guard`` holds); the row back."""
             return (f"UPDATE {table} SET {session_col['lease_token']} = %s, "
                     f"{session_col['lease_expires_at']} = %s, {session_col['status']} = %s "
-                    f"WHERE {session_col['id']} = %s AND {session_col['lease_token']} IS NULL"
-                    f"{guard} RETURNING {returning}")
+                    f"WHERE {session_col['id']} = %s AND {unleased}{guard} "
+                    f"RETURNING {returning}")
 
         # a turn nobody waits behind (SessionStore.try_begin): no run queued or paused
         self.begin_sql = lease(
@@ -107,9 +116,7 @@ class Statements:
             f"UPDATE {run_table} SET {run_col['status']} = %s, {run_col['started_at']} = %s "
             f"WHERE {run_col['id']} = %s AND {run_col['status']} = %s")
         self.release_sql = (
-            f"UPDATE {table} SET {session_col['lease_token']} = NULL, "
-            f"{session_col['lease_expires_at']} = NULL, {session_col['status']} = %s "
-            f"WHERE {session_col['id']} = %s AND {session_col['lease_token']} = %s")
+            f"UPDATE {table} SET {release}, {session_col['status']} = %s WHERE {session_col['id']} = %s AND {session_col['lease_token']} = %s")
         # the lease is taken only while the run is still queued, so a cancel that came first
         # leaves the session as it was; a cancel racing the statement is undone after it
         lease_if_queued = lease(f" AND EXISTS (SELECT 1 FROM {run_table} WHERE "
@@ -138,8 +145,7 @@ class Statements:
                               for f in self._run_fields if f.name not in RUN_INSERTED}
 
         sets = [f"{_column(q, context)} = {self._placeholder(context)}",
-                f"{session_col['status']} = %s", f"{session_col['lease_token']} = NULL",
-                f"{session_col['lease_expires_at']} = NULL",
+                f"{session_col['status']} = %s", release,
                 f"{session_col['version']} = {session_col['version']} + 1",
                 f"{session_col['turn_count']} = {session_col['turn_count']} + 1",
                 f"{session_col['last_activity_at']} = %s", f"{session_col['updated_at']} = %s",
@@ -328,8 +334,8 @@ class Statements:
     def _lease_params(self, session_pk: Any, run_id: uuid.UUID, expires: datetime,
                       connection: BaseDatabaseWrapper) -> list[Any]:
         """The parameters of the lease UPDATE before its guard's."""
-        return [self.db_uuid(run_id), connection.ops.adapt_datetimefield_value(expires),
-                SessionStatus.RUNNING, session_pk]
+        return [self.db_uuid(run_id), self._expiry_field.get_db_prep_value(expires, connection),
+                self._status[SessionStatus.RUNNING], session_pk]
 
     def insert_run(self, pk: Any, *, run_id: uuid.UUID, now: datetime, input: dict[str, Any],
                    idempotency_key: str | None, model_name: str) -> None:
@@ -422,7 +428,7 @@ class Statements:
                        moment: Any, usage: dict[str, Any], seq: int, base: int, version: int,
                        title: str | None) -> list[Any]:
         """The parameters of ``commit_sql`` (``commit_titled_sql`` with a ``title``)."""
-        params = [codec.dumps(context), SessionStatus.IDLE, moment, moment, seq,
+        params = [codec.dumps(context), self._status[SessionStatus.IDLE], moment, moment, seq,
                   *_tokens(usage)]
         if title is not None:
             params.append(title)
@@ -528,7 +534,8 @@ class Statements:
                 if row is None:
                     return None
                 if not row[-1]:  # cancelled meanwhile: give the lease back
-                    cursor.execute(self.release_sql, [SessionStatus.IDLE, session_pk, run])
+                    cursor.execute(self.release_sql,
+                                   [self._status[SessionStatus.IDLE], session_pk, run])
                     return None
             return self._instance(row[:-1], connection)
         with transaction.atomic(using=self.alias), self.cursor(connection) as cursor:
@@ -550,6 +557,16 @@ def _cast(field: models.Field, connection: BaseDatabaseWrapper) -> str:
     if isinstance(field, models.CharField):
         return "varchar"
     return str(field.cast_db_type(connection))
+
+
+def _free(field: models.Field, connection: BaseDatabaseWrapper) -> str:
+    """The SQL of ``field``'s value for a free lease: ``NULL``, or the constant it stores for
+    ``None`` on this database (records/fields.py)."""
+    value = field.get_db_prep_value(None, connection)
+    if value is None:
+        return "NULL"
+    assert isinstance(value, str) and "'" not in value, value  # a fixed, known constant
+    return f"'{value}'"
 
 
 def _fields(model: type[models.Model]) -> list[models.Field]:

@@ -6,6 +6,7 @@ import django.utils.timezone
 import django_agent_session.records.runs
 import uuid
 from django.conf import settings
+import django_agent_session.records.fields
 from django.db import migrations, models
 
 
@@ -24,7 +25,7 @@ class Migration(migrations.Migration):
                 ('title', models.CharField(blank=True, max_length=200)),
                 ('metadata', models.JSONField(blank=True, default=dict, encoder=django.core.serializers.json.DjangoJSONEncoder)),
                 ('pinned', models.BooleanField(db_index=True, default=False)),
-                ('status', models.CharField(choices=[('idle', 'idle'), ('running', 'running'), ('failed', 'failed')], db_index=True, default='idle', max_length=16)),
+                ('status', django_agent_session.records.fields.StatusField(choices=[('idle', 'idle'), ('running', 'running'), ('failed', 'failed')], db_index=True, default='idle', max_length=16)),
                 ('context', models.JSONField(blank=True, default=dict, encoder=django.core.serializers.json.DjangoJSONEncoder)),
                 ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
                 ('updated_at', models.DateTimeField(auto_now=True)),
@@ -32,8 +33,8 @@ class Migration(migrations.Migration):
                 ('version', models.PositiveIntegerField(default=0, editable=False)),
                 ('event_seq', models.PositiveBigIntegerField(default=0, editable=False)),
                 ('turn_count', models.PositiveIntegerField(default=0, editable=False)),
-                ('lease_token', models.UUIDField(blank=True, editable=False, null=True)),
-                ('lease_expires_at', models.DateTimeField(blank=True, editable=False, null=True)),
+                ('lease_token', django_agent_session.records.fields.LeaseTokenField(blank=True, editable=False, null=True)),
+                ('lease_expires_at', django_agent_session.records.fields.LeaseExpiryField(blank=True, editable=False, null=True)),
                 ('input_tokens', models.PositiveBigIntegerField(default=0, editable=False)),
                 ('output_tokens', models.PositiveBigIntegerField(default=0, editable=False)),
                 ('cache_creation_input_tokens', models.PositiveBigIntegerField(default=0, editable=False)),
