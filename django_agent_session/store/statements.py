@@ -7,7 +7,7 @@ the five statements of a turn nobody waits behind are written here once, as the 
 write them, and only their parameters change:
 
 ``begin``
-    ``UPDATE session SET lease ... WHERE pk AND lease_token IS NULL AND NOT EXISTS (queued run)
+    ``UPDATE session SET lease ... WHERE pk AND lease free AND NOT EXISTS (queued run)
     RETURNING *``: the read and the lease in one round trip (the row comes back as a model
     instance, through the fields' own converters), then ``INSERT`` the running run, in one
     transaction. A row that does not match (a lease held or expired, a queue, no such row)
@@ -116,7 +116,8 @@ class Statements:
             f"UPDATE {run_table} SET {run_col['status']} = %s, {run_col['started_at']} = %s "
             f"WHERE {run_col['id']} = %s AND {run_col['status']} = %s")
         self.release_sql = (
-            f"UPDATE {table} SET {release}, {session_col['status']} = %s WHERE {session_col['id']} = %s AND {session_col['lease_token']} = %s")
+            f"UPDATE {table} SET {release}, {session_col['status']} = %s "
+            f"WHERE {session_col['id']} = %s AND {session_col['lease_token']} = %s")
         # the lease is taken only while the run is still queued, so a cancel that came first
         # leaves the session as it was; a cancel racing the statement is undone after it
         lease_if_queued = lease(f" AND EXISTS (SELECT 1 FROM {run_table} WHERE "

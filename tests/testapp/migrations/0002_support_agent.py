@@ -3,9 +3,9 @@
 import django.core.serializers.json
 import django.db.models.deletion
 import django.utils.timezone
+import django_agent_session.records.fields
 import uuid
 from django.conf import settings
-import django_agent_session.records.fields
 from django.db import migrations, models
 
 

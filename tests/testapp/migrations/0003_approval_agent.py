@@ -3,10 +3,10 @@
 import django.core.serializers.json
 import django.db.models.deletion
 import django.utils.timezone
+import django_agent_session.records.fields
 import django_agent_session.records.runs
 import uuid
 from django.conf import settings
-import django_agent_session.records.fields
 from django.db import migrations, models
 
 
