@@ -6,8 +6,10 @@ so taking a turn's lease (a token and an expiry where there were ``NULL``\\ s, `
 ``idle`` was) used to rewrite the whole history before the model was called: about 1.3 ms of a
 turn at 1,000 messages (docs/performance.md). These fields keep the Python values (``None``,
 ``"idle"``) and store them at a fixed size on SQLite: ``None`` as a sentinel of the same width
-as a real value, a status padded to the longest status. PostgreSQL writes a new row version on
-any update and never copies an unchanged TOASTed context, so there they store what the plain
+as a real value, a status padded to the longest status. Filters mean what they mean on the
+plain fields (``isnull``, comparisons of the expiry, pattern lookups of the status); database
+functions and aggregates see the stored values. PostgreSQL writes a new row version on any
+update and never copies an unchanged TOASTed context, so there they store what the plain
 fields store.
 """
 
@@ -20,7 +22,7 @@ from typing import Any
 
 from django.db import models
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models.lookups import IsNull
+from django.db.models import lookups
 
 #: a free lease's token on SQLite: 32 hex digits, as a real token is stored there
 FREE_TOKEN = uuid.UUID(int=0)
@@ -34,7 +36,7 @@ def _fixed_size(connection: BaseDatabaseWrapper) -> bool:
     return connection.vendor == "sqlite"
 
 
-class _FreeIsNull(IsNull):
+class _FreeIsNull(lookups.IsNull):
     """``isnull`` (and ``exact=None``) of a column that stores ``None`` as a sentinel on SQLite;
     a plain ``NULL`` (a row written before these fields) counts as ``None`` too."""
 
@@ -83,15 +85,39 @@ class LeaseExpiryField(models.DateTimeField):
         return value
 
 
-LeaseTokenField.register_lookup(_FreeIsNull)
-LeaseExpiryField.register_lookup(_FreeIsNull)
+class _NotFree:
+    """A comparison of an expiry that, like SQL's with ``NULL``, never matches a free lease
+    (whose sentinel on SQLite is in 1970, so before any moment compared with)."""
+
+    def as_sqlite(self, compiler: Any, connection: BaseDatabaseWrapper) -> Any:
+        sql, params = self.as_sql(compiler, connection)  # type: ignore[attr-defined]
+        column, column_params = compiler.compile(self.lhs)  # type: ignore[attr-defined]
+        free = FREE_EXPIRY.isoformat(" ")
+        return f"({sql} AND {column} <> %s)", [*params, *column_params, free]
+
+
+class _Trimmed:
+    """A pattern lookup of a padded status that sees the status without its padding (SQLite's
+    ``LIKE`` and ``REGEXP`` ignore the column's collation)."""
+
+    def process_lhs(self, compiler: Any, connection: BaseDatabaseWrapper,
+                    lhs: Any = None) -> Any:
+        sql, params = super().process_lhs(compiler, connection, lhs)  # type: ignore[misc]
+        return (f"RTRIM({sql})" if _fixed_size(connection) else sql), params
+
+
+for _field_class in (LeaseTokenField, LeaseExpiryField):
+    _field_class.register_lookup(_FreeIsNull)
+for _comparison in (lookups.LessThan, lookups.LessThanOrEqual, lookups.Range):
+    LeaseExpiryField.register_lookup(
+        type(f"Leased{_comparison.__name__}", (_NotFree, _comparison), {}))
 
 
 class StatusField(models.CharField):
     """A status from ``choices``; on SQLite padded with spaces to the longest choice (and read
     back without them), so that changing it leaves the record's size as it was. The column
     compares with SQLite's ``RTRIM`` collation, so a status stored unpadded (before this
-    field) still matches its filters."""
+    field) still matches its filters, and its pattern lookups trim the padding."""
 
     def db_parameters(self, connection: BaseDatabaseWrapper) -> dict[str, Any]:
         parameters = super().db_parameters(connection)
@@ -111,4 +137,9 @@ class StatusField(models.CharField):
 
     @functools.cached_property
     def _width(self) -> int:
-        return max(len(str(value)) for value, _label in self.flatchoices)
+        return max((len(str(value)) for value, _label in self.flatchoices), default=0)
+
+
+for _pattern in (lookups.IExact, lookups.EndsWith, lookups.IEndsWith, lookups.Regex,
+                 lookups.IRegex):
+    StatusField.register_lookup(type(f"Trimmed{_pattern.__name__}", (_Trimmed, _pattern), {}))

@@ -335,8 +335,8 @@ class Statements:
     def _lease_params(self, session_pk: Any, run_id: uuid.UUID, expires: datetime,
                       connection: BaseDatabaseWrapper) -> list[Any]:
         """The parameters of the lease UPDATE before its guard's."""
-        return [self.db_uuid(run_id), self._expiry_field.get_db_prep_value(expires, connection),
-                self._status[SessionStatus.RUNNING], session_pk]
+        expiry = self._expiry_field.get_db_prep_value(expires, connection, prepared=True)
+        return [self.db_uuid(run_id), expiry, self._status[SessionStatus.RUNNING], session_pk]
 
     def insert_run(self, pk: Any, *, run_id: uuid.UUID, now: datetime, input: dict[str, Any],
                    idempotency_key: str | None, model_name: str) -> None:

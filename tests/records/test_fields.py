@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
@@ -17,6 +17,7 @@ from tests.testapp.models import ChatAgent
 pytestmark = pytest.mark.django_db
 
 ARGS = {"company_name": "Acme"}
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 COLUMNS = ("lease_token", "lease_expires_at", "status")
 sqlite_only = pytest.mark.skipif(connection.vendor != "sqlite",
                                  reason="SQLite's record format: fixed-size storage is SQLite's")
@@ -95,6 +96,19 @@ def test_python_values_and_lookups_are_the_plain_fields(scripted):
     assert set(sessions.filter(status="idle")) == {free}
     assert set(sessions.filter(status__in=["running", "failed"])) == {held}
     assert set(sessions.exclude(status=SessionStatus.RUNNING)) == {free}
+    # a comparison never matches a free lease, as it never matches NULL
+    later = expires + timedelta(hours=1)
+    assert set(sessions.filter(lease_expires_at__lt=later)) == {held}
+    assert set(sessions.filter(lease_expires_at__lte=expires)) == {held}
+    assert set(sessions.filter(lease_expires_at__range=(EPOCH - timedelta(days=1), later))) == {held}
+    # pattern lookups see the status, not its storage
+    assert set(sessions.filter(status__iexact="IDLE")) == {free}
+    assert set(sessions.filter(status__endswith="dle")) == {free}
+    assert set(sessions.filter(status__iendswith="NING")) == {held}
+    assert set(sessions.filter(status__regex=r"^idle$")) == {free}
+    assert set(sessions.filter(status__iregex=r"^IDLE$")) == {free}
+    if connection.vendor == "sqlite":  # an expiry at a whole second: as wide as the rest
+        assert sizes(held.pk)["lease_expires_at"] == 26
 
 
 def test_what_each_database_stores():
