@@ -68,6 +68,29 @@ def test_taking_and_releasing_the_lease_leaves_every_column_its_size(scripted):
     assert sizes(session.pk) == free
 
 
+@sqlite_only
+@pytest.mark.django_db(transaction=True)  # the model's thread reads committed rows
+def test_a_queued_run_takes_the_lease_at_the_same_size(loopback, recording):
+    """The claim of a queued run (its own statement) leases the row as a turn does."""
+    session = ChatAgent.objects.create_session(instruction_args=ARGS)
+    free = sizes(session.pk)
+    during = {}
+
+    def answer(request):  # in the loopback server's thread, during the model call
+        try:
+            during.update(sizes(session.pk), running=stored(session.pk)["status"][0].strip())
+        finally:
+            connection.close()
+        return "hi"
+
+    loopback.responder = answer
+    ChatAgent.objects.continue_session(session.pk, "later", wait=False)
+    assert ChatAgent.objects.drain(session.pk) == 1
+    assert during.pop("running") == SessionStatus.RUNNING
+    assert during == free
+    assert sizes(session.pk) == free
+
+
 def test_python_values_and_lookups_are_the_plain_fields(scripted):
     """None and the status strings come back as they were written, and ``isnull``,
     ``exact=None`` and status filters mean what they mean on plain fields."""
