@@ -25,8 +25,8 @@ sqlite_only = pytest.mark.skipif(connection.vendor != "sqlite",
 
 
 def stored(pk: uuid.UUID) -> dict[str, tuple[Any, int | None]]:
-    """Each lease/status column of the row as SQLite or PostgreSQL holds it: its value, and its
-    size in bytes (``None`` for NULL)."""
+    """Each lease/status column of the row as the database holds it: its value, and its size
+    in bytes (of its text on PostgreSQL; ``None`` for NULL)."""
     table = ChatAgent._meta.db_table
     size = "length(CAST({} AS BLOB))" if connection.vendor == "sqlite" else "octet_length({}::text)"
     with connection.cursor() as cursor:
@@ -70,7 +70,8 @@ def test_taking_and_releasing_the_lease_leaves_every_column_its_size(scripted):
 @sqlite_only
 @pytest.mark.django_db(transaction=True)  # the model's thread reads committed rows
 def test_a_queued_run_takes_the_lease_at_the_same_size(loopback, recording):
-    """The claim of a queued run (its own statement) leases the row as a turn does."""
+    """The claim of a queued run (its own statement) leases the row at the same size as a
+    turn's lease."""
     session = ChatAgent.objects.create_session(instruction_args=ARGS)
     free = sizes(session.pk)
     during = {}
@@ -91,8 +92,9 @@ def test_a_queued_run_takes_the_lease_at_the_same_size(loopback, recording):
 
 
 def test_python_values_and_lookups_are_the_plain_fields(scripted):
-    """None and the status strings come back as they were written, and ``isnull``,
-    ``exact=None`` and status filters mean what they mean on plain fields."""
+    """None and the status strings come back as they were written; ``isnull``, ``exact=None``,
+    the expiry's ``lt``/``lte``/``range`` and the status's exact, ``in`` and pattern lookups
+    mean what they mean on plain fields."""
     free = ChatAgent.objects.create_session(instruction_args=ARGS)
     held = ChatAgent.objects.create_session(instruction_args=ARGS)
     token, expires = uuid.uuid4(), timezone.now().replace(microsecond=0) + timedelta(minutes=1)
@@ -149,8 +151,8 @@ def test_what_each_database_stores():
 
 def test_a_row_written_before_these_fields_is_a_free_idle_session(scripted):
     """A session row that holds NULLs and an unpadded status (written by the plain fields)
-    reads as free and idle, matches ``isnull`` and status filters, and takes a turn (through
-    the ORM path, which the fixed SQL leaves it to)."""
+    reads as free and idle, matches ``isnull`` and status filters, and takes a turn: the fixed
+    SQL's ``lease_token = '0…0'`` does not match NULL, so the ORM path takes it."""
     session = ChatAgent.objects.create_session(instruction_args=ARGS)
     with connection.cursor() as cursor:
         cursor.execute(f"UPDATE {ChatAgent._meta.db_table} SET lease_token = NULL, "
