@@ -4,13 +4,13 @@ SQLite overwrites a record in place only when its size is unchanged; otherwise i
 whole record again, overflow pages included. A session row carries the conversation's context,
 so taking a turn's lease (a token and an expiry where there were ``NULL``\\ s, ``running`` where
 ``idle`` was) used to rewrite the whole history before the model was called (1.3 ms for a
-283 kB record, measured with ``sqlite3`` alone; docs/performance.md). These fields keep the Python values (``None``,
-``"idle"``) and store them at a fixed size on SQLite: ``None`` as a sentinel of the same width
-as a real value, a status padded to the longest status. Filters mean what they mean on the
-plain fields (``isnull``, comparisons of the expiry, pattern lookups of the status); database
-functions and aggregates see the stored values. PostgreSQL writes a new row version on any
-update and never copies an unchanged TOASTed context, so there they store what the plain
-fields store.
+283 kB record, measured with ``sqlite3`` alone; docs/performance.md). These fields keep the
+Python values (``None``, ``"idle"``) and store them at a fixed size on SQLite: ``None`` as a
+sentinel of the same width as a real value, a status padded to the longest status. Lookups
+mean what they mean on the plain fields (``isnull``, comparisons of the expiry, pattern lookups
+of the status); transforms, database functions and aggregates see the stored values.
+PostgreSQL writes a new row version on any update and never copies an unchanged TOASTed
+context, so there they store what the plain fields store.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ class _NotFree:
     def as_sqlite(self, compiler: Any, connection: BaseDatabaseWrapper) -> Any:
         sql, params = self.as_sql(compiler, connection)  # type: ignore[attr-defined]
         column, column_params = compiler.compile(self.lhs)  # type: ignore[attr-defined]
-        free = FREE_EXPIRY.isoformat(" ")
+        free = self.lhs.output_field.get_db_prep_value(  # type: ignore[attr-defined]
+            None, connection)
         return f"({sql} AND {column} <> %s)", [*params, *column_params, free]
 
 
