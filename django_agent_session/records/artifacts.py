@@ -77,7 +77,10 @@ class Artifact(models.Model):
     """A file a run produced or a tool stored, kept through Django's storage API."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    session_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    #: no index of its own: it holds one value per session model, and SQLite's planner
+    #: (without ANALYZE statistics) picked it over the ``session_id`` indexes below
+    session_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+",
+                                     db_index=False)
     session_id = models.UUIDField()
     session = GenericForeignKey("session_type", "session_id")
     run = models.ForeignKey(AgentRun, null=True, blank=True, on_delete=models.SET_NULL,

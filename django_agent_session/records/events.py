@@ -25,7 +25,10 @@ class AgentEvent(models.Model):
     """One fact in a session's log; ``seq`` is unique per session and gap-free."""
 
     id = models.BigAutoField(primary_key=True)
-    session_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    #: no index of its own: it holds one value per session model, and SQLite's planner
+    #: (without ANALYZE statistics) picked it over the ``session_id`` indexes below
+    session_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+",
+                                     db_index=False)
     session_id = models.UUIDField()
     session = GenericForeignKey("session_type", "session_id")
     seq = models.PositiveBigIntegerField()

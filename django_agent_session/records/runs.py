@@ -33,7 +33,10 @@ class AgentRun(UsageMixin, models.Model):
     """One turn of one session: what went in, what came out, what it cost, how it ended."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    session_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    #: no index of its own: it holds one value per session model, and SQLite's planner
+    #: (without ANALYZE statistics) picked it over the ``session_id`` indexes below
+    session_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+",
+                                     db_index=False)
     session_id = models.UUIDField()
     session = GenericForeignKey("session_type", "session_id")
     status = models.CharField(max_length=32, choices=RunStatus.choices, default=RunStatus.RUNNING)
