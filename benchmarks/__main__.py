@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, from {', '.join(ALL_DATABASES)}")
     parser.add_argument("--sizes", default="10,100,1000", help="messages of history")
     parser.add_argument("--turns", type=int, default=200, help="measured turns per size")
+    parser.add_argument("--stored-runs", type=int, default=100_000,
+                        help="overhead suite: one more row at the smallest size with this "
+                             "many runs of other sessions stored (0: none)")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--stream-turns", type=int, default=20,
                         help="streamed turns with one viewer (fewer with 50 viewers)")
@@ -125,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args.scale_parts = [p for p in args.scale_parts.split(",") if p]
     if args.quick:
         args.turns, args.warmup, args.stream_turns = 30, 3, 4
+        args.stored_runs = min(args.stored_runs, 2_000)
         args.conversations, args.seconds = 50, 3.0
         args.kills, args.chaos_seconds = min(args.kills, 3), min(args.chaos_seconds, 60.0)
 
@@ -138,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         if suite in args.suites:
             results[suite] = {}
             for db, env in envs.items():
+                extra = ["--stored-runs", str(args.stored_runs)] if suite == "overhead" else []
                 results[suite][db] = ({"skipped": env} if isinstance(env, str) else
-                                      run_worker(suite, env, ["--sizes", args.sizes, *common],
+                                      run_worker(suite, env,
+                                                 ["--sizes", args.sizes, *common, *extra],
                                                  args.timeout))
     if "cache" in args.suites:  # the same on every database: SQLite only
         results["cache"] = run_worker("cache", _env(base, DATABASE_URL=None), [

@@ -135,7 +135,26 @@ def _row(size: int, totals: list[float], inside: list[float], cpu: list[float],
     }
 
 
-def run_scripted(sizes: list[int], turns: int, warmup: int) -> list[dict[str, Any]]:
+def store_runs(model: Any, count: int, *, per_session: int = 20) -> None:
+    """``count`` finished runs of other sessions of ``model``, as a database in use holds."""
+    import uuid
+
+    from django.contrib.contenttypes.models import ContentType
+
+    from django_agent_session.records.runs import AgentRun
+
+    session_type = ContentType.objects.get_for_model(model)
+    sessions = [uuid.uuid4() for _ in range(max(1, count // per_session))]
+    AgentRun.objects.bulk_create(
+        (AgentRun(session_type=session_type, session_id=sessions[i % len(sessions)],
+                  status="completed", input={"text": USER_INPUT}, output={"content": REPLY})
+         for i in range(count)), batch_size=2000)
+
+
+def run_scripted(sizes: list[int], turns: int, warmup: int, stored_runs: int = 0
+                 ) -> list[dict[str, Any]]:
+    """A row per history size; with ``stored_runs``, one more at the smallest size after
+    that many runs of other sessions were stored (a turn must not grow with the table)."""
     from django_agent_session.testing import text_reply, use_scripted_client
     from tests.testapp.models import ChatAgent
 
@@ -143,10 +162,15 @@ def run_scripted(sizes: list[int], turns: int, warmup: int) -> list[dict[str, An
 
     reference.create_table()
     rows = []
+    runs = [(size, 0) for size in sizes]
+    if stored_runs and sizes:
+        runs.append((min(sizes), stored_runs))
     with use_scripted_client(default=text_reply(REPLY)) as client:
         stopwatch = Stopwatch(client.create)
         client.create = stopwatch  # type: ignore[method-assign]
-        for size in sizes:
+        for size, stored in runs:
+            if stored:
+                store_runs(ChatAgent, stored)
             base = prepared_context(size)
             session = ChatAgent.objects.create(context=base, title="bench")
             *times, references = measure_turns(ChatAgent, session.pk, base, stopwatch,
@@ -154,7 +178,8 @@ def run_scripted(sizes: list[int], turns: int, warmup: int) -> list[dict[str, An
                                                between=client.requests.clear)
             queries, sql = count_queries(ChatAgent, session.pk, base)
             client.requests.clear()
-            rows.append(_row(size, *times, references, queries, sql))
+            extra = {"stored_runs": stored} if stored else {}
+            rows.append(_row(size, *times, references, queries, sql, **extra))
     return rows
 
 

@@ -21,7 +21,7 @@ def _sizes(text: str) -> list[int]:
 def overhead(args: argparse.Namespace) -> Any:
     from .overhead import run_scripted
 
-    return run_scripted(_sizes(args.sizes), args.turns, args.warmup)
+    return run_scripted(_sizes(args.sizes), args.turns, args.warmup, args.stored_runs)
 
 
 def sdk(args: argparse.Namespace) -> Any:
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suite", choices=sorted(SUITES))
     parser.add_argument("--out", required=True, help="write the JSON result here")
     parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--stored-runs", type=int, default=0)
     parser.add_argument("--viewers", default="1,50")
     parser.add_argument("--turns", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
