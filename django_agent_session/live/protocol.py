@@ -8,6 +8,7 @@ with DRF serializers, so ``errors`` has the same shape as a REST 400 body.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from typing import Any
@@ -140,7 +141,16 @@ def _ref() -> StrictCharField:
 
 # -- client frames --------------------------------------------------------------------------
 
-class MessageFrame(serializers.Serializer):
+class ClientFrame(serializers.Serializer):
+    """A client frame's serializer. DRF deep-copies a serializer's declared fields for every
+    instance, so that one instance may change its fields; a frame's never change, and the
+    copy was most of the cost of validating one, so each instance gets shallow copies."""
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {name: copy.copy(field) for name, field in self._declared_fields.items()}
+
+
+class MessageFrame(ClientFrame):
     """Send input to the agent: committed as a queued run, then acknowledged (``ack``). The
     ``ref`` is the message's id: resending it returns the same run and never runs twice."""
 
@@ -149,13 +159,13 @@ class MessageFrame(serializers.Serializer):
     multitask = serializers.ChoiceField(choices=Multitask.choices, required=False)
 
 
-class CancelFrame(serializers.Serializer):
+class CancelFrame(ClientFrame):
     """Cancel the running turn (no ``ref``, or its ``ref``) or a queued message (its ``ref``)."""
 
     ref = _ref()
 
 
-class DecideFrame(serializers.Serializer):
+class DecideFrame(ClientFrame):
     """Decide a tool call awaiting approval: ``approve: true`` (with an edited ``input``, if
     any) or ``false`` (with a ``reason`` told to the model, if any). Answered with
     ``decided``; every viewer gets ``tool.approval_granted`` / ``tool.approval_denied``."""
@@ -177,7 +187,7 @@ class DecideFrame(serializers.Serializer):
         return attrs
 
 
-class StartFrame(serializers.Serializer):
+class StartFrame(ClientFrame):
     """Create the conversation if it does not exist yet (idempotent), then send the state."""
 
     instruction_args = ObjectField(required=False)
@@ -185,26 +195,26 @@ class StartFrame(serializers.Serializer):
     ref = _ref()
 
 
-class ResumeFrame(serializers.Serializer):
+class ResumeFrame(ClientFrame):
     """Replay the stored events with ``seq > after_seq``."""
 
     after_seq = StrictIntegerField(min_value=0)
     ref = _ref()
 
 
-class StateFrame(serializers.Serializer):
+class StateFrame(ClientFrame):
     """Ask for a fresh ``session.state``."""
 
     ref = _ref()
 
 
-class PingFrame(serializers.Serializer):
+class PingFrame(ClientFrame):
     """Keep-alive; answered with ``pong``."""
 
     ref = _ref()
 
 
-CLIENT_FRAMES: dict[str, type[serializers.Serializer]] = {
+CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
     "message": MessageFrame,
     "cancel": CancelFrame,
     "decide": DecideFrame,
