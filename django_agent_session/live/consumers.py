@@ -503,7 +503,13 @@ class AgentSessionConsumer(DeliveryMixin, AsyncJsonWebsocketConsumer):
         n = message.get("n")
         if n is not None and n <= self._sent.get(message.get("run_id") or "", 0):
             return
-        await self.send(text_data=message["text"])
+        try:
+            await self.send(text_data=message["text"])
+        except (OSError, RuntimeError) as error:
+            # the viewer closed while frames were on their way to it, and its disconnect is
+            # next: the ASGI spec has servers raise an OSError here, daphne raises autobahn's
+            # Disconnected (a RuntimeError). A closed tab mid-stream is not an error.
+            logger.debug("Live frame not sent, the socket is closing: %r", error)
 
     async def live_state(self, message: dict[str, Any]) -> None:
         if self._awaiting_state:

@@ -532,3 +532,29 @@ async def test_a_viewer_whose_channel_failed_beats_no_more(user, monkeypatch):
         ended = len(beats)
         await asyncio.sleep(1.0)
         assert len(beats) == ended
+
+
+async def test_a_frame_for_a_socket_already_closing_is_dropped_without_an_error(caplog):
+    """Daphne refuses a send between the client's close frame and the disconnect message
+    (autobahn's Disconnected): a viewer who closes a tab mid-stream is no error to log."""
+    from autobahn.exception import Disconnected
+
+    from django_agent_session.live.consumers import AgentSessionConsumer
+    from django_agent_session.runs.stream import frame_message
+
+    consumer = AgentSessionConsumer()
+    consumer.joined = True
+    sent = []
+
+    async def closing(message):
+        sent.append(message)
+        raise Disconnected("Attempt to send on a closed protocol")
+
+    consumer.base_send = closing
+    with caplog.at_level("DEBUG", logger="django_agent_session.live"):
+        for n in (1, 2):
+            await consumer.dispatch(frame_message({"type": "delta", "run_id": "r", "n": n,
+                                                   "text": "hi"}))
+    assert len(sent) == 2  # each frame was offered to the server, which refused it
+    assert [r.levelname for r in caplog.records] == ["DEBUG", "DEBUG"]
+    assert "closing" in caplog.records[0].getMessage()
