@@ -7,7 +7,6 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 from django.contrib.contenttypes.models import ContentType
-from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from ..declaration.registry import session_models
@@ -50,12 +49,13 @@ def stranded(model: Any, session_pk: Any = None) -> list[Any]:
     """Sync: the sessions of ``model`` (or only ``session_pk``) with queued runs and a free
     (or expired) lease."""
     now = timezone.now()
+    # driven from the queued runs (few, and indexed by status), not from every session
     queued = AgentRun.objects.filter(
-        session_type=ContentType.objects.get_for_model(model), session_id=OuterRef("pk"),
-        status=RunStatus.QUEUED)
-    sessions = model._base_manager.filter(lease_free(now)).filter(Exists(queued))
+        session_type=ContentType.objects.get_for_model(model), status=RunStatus.QUEUED)
+    sessions = model._base_manager.filter(lease_free(now))
     if session_pk is not None:
-        sessions = sessions.filter(pk=session_pk)
+        queued, sessions = queued.filter(session_id=session_pk), sessions.filter(pk=session_pk)
+    sessions = sessions.filter(pk__in=queued.values("session_id")).order_by()
     return list(sessions.values_list("pk", flat=True))
 
 

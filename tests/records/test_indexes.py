@@ -9,13 +9,14 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.contenttypes.models import ContentType
-from django.db import connection, transaction
+from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from django_agent_session.records import AgentEvent, AgentRun, RunStatus
 from django_agent_session.records.artifacts import Artifact
 from django_agent_session.store.statements import statements_for
+from tests.helpers.plans import query_plan
 from tests.testapp.models import ChatAgent
 
 TABLES = [AgentRun._meta.db_table, AgentEvent._meta.db_table, Artifact._meta.db_table]
@@ -30,18 +31,6 @@ def session_type_indexes() -> dict[str, list[str]]:
             name for name, info in connection.introspection.get_constraints(cursor, table).items()
             if info["index"] and not info["unique"] and info["columns"] == ["session_type_id"])
             for table in TABLES}
-
-
-def plan(sql: str, params: list[object]) -> str:
-    """The database's plan of ``sql``; PostgreSQL is kept off sequential scans, which it
-    prefers on a table this small, so that the plan shows the index it would use."""
-    with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
-            return "\n".join(str(row[-1]) for row in cursor.fetchall())
-        cursor.execute("SET LOCAL enable_seqscan = off")
-        cursor.execute(f"EXPLAIN {sql}", params)
-        return "\n".join(row[0] for row in cursor.fetchall())
 
 
 @pytest.fixture
@@ -77,7 +66,7 @@ def test_the_turns_run_checks_search_the_sessions_runs_by_session_id() -> None:
         "next run": (statements.next_run_sql, [ct, pk, *waiting, RunStatus.QUEUED]),
     }
     for name, (sql, params) in checks.items():
-        shown = plan(sql, params)
+        shown = query_plan(sql, params)
         assert not re.search(r"session_type\w*(_idx|_[0-9a-f]{8})\b", shown), (name, shown)
         assert any(index in shown for index in ("agent_run_queue_idx", "agent_run_session_idx",
                                                 "agent_run_idempotency_key")), (name, shown)
