@@ -87,7 +87,8 @@ elif os.environ.get("BENCH_PREPARE_THRESHOLD", "5") != "none":
     DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = int(
         os.environ.get("BENCH_PREPARE_THRESHOLD", "5"))
 
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+CHANNEL_LAYERS = {"default": {
+    "BACKEND": "django_agent_session.contrib.memory_layer.InMemoryChannelLayer"}}
 if os.environ.get("REDIS_URL"):
     # no client read timeout under redis-py 8, a large capacity (django_agent_session.layers)
     CHANNEL_LAYERS = {"default": redis_channel_layer(

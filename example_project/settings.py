@@ -74,7 +74,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 if os.environ.get("REDIS_URL"):
     CHANNEL_LAYERS = {"default": redis_channel_layer(os.environ["REDIS_URL"])}
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # Channels' in-memory layer with less work per message (docs/configuration.md)
+    CHANNEL_LAYERS = {"default": {
+        "BACKEND": "django_agent_session.contrib.memory_layer.InMemoryChannelLayer"}}
 
 USE_TZ = True
 TIME_ZONE = "UTC"

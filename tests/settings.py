@@ -82,7 +82,9 @@ else:
 # files a test stores without the ``tmp_storage`` fixture land here, never in the checkout
 MEDIA_ROOT = f"/tmp/agent-session-media-{_RUN}"
 
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# the library's in-memory layer (Channels' own is used by tests/runs/test_stream.py)
+CHANNEL_LAYERS = {"default": {
+    "BACKEND": "django_agent_session.contrib.memory_layer.InMemoryChannelLayer"}}
 if os.environ.get("REDIS_URL"):
     CHANNEL_LAYERS = {"default": redis_channel_layer(os.environ["REDIS_URL"])}
 
