@@ -74,7 +74,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 if os.environ.get("REDIS_URL"):
     CHANNEL_LAYERS = {"default": redis_channel_layer(os.environ["REDIS_URL"])}
 else:
-    # Channels' in-memory layer with less work per message (docs/configuration.md)
+    # Channels' in-memory layer with less work per message (docs/live.md#wiring)
     CHANNEL_LAYERS = {"default": {
         "BACKEND": "django_agent_session.contrib.memory_layer.InMemoryChannelLayer"}}
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from copy import deepcopy
 from typing import Any
 
@@ -38,16 +39,21 @@ SWEEP_EVERY = 1.0
 _SCALARS = (str, int, float, bool, bytes, type(None))
 
 
+def _copier(message: dict[str, Any]) -> Callable[[Any], Any]:
+    """How to copy ``message`` for a receiver: a flat dict when its values are immutable."""
+    return dict if all(type(value) in _SCALARS for value in message.values()) else deepcopy
+
+
 class InMemoryChannelLayer(ChannelsInMemoryChannelLayer):
     """Channels' in-memory layer, cheaper per message with many channels (see the module)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._swept_at: float | None = None
+        self._swept_at = float("-inf")
 
     def _clean_expired(self) -> None:
         now = time.monotonic()
-        if self._swept_at is None or now - self._swept_at >= SWEEP_EVERY:
+        if now - self._swept_at >= SWEEP_EVERY:
             self._swept_at = now
             super()._clean_expired()
 
@@ -57,11 +63,9 @@ class InMemoryChannelLayer(ChannelsInMemoryChannelLayer):
             queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
         return queue
 
-    def _put(self, channel: str, message: dict[str, Any]) -> None:
-        flat = all(type(value) in _SCALARS for value in message.values())
+    def _put(self, channel: str, message: dict[str, Any], copy: Callable[[Any], Any]) -> None:
         try:
-            self._queue(channel).put_nowait(
-                (time.time() + self.expiry, dict(message) if flat else deepcopy(message)))
+            self._queue(channel).put_nowait((time.time() + self.expiry, copy(message)))
         except asyncio.QueueFull:
             raise ChannelFull(channel) from None
 
@@ -69,7 +73,7 @@ class InMemoryChannelLayer(ChannelsInMemoryChannelLayer):
         assert isinstance(message, dict), "message is not a dict"
         self.require_valid_channel_name(channel)
         assert "__asgi_channel__" not in message
-        self._put(channel, message)
+        self._put(channel, message, _copier(message))
 
     async def receive(self, channel: str) -> dict[str, Any]:
         self.require_valid_channel_name(channel)
@@ -86,8 +90,9 @@ class InMemoryChannelLayer(ChannelsInMemoryChannelLayer):
         assert isinstance(message, dict), "Message is not a dict"
         self.require_valid_group_name(group)
         self._clean_expired()
+        copy = _copier(message)  # judged once, a copy per member
         for channel in list(self.groups.get(group, ())):
             try:
-                self._put(channel, message)
+                self._put(channel, message, copy)
             except ChannelFull:
                 pass  # as Channels' layer: a full member misses this message
