@@ -569,6 +569,35 @@ class TestPreparedStatements:
                     .order_by("seq"))
         assert seqs == list(range(1, len(seqs) + 1))
 
+    def test_one_commit_statement_whatever_the_number_of_events(self, scripted, threshold):
+        """The fused commit sends its events as arrays: a turn with a tool call writes more
+        events than a plain one through the same prepared statement, each event's data
+        stored as a JSON object."""
+        threshold(0)
+        Order.objects.create(number=42, status="shipped", customer="alice")
+        scripted.enqueue(reply(content="Hello"), tool_reply("lookup_order", {"number": 42}),
+                         reply(content="Shipped."), reply(content="Bye"))
+        session = SupportAgent.objects.start_session({"message": "Hi"}, instruction_args=ARGS)
+        counts = []
+        for text in ("Where is 42?", "Thanks"):
+            before = session.event_seq
+            session = SupportAgent.objects.continue_session(session.pk, {"message": text})
+            counts.append(session.event_seq - before)
+        assert counts[0] > counts[1]  # the tool call and its result are events of their own
+        # (the first turn's commit, which also sets the title, is a statement of its own)
+        commits = [s for s in self._prepared()
+                   if s.startswith('WITH s AS (UPDATE "testapp_supportagent" SET "context"')
+                   and '"title"' not in s]
+        assert len(commits) == 1 and "unnest(" in commits[0]
+        events = list(AgentEvent.objects.filter(session_id=session.pk).order_by("seq"))
+        assert [e.seq for e in events] == list(range(1, session.event_seq + 1))
+        assert all(isinstance(e.data, dict) for e in events)
+        assert {e.run_id for e in events if e.type == "tool.result"} == {
+            session.runs.get(input={"message": "Where is 42?"}).pk}
+        result = next(e for e in events if e.type == "tool.result")
+        assert result.data["name"] == "lookup_order" and result.session_type_id == ContentType.objects \
+            .get_for_model(SupportAgent).pk
+
     def test_nothing_is_prepared_by_default(self, scripted, threshold):
         threshold(None)
         scripted.enqueue("reply")
