@@ -34,6 +34,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from channels.exceptions import ChannelFull
@@ -123,14 +124,51 @@ class RedisChannelLayer(ChannelsRedisLayer):
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         """channels-redis' ``group_send`` (one message per inbox, capacity, expiry) in two
         round trips: the group's members, then one script per Redis host."""
+        await self.group_send_after(group, message)
+
+    async def group_send_after(self, group: str, message: dict[str, Any],
+                               commands: Callable[[Any], None] | None = None, *,
+                               host: int = 0) -> list[Any]:
+        """:meth:`group_send`, after ``commands(pipeline)`` ran on Redis host ``host``; their
+        results, an error as an exception object (never raised: the message is sent anyway).
+
+        On the group's own host (every single-host deployment) the commands go in the round
+        trip that reads the group, ahead of it, so a channel that joins the group too late to
+        receive the message sees what the commands wrote. This is how a run's frame is
+        buffered and sent at once (``runs/stream.py``): one round trip per frame, not two.
+        """
         assert self.require_valid_group_name(group), "Group name not valid"
         key = self._group_key(group)
-        connection = self.connection(self.consistent_hash(group))
-        async with connection.pipeline(transaction=False) as pipe:
+        index = self.consistent_hash(group)
+        results: list[Any] = []
+        if commands is not None and host != index:
+            try:
+                async with self.connection(host).pipeline(transaction=False) as pipe:
+                    commands(pipe)
+                    results = await pipe.execute(raise_on_error=False)
+            except Exception as error:  # that host is down: the message still goes out
+                results = [error]
+            commands = None
+        async with self.connection(index).pipeline(transaction=False) as pipe:
+            if commands is not None:
+                commands(pipe)
+            queued = len(pipe)
             pipe.zremrangebyscore(key, min=0, max=int(time.time()) - self.group_expiry)
             pipe.zrange(key, 0, -1)
-            _, members = await pipe.execute()
-        channel_names = [member.decode("utf8") for member in members]
+            replies = await pipe.execute(raise_on_error=False)
+        if queued:
+            results = replies[:queued]
+        for reply in replies[queued:]:
+            if isinstance(reply, Exception):
+                raise reply
+        await self._send_to_members(group, message,
+                                    [member.decode("utf8") for member in replies[-1]])
+        return results
+
+    async def _send_to_members(self, group: str, message: dict[str, Any],
+                               channel_names: list[str]) -> None:
+        """Deliver a group's message to its members: in memory to this process's, by one
+        script per Redis host to the others'."""
         inbox = self._here()
         if inbox is not None:
             mine: list[str] = []

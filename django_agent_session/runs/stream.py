@@ -108,6 +108,9 @@ class LocalBuffer:
 class RedisBuffer:
     """A Redis stream per run, through the channels-redis layer's own connection."""
 
+    #: the index of the layer's Redis host that holds the buffers
+    HOST = 0
+
     def __init__(self, layer: Any) -> None:
         self.layer = layer
 
@@ -115,20 +118,24 @@ class RedisBuffer:
         return f"{self.layer.prefix}:agent_session:run:{run_id}"
 
     async def append(self, run_id: str, frame: dict[str, Any]) -> None:
-        key = self._key(run_id)
-        redis = self.layer.connection(0)
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, {"f": codec.dumps(frame)},
-                      maxlen=MAX_FRAMES, approximate=True)
-            pipe.expire(key, TTL_SECONDS)
+        async with self.layer.connection(self.HOST).pipeline(transaction=False) as pipe:
+            self.queue(pipe, run_id, codec.dumps(frame))
             await pipe.execute()
 
+    def queue(self, pipe: Any, run_id: str, text: str) -> None:
+        """Queue the commands appending a frame (its JSON ``text``) on a pipeline of
+        :attr:`HOST`."""
+        key = self._key(run_id)
+        pipe.xadd(key, {"f": text}, maxlen=MAX_FRAMES, approximate=True)
+        pipe.expire(key, TTL_SECONDS)
+
     async def read(self, run_id: str) -> list[dict[str, Any]]:
-        entries = await self.layer.connection(0).xrange(self._key(run_id))
+        entries = await self.layer.connection(self.HOST).xrange(self._key(run_id))
         return [codec.loads(fields[b"f"]) for _, fields in entries]
 
     async def finish(self, run_id: str) -> None:
-        await self.layer.connection(0).expire(self._key(run_id), FINISHED_TTL_SECONDS)
+        await self.layer.connection(self.HOST).expire(self._key(run_id),
+                                                      FINISHED_TTL_SECONDS)
 
 
 _local = LocalBuffer()
@@ -206,14 +213,38 @@ class RunStream:
                 await self._publish("delta", data)
 
     async def _publish(self, kind: str, data: dict[str, Any]) -> None:
+        """Buffer a progress frame, then send it: a viewer that joins the group too late for
+        the frame finds it in the buffer."""
         self.n += 1
         self.turn.progress_frames = self.n  # recorded with a pause
         frame = {"type": kind, **self.base, "n": self.n, **data}
+        fused = getattr(self.layer, "group_send_after", None)
+        if fused is not None and isinstance(self.buffer, RedisBuffer):
+            # this library's Redis layer: buffered and sent in one round trip
+            await self._publish_fused(fused, self.buffer, frame)
+            return
         try:
             await self.buffer.append(self.run_id, frame)
         except Exception:
             logger.warning("Could not buffer a frame of run %s", self.run_id, exc_info=True)
         await self.send(frame)
+
+    async def _publish_fused(self, group_send_after: Any, buffer: RedisBuffer,
+                             frame: dict[str, Any]) -> None:
+        message = frame_message(frame)
+        try:
+            results = await group_send_after(
+                self.group, message,
+                lambda pipe: buffer.queue(pipe, self.run_id, message["text"]),
+                host=buffer.HOST)
+        except Exception:  # a full or unreachable layer must not fail the run
+            logger.warning("Could not fan out %r of run %s", frame.get("type"), self.run_id,
+                           exc_info=True)
+            return
+        error = next((r for r in results if isinstance(r, Exception)), None)
+        if error is not None:
+            logger.warning("Could not buffer a frame of run %s", self.run_id,
+                           exc_info=error)
 
     async def finished(self, record: TurnRecord | None, error: BaseException | None) -> None:
         """Tell the viewers how the run ended (``record``: what it wrote)."""

@@ -12,6 +12,7 @@ from django_agent_session.contrib.redis_layer import RedisChannelLayer
 from django_agent_session.layers import redis_channel_layer
 from django_agent_session.runs.stream import RedisBuffer, buffer_for
 from tests.helpers.live_server import wait_until
+from tests.helpers.redis import executed
 
 REDIS = "redis://127.0.0.1:6379"
 
@@ -395,4 +396,62 @@ async def test_a_sender_on_another_event_loop_goes_through_redis():
         await redis.send(channel, {"type": "from this loop"})
         assert handed == [channel]
     finally:
+        await redis.flush()
+
+
+# -- commands ahead of a group send -------------------------------------------------------------
+
+async def test_commands_run_ahead_of_the_group_read_in_its_round_trip(monkeypatch):
+    redis = layer()
+    channel = await redis.new_channel()
+    key = f"{redis.prefix}:stream"
+    try:
+        await redis.group_add("g", channel)
+        trips = executed(monkeypatch)
+        results = await redis.group_send_after(
+            "g", {"type": "frame", "n": 1}, lambda pipe: pipe.xadd(key, {"f": "1"}))
+        assert [names for _, names in trips] == [["XADD", "ZREMRANGEBYSCORE", "ZRANGE"]]
+        assert len(results) == 1 and not isinstance(results[0], Exception)
+        assert await asyncio.wait_for(redis.receive(channel), 5) == {"type": "frame", "n": 1}
+        assert len(await redis.connection(0).xrange(key)) == 1
+    finally:
+        await redis.connection(0).delete(key)
+        await redis.flush()
+
+
+async def test_a_failing_command_is_returned_and_the_message_still_sent():
+    redis = layer()
+    channel = await redis.new_channel()
+    key = f"{redis.prefix}:stream"
+    try:
+        await redis.connection(0).set(key, "not a stream")
+        await redis.group_add("g", channel)
+        results = await redis.group_send_after(
+            "g", {"type": "frame"}, lambda pipe: pipe.xadd(key, {"f": "1"}))
+        assert len(results) == 1 and "WRONGTYPE" in str(results[0])
+        assert await asyncio.wait_for(redis.receive(channel), 5) == {"type": "frame"}
+    finally:
+        await redis.connection(0).delete(key)
+        await redis.flush()
+
+
+async def test_commands_for_another_host_than_the_groups_run_first_on_their_own(monkeypatch):
+    """With two hosts (here two databases of one server), a group that hashes to the second
+    still has the first host's commands done before it is read."""
+    prefix = f"t{uuid.uuid4().hex}"
+    hosts = [{"address": f"{REDIS}/{db}", "socket_timeout": None} for db in (0, 1)]
+    redis = RedisChannelLayer(hosts=hosts, prefix=prefix)
+    group = next(g for g in (f"g{i}" for i in range(100)) if redis.consistent_hash(g) == 1)
+    channel = await redis.new_channel()
+    key = f"{redis.prefix}:stream"
+    try:
+        await redis.group_add(group, channel)
+        trips = executed(monkeypatch)
+        results = await redis.group_send_after(
+            group, {"type": "frame"}, lambda pipe: pipe.xadd(key, {"f": "1"}), host=0)
+        assert trips == [(0, ["XADD"]), (1, ["ZREMRANGEBYSCORE", "ZRANGE"])]
+        assert len(results) == 1 and not isinstance(results[0], Exception)
+        assert await asyncio.wait_for(redis.receive(channel), 5) == {"type": "frame"}
+    finally:
+        await redis.connection(0).delete(key)
         await redis.flush()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from channels.layers import InMemoryChannelLayer
+from channels_redis.core import RedisChannelLayer as ChannelsRedisLayer
 from django.utils import timezone
 
 from django_agent_session.runs.stream import (
@@ -18,7 +20,10 @@ from django_agent_session.runs.stream import (
     group_name,
     merged,
 )
+from django_agent_session.contrib.redis_layer import RedisChannelLayer
+from django_agent_session.layers import redis_channel_layer
 from django_agent_session.store.turns import Turn
+from tests.helpers.redis import executed
 from tests.testapp.models import ChatAgent
 
 pytestmark = pytest.mark.django_db
@@ -97,3 +102,55 @@ async def test_finished_sends_the_outcome_after_every_pending_delta(turn):
     first, last = await received(layer, channel, 2)
     assert first["type"] == "delta" and first["text"] == "partial"
     assert last["type"] == "run.status" and last["status"] == "failed"
+
+
+# -- on Redis -------------------------------------------------------------------------------------
+
+REDIS = "redis://127.0.0.1:6379"
+
+
+def redis_layer(backend: type) -> Any:
+    config = redis_channel_layer(REDIS, prefix=f"t{uuid.uuid4().hex}")["CONFIG"]
+    return backend(**config)
+
+
+@pytest.mark.parametrize("backend", [RedisChannelLayer, ChannelsRedisLayer],
+                         ids=["this library's layer", "channels-redis"])
+async def test_frames_are_buffered_in_redis_and_sent(turn, backend, monkeypatch):
+    """With this library's layer a frame is buffered and sent in one round trip, the buffer's
+    commands ahead of the group read; with channels-redis' own, buffered, then sent."""
+    layer = redis_layer(backend)
+    channel = await layer.new_channel()
+    await layer.group_add(group_name(ChatAgent, turn.session.pk), channel)
+    stream = RunStream(ChatAgent, turn, layer)
+    trips = executed(monkeypatch)
+    try:
+        await stream.on_progress("tool.call", {"name": "lookup", "input": {}})
+        await stream.on_progress("tool.result", {"name": "lookup", "content": "ok"})
+        frames = await received(layer, channel, 2)
+        assert [(f["type"], f["n"]) for f in frames] == [("tool.call", 1), ("tool.result", 2)]
+        assert await buffer_for(layer).read(str(turn.run_id)) == frames
+        if backend is RedisChannelLayer:
+            assert [names for _, names in trips] == [
+                ["XADD", "EXPIRE", "ZREMRANGEBYSCORE", "ZRANGE"]] * 2
+        else:
+            assert [names for _, names in trips][0] == ["XADD", "EXPIRE"]
+    finally:
+        await layer.flush()
+
+
+async def test_a_frame_the_buffer_refuses_still_reaches_the_viewers(turn, caplog):
+    layer = redis_layer(RedisChannelLayer)
+    channel = await layer.new_channel()
+    await layer.group_add(group_name(ChatAgent, turn.session.pk), channel)
+    stream = RunStream(ChatAgent, turn, layer)
+    key = buffer_for(layer)._key(str(turn.run_id))
+    await layer.connection(0).set(key, "not a stream")
+    try:
+        await stream.on_progress("tool.call", {"name": "lookup", "input": {}})
+        [frame] = await received(layer, channel, 1)
+        assert (frame["type"], frame["n"]) == ("tool.call", 1)
+        assert f"Could not buffer a frame of run {turn.run_id}" in caplog.text
+    finally:
+        await layer.connection(0).delete(key)
+        await layer.flush()
