@@ -57,7 +57,7 @@ RUN_COMPLETED = ("status", "output", "model", "iterations", "ended_at", "duratio
 EVENTS_PER_INSERT = 500
 #: the columns of an event row a turn inserts
 EVENT_COLUMNS = ("session_type", "session_id", "seq", "type", "run", "data", "created_at")
-#: those that differ between a turn's events (the fused commit sends each as one array)
+#: those that differ between a turn's events (the fused commit sends them as one JSON array)
 EVENT_ROWS = ("seq", "type", "run", "data")
 
 
@@ -292,10 +292,10 @@ class Statements:
         """The session UPDATE, the run UPDATE and the events INSERT as one statement: the
         last two happen only if the first matched its guards.
 
-        The events come as one array per varying column (``unnest``), so the statement is
-        the same whatever a turn's number of events: psycopg converts and caches it once
-        (it re-parses on every call a statement of over 50 parameters, a tenth of the
-        live path's database thread) and the server prepares one plan, not one per count.
+        The events come as one JSON array (``jsonb_to_recordset``), so the statement is the
+        same whatever a turn's number of events: psycopg converts and caches it once (it
+        re-parses on every call a statement of over 50 parameters, which a multi-row
+        ``VALUES`` of four events was) and the server prepares one plan, not one per count.
         """
         sql = self._commit_fused_sql.get(titled)
         if sql is None:
@@ -305,14 +305,14 @@ class Statements:
             columns = ", ".join(
                 f"v.{name}" if name in EVENT_ROWS else f"%s::{cast[name]}"
                 for name in EVENT_COLUMNS)
-            arrays = ", ".join(f"%s::{cast[name]}[]" for name in EVENT_ROWS)
+            record = ", ".join(f"{name} {cast[name]}" for name in EVENT_ROWS)
             session = self.commit_titled_sql if titled else self.commit_sql
             sql = self._commit_fused_sql[titled] = (
                 f"WITH s AS ({session} RETURNING 1), "
                 f"r AS ({self.complete_run_sql} AND EXISTS (SELECT 1 FROM s)), "
                 f"e AS (INSERT INTO {q(AgentEvent._meta.db_table)} "
                 f"({', '.join(_column(q, f) for f in self._event_fields)}) "
-                f"SELECT {columns} FROM unnest({arrays}) AS v({', '.join(EVENT_ROWS)}) "
+                f"SELECT {columns} FROM jsonb_to_recordset(%s::jsonb) AS v({record}) "
                 f"WHERE EXISTS (SELECT 1 FROM s)) SELECT count(*) FROM s")
         return sql
 
@@ -470,7 +470,7 @@ class Statements:
             *self._complete_params(run_id, output=output, model=model, iterations=iterations,
                                    moment=moment, duration_ms=duration_ms, usage=run_usage,
                                    stop_reason=stop_reason, cost=cost),
-            *self._event_arrays(pk, events, moment)]
+            *self._event_records(pk, events, moment)]
         with self.cursor(connection) as cursor:
             cursor.execute(self._commit_turn_sql(title is not None), params)
             row = cursor.fetchone()
@@ -485,20 +485,16 @@ class Statements:
                        moment]
         return params
 
-    def _event_arrays(self, pk: Any, rows: list[tuple[int, str, Any, dict[str, Any]]],
-                      moment: Any) -> list[Any]:
+    def _event_records(self, pk: Any, rows: list[tuple[int, str, Any, dict[str, Any]]],
+                       moment: Any) -> list[Any]:
         """The parameters of the fused commit's events: the values all rows share, in
-        column order, then one list per column of ``EVENT_ROWS``."""
+        column order, then the rows' ``EVENT_ROWS`` as one JSON array of objects."""
         shared = {"session_type": self.content_type_id(), "session_id": self.db_uuid(pk),
                   "created_at": moment}
-        columns: dict[str, list[Any]] = {"seq": [], "type": [], "run": [], "data": []}
-        for seq, kind, run_id, data in rows:
-            columns["seq"].append(seq)
-            columns["type"].append(kind)
-            columns["run"].append(self.db_uuid(run_id))
-            columns["data"].append(codec.dumps(data))
+        records = [{"seq": seq, "type": kind, "run": None if run_id is None else str(run_id),
+                    "data": data} for seq, kind, run_id, data in rows]
         return [*(shared[name] for name in EVENT_COLUMNS if name in shared),
-                *(columns[name] for name in EVENT_ROWS)]
+                codec.dumps(records)]
 
     def complete_run(self, run_id: uuid.UUID, *, output: Any, model: str, iterations: int,
                      now: datetime, duration_ms: int, usage: dict[str, Any],

@@ -570,7 +570,7 @@ class TestPreparedStatements:
         assert seqs == list(range(1, len(seqs) + 1))
 
     def test_one_commit_statement_whatever_the_number_of_events(self, scripted, threshold):
-        """The fused commit sends its events as arrays: a turn with a tool call writes more
+        """The fused commit sends its events as one JSON array: a turn with a tool call writes more
         events than a plain one through the same prepared statement, each event's data
         stored as a JSON object."""
         threshold(0)
@@ -588,7 +588,7 @@ class TestPreparedStatements:
         commits = [s for s in self._prepared()
                    if s.startswith('WITH s AS (UPDATE "testapp_supportagent" SET "context"')
                    and '"title"' not in s]
-        assert len(commits) == 1 and "unnest(" in commits[0]
+        assert len(commits) == 1 and "jsonb_to_recordset(" in commits[0]
         events = list(AgentEvent.objects.filter(session_id=session.pk).order_by("seq"))
         assert [e.seq for e in events] == list(range(1, session.event_seq + 1))
         assert all(isinstance(e.data, dict) for e in events)
