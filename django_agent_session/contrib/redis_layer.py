@@ -136,6 +136,8 @@ class RedisChannelLayer(ChannelsRedisLayer):
         trip that reads the group, ahead of it, so a channel that joins the group too late to
         receive the message sees what the commands wrote. This is how a run's frame is
         buffered and sent at once (``runs/stream.py``): one round trip per frame, not two.
+        (So a subclass that overrides :meth:`group_send` does not see a run's progress frames;
+        override this method too.)
         """
         assert self.require_valid_group_name(group), "Group name not valid"
         key = self._group_key(group)

@@ -130,8 +130,17 @@ class RedisBuffer:
         pipe.expire(key, TTL_SECONDS)
 
     async def read(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's frames, each once: redis-py retries a pipeline that lost its connection,
+        which may append a frame twice."""
         entries = await self.layer.connection(self.HOST).xrange(self._key(run_id))
-        return [codec.loads(fields[b"f"]) for _, fields in entries]
+        frames, seen = [], set()
+        for _, fields in entries:
+            frame = codec.loads(fields[b"f"])
+            n = frame.get("n")
+            if n is None or n not in seen:
+                seen.add(n)
+                frames.append(frame)
+        return frames
 
     async def finish(self, run_id: str) -> None:
         await self.layer.connection(self.HOST).expire(self._key(run_id),
@@ -231,8 +240,8 @@ class RunStream:
 
     async def _publish_fused(self, group_send_after: Any, buffer: RedisBuffer,
                              frame: dict[str, Any]) -> None:
-        message = frame_message(frame)
         try:
+            message = frame_message(frame)
             results = await group_send_after(
                 self.group, message,
                 lambda pipe: buffer.queue(pipe, self.run_id, message["text"]),

@@ -14,8 +14,9 @@ write them, and only their parameters change:
     falls back to the ORM path, which tells these cases apart.
 ``commit``
     ``UPDATE session`` (context, usage increments, event counter, lease release) guarded by the
-    lease token, the event counter and the version; ``UPDATE run``; one multi-row ``INSERT`` of
-    the turn's events. A guard that does not match falls back to the ORM's retry loop.
+    lease token, the event counter and the version; ``UPDATE run``; one ``INSERT`` of the
+    turn's events (a multi-row ``VALUES``; on PostgreSQL one JSON array read with
+    ``jsonb_to_recordset``). A guard that does not match falls back to the ORM's retry loop.
 
 The statements keep every guarantee of the ORM path (same columns, same guards, same
 transactions); the ORM stays everywhere else. Only PostgreSQL and SQLite (3.35+, for
@@ -302,9 +303,10 @@ class Statements:
             connection = connections[self.alias]
             q = connection.ops.quote_name
             cast = {f.name: _cast(f, connection) for f in self._event_fields}
-            columns = ", ".join(
-                f"v.{name}" if name in EVENT_ROWS else f"%s::{cast[name]}"
-                for name in EVENT_COLUMNS)
+            # (a JSON null read into a jsonb column is SQL NULL: stored as JSON null, as before)
+            read = {name: f"v.{name}" for name in EVENT_ROWS} | {
+                "data": "coalesce(v.data, 'null'::jsonb)"}
+            columns = ", ".join(read.get(name, f"%s::{cast[name]}") for name in EVENT_COLUMNS)
             record = ", ".join(f"{name} {cast[name]}" for name in EVENT_ROWS)
             session = self.commit_titled_sql if titled else self.commit_sql
             sql = self._commit_fused_sql[titled] = (
@@ -491,10 +493,14 @@ class Statements:
         column order, then the rows' ``EVENT_ROWS`` as one JSON array of objects."""
         shared = {"session_type": self.content_type_id(), "session_id": self.db_uuid(pk),
                   "created_at": moment}
-        records = [{"seq": seq, "type": kind, "run": None if run_id is None else str(run_id),
-                    "data": data} for seq, kind, run_id, data in rows]
-        return [*(shared[name] for name in EVENT_COLUMNS if name in shared),
-                codec.dumps(records)]
+        # each event's data encoded on its own, as insert_events encodes it: one value the
+        # codec hands to ``json`` (an integer beyond 64 bits) must not take the others along
+        records = ",".join(
+            f'{{"seq":{int(seq)},"type":{codec.dumps(kind)},'
+            f'"run":{"null" if run_id is None else codec.dumps(str(run_id))},'
+            f'"data":{codec.dumps(data)}}}'
+            for seq, kind, run_id, data in rows)
+        return [*(shared[name] for name in EVENT_COLUMNS if name in shared), f"[{records}]"]
 
     def complete_run(self, run_id: uuid.UUID, *, output: Any, model: str, iterations: int,
                      now: datetime, duration_ms: int, usage: dict[str, Any],

@@ -154,3 +154,29 @@ async def test_a_frame_the_buffer_refuses_still_reaches_the_viewers(turn, caplog
     finally:
         await layer.connection(0).delete(key)
         await layer.flush()
+
+
+async def test_a_frame_appended_twice_is_read_once(turn):
+    """redis-py retries a pipeline whose connection broke, which may append a frame twice."""
+    layer = redis_layer(RedisChannelLayer)
+    buffer = buffer_for(layer)
+    run_id = str(turn.run_id)
+    frames = [{"type": "delta", "run_id": run_id, "n": n, "text": str(n)} for n in (1, 2)]
+    try:
+        for frame in (frames[0], frames[0], frames[1], frames[1]):
+            await buffer.append(run_id, frame)
+        assert await buffer.read(run_id) == frames
+    finally:
+        await layer.flush()
+
+
+async def test_a_frame_that_cannot_be_encoded_is_logged_not_raised(turn, caplog):
+    layer = redis_layer(RedisChannelLayer)
+    stream = RunStream(ChatAgent, turn, layer)
+    try:
+        await stream.on_progress("tool.call", {"name": "lookup", "input": object()})
+        assert "Could not fan out 'tool.call'" in caplog.text
+        await stream.on_progress("tool.call", {"name": "lookup", "input": {}})  # goes on
+        assert [f["n"] for f in await buffer_for(layer).read(str(turn.run_id))] == [2]
+    finally:
+        await layer.flush()

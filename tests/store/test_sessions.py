@@ -6,6 +6,7 @@ import asyncio
 import threading
 import uuid
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.contrib.contenttypes.models import ContentType
@@ -519,6 +520,38 @@ class TestQueries:
         assert len(queries) - len(control) <= 8
         # two transactions: taking the lease with its run, and the commit
         assert len(control) == 4
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql",
+                    reason="the fused commit: PostgreSQL only")
+def test_the_fused_commit_stores_events_as_insert_events_does():
+    """The fused commit sends a turn's events as one JSON array: each event's data is encoded
+    on its own and stored as the separate INSERT stores it, a JSON null included."""
+    hot = Statements(ChatAgent, "default")
+    session = ChatAgent.objects.create(context={})
+    run_id, now = uuid.uuid4(), timezone.now()
+    AgentRun.objects.create(id=run_id, session_type=ContentType.objects.get_for_model(ChatAgent),
+                            session_id=session.pk, status=RunStatus.RUNNING, input={})
+    ChatAgent.objects.filter(pk=session.pk).update(lease_token=run_id)
+    data = [{"price": Decimal("1.10"), "at": now, "id": run_id, "text": "café ✓",
+             "big": 2**70},  # beyond 64 bits: the codec's fallback encodes this one
+            {"x": float("nan")},  # orjson: null (the fallback would write NaN)
+            None]
+    rows = [(1, "a", run_id, data[0]), (2, "b", None, data[1]), (3, "c", run_id, data[2])]
+    assert hot.commit_turn(session.pk, run_id=run_id, context={"messages": []}, now=now,
+                           usage={}, base=0, version=session.version, title=None, output=None,
+                           model="m", iterations=1, duration_ms=1, events=rows, run_usage={},
+                           stop_reason=None, cost=None)
+    other = ChatAgent.objects.create(context={})
+    hot.insert_events(other.pk, rows, now)
+
+    def stored(pk):
+        return [(e.seq, e.type, e.run_id, e.data, e.created_at)
+                for e in AgentEvent.objects.filter(session_id=pk).order_by("seq")]
+
+    assert stored(session.pk) == stored(other.pk)
+    assert stored(session.pk)[0][3]["big"] == 2**70 and stored(session.pk)[1][3] == {"x": None}
+    assert stored(session.pk)[2][3] is None and stored(session.pk)[1][2] is None
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql",
