@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = dict(os.environ)
     common = ["--turns", str(args.turns), "--warmup", str(args.warmup)]
-    load_before = _load()
+    load_before, started = _load(), _now()
     results: dict[str, Any] = {}
     envs = database_envs(args, base)
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
         results["restart"] = run_restart(args, base)
 
-    data = {"meta": _meta(argv, load_before), "results": results}
+    data = {"meta": _meta(argv, load_before, started), "results": results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2, default=str))
@@ -179,7 +179,13 @@ def _load() -> str:
         return "?"
 
 
-def _meta(argv: list[str] | None, load_before: str) -> dict[str, Any]:
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _meta(argv: list[str] | None, load_before: str, started: str) -> dict[str, Any]:
+    """The run's context; ``date`` is when it started (with the load then), ``ended`` when
+    it finished."""
     import anthropic
     import django
 
@@ -190,7 +196,8 @@ def _meta(argv: list[str] | None, load_before: str) -> dict[str, Any]:
         commit = "?"
     args = sys.argv[1:] if argv is None else argv
     return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": started,
+        "ended": _now(),
         "commit": commit,
         "command": " ".join(["python -m benchmarks", *map(shlex.quote, args)]),
         "python": platform.python_version(),
