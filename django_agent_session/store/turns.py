@@ -46,7 +46,7 @@ from ..records import (
 )
 from . import titles
 from .lease import INTERRUPTED, lease_deadline, lease_held, lease_remaining
-from .statements import EVENTS_PER_INSERT, Statements, statements_for
+from .statements import Statements, statements_for
 from .titles import TITLE_LENGTH
 
 #: turns whose spend never reached the context
@@ -262,7 +262,7 @@ class SessionStore:
             title = session.title = _title_from(turn.user_blocks)
         hot = statements_for(self.model)
         fused = (hot is not None and hot.fused and not turn.stale_runs
-                 and not result.side_runs and len(events) <= EVENTS_PER_INSERT)
+                 and not result.side_runs)
         if fused and hot is not None and self._commit_fused(hot, turn, stored, events, result,
                                                             now, title):
             pass  # one statement wrote it all (PostgreSQL)
