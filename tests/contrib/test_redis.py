@@ -12,14 +12,7 @@ from django_agent_session.contrib.redis_layer import RedisChannelLayer
 from django_agent_session.layers import redis_channel_layer
 from django_agent_session.runs.stream import RedisBuffer, buffer_for
 from tests.helpers.live_server import wait_until
-from tests.helpers.redis import executed
-
-REDIS = "redis://127.0.0.1:6379"
-
-
-def layer(**config: object) -> RedisChannelLayer:
-    return RedisChannelLayer(**redis_channel_layer(REDIS, prefix=f"t{uuid.uuid4().hex}",
-                                                   **config)["CONFIG"])
+from tests.helpers.redis import REDIS, executed, layer
 
 
 def another_process(redis: RedisChannelLayer) -> RedisChannelLayer:

@@ -1,8 +1,23 @@
-"""Watching what a test's Redis client sends."""
+"""Redis channel layers of their own for tests, and watching what their client sends."""
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 import pytest
+
+from django_agent_session.contrib.redis_layer import RedisChannelLayer
+from django_agent_session.layers import redis_channel_layer
+
+REDIS = "redis://127.0.0.1:6379"
+
+
+def layer(backend: type[Any] = RedisChannelLayer, **config: object) -> Any:
+    """A ``backend`` layer configured by ``redis_channel_layer`` under a prefix of its own
+    (``flush()`` removes its keys)."""
+    return backend(**redis_channel_layer(REDIS, prefix=f"t{uuid.uuid4().hex}",
+                                         **config)["CONFIG"])
 
 
 def executed(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, list[str]]]:

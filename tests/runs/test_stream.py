@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from channels.layers import InMemoryChannelLayer
@@ -21,9 +20,9 @@ from django_agent_session.runs.stream import (
     merged,
 )
 from django_agent_session.contrib.redis_layer import RedisChannelLayer
-from django_agent_session.layers import redis_channel_layer
 from django_agent_session.store.turns import Turn
 from tests.helpers.redis import executed
+from tests.helpers.redis import layer as redis_layer
 from tests.testapp.models import ChatAgent
 
 pytestmark = pytest.mark.django_db
@@ -106,14 +105,6 @@ async def test_finished_sends_the_outcome_after_every_pending_delta(turn):
 
 # -- on Redis -------------------------------------------------------------------------------------
 
-REDIS = "redis://127.0.0.1:6379"
-
-
-def redis_layer(backend: type) -> Any:
-    config = redis_channel_layer(REDIS, prefix=f"t{uuid.uuid4().hex}")["CONFIG"]
-    return backend(**config)
-
-
 @pytest.mark.parametrize("backend", [RedisChannelLayer, ChannelsRedisLayer],
                          ids=["this library's layer", "channels-redis"])
 async def test_frames_are_buffered_in_redis_and_sent(turn, backend, monkeypatch):
@@ -140,7 +131,7 @@ async def test_frames_are_buffered_in_redis_and_sent(turn, backend, monkeypatch)
 
 
 async def test_a_frame_the_buffer_refuses_still_reaches_the_viewers(turn, caplog):
-    layer = redis_layer(RedisChannelLayer)
+    layer = redis_layer()
     channel = await layer.new_channel()
     await layer.group_add(group_name(ChatAgent, turn.session.pk), channel)
     stream = RunStream(ChatAgent, turn, layer)
@@ -158,7 +149,7 @@ async def test_a_frame_the_buffer_refuses_still_reaches_the_viewers(turn, caplog
 
 async def test_a_frame_appended_twice_is_read_once(turn):
     """redis-py retries a pipeline whose connection broke, which may append a frame twice."""
-    layer = redis_layer(RedisChannelLayer)
+    layer = redis_layer()
     buffer = buffer_for(layer)
     run_id = str(turn.run_id)
     frames = [{"type": "delta", "run_id": run_id, "n": n, "text": str(n)} for n in (1, 2)]
@@ -171,7 +162,7 @@ async def test_a_frame_appended_twice_is_read_once(turn):
 
 
 async def test_a_frame_that_cannot_be_encoded_is_logged_not_raised(turn, caplog):
-    layer = redis_layer(RedisChannelLayer)
+    layer = redis_layer()
     stream = RunStream(ChatAgent, turn, layer)
     try:
         await stream.on_progress("tool.call", {"name": "lookup", "input": object()})
