@@ -20,9 +20,10 @@ turn sends ``N + 1`` messages and stores ``N + 2``.
 from __future__ import annotations
 
 import gc
+import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .stats import Stopwatch, summary
 
@@ -59,14 +60,26 @@ def prepared_context(n: int) -> dict[str, Any]:
                    tokens=estimate_tokens(SYSTEM, messages)).to_dict()
 
 
+class Measured(NamedTuple):
+    """What :func:`measure_turns` measured, one entry per measured turn."""
+
+    totals: list[float]  #: seconds per turn
+    inside: list[float]  #: seconds inside the client
+    cpu: list[float]  #: the turn's thread CPU time minus the client's
+    references: list[float]  #: seconds per reference turn
+    #: pages each library / reference turn wrote to SQLite's write-ahead log (empty elsewhere)
+    pages: list[int]
+    reference_pages: list[int]
+
+
 def measure_turns(model: Any, pk: Any, base: dict[str, Any], stopwatch: Stopwatch, *,
                   turns: int, warmup: int, between: Callable[[], None] | None = None
-                  ) -> tuple[list[float], list[float], list[float], list[float]]:
+                  ) -> Measured:
     """Run ``warmup + turns`` turns, each followed by one reference turn (a bare JSONField
-    read-modify-write of the same history, :mod:`benchmarks.reference`); returns (turn
-    seconds, seconds inside the client, CPU seconds of the library: the turn's thread CPU
-    time minus the client's, reference seconds)."""
+    read-modify-write of the same history, :mod:`benchmarks.reference`). On SQLite (WAL)
+    the log is checkpointed after every write, untimed (:func:`benchmarks.db.wal_checkpoint`)."""
     from . import reference
+    from .db import wal_checkpoint
 
     manager = model.objects
     context_field = model.agent_options.context_field
@@ -76,26 +89,35 @@ def measure_turns(model: Any, pk: Any, base: dict[str, Any], stopwatch: Stopwatc
     inside: list[float] = []
     cpu: list[float] = []
     references: list[float] = []
+    pages: list[int] = []
+    reference_pages: list[int] = []
     gc.collect()
     for i in range(warmup + turns):
         model._base_manager.filter(pk=pk).update(**{context_field: base})  # untimed reset
         if between is not None:
             between()
+        wal_checkpoint()
         stopwatch.take()
         start, start_cpu = time.perf_counter(), time.thread_time()
         manager.continue_session(pk, USER_INPUT)
         elapsed, elapsed_cpu = time.perf_counter() - start, time.thread_time() - start_cpu
         spent, spent_cpu = stopwatch.take()
+        written = wal_checkpoint()
         reference.reset(bare, messages)  # untimed
+        wal_checkpoint()
         start = time.perf_counter()
         reference.turn(bare, USER_INPUT, REPLY)
         bare_elapsed = time.perf_counter() - start
+        bare_written = wal_checkpoint()
         if i >= warmup:
             totals.append(elapsed)
             inside.append(spent)
             cpu.append(elapsed_cpu - spent_cpu)
             references.append(bare_elapsed)
-    return totals, inside, cpu, references
+            if written is not None and bare_written is not None:
+                pages.append(written)
+                reference_pages.append(bare_written)
+    return Measured(totals, inside, cpu, references, pages, reference_pages)
 
 
 def count_queries(model: Any, pk: Any, base: dict[str, Any], *, turns: int = 5
@@ -116,17 +138,19 @@ def count_queries(model: Any, pk: Any, base: dict[str, Any], *, turns: int = 5
     return counts, sql
 
 
-def _row(size: int, totals: list[float], inside: list[float], cpu: list[float],
-         references: list[float], queries: list[int], sql: list[str],
+def _row(size: int, measured: Measured, queries: list[int], sql: list[str],
          **extra: Any) -> dict[str, Any]:
-    overhead = [t - c for t, c in zip(totals, inside, strict=True)]
-    over, bare = summary(overhead), summary(references)
+    overhead = [t - c for t, c in zip(measured.totals, measured.inside, strict=True)]
+    over, bare = summary(overhead), summary(measured.references)
+    if measured.pages:  # SQLite (WAL): what each side wrote, the median turn's
+        extra["wal_pages"] = {"library": statistics.median(measured.pages),
+                              "reference": statistics.median(measured.reference_pages)}
     return {
         "history": size,
-        "turn": summary(totals),
-        "client": summary(inside),
+        "turn": summary(measured.totals),
+        "client": summary(measured.inside),
         "overhead": over,
-        "overhead_cpu": summary(cpu),
+        "overhead_cpu": summary(measured.cpu),
         "reference": bare,
         "ratio": round(over["median_ms"] / bare["median_ms"], 3),
         "queries_per_turn": sorted(set(queries)),
@@ -173,13 +197,13 @@ def run_scripted(sizes: list[int], turns: int, warmup: int, stored_runs: int = 0
                 store_runs(ChatAgent, stored)
             base = prepared_context(size)
             session = ChatAgent.objects.create(context=base, title="bench")
-            *times, references = measure_turns(ChatAgent, session.pk, base, stopwatch,
-                                               turns=turns, warmup=warmup,
-                                               between=client.requests.clear)
+            measured = measure_turns(ChatAgent, session.pk, base, stopwatch,
+                                     turns=turns, warmup=warmup,
+                                     between=client.requests.clear)
             queries, sql = count_queries(ChatAgent, session.pk, base)
             client.requests.clear()
             extra = {"stored_runs": stored} if stored else {}
-            rows.append(_row(size, *times, references, queries, sql, **extra))
+            rows.append(_row(size, measured, queries, sql, **extra))
     return rows
 
 
@@ -206,8 +230,8 @@ def run_sdk(sizes: list[int], turns: int, warmup: int) -> list[dict[str, Any]]:
             client.create = stopwatch
             base = prepared_context(size)
             session = ChatAgent.objects.create(context=base, title="bench")
-            totals, inside, cpu, references = measure_turns(
-                ChatAgent, session.pk, base, stopwatch, turns=turns, warmup=warmup)
+            measured = measure_turns(ChatAgent, session.pk, base, stopwatch, turns=turns,
+                                     warmup=warmup)
             queries, sql = count_queries(ChatAgent, session.pk, base)
             # the same request body, sent by a bare SDK client
             body = {k: v for k, v in server.message_requests[-1].body.items() if k != "stream"}
@@ -219,6 +243,5 @@ def run_sdk(sizes: list[int], turns: int, warmup: int) -> list[dict[str, Any]]:
                 if i >= warmup:
                     bare.append(time.perf_counter() - start)
             sdk.close()
-            rows.append(_row(size, totals, inside, cpu, references, queries, sql,
-                             bare_sdk=summary(bare)))
+            rows.append(_row(size, measured, queries, sql, bare_sdk=summary(bare)))
     return rows

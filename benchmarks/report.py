@@ -73,9 +73,17 @@ def overhead_table(results: dict[str, Any]) -> str:
                          "/".join(map(str, row["queries_per_turn"])), over["n"],
                          _target(ratio_target(db, row))
                          + (f" (<= {limit}x)" if ratio_target(db, row) is not None else "")])
-    return _table(["database", "history", "turn p50", "overhead p50", "overhead p95",
-                   "CPU p50", "bare RMW p50", "ratio", "queries/turn", "turns", "target"],
-                  rows)
+    table = _table(["database", "history", "turn p50", "overhead p50", "overhead p95",
+                    "CPU p50", "bare RMW p50", "ratio", "queries/turn", "turns", "target"],
+                   rows)
+    pages = [f"{DB_LABELS.get(db, db)} at {_history(row)}: {row['wal_pages']['library']:g}"
+             f" / {row['wal_pages']['reference']:g}"
+             for db, result in results.items() for row in result.get("rows", ())
+             if "wal_pages" in row]
+    if pages:
+        table += ("\nSQLite's write-ahead log is checkpointed between writes, untimed; pages "
+                  "written per turn (library / bare RMW): " + "; ".join(pages))
+    return table
 
 
 def sdk_table(results: dict[str, Any]) -> str:
