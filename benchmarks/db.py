@@ -8,7 +8,9 @@ defaults to ``agent_session_bench``).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -81,26 +83,53 @@ def vendor() -> str:
     return connection.vendor
 
 
-def wal_checkpoint() -> int | None:
-    """On SQLite in WAL mode, checkpoint now and return how many pages the log held: the
-    pages written since the last checkpoint. ``None`` on any other database or journal.
 
-    SQLite checkpoints on its own from inside the commit that takes the log past 1,000
-    pages, and that commit copies the log into the database file before it returns (about
-    10 ms with a 256 kB context). The overhead suite alternates writes of a fixed size
-    (library turn, reference turn, the untimed resets), so the automatic checkpoint fell on
-    the same kind of write every time, whichever the order of sizes put it on: one side was
-    charged the log of all four. Checkpointing between the writes, outside the timed
-    regions, charges neither, and the page counts say what each side wrote.
-    """
+def _wal() -> bool:
     from django.db import connection
 
     if connection.vendor != "sqlite":
-        return None
+        return False
     with connection.cursor() as cursor:
         cursor.execute("PRAGMA journal_mode")
-        if cursor.fetchone()[0].lower() != "wal":
-            return None
+        return str(cursor.fetchone()[0]).lower() == "wal"
+
+
+def wal_checkpoint() -> int | None:
+    """On SQLite in WAL mode, checkpoint now and return how many pages the log held (the
+    pages written since the last checkpoint); ``None`` on any other database or journal."""
+    from django.db import connection
+
+    if not _wal():
+        return None
+    with connection.cursor() as cursor:
         cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
         _busy, pages, _copied = cursor.fetchone()
     return int(pages)
+
+
+@contextlib.contextmanager
+def manual_checkpoints() -> Iterator[Callable[[], int | None]]:
+    """On SQLite in WAL mode, no automatic checkpoints inside the block; yields
+    :func:`wal_checkpoint`, for the caller to checkpoint where nothing is timed.
+
+    SQLite checkpoints on its own inside the commit that takes the log past 1,000 pages, and
+    that commit copies the log into the database file before it returns (about 10 ms with a
+    256 kB context). The overhead suite alternates writes of fixed sizes (library turn,
+    reference turn, the untimed resets), so that checkpoint fell on the same kind of write
+    every time, and which one depended on the sizes run before. The first write after a
+    checkpoint also pays for restarting the log (about 0.15 ms here against 0.02 for a
+    one-page commit), so the caller checkpoints before an untimed write."""
+    from django.db import connection
+
+    if not _wal():
+        yield wal_checkpoint
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA wal_autocheckpoint")
+        before = int(cursor.fetchone()[0])
+        cursor.execute("PRAGMA wal_autocheckpoint = 0")
+    try:
+        yield wal_checkpoint
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"PRAGMA wal_autocheckpoint = {before}")

@@ -67,9 +67,6 @@ class Measured(NamedTuple):
     inside: list[float]  #: seconds inside the client
     cpu: list[float]  #: the turn's thread CPU time minus the client's
     references: list[float]  #: seconds per reference turn
-    #: pages each library / reference turn wrote to SQLite's write-ahead log (empty elsewhere)
-    pages: list[int]
-    reference_pages: list[int]
 
 
 def measure_turns(model: Any, pk: Any, base: dict[str, Any], stopwatch: Stopwatch, *,
@@ -77,9 +74,10 @@ def measure_turns(model: Any, pk: Any, base: dict[str, Any], stopwatch: Stopwatc
                   ) -> Measured:
     """Run ``warmup + turns`` turns, each followed by one reference turn (a bare JSONField
     read-modify-write of the same history, :mod:`benchmarks.reference`). On SQLite (WAL)
-    the log is checkpointed after every write, untimed (:func:`benchmarks.db.wal_checkpoint`)."""
+    the log is checkpointed before each turn's untimed reset, never inside a timed region
+    (:func:`benchmarks.db.manual_checkpoints`)."""
     from . import reference
-    from .db import wal_checkpoint
+    from .db import manual_checkpoints
 
     manager = model.objects
     context_field = model.agent_options.context_field
@@ -89,35 +87,51 @@ def measure_turns(model: Any, pk: Any, base: dict[str, Any], stopwatch: Stopwatc
     inside: list[float] = []
     cpu: list[float] = []
     references: list[float] = []
-    pages: list[int] = []
-    reference_pages: list[int] = []
     gc.collect()
-    for i in range(warmup + turns):
-        model._base_manager.filter(pk=pk).update(**{context_field: base})  # untimed reset
-        if between is not None:
-            between()
-        wal_checkpoint()
-        stopwatch.take()
-        start, start_cpu = time.perf_counter(), time.thread_time()
-        manager.continue_session(pk, USER_INPUT)
-        elapsed, elapsed_cpu = time.perf_counter() - start, time.thread_time() - start_cpu
-        spent, spent_cpu = stopwatch.take()
-        written = wal_checkpoint()
-        reference.reset(bare, messages)  # untimed
-        wal_checkpoint()
-        start = time.perf_counter()
+    with manual_checkpoints() as checkpoint:
+        for i in range(warmup + turns):
+            checkpoint()  # the untimed reset restarts the log, not a timed turn
+            model._base_manager.filter(pk=pk).update(**{context_field: base})  # untimed reset
+            if between is not None:
+                between()
+            stopwatch.take()
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            manager.continue_session(pk, USER_INPUT)
+            elapsed, elapsed_cpu = time.perf_counter() - start, time.thread_time() - start_cpu
+            spent, spent_cpu = stopwatch.take()
+            reference.reset(bare, messages)  # untimed
+            start = time.perf_counter()
+            reference.turn(bare, USER_INPUT, REPLY)
+            bare_elapsed = time.perf_counter() - start
+            if i >= warmup:
+                totals.append(elapsed)
+                inside.append(spent)
+                cpu.append(elapsed_cpu - spent_cpu)
+                references.append(bare_elapsed)
+    return Measured(totals, inside, cpu, references)
+
+
+def count_pages(model: Any, pk: Any, base: dict[str, Any], *, turns: int = 5
+                ) -> dict[str, float] | None:
+    """On SQLite (WAL), the pages a turn and a reference turn write to the log (medians of
+    ``turns``, each between two checkpoints); ``None`` elsewhere."""
+    from . import reference
+    from .db import wal_checkpoint
+
+    context_field = model.agent_options.context_field
+    bare = reference.prepare(base["messages"])
+    library: list[int] = []
+    bare_pages: list[int] = []
+    for _ in range(turns):
+        model._base_manager.filter(pk=pk).update(**{context_field: base})
+        reference.reset(bare, base["messages"])
+        if wal_checkpoint() is None:
+            return None
+        model.objects.continue_session(pk, USER_INPUT)
+        library.append(wal_checkpoint() or 0)
         reference.turn(bare, USER_INPUT, REPLY)
-        bare_elapsed = time.perf_counter() - start
-        bare_written = wal_checkpoint()
-        if i >= warmup:
-            totals.append(elapsed)
-            inside.append(spent)
-            cpu.append(elapsed_cpu - spent_cpu)
-            references.append(bare_elapsed)
-            if written is not None and bare_written is not None:
-                pages.append(written)
-                reference_pages.append(bare_written)
-    return Measured(totals, inside, cpu, references, pages, reference_pages)
+        bare_pages.append(wal_checkpoint() or 0)
+    return {"library": statistics.median(library), "reference": statistics.median(bare_pages)}
 
 
 def count_queries(model: Any, pk: Any, base: dict[str, Any], *, turns: int = 5
@@ -142,9 +156,6 @@ def _row(size: int, measured: Measured, queries: list[int], sql: list[str],
          **extra: Any) -> dict[str, Any]:
     overhead = [t - c for t, c in zip(measured.totals, measured.inside, strict=True)]
     over, bare = summary(overhead), summary(measured.references)
-    if measured.pages:  # SQLite (WAL): what each side wrote, the median turn's
-        extra["wal_pages"] = {"library": statistics.median(measured.pages),
-                              "reference": statistics.median(measured.reference_pages)}
     return {
         "history": size,
         "turn": summary(measured.totals),
@@ -201,8 +212,11 @@ def run_scripted(sizes: list[int], turns: int, warmup: int, stored_runs: int = 0
                                      turns=turns, warmup=warmup,
                                      between=client.requests.clear)
             queries, sql = count_queries(ChatAgent, session.pk, base)
+            pages = count_pages(ChatAgent, session.pk, base)
             client.requests.clear()
-            extra = {"stored_runs": stored} if stored else {}
+            extra: dict[str, Any] = {"stored_runs": stored} if stored else {}
+            if pages is not None:
+                extra["wal_pages"] = pages
             rows.append(_row(size, measured, queries, sql, **extra))
     return rows
 

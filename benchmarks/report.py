@@ -81,8 +81,8 @@ def overhead_table(results: dict[str, Any]) -> str:
              for db, result in results.items() for row in result.get("rows", ())
              if "wal_pages" in row]
     if pages:
-        table += ("\nSQLite's write-ahead log is checkpointed between writes, untimed; pages "
-                  "written per turn (library / bare RMW): " + "; ".join(pages))
+        table += ("\nSQLite (WAL) checkpoints outside the timed turns; pages a turn writes to "
+                  "the log (library / bare RMW): " + "; ".join(pages))
     return table
 
 
