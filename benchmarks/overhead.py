@@ -116,21 +116,28 @@ def count_pages(model: Any, pk: Any, base: dict[str, Any], *, turns: int = 5
     """On SQLite (WAL), the pages a turn and a reference turn write to the log (medians of
     ``turns``, each between two checkpoints); ``None`` elsewhere."""
     from . import reference
-    from .db import wal_checkpoint
+    from .db import wal_checkpoint, wal_mode
 
+    if not wal_mode():
+        return None
     context_field = model.agent_options.context_field
     bare = reference.prepare(base["messages"])
+
+    def pages() -> int:
+        written = wal_checkpoint()
+        assert written is not None  # SQLite (WAL), checked above
+        return written
+
     library: list[int] = []
     bare_pages: list[int] = []
     for _ in range(turns):
         model._base_manager.filter(pk=pk).update(**{context_field: base})
         reference.reset(bare, base["messages"])
-        if wal_checkpoint() is None:
-            return None
+        pages()
         model.objects.continue_session(pk, USER_INPUT)
-        library.append(wal_checkpoint() or 0)
+        library.append(pages())
         reference.turn(bare, USER_INPUT, REPLY)
-        bare_pages.append(wal_checkpoint() or 0)
+        bare_pages.append(pages())
     return {"library": statistics.median(library), "reference": statistics.median(bare_pages)}
 
 
