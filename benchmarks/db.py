@@ -94,16 +94,14 @@ def wal_mode() -> bool:
         return str(cursor.fetchone()[0]).lower() == "wal"
 
 
-def wal_checkpoint() -> int | None:
-    """On SQLite in WAL mode, checkpoint now and return how many pages the log held (the
-    pages written since the last checkpoint); ``None`` on any other database or journal.
+def wal_checkpoint() -> int:
+    """Checkpoint SQLite's write-ahead log now (the caller checked :func:`wal_mode`) and
+    return how many pages it held: the pages written since the last checkpoint.
 
     Raises if the checkpoint could not copy the whole log (a reader holding an old snapshot):
     the log would then not restart, and the counts would run on from one call to the next."""
     from django.db import connection
 
-    if not wal_mode():
-        return None
     with connection.cursor() as cursor:
         cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
         busy, pages, copied = cursor.fetchone()
@@ -113,9 +111,10 @@ def wal_checkpoint() -> int | None:
 
 
 @contextlib.contextmanager
-def manual_checkpoints() -> Iterator[Callable[[], int | None]]:
-    """On SQLite in WAL mode, no automatic checkpoints inside the block; yields
-    :func:`wal_checkpoint`, for the caller to checkpoint where nothing is timed.
+def manual_checkpoints() -> Iterator[Callable[[], object]]:
+    """On SQLite in WAL mode, no automatic checkpoints inside the block; yields what
+    checkpoints (:func:`wal_checkpoint`; elsewhere, nothing), for the caller to call where
+    nothing is timed.
 
     SQLite checkpoints on its own inside the commit that takes the log past 1,000 pages, and
     that commit copies the log into the database file before it returns (about 10 ms with a
@@ -128,7 +127,7 @@ def manual_checkpoints() -> Iterator[Callable[[], int | None]]:
     from django.db import connection
 
     if not wal_mode():
-        yield wal_checkpoint
+        yield lambda: None
         return
     with connection.cursor() as cursor:
         cursor.execute("PRAGMA wal_autocheckpoint")

@@ -122,22 +122,16 @@ def count_pages(model: Any, pk: Any, base: dict[str, Any], *, turns: int = 5
         return None
     context_field = model.agent_options.context_field
     bare = reference.prepare(base["messages"])
-
-    def pages() -> int:
-        written = wal_checkpoint()
-        assert written is not None  # SQLite (WAL), checked above
-        return written
-
     library: list[int] = []
     bare_pages: list[int] = []
     for _ in range(turns):
         model._base_manager.filter(pk=pk).update(**{context_field: base})
         reference.reset(bare, base["messages"])
-        pages()
+        wal_checkpoint()
         model.objects.continue_session(pk, USER_INPUT)
-        library.append(pages())
+        library.append(wal_checkpoint())
         reference.turn(bare, USER_INPUT, REPLY)
-        bare_pages.append(pages())
+        bare_pages.append(wal_checkpoint())
     return {"library": statistics.median(library), "reference": statistics.median(bare_pages)}
 
 
