@@ -23,6 +23,7 @@ from typing import Any
 
 from . import report
 from .db import BENCH_DB_NAME, postgres_reachable, with_database
+from .live import SERVERS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-parts", default="idle,throughput",
                         help="scale suite: comma-separated, from idle, throughput "
                              "(e.g. idle alone for the memory figure)")
+    parser.add_argument("--servers", default="daphne,uvicorn",
+                        help="streaming and scale suites: the ASGI servers to serve the live "
+                             "layer with, comma-separated, from daphne, uvicorn")
     parser.add_argument("--processes", default="1,2,4",
                         help="scale suite: ASGI processes of each throughput run")
     parser.add_argument("--kills", type=int, default=20,
@@ -126,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     args.suites = [s for s in args.suites.split(",") if s]
     args.databases = [d for d in args.databases.split(",") if d]
     args.scale_parts = [p for p in args.scale_parts.split(",") if p]
+    args.servers = [s for s in args.servers.split(",") if s]
+    if unknown := set(args.servers) - set(SERVERS):
+        parser.error(f"--servers: unknown {', '.join(sorted(unknown))} "
+                     f"(choose from {', '.join(SERVERS)})")
     if args.quick:
         args.turns, args.warmup, args.stream_turns = 30, 3, 4
         args.stored_runs = min(args.stored_runs, 2_000)

@@ -1,4 +1,5 @@
-"""The ASGI application the live benchmarks serve with daphne (composed as the docs say)."""
+"""The ASGI application the live benchmarks serve with daphne or uvicorn (composed as the docs
+say; ``with_lifespan`` gives uvicorn the graceful shutdown daphne gets from SIGTERM)."""
 
 import os
 
@@ -12,11 +13,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 
 from django_agent_session.live.routing import websocket_urlpatterns
+from django_agent_session.runs.shutdown import with_lifespan
 
-application = ProtocolTypeRouter({
+application = with_lifespan(ProtocolTypeRouter({
     "http": django_asgi_app,
     "websocket": AllowedHostsOriginValidator(
         AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-})
+}))
 
 import anthropic  # noqa: F401  (imported now, not during the first turn)

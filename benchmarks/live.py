@@ -1,8 +1,9 @@
-"""Helpers of the live benchmarks: daphne processes, logged-in WebSocket viewers, frames."""
+"""Helpers of the live benchmarks: ASGI server processes, logged-in WebSocket viewers, frames."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -36,7 +37,7 @@ def redis_reachable(url: str) -> str | None:
 
 def _die_with_parent() -> Callable[[], None] | None:
     """On Linux, a ``preexec_fn`` that has the child killed when the benchmark process dies
-    (a worker killed on timeout must not leave daphne processes behind)."""
+    (a worker killed on timeout must not leave server processes behind)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -48,16 +49,29 @@ def _die_with_parent() -> Callable[[], None] | None:
     return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-class Daphne:
-    """A daphne process serving ``benchmarks.asgi`` (or ``BENCH_ASGI_APP``, for experiments)
-    with the benchmark's environment, on a free port or on ``port`` (a restart)."""
+#: ``BENCH_SERVER`` values: the command line of each ASGI server (the port is appended)
+SERVERS = {
+    "daphne": ["-m", "daphne", "-b", "127.0.0.1", "-p"],
+    # the WebSocket implementation on the maintained websockets API (uvicorn's default one is
+    # websockets' legacy API); asyncio and h11 whether or not uvloop and httptools are
+    # installed, so that every run measures the same stack
+    "uvicorn": ["-m", "uvicorn", "--host", "127.0.0.1", "--ws", "websockets-sansio",
+                "--loop", "asyncio", "--http", "h11", "--log-level", "warning", "--port"],
+}
+
+
+class AsgiServer:
+    """An ASGI server process (``BENCH_SERVER``: daphne, the default, or uvicorn) serving
+    ``benchmarks.asgi`` (or ``BENCH_ASGI_APP``, for experiments) with the benchmark's
+    environment, on a free port or on ``port`` (a restart)."""
 
     def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+        self.kind = env.get("BENCH_SERVER", "daphne")
         self.port = port or free_port()
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (open for the process's life)
-            prefix="agent-bench-daphne-", suffix=".log", delete=False)
+            prefix=f"agent-bench-{self.kind}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+            [sys.executable, *SERVERS[self.kind], str(self.port),
              env.get("BENCH_ASGI_APP", "benchmarks.asgi:application")],
             cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "benchmarks.settings"},
             # only a prctl() call, looked up before the fork: safe with threads
@@ -65,7 +79,7 @@ class Daphne:
             preexec_fn=_die_with_parent())  # noqa: PLW1509
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
-        await wait_listening(self.port, self.proc, timeout=timeout, name="daphne",
+        await wait_listening(self.port, self.proc, timeout=timeout, name=self.kind,
                              output=self.output)
 
     def rss_kib(self) -> int:
@@ -132,26 +146,72 @@ def create_conversations(user: Any, count: int) -> list[uuid.UUID]:
     return ids
 
 
+def timed_connection() -> type:
+    """websockets' client connection that notes when each message's bytes reached the client
+    (``data_received``), before websockets parses them and the reader task wakes: with 50
+    clients in one process, that wait behind the other clients' parsing is the harness's, not
+    the server's."""
+    from websockets.asyncio.client import ClientConnection
+    from websockets.frames import DATA_OPCODES, Frame
+
+    class TimedConnection(ClientConnection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.arrivals: collections.deque[float] = collections.deque()
+            self._received_at = 0.0
+
+        def data_received(self, data: bytes) -> None:
+            self._received_at = time.monotonic()
+            super().data_received(data)
+
+        def process_event(self, event: Any) -> None:
+            if isinstance(event, Frame) and event.fin and event.opcode in DATA_OPCODES:
+                self.arrivals.append(self._received_at)  # the last frame of a message
+            super().process_event(event)
+
+    return TimedConnection
+
+
+async def open_websocket(port: int, conversation_id: Any, cookie: str, timeout: float) -> Any:
+    """A logged-in WebSocket to the conversation's live session (a ``timed_connection``)."""
+    from websockets.asyncio.client import connect
+
+    url = f"ws://127.0.0.1:{port}/ws/agent-sessions/{AGENT}/{conversation_id}/"
+    return await connect(url, additional_headers={"Cookie": cookie,
+                                                  "Origin": f"http://127.0.0.1:{port}"},
+                         compression=None, max_size=None, open_timeout=timeout,
+                         create_connection=timed_connection())
+
+
 @dataclass
 class Viewer:
-    """One WebSocket client; every frame is timestamped (``time.monotonic``) on arrival."""
+    """One WebSocket client (``open_websocket``). Every frame is timestamped
+    (``time.monotonic``) on arrival at the client's socket; ``read_at`` holds, in the same
+    order, when the reader task got it from websockets."""
 
     ws: Any
     frames: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    read_at: list[float] = field(default_factory=list)
     waiters: list[tuple[Callable[[dict[str, Any]], bool], asyncio.Future]] = \
         field(default_factory=list)
     task: asyncio.Task | None = None
 
     async def _read(self) -> None:
         async for raw in self.ws:
-            at = time.monotonic()
+            read_at = time.monotonic()
+            at = self.ws.arrivals.popleft()
             frame = json.loads(raw)
             self.frames.append((at, frame))
+            self.read_at.append(read_at)
             for waiter in list(self.waiters):
                 predicate, future = waiter
                 if not future.done() and predicate(frame):
                     future.set_result((at, frame))
                     self.waiters.remove(waiter)
+
+    def clear(self) -> None:
+        self.frames.clear()
+        self.read_at.clear()
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool]) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
@@ -173,13 +233,7 @@ class Viewer:
 async def connect_viewer(port: int, conversation_id: Any, cookie: str,
                          timeout: float = 30.0) -> Viewer:
     """Connect, and wait for the ``session.state`` frame (the live session is running)."""
-    from websockets.asyncio.client import connect
-
-    url = f"ws://127.0.0.1:{port}/ws/agent-sessions/{AGENT}/{conversation_id}/"
-    ws = await connect(url, additional_headers={"Cookie": cookie,
-                                                "Origin": f"http://127.0.0.1:{port}"},
-                       compression=None, max_size=None, open_timeout=timeout)
-    viewer = Viewer(ws)
+    viewer = Viewer(await open_websocket(port, conversation_id, cookie, timeout))
     state = viewer.wait_for(lambda f: f.get("type") == "session.state")
     viewer.task = asyncio.create_task(viewer._read())
     await asyncio.wait_for(state, timeout)

@@ -102,45 +102,58 @@ def sdk_table(results: dict[str, Any]) -> str:
                    "library p50", "library p95", "library share"], rows)
 
 
+def _why_not(result: dict[str, Any]) -> str:
+    return str(result.get("pending") or result.get("skipped") or result.get("error"))
+
+
+def stream_target(row: dict[str, Any]) -> bool:
+    p50, p99 = STREAM_TARGETS[1 if row["viewers"] <= 1 else 50]
+    return bool(row["latency"]["median_ms"] <= p50 and row["latency"]["p99_ms"] <= p99)
+
+
 def streaming_table(results: dict[str, Any]) -> str:
     rows = []
-    for layer, result in results.items():
-        if "rows" not in result:
-            rows.append([layer, "-", result.get("pending") or result.get("skipped")
-                         or result.get("error"), "", "", ""])
-            continue
-        for row in result["rows"]:
-            p50, p99 = STREAM_TARGETS[1 if row["viewers"] <= 1 else 50]
-            ok = row["latency"]["median_ms"] <= p50 and row["latency"]["p99_ms"] <= p99
-            rows.append([layer, row["viewers"], row["latency"]["median_ms"],
-                         row["latency"]["p99_ms"], row["latency"]["n"], _target(ok)])
-    return _table(["channel layer", "viewers", "delta->WS p50", "p99", "deliveries", "target"],
-                  rows)
+    for kind, layers in results.items():
+        for layer, result in layers.items():
+            if "rows" not in result:
+                rows.append([kind, layer, "-", _why_not(result), "", "", "", "", ""])
+                continue
+            for row in result["rows"]:
+                reader = row.get("latency_at_reader") or {}
+                rows.append([kind, layer, row["viewers"], row["latency"]["median_ms"],
+                             row["latency"]["p99_ms"], reader.get("median_ms", "-"),
+                             reader.get("p99_ms", "-"), row["latency"]["n"],
+                             _target(stream_target(row))])
+    return _table(["ASGI server", "channel layer", "viewers", "delta->WS p50", "p99",
+                   "at reader p50", "p99", "deliveries", "target"], rows)
 
 
 def scale_table(results: dict[str, Any]) -> str:
     lines = []
-    idle = results.get("idle_memory", {})
-    if "rows" in idle:
-        for row in idle["rows"]:
-            lines.append(f"idle conversations held by one ASGI process: {row['conversations']}, "
-                         f"{row['kib_per_conversation']:.1f} KiB each "
-                         f"(RSS {row['rss_before_mib']:.1f} -> {row['rss_after_mib']:.1f} MiB)")
-    elif idle:  # absent: not asked for (--scale-parts)
-        lines.append("idle conversations per ASGI process: "
-                     + str(idle.get("pending") or idle.get("skipped") or idle.get("error")))
-    throughput = results.get("throughput", {})
-    if "rows" in throughput:
-        rows = [[row["processes"], row["conversations"], row["turns"], row["seconds"],
+    throughput_rows = []
+    for kind, measured in results.items():
+        idle = measured.get("idle_memory", {})
+        if "rows" in idle:
+            for row in idle["rows"]:
+                lines.append(f"{kind}: idle conversations held by one process: "
+                             f"{row['conversations']}, {row['kib_per_conversation']:.1f} KiB each "
+                             f"(RSS {row['rss_before_mib']:.1f} -> {row['rss_after_mib']:.1f} MiB)")
+        elif idle:  # absent: not asked for (--scale-parts)
+            lines.append(f"{kind}: idle conversations per process: {_why_not(idle)}")
+        throughput = measured.get("throughput", {})
+        if "rows" in throughput:
+            throughput_rows += [
+                [kind, row["processes"], row["conversations"], row["turns"], row["seconds"],
                  row["turns_per_second"], row["turn_latency"]["median_ms"],
                  row["turn_latency"]["p95_ms"], row.get("cpu_ms_per_turn", "-")]
                 for row in throughput["rows"]]
-        lines.append(_table(["ASGI processes", "conversations", "turns", "seconds", "turns/s",
-                             "turn p50", "turn p95", "daphne CPU ms/turn"], rows))
-    elif throughput:
-        lines.append("turns per second with 1, 2, 4 ASGI processes: "
-                     + str(throughput.get("pending") or throughput.get("skipped")
-                           or throughput.get("error")))
+        elif throughput:
+            lines.append(f"{kind}: turns per second with 1, 2, 4 processes: "
+                         f"{_why_not(throughput)}")
+    if throughput_rows:
+        lines.append(_table(["ASGI server", "processes", "conversations", "turns", "seconds",
+                             "turns/s", "turn p50", "turn p95", "server CPU ms/turn"],
+                            throughput_rows))
     return "\n".join(lines)
 
 
@@ -265,27 +278,29 @@ def targets(res: dict[str, Any]) -> list[str]:
         if counts:
             lines.append(f"SQL statements per turn the same at every history size, {label}: "
                          f"{'/'.join(map(str, counts))} -> {_target(len(counts) == 1)}")
-    for layer, result in res.get("streaming", {}).items():
-        for row in result.get("rows", []):
-            lat, viewers = row["latency"], row["viewers"]
-            p50, p99 = STREAM_TARGETS[1 if viewers <= 1 else 50]
-            ok = lat["median_ms"] <= p50 and lat["p99_ms"] <= p99
-            lines.append(f"delta -> WebSocket <= {p50:g} ms p50 / {p99:g} ms p99, {layer}, "
-                         f"{viewers} viewer(s): {lat['median_ms']:.2f} / {lat['p99_ms']:.2f} ms "
-                         f"-> {_target(ok)}")
-    scale = res.get("scale", {})
-    through = {row["processes"]: row for row in scale.get("throughput", {}).get("rows", [])}
-    if 1 in through:
-        one = through[1]["turns_per_second"]
-        lines.append(f"one ASGI process >= 100 turns/s: {one:.1f} -> {_target(one >= 100)}")
-        if 2 in through:
-            two = through[2]["turns_per_second"]
-            lines.append(f"two processes >= 1.7 x one: {two:.1f} turns/s = {two / one:.2f}x -> "
-                         f"{_target(two >= 1.7 * one)}")
-    for row in scale.get("idle_memory", {}).get("rows", []):
-        kib = row["kib_per_conversation"]
-        lines.append(f"idle memory <= 32 KiB per open conversation: {kib:.1f} KiB -> "
-                     f"{_target(kib <= 32)}")
+    for kind, layers in res.get("streaming", {}).items():
+        for layer, result in layers.items():
+            for row in result.get("rows", []):
+                lat, viewers = row["latency"], row["viewers"]
+                p50, p99 = STREAM_TARGETS[1 if viewers <= 1 else 50]
+                lines.append(f"delta -> WebSocket <= {p50:g} ms p50 / {p99:g} ms p99, {kind}, "
+                             f"{layer}, {viewers} viewer(s): {lat['median_ms']:.2f} / "
+                             f"{lat['p99_ms']:.2f} ms -> {_target(stream_target(row))}")
+    for kind, scale in res.get("scale", {}).items():
+        through = {row["processes"]: row
+                   for row in scale.get("throughput", {}).get("rows", [])}
+        if 1 in through:
+            one = through[1]["turns_per_second"]
+            lines.append(f"one ASGI process >= 100 turns/s, {kind}: {one:.1f} -> "
+                         f"{_target(one >= 100)}")
+            if 2 in through:
+                two = through[2]["turns_per_second"]
+                lines.append(f"two processes >= 1.7 x one, {kind}: {two:.1f} turns/s = "
+                             f"{two / one:.2f}x -> {_target(two >= 1.7 * one)}")
+        for row in scale.get("idle_memory", {}).get("rows", []):
+            kib = row["kib_per_conversation"]
+            lines.append(f"idle memory <= 32 KiB per open conversation, {kind}: {kib:.1f} KiB "
+                         f"-> {_target(kib <= 32)}")
     restart = res.get("restart", {})
     for name, label in RESTART_LABELS.items():
         row = restart.get(name, {}).get("rows")
@@ -340,8 +355,9 @@ def render(data: dict[str, Any]) -> str:
                      "(overhead = turn minus time inside the client)"), overhead_table),
         ("sdk", ("Through the real anthropic SDK against the loopback Messages API, ms "
                 "(library = turn minus time inside the SDK call)"), sdk_table),
-        ("streaming", ("Streaming: loopback server writes a delta -> WebSocket client receives "
-                      "it, ms"), streaming_table),
+        ("streaming", ("Streaming: loopback server writes a delta -> its bytes reach a "
+                      "WebSocket client's socket (at reader: the client's reader task gets it), "
+                      "ms"), streaming_table),
         ("scale", "Scale (Redis channel layer, PostgreSQL, model delay 50 ms)", scale_table),
         ("cache", ("Prompt caching through the loopback server's simulated cache (a 20-turn "
                    "chat, a ~3,000-token system prompt; cost priced as Sonnet)"), cache_table),

@@ -128,15 +128,9 @@ async def exited(daphne: Any, timeout: float = 120.0) -> float:
 async def open_socket(port: int, conversation_id: Any, cookie: str, timeout: float = 10.0
                       ) -> Any:
     """A viewer that does not wait for ``session.state`` (it may send at once)."""
-    from websockets.asyncio.client import connect
+    from .live import Viewer, open_websocket
 
-    from .live import AGENT, Viewer
-
-    ws = await connect(f"ws://127.0.0.1:{port}/ws/agent-sessions/{AGENT}/{conversation_id}/",
-                       additional_headers={"Cookie": cookie,
-                                           "Origin": f"http://127.0.0.1:{port}"},
-                       compression=None, max_size=None, open_timeout=timeout)
-    viewer = Viewer(ws)
+    viewer = Viewer(await open_websocket(port, conversation_id, cookie, timeout))
     viewer.task = asyncio.create_task(viewer._read())
     return viewer
 
@@ -214,7 +208,7 @@ async def _restart(mode: str) -> dict[str, Any]:
     from django_agent_session.testing.loopback import LoopbackMessagesServer
 
     from .live import (
-        Daphne,
+        AsgiServer,
         bench_user,
         connect_viewer,
         create_conversations,
@@ -225,10 +219,10 @@ async def _restart(mode: str) -> dict[str, Any]:
     with LoopbackMessagesServer() as server:
         server.responder = reply_for
         env = {**os.environ, "BENCH_LOOPBACK_URL": server.base_url}
-        a = Daphne({**env, "BENCH_API_KEY": "a"})
+        a = AsgiServer({**env, "BENCH_API_KEY": "a"})
         # "drain": the live session is owned by another process, o, watched by one viewer
-        owner = Daphne({**env, "BENCH_API_KEY": "o"}) if mode == "drain" else None
-        successor: Daphne | None = None
+        owner = AsgiServer({**env, "BENCH_API_KEY": "o"}) if mode == "drain" else None
+        successor: AsgiServer | None = None
         viewers: list[Any] = []
         try:
             await a.wait_ready()
@@ -255,10 +249,10 @@ async def _restart(mode: str) -> dict[str, Any]:
                 a.proc.send_signal(signal.SIGTERM)
             exit_of_a = asyncio.create_task(exited(a))
             if mode == "rolling":  # the new process starts while the old one drains
-                successor = Daphne({**env, "BENCH_API_KEY": "a2"})
+                successor = AsgiServer({**env, "BENCH_API_KEY": "a2"})
             else:
                 await exit_of_a
-                successor = Daphne({**env, "BENCH_API_KEY": "a2"}, port=a.port)
+                successor = AsgiServer({**env, "BENCH_API_KEY": "a2"}, port=a.port)
             accepted_at = await accepting(successor)
             new = await open_socket(successor.port, cid, cookie)
             opened_at = time.monotonic()
@@ -394,10 +388,10 @@ class Slot:
         return f"p{self.index}g{self.generation}"
 
     async def start(self) -> None:
-        from .live import Daphne
+        from .live import AsgiServer
 
         self.generation += 1
-        self.daphne = Daphne({**self.env, "BENCH_API_KEY": self.key}, port=self.port)
+        self.daphne = AsgiServer({**self.env, "BENCH_API_KEY": self.key}, port=self.port)
         self.port = self.daphne.port
         await self.daphne.wait_ready()
         self.ready = True
@@ -888,8 +882,9 @@ def run_all(args: argparse.Namespace, base_env: dict[str, str]) -> dict[str, Any
     try:
         for name, (settings, (suite, *extra)) in plans.items():
             prefix = f"agent-bench-restart-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+            # daphne: these runs stop processes with SIGTERM and read daphne's log
             env = _env(base_env, DATABASE_URL=url, REDIS_URL=args.redis_url,
-                       BENCH_REDIS_PREFIX=prefix, **settings)
+                       BENCH_REDIS_PREFIX=prefix, BENCH_SERVER="daphne", **settings)
             try:
                 results[name] = run_worker(suite, env, extra, args.timeout)
             finally:

@@ -1,15 +1,17 @@
 """Scale of the live layer (Redis channel layer, PostgreSQL).
 
+Each runs on the ASGI server ``BENCH_SERVER`` names (daphne or uvicorn; ``--servers``).
+
 ``idle_memory``
-    one daphne process; ``N`` conversations are opened, each with one logged-in viewer (so each
+    one server process; ``N`` conversations are opened, each with one logged-in viewer (so each
     has a running live session, a consumer and a socket) and left idle. Memory per idle
     conversation = growth of the process's RSS / ``N``.
 ``throughput``
-    1, 2 and 4 daphne processes; ``C`` conversations, each watched by one viewer connected to
+    1, 2 and 4 server processes; ``C`` conversations, each watched by one viewer connected to
     process ``i % P``, each sending its next message as soon as the previous turn completed
     (closed loop) for a fixed time. The model answers after ``MODEL_DELAY`` (50 ms) through the
     loopback server. Reported: completed turns per second, the per-turn latency seen by the
-    client (send -> ``run.status`` completed), and the CPU time the daphne processes spent per
+    client (send -> ``run.status`` completed), and the CPU time the server processes spent per
     completed turn (from /proc: steadier than turns/s on a shared machine, as it does not
     depend on what else got the CPU).
 """
@@ -37,30 +39,30 @@ async def _idle(count: int) -> list[dict[str, Any]]:
 
     from django_agent_session.testing.loopback import LoopbackMessagesServer
 
-    from .live import Daphne, bench_user, connect_viewer, create_conversations, session_cookie
+    from .live import AsgiServer, bench_user, connect_viewer, create_conversations, session_cookie
 
     with LoopbackMessagesServer(keep_alive=True) as server:
-        daphne = Daphne({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
+        asgi = AsgiServer({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
         viewers = []
         try:
-            await daphne.wait_ready()
+            await asgi.wait_ready()
             user = await database_sync_to_async(bench_user)()
             cookie = await database_sync_to_async(session_cookie)(user)
             ids = await database_sync_to_async(create_conversations)(user, count + 5)
             for cid in ids[:5]:  # warm up: imports, pools, first allocations
-                viewers.append(await connect_viewer(daphne.port, cid, cookie))
+                viewers.append(await connect_viewer(asgi.port, cid, cookie))
             await asyncio.sleep(2)
-            before = daphne.rss_kib()
+            before = asgi.rss_kib()
             started = time.monotonic()
             for cid in ids[5:]:
-                viewers.append(await connect_viewer(daphne.port, cid, cookie))
+                viewers.append(await connect_viewer(asgi.port, cid, cookie))
             opened_in = time.monotonic() - started
             await asyncio.sleep(3)  # idle: let tickers, presence and GC settle
-            after = daphne.rss_kib()
+            after = asgi.rss_kib()
         finally:
             for viewer in viewers:
                 await viewer.close()
-            daphne.close()
+            asgi.close()
     return [{"conversations": count, "rss_before_mib": before / 1024,
              "rss_after_mib": after / 1024, "kib_per_conversation": (after - before) / count,
              "open_seconds": round(opened_in, 2)}]
@@ -77,7 +79,7 @@ async def _throughput(count: int, conversations: int, seconds: float) -> dict[st
     from django_agent_session.testing.loopback import LoopbackMessagesServer, Reply
 
     from .live import (
-        Daphne,
+        AsgiServer,
         bench_user,
         connect_viewer,
         create_conversations,
@@ -87,17 +89,17 @@ async def _throughput(count: int, conversations: int, seconds: float) -> dict[st
 
     with LoopbackMessagesServer(keep_alive=True) as server:
         server.responder = lambda request: Reply.stall(MODEL_DELAY, then=Reply.text(REPLY))
-        daphnes = [Daphne({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
-                   for _ in range(count)]
+        asgis = [AsgiServer({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
+                 for _ in range(count)]
         viewers = []
         try:
-            for daphne in daphnes:
-                await daphne.wait_ready()
+            for asgi in asgis:
+                await asgi.wait_ready()
             user = await database_sync_to_async(bench_user)()
             cookie = await database_sync_to_async(session_cookie)(user)
             ids = await database_sync_to_async(create_conversations)(user, conversations)
             for i, cid in enumerate(ids):
-                viewers.append(await connect_viewer(daphnes[i % count].port, cid, cookie))
+                viewers.append(await connect_viewer(asgis[i % count].port, cid, cookie))
 
             latencies: list[float] = []
             ran = 0  # turns that ended while counting, in the window or just after it
@@ -121,7 +123,7 @@ async def _throughput(count: int, conversations: int, seconds: float) -> dict[st
                         seen = [f for _, f in viewer.frames][-5:]
                         raise RuntimeError(f"turn {ref} never finished; last frames {seen}"
                                            ) from None
-                    viewer.frames.clear()
+                    viewer.clear()
                     if counting:
                         ran += 1
                     if counting and frame.get("status") == "completed" and \
@@ -136,17 +138,17 @@ async def _throughput(count: int, conversations: int, seconds: float) -> dict[st
             counting = True
             start = time.monotonic()
             stop_at = start + seconds
-            cpu_before = sum(daphne.cpu_seconds() for daphne in daphnes)
+            cpu_before = sum(asgi.cpu_seconds() for asgi in asgis)
             done = sum(await asyncio.gather(*(loop("run", i, v)
                                               for i, v in enumerate(viewers))))
             # every loop has ended: the window plus the turns that were under way at its end
-            cpu_spent = sum(daphne.cpu_seconds() for daphne in daphnes) - cpu_before
+            cpu_spent = sum(asgi.cpu_seconds() for asgi in asgis) - cpu_before
             failed = sum(1 for r in server.message_requests if r.status not in (200, None))
         finally:
             for viewer in viewers:
                 await viewer.close()
-            for daphne in daphnes:
-                daphne.close()
+            for asgi in asgis:
+                asgi.close()
     return {"processes": count, "conversations": conversations, "turns": done,
             "seconds": seconds, "turns_per_second": round(done / seconds, 1),
             "model_delay_ms": MODEL_DELAY * 1000, "model_errors": failed,
@@ -159,7 +161,8 @@ PARTS = {"idle": "idle_memory", "throughput": "throughput"}
 
 
 def run_all(args: argparse.Namespace, base_env: dict[str, str]) -> dict[str, Any]:
-    """Both measurements on PostgreSQL and Redis, each in a fresh worker."""
+    """Both measurements on PostgreSQL and Redis, per ASGI server (``--servers``), each in a
+    fresh worker: ``{server: {"idle_memory": result, "throughput": result}}``."""
     from .__main__ import _env, run_worker
     from .db import BENCH_DB_NAME, postgres_reachable, with_database
     from .live import redis_reachable
@@ -170,16 +173,20 @@ def run_all(args: argparse.Namespace, base_env: dict[str, str]) -> dict[str, Any
         why = f"Redis not reachable ({problem})"
     parts = getattr(args, "scale_parts", ["idle", "throughput"])
     if why is not None:
-        return {name: {"skipped": why} for part, name in PARTS.items() if part in parts}
-    env = _env(base_env, DATABASE_URL=with_database(args.postgres_url, BENCH_DB_NAME),
-               REDIS_URL=args.redis_url, BENCH_REDIS_PREFIX=f"agent-bench-{os.getpid()}")
+        return {kind: {name: {"skipped": why} for part, name in PARTS.items() if part in parts}
+                for kind in args.servers}
     results: dict[str, Any] = {}
-    if "idle" in parts:
-        results["idle_memory"] = run_worker(
-            "idle_memory", env, ["--conversations", str(args.conversations)], args.timeout)
-    if "throughput" in parts:
-        results["throughput"] = run_worker(
-            "throughput", env, ["--processes", getattr(args, "processes", "1,2,4"),
-                                "--conversations", str(args.load_conversations),
-                                "--seconds", str(args.seconds)], args.timeout)
+    for kind in args.servers:
+        env = _env(base_env, DATABASE_URL=with_database(args.postgres_url, BENCH_DB_NAME),
+                   REDIS_URL=args.redis_url, BENCH_REDIS_PREFIX=f"agent-bench-{os.getpid()}",
+                   BENCH_SERVER=kind)
+        measured = results[kind] = {}
+        if "idle" in parts:
+            measured["idle_memory"] = run_worker(
+                "idle_memory", env, ["--conversations", str(args.conversations)], args.timeout)
+        if "throughput" in parts:
+            measured["throughput"] = run_worker(
+                "throughput", env, ["--processes", getattr(args, "processes", "1,2,4"),
+                                    "--conversations", str(args.load_conversations),
+                                    "--seconds", str(args.seconds)], args.timeout)
     return results

@@ -1,11 +1,13 @@
 """Streaming latency: the loopback server writes a delta -> a WebSocket client receives it.
 
-A daphne process serves the live layer (``benchmarks.asgi``) with the in-memory or the Redis
-channel layer; ``V`` logged-in viewers (the ``websockets`` client, in the benchmark process)
+An ASGI server process (daphne or uvicorn, ``BENCH_SERVER``) serves the live layer
+(``benchmarks.asgi``) with the in-memory or the Redis channel layer; ``V`` logged-in viewers (the ``websockets`` client, in the benchmark process)
 watch one conversation. Each turn streams a reply of ``DELTAS`` text deltas, one every
 ``DELTA_GAP`` seconds, from the loopback Messages API server (also in the benchmark process,
 so its ``SentEvent.at`` and the viewers' arrival times come from the same monotonic clock).
-Latency of a delivery = arrival at a viewer - the moment the server wrote that delta.
+Latency of a delivery = arrival at a viewer's socket (``live.timed_connection``) - the moment
+the server wrote that delta; ``latency_at_reader`` times the same deliveries when the viewer's
+reader task got them from websockets (what this suite reported before 2026-12-06).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ async def _run(viewer_counts: list[int], turns: int, warmup: int) -> list[dict[s
     from django_agent_session.testing.loopback import LoopbackMessagesServer, Reply
 
     from .live import (
-        Daphne,
+        AsgiServer,
         bench_user,
         connect_viewer,
         create_conversations,
@@ -43,17 +45,18 @@ async def _run(viewer_counts: list[int], turns: int, warmup: int) -> list[dict[s
     rows = []
     with LoopbackMessagesServer(keep_alive=True) as server:
         server.responder = lambda request: Reply.text(TEXT, delay=DELTA_GAP)
-        daphne = Daphne({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
+        asgi = AsgiServer({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
         try:
-            await daphne.wait_ready()
+            await asgi.wait_ready()
             user = await database_sync_to_async(bench_user)()
             cookie = await database_sync_to_async(session_cookie)(user)
             for count in viewer_counts:
                 (cid,) = await database_sync_to_async(create_conversations)(user, 1)
-                viewers = [await connect_viewer(daphne.port, cid, cookie) for _ in range(count)]
+                viewers = [await connect_viewer(asgi.port, cid, cookie) for _ in range(count)]
                 # each measured turn gives `count` deliveries per delta; keep the total bounded
                 measured = max(3, turns // count) if count > 1 else turns
                 latencies: list[float] = []
+                read: list[float] = []  # the same deliveries, timed at the reader task
                 for i in range(warmup + measured):
                     ref = f"c{count}-t{i}"
                     done = [v.wait_for(finished(ref)) for v in viewers]
@@ -65,17 +68,20 @@ async def _run(viewer_counts: list[int], turns: int, warmup: int) -> list[dict[s
                     written = [(e.at, len(e.data["delta"]["text"]))
                                for e in request.events("content_block_delta")]
                     for viewer in viewers:
-                        latencies += delivered(written, [
-                            (at, frame) for at, frame in viewer.frames
-                            if frame.get("type") == "delta" and frame.get("ref") == ref])
+                        deltas = [(at, read_at, frame) for (at, frame), read_at
+                                  in zip(viewer.frames, viewer.read_at, strict=True)
+                                  if frame.get("type") == "delta" and frame.get("ref") == ref]
+                        latencies += delivered(written, [(at, f) for at, _, f in deltas])
+                        read += delivered(written, [(r, f) for _, r, f in deltas])
                 for viewer in viewers:
-                    viewer.frames.clear()
+                    viewer.clear()
                 for viewer in viewers:
                     await viewer.close()
                 rows.append({"viewers": count, "turns": measured, "deltas_per_turn": DELTAS,
-                             "delta_gap_ms": DELTA_GAP * 1000, "latency": summary(latencies)})
+                             "delta_gap_ms": DELTA_GAP * 1000, "latency": summary(latencies),
+                             "latency_at_reader": summary(read)})
         finally:
-            daphne.close()
+            asgi.close()
     return rows
 
 
@@ -98,21 +104,26 @@ def delivered(written: list[tuple[float, int]], frames: list[tuple[float, Any]]
 
 
 def run_all(args: argparse.Namespace, base_env: dict[str, str]) -> dict[str, Any]:
-    """Both channel layers, each in a fresh worker (SQLite file database)."""
+    """Per ASGI server (``--servers``), both channel layers, each in a fresh worker (SQLite
+    file database): ``{server: {layer: result}}``."""
     from .__main__ import _env, run_worker
     from .live import redis_reachable
 
     extra = ["--viewers", "1,50", "--turns", str(args.stream_turns), "--warmup", "1"]
-    results: dict[str, Any] = {}
-    env = _env(base_env, DATABASE_URL=None, REDIS_URL=None, BENCH_SQLITE_JOURNAL="wal")
-    results["memory"] = run_worker("streaming", env, extra, args.timeout)
     problem = redis_reachable(args.redis_url)
-    if problem:
-        results["redis"] = {"skipped": f"Redis not reachable ({problem})"}
-    else:
-        env = _env(base_env, DATABASE_URL=None, REDIS_URL=args.redis_url,
-                   BENCH_SQLITE_JOURNAL="wal", BENCH_REDIS_PREFIX=f"agent-bench-{os.getpid()}")
-        results["redis"] = run_worker("streaming", env, extra, args.timeout)
+    results: dict[str, Any] = {}
+    for kind in args.servers:
+        layers = results[kind] = {}
+        env = _env(base_env, DATABASE_URL=None, REDIS_URL=None, BENCH_SQLITE_JOURNAL="wal",
+                   BENCH_SERVER=kind)
+        layers["memory"] = run_worker("streaming", env, extra, args.timeout)
+        if problem:
+            layers["redis"] = {"skipped": f"Redis not reachable ({problem})"}
+        else:
+            env = _env(base_env, DATABASE_URL=None, REDIS_URL=args.redis_url,
+                       BENCH_SQLITE_JOURNAL="wal", BENCH_SERVER=kind,
+                       BENCH_REDIS_PREFIX=f"agent-bench-{os.getpid()}")
+            layers["redis"] = run_worker("streaming", env, extra, args.timeout)
     return results
 
 

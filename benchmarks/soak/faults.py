@@ -183,7 +183,7 @@ async def _service_faults(plan: list[str]) -> list[tuple[str, dict[str, Any]]]:
 
     from django_agent_session.testing.loopback import LoopbackMessagesServer, Reply
 
-    from ..live import Daphne, session_cookie
+    from ..live import AsgiServer, session_cookie
     from .clients import soak_user
 
     def reply(request: Any) -> Any:
@@ -194,7 +194,7 @@ async def _service_faults(plan: list[str]) -> list[tuple[str, dict[str, Any]]]:
     results = []
     with LoopbackMessagesServer() as server:
         server.responder = reply
-        daphne = Daphne({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
+        daphne = AsgiServer({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
         try:
             await daphne.wait_ready()
             user = await database_sync_to_async(soak_user)("soak")

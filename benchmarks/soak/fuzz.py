@@ -141,12 +141,12 @@ class Gen:
 def run(params: dict[str, Any]) -> Part:
     from django_agent_session.testing.loopback import LoopbackMessagesServer, Reply
 
-    from ..live import Daphne
+    from ..live import AsgiServer
 
     part = Part()
     with LoopbackMessagesServer() as server:
         server.responder = lambda request: Reply.text("ok")
-        daphne = Daphne({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
+        daphne = AsgiServer({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
         try:
             asyncio.run(daphne.wait_ready())
             rest = _rest(daphne.port, params["requests"], params["seed"])

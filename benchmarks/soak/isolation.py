@@ -81,7 +81,7 @@ def run(params: dict[str, Any]) -> Part:
     from django_agent_session.testing.loopback import LoopbackMessagesServer
     from tests.reliability.test_isolation import rest_routes, url_of
 
-    from ..live import Daphne, session_cookie
+    from ..live import AsgiServer, session_cookie
 
     part = Part()
     reads: list[str] = []
@@ -93,7 +93,7 @@ def run(params: dict[str, Any]) -> Part:
                                                           "API_KEY": "soak", "MAX_RETRIES": 0}}
         with override_settings(AGENT_SESSION=config):
             people = {name: _owned(name) for name in ("alice", "bobby")}
-        daphne = Daphne({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
+        daphne = AsgiServer({**os.environ, "BENCH_LOOPBACK_URL": server.base_url})
         try:
             asyncio.run(daphne.wait_ready())
             from .clients import Rest
