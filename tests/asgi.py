@@ -12,9 +12,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from django_agent_session.live.routing import websocket_urlpatterns  # noqa: E402
+from django_agent_session.runs.shutdown import with_lifespan  # noqa: E402
 
-application = ProtocolTypeRouter({
+# with_lifespan: uvicorn's graceful shutdown (daphne, which speaks no lifespan, uses SIGTERM)
+application = with_lifespan(ProtocolTypeRouter({
     "http": django_asgi_app,
     "websocket": AllowedHostsOriginValidator(
         AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-})
+}))

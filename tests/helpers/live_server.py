@@ -151,17 +151,25 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0,
 
 # -- ASGI server subprocesses -----------------------------------------------------------------
 
-class ServerProcess:
-    """A daphne process serving ``tests.asgi`` with ``tests.live_settings``."""
+#: the command line of each ASGI server the live tests run (the port is appended)
+SERVERS = {
+    "daphne": ["-m", "daphne", "-b", "127.0.0.1", "-p"],
+    "uvicorn": ["-m", "uvicorn", "--host", "127.0.0.1", "--ws", "websockets-sansio",
+                "--loop", "asyncio", "--http", "h11", "--port"],
+}
 
-    def __init__(self, env: dict[str, str], name: str) -> None:
+
+class ServerProcess:
+    """An ASGI server process (daphne, or uvicorn) serving ``tests.asgi`` with
+    ``tests.live_settings``."""
+
+    def __init__(self, env: dict[str, str], name: str, server: str = "daphne") -> None:
         self.port = free_port()
         self.name = name
         self.log = Path(f"/tmp/agent-live-{name}-{os.getpid()}-{self.port}.log")
         self._log_file = self.log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-             "tests.asgi:application"],
+            [sys.executable, *SERVERS[server], str(self.port), "tests.asgi:application"],
             cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": str(ROOT),
                            "DJANGO_SETTINGS_MODULE": "tests.live_settings"},
             stdout=self._log_file, stderr=subprocess.STDOUT,
@@ -197,11 +205,12 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def server_processes(count: int, env: dict[str, str]) -> Iterator[list[ServerProcess]]:
+def server_processes(count: int, env: dict[str, str], server: str = "daphne"
+                     ) -> Iterator[list[ServerProcess]]:
     servers: list[ServerProcess] = []
     try:
         for i in range(count):
-            servers.append(ServerProcess(env, chr(ord("a") + i)))
+            servers.append(ServerProcess(env, chr(ord("a") + i), server))
         yield servers
     finally:
         for server in servers:

@@ -1,4 +1,5 @@
-"""Two ASGI server processes (daphne) sharing one database and the Redis channel layer."""
+"""Two ASGI server processes (daphne; uvicorn where the server makes a difference) sharing one
+database and the Redis channel layer."""
 
 from __future__ import annotations
 
@@ -83,10 +84,15 @@ def text(message: dict) -> str:
         b.get("text", "") for b in content if b.get("type") == "text")
 
 
+SERVERS = pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+
+
+@SERVERS
 async def test_viewers_on_two_processes_share_the_stream_and_one_owner_runs_the_turn(
-        user, redis_prefix):
+        user, redis_prefix, server):
     with LoopbackMessagesServer([Reply.text("Streamed across two processes", delay=0.03)]) \
-            as loopback, server_processes(2, server_env(loopback, redis_prefix)) as (a, b):
+            as loopback, \
+            server_processes(2, server_env(loopback, redis_prefix), server) as (a, b):
         session = await create_chat(user)
         cookie = await session_cookie(user)
         await asyncio.gather(a.wait_ready(), b.wait_ready())
@@ -451,17 +457,20 @@ async def test_a_viewer_reconnecting_mid_turn_on_the_other_process_gets_every_de
         assert len(loopback.message_requests) == 1
 
 
+@SERVERS
 async def test_sigterm_records_the_running_turn_interrupted_and_releases_its_leases(
-        user, redis_prefix):
-    """Graceful shutdown of a daphne process: the turn still running after the grace is
+        user, redis_prefix, server):
+    """Graceful shutdown of a server process: the turn still running after the grace is
     recorded ``interrupted`` and nothing is left for a lease to expire (the default 120 s
-    turn lease would otherwise hold the queued message for two minutes)."""
+    turn lease would otherwise hold the queued message for two minutes). daphne gets there
+    through the library's SIGTERM handler, uvicorn through ``lifespan.shutdown``
+    (``with_lifespan`` in ``tests.asgi``)."""
     import signal as signals
 
     script = [Reply.text("never finished " * 200, delay=0.05)]
     env_extra = {"AGENT_LIVE_SHUTDOWN_GRACE": "0.5"}
     with LoopbackMessagesServer(script) as loopback, \
-            server_processes(1, server_env(loopback, redis_prefix, **env_extra)) as (a,):
+            server_processes(1, server_env(loopback, redis_prefix, **env_extra), server) as (a,):
         session = await create_chat(user)
         cookie = await session_cookie(user)
         await a.wait_ready()
