@@ -8,6 +8,8 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -146,11 +148,42 @@ def create_conversations(user: Any, count: int) -> list[uuid.UUID]:
     return ids
 
 
+#: Linux's SO_TIMESTAMPING, with software receive timestamps (SOF_TIMESTAMPING_RX_SOFTWARE |
+#: SOF_TIMESTAMPING_SOFTWARE): the kernel notes when each segment reached the socket
+SO_TIMESTAMPING, RX_SOFTWARE = 37, 0x8 | 0x10
+
+
+class StampedSocket(socket.socket):
+    """A TCP socket whose ``recv`` also reads when the kernel received the data.
+
+    With 50 viewers in one process, a viewer's frame waits in its socket while the process
+    parses the other viewers' frames; the kernel's timestamp is when it arrived, which is what
+    a viewer on a machine of its own would see. Where the kernel gives no timestamp, the time
+    of the ``recv`` is used.
+    """
+
+    #: when the data of the last ``recv`` arrived (``time.monotonic``): the event loop hands
+    #: that data to the connection's ``data_received`` right after the ``recv``, on one thread
+    last_received_at = 0.0
+
+    def enable_timestamps(self) -> None:
+        with contextlib.suppress(OSError):
+            self.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, RX_SOFTWARE)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data, ancillary, _, _ = self.recvmsg(bufsize, 256, flags)
+        at = time.monotonic()
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING:
+                seconds, nanoseconds = struct.unpack_from("qq", payload)
+                at = seconds + nanoseconds / 1e9 - (time.time() - time.monotonic())
+        StampedSocket.last_received_at = at
+        return data
+
+
 def timed_connection() -> type:
-    """websockets' client connection that notes when each message's bytes reached the client
-    (``data_received``), before websockets parses them and the reader task wakes: with 50
-    clients in one process, that wait behind the other clients' parsing is the harness's, not
-    the server's."""
+    """websockets' client connection that notes when each message arrived (its last segment,
+    from ``StampedSocket``), before websockets parses it and the reader task wakes."""
     from websockets.asyncio.client import ClientConnection
     from websockets.frames import DATA_OPCODES, Frame
 
@@ -161,7 +194,7 @@ def timed_connection() -> type:
             self._received_at = 0.0
 
         def data_received(self, data: bytes) -> None:
-            self._received_at = time.monotonic()
+            self._received_at = StampedSocket.last_received_at
             super().data_received(data)
 
         def process_event(self, event: Any) -> None:
@@ -173,13 +206,18 @@ def timed_connection() -> type:
 
 
 async def open_websocket(port: int, conversation_id: Any, cookie: str, timeout: float) -> Any:
-    """A logged-in WebSocket to the conversation's live session (a ``timed_connection``)."""
+    """A logged-in WebSocket to the conversation's live session (a ``timed_connection`` on a
+    ``StampedSocket``)."""
     from websockets.asyncio.client import connect
 
+    sock = StampedSocket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.enable_timestamps()
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     url = f"ws://127.0.0.1:{port}/ws/agent-sessions/{AGENT}/{conversation_id}/"
     return await connect(url, additional_headers={"Cookie": cookie,
                                                   "Origin": f"http://127.0.0.1:{port}"},
-                         compression=None, max_size=None, open_timeout=timeout,
+                         compression=None, max_size=None, open_timeout=timeout, sock=sock,
                          create_connection=timed_connection())
 
 
