@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -181,6 +182,7 @@ class StampedSocket(socket.socket):
         return data
 
 
+@functools.cache
 def timed_connection() -> type:
     """websockets' client connection that notes when each message arrived (its last segment,
     from ``StampedSocket``), before websockets parses it and the reader task wakes."""
@@ -211,14 +213,19 @@ async def open_websocket(port: int, conversation_id: Any, cookie: str, timeout: 
     from websockets.asyncio.client import connect
 
     sock = StampedSocket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.enable_timestamps()
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    url = f"ws://127.0.0.1:{port}/ws/agent-sessions/{AGENT}/{conversation_id}/"
-    return await connect(url, additional_headers={"Cookie": cookie,
-                                                  "Origin": f"http://127.0.0.1:{port}"},
-                         compression=None, max_size=None, open_timeout=timeout, sock=sock,
-                         create_connection=timed_connection())
+    try:
+        sock.enable_timestamps()
+        sock.setblocking(False)
+        await asyncio.wait_for(
+            asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), timeout)
+        url = f"ws://127.0.0.1:{port}/ws/agent-sessions/{AGENT}/{conversation_id}/"
+        return await connect(url, additional_headers={"Cookie": cookie,
+                                                      "Origin": f"http://127.0.0.1:{port}"},
+                             compression=None, max_size=None, open_timeout=timeout,
+                             sock=sock, create_connection=timed_connection())
+    except BaseException:
+        sock.close()
+        raise
 
 
 @dataclass
