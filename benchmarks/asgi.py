@@ -1,5 +1,5 @@
 """The ASGI application the live benchmarks serve with daphne or uvicorn (composed as the docs
-say; ``with_lifespan`` gives uvicorn the graceful shutdown daphne gets from SIGTERM)."""
+say; ``with_lifespan`` makes a shutdown uvicorn starts itself, on SIGINT say, graceful too)."""
 
 import os
 

@@ -55,9 +55,9 @@ def _die_with_parent() -> Callable[[], None] | None:
 #: ``BENCH_SERVER`` values: the command line of each ASGI server (the port is appended)
 SERVERS = {
     "daphne": ["-m", "daphne", "-b", "127.0.0.1", "-p"],
-    # the WebSocket implementation on the maintained websockets API (uvicorn's default one is
-    # websockets' legacy API); asyncio and h11 whether or not uvloop and httptools are
-    # installed, so that every run measures the same stack
+    # the WebSocket implementation, loop and HTTP parser named, so that every run measures the
+    # same stack whatever uvicorn's version picks by default and whether or not uvloop and
+    # httptools are installed
     "uvicorn": ["-m", "uvicorn", "--host", "127.0.0.1", "--ws", "websockets-sansio",
                 "--loop", "asyncio", "--http", "h11", "--log-level", "warning", "--port"],
 }
@@ -150,7 +150,8 @@ def create_conversations(user: Any, count: int) -> list[uuid.UUID]:
 
 
 #: Linux's SO_TIMESTAMPING, with software receive timestamps (SOF_TIMESTAMPING_RX_SOFTWARE |
-#: SOF_TIMESTAMPING_SOFTWARE): the kernel notes when each segment reached the socket
+#: SOF_TIMESTAMPING_SOFTWARE): the kernel notes when each segment reached the socket. Its
+#: ancillary data starts with a ``struct timespec`` (two 64-bit fields on 64-bit Linux).
 SO_TIMESTAMPING, RX_SOFTWARE = 37, 0x8 | 0x10
 
 
@@ -158,14 +159,19 @@ class StampedSocket(socket.socket):
     """A TCP socket whose ``recv`` also reads when the kernel received the data.
 
     With 50 viewers in one process, a viewer's frame waits in its socket while the process
-    parses the other viewers' frames; the kernel's timestamp is when it arrived, which is what
-    a viewer on a machine of its own would see. Where the kernel gives no timestamp, the time
-    of the ``recv`` is used.
+    parses the other viewers' frames; the kernel's timestamp says when it arrived, as a viewer
+    on a machine of its own would see it. It is the time of the *last* segment a ``recv``
+    returns, so frames read together are all timed by the last of them: late, never early.
+    Where the kernel gives no timestamp, the time of the ``recv`` is used and counted in
+    ``unstamped``.
     """
 
-    #: when the data of the last ``recv`` arrived (``time.monotonic``): the event loop hands
-    #: that data to the connection's ``data_received`` right after the ``recv``, on one thread
-    last_received_at = 0.0
+    #: when the data of the last ``recv`` arrived (``time.monotonic``), until a connection's
+    #: ``data_received`` takes it: the event loop calls that right after the ``recv``, on one
+    #: thread
+    last_received_at: float | None = None
+    #: reads timed by the ``recv`` call, not by the kernel (a result reports them)
+    unstamped = 0
 
     def enable_timestamps(self) -> None:
         with contextlib.suppress(OSError):
@@ -173,11 +179,14 @@ class StampedSocket(socket.socket):
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         data, ancillary, _, _ = self.recvmsg(bufsize, 256, flags)
-        at = time.monotonic()
+        at = None
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING:
                 seconds, nanoseconds = struct.unpack_from("qq", payload)
                 at = seconds + nanoseconds / 1e9 - (time.time() - time.monotonic())
+        if at is None:
+            at = time.monotonic()
+            StampedSocket.unstamped += bool(data)  # (the end of the stream carries no time)
         StampedSocket.last_received_at = at
         return data
 
@@ -196,7 +205,11 @@ def timed_connection() -> type:
             self._received_at = 0.0
 
         def data_received(self, data: bytes) -> None:
-            self._received_at = StampedSocket.last_received_at
+            at, StampedSocket.last_received_at = StampedSocket.last_received_at, None
+            if at is None:  # not read through StampedSocket.recv (another event loop's way)
+                at = time.monotonic()
+                StampedSocket.unstamped += 1
+            self._received_at = at
             super().data_received(data)
 
         def process_event(self, event: Any) -> None:

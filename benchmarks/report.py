@@ -124,8 +124,14 @@ def streaming_table(results: dict[str, Any]) -> str:
                              row["latency"]["p99_ms"], reader.get("median_ms", "-"),
                              reader.get("p99_ms", "-"), row["latency"]["n"],
                              _target(stream_target(row))])
-    return _table(["ASGI server", "channel layer", "viewers", "delta->WS p50", "p99",
-                   "at reader p50", "p99", "deliveries", "target"], rows)
+    table = _table(["ASGI server", "channel layer", "viewers", "delta->WS p50", "p99",
+                    "at reader p50", "p99", "deliveries", "target"], rows)
+    unstamped = sum(row.get("unstamped_reads", 0) for layers in results.values()
+                    for result in layers.values() for row in result.get("rows", []))
+    if unstamped:
+        table += (f"\n{unstamped} socket reads had no kernel timestamp and were timed when read "
+                  "(an upper bound)")
+    return table
 
 
 def scale_table(results: dict[str, Any]) -> str:

@@ -1,13 +1,14 @@
 """Streaming latency: the loopback server writes a delta -> a WebSocket client receives it.
 
 An ASGI server process (daphne or uvicorn, ``BENCH_SERVER``) serves the live layer
-(``benchmarks.asgi``) with the in-memory or the Redis channel layer; ``V`` logged-in viewers (the ``websockets`` client, in the benchmark process)
-watch one conversation. Each turn streams a reply of ``DELTAS`` text deltas, one every
-``DELTA_GAP`` seconds, from the loopback Messages API server (also in the benchmark process,
-so its ``SentEvent.at`` and the viewers' arrival times come from the same monotonic clock).
-Latency of a delivery = arrival at a viewer's socket (``live.timed_connection``) - the moment
-the server wrote that delta; ``latency_at_reader`` times the same deliveries when the viewer's
-reader task got them from websockets (what this suite reported before 2026-12-06).
+(``benchmarks.asgi``) with the in-memory or the Redis channel layer; ``V`` logged-in viewers
+(the ``websockets`` client, in the benchmark process) watch one conversation. Each turn streams
+a reply of ``DELTAS`` text deltas, one every ``DELTA_GAP`` seconds, from the loopback Messages
+API server (also in the benchmark process, so its ``SentEvent.at`` and the viewers' arrival
+times come from the same monotonic clock). Latency of a delivery = arrival at a viewer's socket
+(``live.StampedSocket``) - the moment the server wrote that delta; ``latency_at_reader`` times
+the same deliveries when the viewer's reader task got them from websockets (close to what this
+suite reported before 4042adf, which read the clock there without the timestamped socket).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ async def _run(viewer_counts: list[int], turns: int, warmup: int) -> list[dict[s
 
     from .live import (
         AsgiServer,
+        StampedSocket,
         bench_user,
         connect_viewer,
         create_conversations,
@@ -53,6 +55,7 @@ async def _run(viewer_counts: list[int], turns: int, warmup: int) -> list[dict[s
             for count in viewer_counts:
                 (cid,) = await database_sync_to_async(create_conversations)(user, 1)
                 viewers = [await connect_viewer(asgi.port, cid, cookie) for _ in range(count)]
+                StampedSocket.unstamped = 0
                 # each measured turn gives `count` deliveries per delta; keep the total bounded
                 measured = max(3, turns // count) if count > 1 else turns
                 latencies: list[float] = []
@@ -79,7 +82,8 @@ async def _run(viewer_counts: list[int], turns: int, warmup: int) -> list[dict[s
                     await viewer.close()
                 rows.append({"viewers": count, "turns": measured, "deltas_per_turn": DELTAS,
                              "delta_gap_ms": DELTA_GAP * 1000, "latency": summary(latencies),
-                             "latency_at_reader": summary(read)})
+                             "latency_at_reader": summary(read),
+                             "unstamped_reads": StampedSocket.unstamped})
         finally:
             asgi.close()
     return rows

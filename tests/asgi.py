@@ -14,7 +14,8 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django_agent_session.live.routing import websocket_urlpatterns  # noqa: E402
 from django_agent_session.runs.shutdown import with_lifespan  # noqa: E402
 
-# with_lifespan: uvicorn's graceful shutdown (daphne, which speaks no lifespan, uses SIGTERM)
+# with_lifespan: a shutdown uvicorn starts itself (SIGINT, say) is graceful too; on SIGTERM the
+# library's own handler acts, on daphne (which speaks no lifespan) and uvicorn alike
 application = with_lifespan(ProtocolTypeRouter({
     "http": django_asgi_app,
     "websocket": AllowedHostsOriginValidator(

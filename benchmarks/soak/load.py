@@ -61,7 +61,7 @@ def run(params: dict[str, Any]) -> Part:
 
     from django_agent_session.testing.loopback import LoopbackMessagesServer
 
-    from ..live import Daphne, _die_with_parent, create_conversations, session_cookie
+    from ..live import AsgiServer, _die_with_parent, create_conversations, session_cookie
     from .clients import soak_user
 
     part = Part()
@@ -72,7 +72,7 @@ def run(params: dict[str, Any]) -> Part:
         env = {**os.environ, "BENCH_LOOPBACK_URL": server.base_url}
         kinds = params.get("surfaces", SURFACES)
         surfaces = [kinds[i % len(kinds)] for i in range(processes)]
-        daphnes = ([Daphne(env) for _ in range(params.get("daphnes", 2))]
+        daphnes = ([AsgiServer(env) for _ in range(params.get("daphnes", 2))]
                    if {"rest", "ws"} & set(surfaces) else [])
         children: list[tuple[subprocess.Popen, Path]] = []
         try:

@@ -213,5 +213,5 @@ def server_processes(count: int, env: dict[str, str], server: str = "daphne"
             servers.append(ServerProcess(env, chr(ord("a") + i), server))
         yield servers
     finally:
-        for server in servers:
-            server.close()
+        for process in servers:
+            process.close()

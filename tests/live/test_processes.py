@@ -457,14 +457,21 @@ async def test_a_viewer_reconnecting_mid_turn_on_the_other_process_gets_every_de
         assert len(loopback.message_requests) == 1
 
 
-@SERVERS
+@pytest.mark.parametrize("server, stop", [
+    ("daphne", "SIGTERM"),
+    ("uvicorn", "SIGTERM"),
+    ("uvicorn", "SIGINT"),
+])
 async def test_sigterm_records_the_running_turn_interrupted_and_releases_its_leases(
-        user, redis_prefix, server):
+        user, redis_prefix, server, stop):
     """Graceful shutdown of a server process: the turn still running after the grace is
     recorded ``interrupted`` and nothing is left for a lease to expire (the default 120 s
-    turn lease would otherwise hold the queued message for two minutes). daphne gets there
-    through the library's SIGTERM handler, uvicorn through ``lifespan.shutdown``
-    (``with_lifespan`` in ``tests.asgi``)."""
+    turn lease would otherwise hold the queued message for two minutes).
+
+    On SIGTERM the library's own handler (installed with the first live session, ahead of the
+    server's) does it, on daphne and on uvicorn alike, and tells the viewers first. On SIGINT,
+    which the library leaves to the server, uvicorn closes the sockets and then sends
+    ``lifespan.shutdown``: ``with_lifespan`` in ``tests.asgi`` does it then."""
     import signal as signals
 
     script = [Reply.text("never finished " * 200, delay=0.05)]
@@ -480,9 +487,14 @@ async def test_sigterm_records_the_running_turn_interrupted_and_releases_its_lea
             await receive_until(on_a, frame("delta", ref="m1"))
             await on_a.send(json.dumps({"type": "message", "input": "next", "ref": "m2"}))
             await receive_until(on_a, frame("ack", ref="m2"))
-            a.proc.send_signal(signals.SIGTERM)
-            stopped = await receive_until(on_a, frame("session.stopped"), timeout=10)
-            assert stopped[-1]["reason"] == "shutdown"
+            a.proc.send_signal(getattr(signals, stop))
+            if stop == "SIGTERM":
+                stopped = await receive_until(on_a, frame("session.stopped"), timeout=10)
+                assert stopped[-1]["reason"] == "shutdown"
+            else:  # uvicorn closes the socket (1012) before the lifespan shutdown
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await receive_until(on_a, lambda f: False, timeout=10)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
         assert await asyncio.to_thread(a.proc.wait, 15) is not None  # it exited
     first, second = await runs(session)
     assert (first.status, first.error["code"], first.error["retryable"]) == (
