@@ -21,9 +21,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from django_agent_session.testing.processes import ASGI_SERVERS
+
 from . import report
 from .db import BENCH_DB_NAME, postgres_reachable, with_database
-from .live import SERVERS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -131,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     args.databases = [d for d in args.databases.split(",") if d]
     args.scale_parts = [p for p in args.scale_parts.split(",") if p]
     args.servers = [s for s in args.servers.split(",") if s]
-    if unknown := set(args.servers) - set(SERVERS):
+    if unknown := set(args.servers) - set(ASGI_SERVERS):
         parser.error(f"--servers: unknown {', '.join(sorted(unknown))} "
-                     f"(choose from {', '.join(SERVERS)})")
+                     f"(choose from {', '.join(ASGI_SERVERS)})")
     if args.quick:
         args.turns, args.warmup, args.stream_turns = 30, 3, 4
         args.stored_runs = min(args.stored_runs, 2_000)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from django_agent_session.testing.processes import free_port, wait_listening
+from django_agent_session.testing.processes import asgi_server_command, free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = "testapp.chatagent"
@@ -52,17 +52,6 @@ def _die_with_parent() -> Callable[[], None] | None:
     return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-#: ``BENCH_SERVER`` values: the command line of each ASGI server (the port is appended)
-SERVERS = {
-    "daphne": ["-m", "daphne", "-b", "127.0.0.1", "-p"],
-    # the WebSocket implementation, loop and HTTP parser named, so that every run measures the
-    # same stack whatever uvicorn's version picks by default and whether or not uvloop and
-    # httptools are installed
-    "uvicorn": ["-m", "uvicorn", "--host", "127.0.0.1", "--ws", "websockets-sansio",
-                "--loop", "asyncio", "--http", "h11", "--log-level", "warning", "--port"],
-}
-
-
 class AsgiServer:
     """An ASGI server process (``BENCH_SERVER``: daphne, the default, or uvicorn) serving
     ``benchmarks.asgi`` (or ``BENCH_ASGI_APP``, for experiments) with the benchmark's
@@ -74,8 +63,8 @@ class AsgiServer:
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (open for the process's life)
             prefix=f"agent-bench-{self.kind}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [sys.executable, *SERVERS[self.kind], str(self.port),
-             env.get("BENCH_ASGI_APP", "benchmarks.asgi:application")],
+            asgi_server_command(self.kind, self.port,
+                                env.get("BENCH_ASGI_APP", "benchmarks.asgi:application")),
             cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "benchmarks.settings"},
             # only a prctl() call, looked up before the fork: safe with threads
             stdout=self.log, stderr=subprocess.STDOUT,

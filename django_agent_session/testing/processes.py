@@ -9,9 +9,20 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+#: The command line of each ASGI server :func:`asgi_server_command` knows, before the port.
+#: uvicorn's WebSocket implementation, loop and HTTP parser are named, so that a run uses the
+#: same stack whatever uvicorn's version picks by default and whether or not uvloop and
+#: httptools are installed.
+ASGI_SERVERS: Mapping[str, tuple[str, ...]] = {
+    "daphne": ("-m", "daphne", "-b", "127.0.0.1", "-p"),
+    "uvicorn": ("-m", "uvicorn", "--host", "127.0.0.1", "--ws", "websockets-sansio",
+                "--loop", "asyncio", "--http", "h11", "--log-level", "warning", "--port"),
+}
 
 
 def free_port() -> int:
@@ -19,6 +30,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def asgi_server_command(server: str, port: int, application: str) -> list[str]:
+    """The argv that serves ``application`` (``"module:attribute"``) on ``127.0.0.1:port``
+    with ``server`` (a key of :data:`ASGI_SERVERS`), run by this Python."""
+    try:
+        options = ASGI_SERVERS[server]
+    except KeyError:
+        raise ValueError(f"unknown ASGI server {server!r}; "
+                         f"one of {', '.join(ASGI_SERVERS)}") from None
+    return [sys.executable, *options, str(port), application]
 
 
 async def wait_listening(port: int, proc: subprocess.Popen | None = None, *,

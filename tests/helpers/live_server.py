@@ -10,7 +10,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from django_agent_session.testing.loopback import LoopbackMessagesServer
-from django_agent_session.testing.processes import free_port, wait_listening
+from django_agent_session.testing.processes import asgi_server_command, free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 ORIGIN = "http://testserver"
@@ -152,13 +151,6 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0,
 # -- ASGI server subprocesses -----------------------------------------------------------------
 
 #: the command line of each ASGI server the live tests run (the port is appended)
-SERVERS = {
-    "daphne": ["-m", "daphne", "-b", "127.0.0.1", "-p"],
-    "uvicorn": ["-m", "uvicorn", "--host", "127.0.0.1", "--ws", "websockets-sansio",
-                "--loop", "asyncio", "--http", "h11", "--port"],
-}
-
-
 class ServerProcess:
     """An ASGI server process (daphne, or uvicorn) serving ``tests.asgi`` with
     ``tests.live_settings``."""
@@ -169,7 +161,7 @@ class ServerProcess:
         self.log = Path(f"/tmp/agent-live-{name}-{os.getpid()}-{self.port}.log")
         self._log_file = self.log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, *SERVERS[server], str(self.port), "tests.asgi:application"],
+            asgi_server_command(server, self.port, "tests.asgi:application"),
             cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": str(ROOT),
                            "DJANGO_SETTINGS_MODULE": "tests.live_settings"},
             stdout=self._log_file, stderr=subprocess.STDOUT,
