@@ -462,7 +462,7 @@ async def test_a_viewer_reconnecting_mid_turn_on_the_other_process_gets_every_de
     ("uvicorn", "SIGTERM"),
     ("uvicorn", "SIGINT"),
 ])
-async def test_sigterm_records_the_running_turn_interrupted_and_releases_its_leases(
+async def test_graceful_shutdown_records_the_running_turn_interrupted_and_releases_leases(
         user, redis_prefix, server, stop):
     """Graceful shutdown of a server process: the turn still running after the grace is
     recorded ``interrupted`` and nothing is left for a lease to expire (the default 120 s
