@@ -33,6 +33,8 @@ import pytest
 
 from django_agent_session.testing.processes import free_port
 
+pytestmark = pytest.mark.own_database
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 MARKER = re.compile(r"^<!-- quickstart: (.+?) -->\n```\w*\n(.*?)^```$", re.M | re.S)
 DEFAULT_ADDRESS = "127.0.0.1:8000"

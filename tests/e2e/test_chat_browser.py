@@ -17,9 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from playwright.sync_api import Locator, Page, WebSocketRoute, expect
 
 from .server import ExampleServer
+
+pytestmark = pytest.mark.own_database
 
 expect.set_options(timeout=15_000)  # generous on a loaded machine; a pass takes far less
 

@@ -12,6 +12,8 @@ from playwright.sync_api import Page
 
 from .server import ROOT
 
+pytestmark = pytest.mark.own_database
+
 SCRIPT = ROOT / "example_project" / "chat" / "static" / "chat" / "markdown.js"
 
 #: every tag the renderer creates
