@@ -23,6 +23,7 @@ import os
 import platform
 import random
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -185,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = _load()
     results: dict[str, dict[str, Any]] = {}
     redis = postgres = None
+    # the SQLite database of this run only: two soaks at once (the test suite's SQLite and
+    # PostgreSQL passes run side by side) must not share, or delete, each other's file
+    workdir = Path(tempfile.mkdtemp(prefix="agent-soak-"))
     try:
         why_no_redis = PrivateRedis.available()
         if why_no_redis is None:
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                 env = env_with({**os.environ, **extra_env}, SOAK_DB_LABEL=db, SOAK_SEED=str(seed),
                                DATABASE_URL=with_database(pg_url, SOAK_DB)
                                if db == "postgres" else None,
-                               BENCH_SQLITE_PATH=str(RESULTS / "soak.sqlite3"),
+                               BENCH_SQLITE_PATH=str(workdir / "soak.sqlite3"),
                                REDIS_URL=redis.url if redis else None,
                                BENCH_REDIS_PREFIX=f"agent-soak-{part}-{db}",
                                SOAK_REDIS_PORT=str(redis.port) if redis else None,
@@ -254,9 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             from ..db import drop
             with contextlib.suppress(Exception):
                 drop(args.postgres_url, SOAK_DB)
-        Path(RESULTS / "soak.sqlite3").unlink(missing_ok=True)
-        for suffix in ("-wal", "-shm", "-journal"):
-            Path(f"{RESULTS / 'soak.sqlite3'}{suffix}").unlink(missing_ok=True)
+        shutil.rmtree(workdir, ignore_errors=True)
     failed = {f"{part}/{db}": bad for part, by_db in results.items()
               for db, result in by_db.items() if (bad := failures(result))}
     data = {"meta": _meta(argv, seed, args.quick, load_before, time.monotonic() - started),
