@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from django_agent_session.clients.registry import clear_client_cache
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``TEST_SKIP_OWN_DATABASE=1`` (scripts/test's PostgreSQL pass) deselects the tests
+    marked ``own_database``: they never use the suite's database, and the SQLite pass ran
+    them. A hook rather than ``-m``, so that a ``-m`` of the caller's still applies."""
+    if os.environ.get("TEST_SKIP_OWN_DATABASE") != "1":
+        return
+    kept = [item for item in items if item.get_closest_marker("own_database") is None]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
 
 
 @pytest.fixture(autouse=True)
