@@ -150,7 +150,7 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0,
 
 # -- ASGI server subprocesses -----------------------------------------------------------------
 
-#: the command line of each ASGI server the live tests run (the port is appended)
+
 class ServerProcess:
     """An ASGI server process (daphne, or uvicorn) serving ``tests.asgi`` with
     ``tests.live_settings``."""
