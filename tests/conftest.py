@@ -15,9 +15,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     them. A hook rather than ``-m``, so that a ``-m`` of the caller's still applies."""
     if os.environ.get("TEST_SKIP_OWN_DATABASE") != "1":
         return
-    kept = [item for item in items if item.get_closest_marker("own_database") is None]
-    if len(kept) < len(items):
-        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    kept: list[pytest.Item] = []
+    left_out: list[pytest.Item] = []
+    for item in items:
+        (left_out if item.get_closest_marker("own_database") else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
         items[:] = kept
 
 
