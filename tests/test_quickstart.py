@@ -33,6 +33,7 @@ import pytest
 
 from django_agent_session.testing.processes import free_port
 
+#: the fresh project has its own SQLite database: scripts/test runs this on its SQLite pass only
 pytestmark = pytest.mark.own_database
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -95,9 +96,6 @@ def wait_for_http(url: str, server: subprocess.Popen, log: Path) -> None:
     raise AssertionError(f"runserver did not answer within 30 s:\n{log.read_text()}")
 
 
-# the fresh project has its own SQLite database: one run (scripts/test's SQLite pass) is enough
-@pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")),
-                    reason="the Quick start's project uses its own SQLite database")
 def test_quickstart_runs_as_written(tmp_path):
     env = environment()
     cwd = tmp_path
